@@ -1,0 +1,1 @@
+"""Python client for the ragd daemon (arrives with the daemon)."""

@@ -1,0 +1,395 @@
+"""Configuration: one frozen ``Config``, loaded from TOML and validated in one place.
+
+The file is ``--config FILE``, else ``$RAGD_CONFIG``, else ``$XDG_CONFIG_HOME/ragd/config.toml``
+(missing -> defaults). Every key is optional; see ``config.example.toml``. Sections are validated
+generically from the dataclass fields and their types, plus the per-key ``RULES`` table, and every
+problem is a one-line ``ConfigError``: ``<file>: <key>: <what is expected>, got <what was found>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ragd.errors import ConfigError
+
+DEFAULTS_NAME = "<defaults>"
+"""The file name errors use when no file was read."""
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    """A folder to index."""
+
+    path: Path
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Which models run, where and how."""
+
+    embedder: str = "BAAI/bge-m3"
+    reranker: str = "BAAI/bge-reranker-v2-m3"
+    fallback: str = "minilm"
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 16
+    multi_vector: bool = False
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """How documents are cut into chunks."""
+
+    max_tokens: int = 512
+    overlap_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search defaults: result count, candidate pools, fusion weights, snippets."""
+
+    k: int = 10
+    candidates: int = 30
+    retrieve: int = 100
+    rerank: bool = True
+    dense_weight: float = 1.0
+    sparse_weight: float = 0.3
+    snippet_chars: int = 300
+
+
+@dataclass(frozen=True)
+class IndexingConfig:
+    """Indexing limits and batching."""
+
+    max_file_bytes: int = 20_000_000
+    batch_chunks: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source`` is the file it came from (None for defaults)."""
+
+    data_dir: Path
+    roots: tuple[RootConfig, ...] = ()
+    models: ModelsConfig = ModelsConfig()  # frozen, hence safe to share
+    chunking: ChunkingConfig = ChunkingConfig()
+    search: SearchConfig = SearchConfig()
+    indexing: IndexingConfig = IndexingConfig()
+    source: Path | None = None
+
+
+NOT_IN_FILE: frozenset[str] = frozenset({"source"})
+"""``Config`` fields that are not keys of the file."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Constraints on one key beyond its type: an inclusive range, allowed values, and checks."""
+
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    half_of: str | None = None  # at most half of this sibling key (integer division)
+    folder: bool = False  # a path that must be an existing folder
+    unique: str | None = None  # in an array of tables: this field must differ between tables
+
+
+RULES: Mapping[str, Rule] = {
+    "roots": Rule(unique="path"),
+    "roots.path": Rule(folder=True),
+    "models.fallback": Rule(choices=("minilm", "none")),
+    "models.device": Rule(choices=("auto", "cpu", "cuda")),
+    "models.precision": Rule(choices=("auto", "fp32", "fp16", "bf16", "int8")),
+    "models.batch_size": Rule(low=1, high=1024),
+    "chunking.max_tokens": Rule(low=16, high=8192),
+    "chunking.overlap_tokens": Rule(low=0, half_of="max_tokens"),
+    "search.k": Rule(low=1, high=1000),
+    "search.candidates": Rule(low=1, high=1000),
+    "search.retrieve": Rule(low=1, high=10000),
+    "search.dense_weight": Rule(low=0),
+    "search.sparse_weight": Rule(low=0),
+    "search.snippet_chars": Rule(low=20, high=10000),
+    "indexing.max_file_bytes": Rule(low=1),
+    "indexing.batch_chunks": Rule(low=1, high=100000),
+}
+"""Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
+
+_NO_RULE = Rule()
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Path | None, bool]:
+    """Which file to read: --config FILE, else $RAGD_CONFIG, else $XDG_CONFIG_HOME/ragd/config.toml.
+
+    Returns ``(path, required)``: a required file (the first two) must exist; the XDG default may not.
+    """
+    path, origin = _locate(explicit, os.environ if environ is None else environ)
+    return path, origin is not None
+
+
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Find, read and validate the config file; defaults when the XDG default file is missing."""
+    env = os.environ if environ is None else environ
+    path, origin = _locate(explicit, env)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if origin is None:
+            return parse_config({}, None, env)
+        raise ConfigError(_one_line(f"{path}: config file not found (from {origin})")) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_one_line(f"{path}: invalid TOML: {exc}")) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_one_line(f"{path}: invalid TOML: not UTF-8 text (byte {exc.start})")) from None
+    except OSError as exc:
+        raise ConfigError(_one_line(f"{path}: cannot read file: {exc.strerror or exc}")) from None
+    return parse_config(data, path, env)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed TOML mapping; relative paths are relative to ``source``'s folder."""
+    env = os.environ if environ is None else environ
+    if source is not None:
+        source = Path(os.path.abspath(source))
+    ctx = _Context(
+        file=str(source) if source is not None else DEFAULTS_NAME,
+        base=source.parent if source is not None else Path.cwd(),
+        environ=env,
+    )
+    if not isinstance(data, Mapping):
+        ctx.fail("", f"expected a table of keys, got {_describe(data)}")
+    config = _build(Config, data, ctx, prefix="", where="top-level keys",
+                    fill={"data_dir": default_data_dir(env), "source": source})
+    assert isinstance(config, Config)
+    return config
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/ragd``, else ``~/.local/share/ragd``; absolute and resolved."""
+    env = os.environ if environ is None else environ
+    return (_xdg_home(env, "XDG_DATA_HOME", ".local/share") / "ragd").resolve()
+
+
+@dataclass(frozen=True)
+class _Context:
+    """Where values come from: the file name for errors, the folder for relative paths, the environment."""
+
+    file: str
+    base: Path
+    environ: Mapping[str, str]
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        """Raise the one-line ``ConfigError`` for ``key``."""
+        raise ConfigError(_one_line(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}"))
+
+
+def _build(cls: Any, table: Mapping[str, Any], ctx: _Context, prefix: str, where: str,
+           fill: Mapping[str, Any] | None = None) -> Any:
+    """Validate ``table`` against dataclass ``cls`` and construct it; ``fill`` supplies computed values."""
+    hints = _hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init and not (cls is Config and f.name in NOT_IN_FILE)]
+    known = {f.name for f in fields}
+    for key in table:
+        if key not in known:
+            ctx.fail(prefix + str(key), f"unknown key (known {where}: {', '.join(f.name for f in fields)})")
+    kwargs: dict[str, Any] = dict(fill or {})
+    for f in fields:
+        label = prefix + f.name
+        if f.name in table:
+            kwargs[f.name] = _convert(table[f.name], hints[f.name], label, ctx)
+        elif f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            ctx.fail(label, f"required key is missing from {where.removeprefix('keys in ')}")
+    for f in fields:
+        rule = _rule(prefix + f.name)
+        if rule.half_of is None:
+            continue
+        value = kwargs.get(f.name, f.default)
+        whole = kwargs.get(rule.half_of, _default(cls, rule.half_of))
+        if value > whole // 2:
+            got = str(value) if f.name in table else f"{value} (the default)"
+            ctx.fail(prefix + f.name, f"expected an integer from {_num(rule.low)} to {whole // 2} "
+                                      f"(half of {prefix}{rule.half_of} = {whole}), got {got}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, tp: Any, label: str, ctx: _Context, header: str | None = None) -> Any:
+    """Check ``value`` against type ``tp`` and the rule for ``label``; return it in its final form."""
+    rule = _rule(label)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            ctx.fail(label, f"expected a table, got {_describe(value)}")
+        return _build(tp, value, ctx, prefix=label + ".", where=f"keys in {header or f'[{label}]'}")
+    if typing.get_origin(tp) is tuple:
+        (item_type, _) = typing.get_args(tp)
+        if not isinstance(value, list):
+            ctx.fail(label, f"{_expected(tp, rule, label)}, got {_describe(value)}")
+        items = tuple(_convert(v, item_type, f"{label}[{i}]", ctx, header=f"[[{label}]]") for i, v in enumerate(value))
+        if rule.unique is not None:
+            seen: dict[Any, int] = {}
+            for i, item in enumerate(items):
+                key = getattr(item, rule.unique)
+                if key in seen:
+                    ctx.fail(f"{label}[{i}].{rule.unique}", f"duplicate of {label}[{seen[key]}]: {key}")
+                seen[key] = i
+        return items
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and _in_range(value, rule)
+    elif tp is float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and _in_range(value, rule))
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str) and (value in rule.choices if rule.choices else value != "")
+    elif tp is Path:
+        ok = isinstance(value, str) and value != ""
+        if ok:
+            return _path(value, label, rule, ctx)
+    else:  # pragma: no cover - a dataclass field with a type this module does not know
+        raise TypeError(f"config field {label} has an unsupported type {tp!r}")
+    if not ok:
+        ctx.fail(label, f"{_expected(tp, rule, label)}, got {_describe(value)}")
+    return value
+
+
+def _path(raw: str, label: str, rule: Rule, ctx: _Context) -> Path:
+    """Expand ``~``, anchor a relative path at the config file's folder, resolve; check folders."""
+    path = Path(_expand_user(raw, ctx.environ))
+    if not path.is_absolute():
+        path = ctx.base / path
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError) as exc:
+        ctx.fail(label, f"cannot resolve path {path}: {exc}")
+    if rule.folder:
+        if not path.exists():
+            ctx.fail(label, f"folder does not exist: {path}")
+        if not path.is_dir():
+            ctx.fail(label, f"not a folder: {path}")
+    return path
+
+
+def _expected(tp: Any, rule: Rule, label: str) -> str:
+    """What a key takes, in words: ``expected an integer from 16 to 8192``."""
+    if rule.choices:
+        return "expected one of " + ", ".join(json.dumps(c) for c in rule.choices)
+    if tp is bool:
+        return "expected true or false"
+    if tp is int or tp is float:
+        noun = "an integer" if tp is int else "a number"
+        if rule.low is not None and rule.high is not None:
+            return f"expected {noun} from {_num(rule.low)} to {_num(rule.high)}"
+        if rule.low is not None:
+            return f"expected {noun} >= {_num(rule.low)}"
+        if rule.high is not None:
+            return f"expected {noun} <= {_num(rule.high)}"
+        return f"expected {noun}"
+    if tp is str:
+        return "expected a non-empty string"
+    if tp is Path:
+        return "expected a folder path (a non-empty string)" if rule.folder else "expected a path (a non-empty string)"
+    if typing.get_origin(tp) is tuple:
+        item_type = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(item_type):
+            return f"expected an array of tables ([[{label}]])"
+        return "expected an array of non-empty strings"
+    return f"expected {tp!r}"  # pragma: no cover
+
+
+def _describe(value: object) -> str:
+    """A found value, short and on one line: ``"big"``, ``3``, ``true``, ``a table``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, Mapping):
+        return "a table"
+    elif isinstance(value, list):
+        text = "an array " + json.dumps(value, ensure_ascii=False, default=str)
+    else:  # TOML dates and times
+        text = f"a date/time ({value})"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else str(x)
+
+
+def _in_range(value: float, rule: Rule) -> bool:
+    return (rule.low is None or value >= rule.low) and (rule.high is None or value <= rule.high)
+
+
+def _rule(label: str) -> Rule:
+    return RULES.get(re.sub(r"\[\d+\]", "", label), _NO_RULE)
+
+
+def _default(cls: Any, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _one_line(message: str) -> str:
+    """Escape line breaks so a message stays on one line."""
+    return message.translate({ord(c): c.encode("unicode_escape").decode("ascii") for c in _LINE_BREAKS})
+
+
+def _locate(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, str | None]:
+    """The config file and what named it: ``--config``, ``$RAGD_CONFIG`` or None (the XDG default)."""
+    if explicit is not None:
+        raw = os.fspath(explicit)
+        if not raw:
+            raise ConfigError('--config: expected a file path, got ""')
+        return Path(os.path.abspath(_expand_user(raw, environ))), "--config"
+    raw = environ.get("RAGD_CONFIG", "")
+    if raw:
+        return Path(os.path.abspath(_expand_user(raw, environ))), "$RAGD_CONFIG"
+    return _xdg_home(environ, "XDG_CONFIG_HOME", ".config") / "ragd" / "config.toml", None
+
+
+def _xdg_home(environ: Mapping[str, str], var: str, fallback: str) -> Path:
+    """An XDG base folder: ``$var`` when set and absolute (as the spec asks), else ``~/fallback``."""
+    raw = environ.get(var, "")
+    if raw:
+        path = Path(_expand_user(raw, environ))
+        if path.is_absolute():
+            return path
+    return _home(environ) / fallback
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME", "")
+    return Path(home) if home else Path.home()
+
+
+def _expand_user(raw: str, environ: Mapping[str, str]) -> str:
+    """``~`` and ``~/x`` from ``environ``'s HOME; ``~user`` as the OS does."""
+    if raw == "~" or raw.startswith("~/"):
+        return str(_home(environ)) + raw[1:]
+    return os.path.expanduser(raw) if raw.startswith("~") else raw

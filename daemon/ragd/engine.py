@@ -1,0 +1,103 @@
+"""The opened index: catalog, vector cache and models for one data folder.
+
+The indexer, the search path, the CLI and the server all work through an ``Engine``; it
+owns the SQLite connection, loads the FAISS snapshot (or rebuilds it from SQLite) and holds
+the models with the reasons they are degraded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragd.errors import RagdError
+from ragd.models.base import LoadedModels
+from ragd.store.catalog import Catalog
+from ragd.store.vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from ragd.config import Config
+
+
+class Engine:
+    """Index state for ``config.data_dir``; models are loaded on first use."""
+
+    def __init__(self, config: Config, models: LoadedModels | None = None, *, rerank: bool = True) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self._models = models
+        self._want_reranker = rerank
+        self.catalog = Catalog(self.data_dir / "catalog.db")
+        self._vectors: VectorIndex | None = None
+        self._model_key: int | None = None
+
+    # -- models -----------------------------------------------------------------------
+    @property
+    def models(self) -> LoadedModels:
+        if self._models is None:
+            from ragd.models import load_models
+
+            self._models = load_models(self.config.models, rerank=self._want_reranker)
+        return self._models
+
+    @property
+    def model_key(self) -> int:
+        if self._model_key is None:
+            emb = self.models.embedder
+            self._model_key = self.catalog.model_key(emb.model_id, emb.dim)
+        return self._model_key
+
+    # -- vectors ----------------------------------------------------------------------
+    def _snapshot_path(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.models.embedder.model_id)
+        return self.data_dir / "vectors" / f"{slug}.faiss"
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index for the current embedder: the snapshot if current, else rebuilt."""
+        if self._vectors is None:
+            emb = self.models.embedder
+            generation = self.catalog.generation()
+            index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim)
+            if index is None or index.count != self.catalog.count_embedded_chunks(self.model_key):
+                index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
+                self._vectors = index
+                self.save_vectors()
+            self._vectors = index
+        return self._vectors
+
+    def save_vectors(self) -> None:
+        if self._vectors is not None:
+            self._vectors.save(self._snapshot_path(), self.catalog.generation(), self.models.embedder.model_id)
+
+    # -- writers ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the data folder's writer lock: one indexing process at a time."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "writer.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise RagdError(
+                    f"another ragd process is writing to {self.data_dir} (lock writer.lock is held); "
+                    "wait for it to finish or stop it"
+                ) from exc
+            yield
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

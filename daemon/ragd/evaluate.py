@@ -1,0 +1,201 @@
+"""BEIR-format evaluation: load a collection, and score rankings with nDCG@10, Recall@100
+and MRR@10 under their standard definitions (graded gains, log2 discount, ideal DCG from
+the judged documents)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragd.errors import UsageError
+
+if TYPE_CHECKING:
+    from ragd.config import Config
+    from ragd.engine import Engine
+    from ragd.indexer import Progress
+
+Qrels = dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    corpus: dict[str, tuple[str, str]]  # doc id -> (title, text)
+    queries: dict[str, str]             # query id -> text (only judged queries)
+    qrels: Qrels                        # query id -> doc id -> grade
+
+
+def load_beir(folder: Path, split: str = "test") -> Dataset:
+    """Read corpus.jsonl, queries.jsonl and qrels/<split>.tsv; clear errors for a bad folder."""
+    paths = {"corpus": folder / "corpus.jsonl", "queries": folder / "queries.jsonl",
+             "qrels": folder / "qrels" / f"{split}.tsv"}
+    for what, p in paths.items():
+        if not p.is_file():
+            raise UsageError(f"{folder} is not a BEIR folder: {what} file {p} is missing")
+    corpus: dict[str, tuple[str, str]] = {}
+    with paths["corpus"].open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                corpus[str(d["_id"])] = (str(d.get("title") or ""), str(d.get("text") or ""))
+    qrels: Qrels = {}
+    with paths["qrels"].open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            parts = line.rstrip("\n").split("\t")
+            if i == 0 and parts[0] == "query-id":
+                continue
+            if len(parts) >= 3:
+                qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+    queries: dict[str, str] = {}
+    with paths["queries"].open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                if str(d["_id"]) in qrels:
+                    queries[str(d["_id"])] = str(d["text"])
+    return Dataset(folder.name, corpus, queries, qrels)
+
+
+def ndcg_at(ranking: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
+    dcg = sum((2 ** judged.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranking[:k]))
+    ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
+    idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at(ranking: Sequence[str], judged: Mapping[str, int], k: int = 100) -> float:
+    relevant = {d for d, g in judged.items() if g > 0}
+    return len(relevant.intersection(ranking[:k])) / len(relevant) if relevant else 0.0
+
+
+def mrr_at(ranking: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
+    for i, d in enumerate(ranking[:k]):
+        if judged.get(d, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def score_run(run: Mapping[str, Sequence[str]], qrels: Qrels) -> dict[str, float]:
+    """Mean metrics over every judged query (a query missing from ``run`` scores 0)."""
+    n = len(qrels)
+    if n == 0:
+        return {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}
+    totals = {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}
+    for qid, judged in qrels.items():
+        ranking = run.get(qid, [])
+        totals["ndcg@10"] += ndcg_at(ranking, judged)
+        totals["recall@100"] += recall_at(ranking, judged)
+        totals["mrr@10"] += mrr_at(ranking, judged)
+    return {m: v / n for m, v in totals.items()}
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    embedder: str
+    reranker: str | None
+    metrics: dict[str, float]
+    queries: int
+    index_seconds: float
+    tokens_per_second: float
+    latency_ms: dict[str, float]
+    degraded: list[str]
+    run: dict[str, list[str]]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dataset": self.dataset, "embedder": self.embedder, "reranker": self.reranker,
+            **{k: round(v, 4) for k, v in self.metrics.items()},
+            "queries": self.queries, "index_seconds": round(self.index_seconds, 2),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "latency_ms": self.latency_ms, "degraded": self.degraded,
+        }
+
+
+def _doc_file(doc_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(doc_id, safe="") + ".txt"
+
+
+def _doc_id(path: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(Path(path).name[: -len(".txt")])
+
+
+def materialise(dataset: Dataset, folder: Path) -> Path:
+    """Write each document as a text file (title, newline, text) so the real indexer reads it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc_id, (title, text) in dataset.corpus.items():
+        path = folder / _doc_file(doc_id)
+        body = f"{title}\n{text}\n" if title else f"{text}\n"
+        if not path.exists() or path.read_text(encoding="utf-8") != body:
+            path.write_text(body, encoding="utf-8")
+    return folder
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 2)
+
+    return {"p50": pct(0.5), "p95": pct(0.95), "max": round(ordered[-1], 2)}
+
+
+def run_eval(
+    folder: Path, config: Config, cache_dir: Path, *, rerank: bool = False, engine: Engine | None = None,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Index a BEIR collection (reusing cached embeddings) and score every judged query,
+    ranking documents by their best chunk, through the same search code as the daemon."""
+    import dataclasses
+    import time
+
+    from ragd.engine import Engine
+    from ragd.indexer import index_paths
+    from ragd.search import SearchOptions, search
+
+    dataset = load_beir(folder)
+    base = cache_dir / dataset.name
+    corpus = materialise(dataset, base / "corpus")
+    depth = 100
+    cfg = dataclasses.replace(
+        config, data_dir=base / "index", roots=(),
+        search=dataclasses.replace(config.search, retrieve=max(config.search.retrieve, 3 * depth)),
+    )
+    own = engine is None
+    eng = engine if engine is not None else Engine(cfg, rerank=rerank)
+    try:
+        report = index_paths(eng, [corpus], progress)
+        latencies: list[float] = []
+        run: dict[str, list[str]] = {}
+        for qid, text in dataset.queries.items():
+            t = time.perf_counter()
+            result = search(eng, text, SearchOptions(k=3 * depth, rerank=rerank))
+            latencies.append((time.perf_counter() - t) * 1000)
+            ranking: list[str] = []
+            for hit in result.hits:
+                doc = _doc_id(hit.path)
+                if doc not in ranking:
+                    ranking.append(doc)
+            run[qid] = ranking[:depth]
+        models = eng.models
+        reranker = models.reranker.model_id if (rerank and models.reranker) else None
+        return EvalReport(
+            dataset=dataset.name, embedder=models.embedder.model_id, reranker=reranker,
+            metrics=score_run(run, dataset.qrels), queries=len(dataset.queries),
+            index_seconds=report.seconds,
+            tokens_per_second=report.tokens_embedded / report.seconds if report.seconds else 0.0,
+            latency_ms=_percentiles(latencies), degraded=list(models.degraded), run=run,
+        )
+    finally:
+        if own:
+            eng.close()

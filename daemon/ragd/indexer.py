@@ -1,0 +1,306 @@
+"""The single writer: scan -> extract -> chunk -> embed (length-sorted batches) -> commit.
+
+Incremental and idempotent: a file whose size and mtime are unchanged is not read; a file
+whose bytes are unchanged is not chunked again; a chunk whose text already has an embedding
+for the current model is not embedded again. Each batch of files is committed in one SQLite
+transaction, after which the FAISS cache follows; a per-file failure is recorded on the
+file and never aborts the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ragd.chunk import chunk_document
+from ragd.config import RootConfig
+from ragd.engine import Engine
+from ragd.errors import ExtractError, UsageError
+from ragd.extract import extract
+from ragd.paths import PathFilter
+from ragd.store.catalog import FileRow, FileUpdate, NewChunk, NewEmbedding
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class Progress(Protocol):
+    """Receives indexing progress; the CLI draws it as a progress bar."""
+
+    def total(self, files: int) -> None: ...
+
+    def advance(self, files: int = 0, chunks: int = 0, tokens: int = 0, current: str | None = None) -> None: ...
+
+
+@dataclass
+class IndexReport:
+    """What one run did; ``failures`` lists (path, status, reason) for files not indexed."""
+
+    files_seen: int = 0
+    files_indexed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    files_failed: int = 0
+    files_skipped: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    tokens_embedded: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One place to index: a registered root and the path (the root or below it) to scan."""
+
+    root: Path
+    root_id: int
+    target: Path
+    filter: PathFilter
+
+
+@dataclass
+class _Pending:
+    update: FileUpdate
+    tokens: int = 0
+
+
+def _resolve_scopes(engine: Engine, paths: Sequence[Path]) -> list[Scope]:
+    """Map command-line paths (or, with none, the configured and registered roots) to scopes."""
+    configured = {r.path: r for r in engine.config.roots}
+    registered = {Path(p) for p in engine.catalog.roots()}
+    known_roots = sorted(set(configured) | registered, key=lambda p: len(p.parts), reverse=True)
+    targets: list[tuple[Path, Path]] = []
+    if not paths:
+        if not known_roots:
+            raise UsageError("nothing to index: give a PATH, or add [[roots]] to the config")
+        targets = [(root, root) for root in sorted(set(configured) | registered)]
+    for raw in paths:
+        target = Path(os.path.abspath(os.path.expanduser(raw)))
+        if not target.exists():
+            raise UsageError(f"path does not exist: {raw}")
+        root = next((r for r in known_roots if target == r or r in target.parents), None)
+        if root is None:
+            root = target if target.is_dir() else target.parent
+        targets.append((root, target))
+    scopes = []
+    for root, target in targets:
+        cfg = configured.get(root, RootConfig(path=root))
+        root_id = engine.catalog.add_root(str(root))
+        scopes.append(Scope(root, root_id, target, PathFilter(cfg.include, cfg.exclude)))
+    return scopes
+
+
+def _walk(scope: Scope) -> Iterator[tuple[Path, os.stat_result]]:
+    """Regular files under the scope that pass the filters; symlinks never lead out of the root."""
+    root_real = os.path.realpath(scope.root)
+
+    def accept(path: Path) -> os.stat_result | None:
+        try:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(path)
+                if not (real == root_real or real.startswith(root_real + os.sep)):
+                    return None
+                st = path.stat()
+        except OSError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    if scope.target.is_file() or scope.target.is_symlink():
+        rel = scope.target.relative_to(scope.root).as_posix()
+        st = accept(scope.target)
+        if st is not None and scope.filter.accepts(rel):
+            yield scope.target, st
+        return
+    for dirpath, dirnames, filenames in os.walk(scope.target, followlinks=False):
+        base = Path(dirpath)
+        rel_dir = base.relative_to(scope.root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(d for d in dirnames if scope.filter.accepts_dir(prefix + d))
+        for name in sorted(filenames):
+            if not scope.filter.accepts(prefix + name):
+                continue
+            path = base / name
+            st = accept(path)
+            if st is not None:
+                yield path, st
+
+
+class Indexer:
+    """Brings the catalog and vectors in line with the files on disk."""
+
+    def __init__(self, engine: Engine, progress: Progress | None = None) -> None:
+        self.engine = engine
+        self.progress = progress
+        self.cfg = engine.config
+        self.embedder = engine.models.embedder
+        self.max_tokens = min(self.cfg.chunking.max_tokens, self.embedder.max_tokens)
+        self.overlap = min(self.cfg.chunking.overlap_tokens, self.max_tokens // 2)
+
+    def run(self, paths: Sequence[Path] = ()) -> IndexReport:
+        started = time.monotonic()
+        report = IndexReport()
+        engine = self.engine
+        with engine.writer():
+            scopes = _resolve_scopes(engine, paths)
+            vectors = engine.vectors  # load or rebuild before changing anything
+            for scope in scopes:
+                self._index_scope(scope, report)
+            engine.catalog.collect_garbage()
+            if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
+                engine._vectors = None  # a stale cache is rebuilt, never served
+                _ = engine.vectors
+            engine.save_vectors()
+        report.failures = [
+            f for f in engine.catalog.failed_files() if any(_under(Path(f[0]), s.target) for s in scopes)
+        ]
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    def _index_scope(self, scope: Scope, report: IndexReport) -> None:
+        catalog = self.engine.catalog
+        known = catalog.files_under(str(scope.target))
+        seen: set[str] = set()
+        todo: list[tuple[Path, os.stat_result, FileRow | None]] = []
+        for path, st in _walk(scope):
+            key = str(path)
+            seen.add(key)
+            report.files_seen += 1
+            row = known.get(key)
+            if row is not None and self._unchanged(row, st):
+                report.files_unchanged += 1
+                continue
+            todo.append((path, st, row))
+        gone = [p for p in known if p not in seen]
+        if gone:
+            result = catalog.apply(self.engine.model_key, [], [], deleted_paths=gone)
+            self.engine.vectors.remove(result.removed_ids)
+            report.files_removed += len(gone)
+        if self.progress is not None:
+            self.progress.total(len(todo))
+        batch: list[_Pending] = []
+        batch_chunks = 0
+        for path, st, row in todo:
+            pending = self._prepare(scope, path, st, row, report)
+            if pending is None:
+                continue
+            batch.append(pending)
+            batch_chunks += len(pending.update.chunks or ())
+            if batch_chunks >= self.cfg.indexing.batch_chunks:
+                self._flush(batch, report)
+                batch, batch_chunks = [], 0
+        if batch:
+            self._flush(batch, report)
+
+    def _unchanged(self, row: FileRow, st: os.stat_result) -> bool:
+        if row.size != st.st_size or row.mtime_ns != st.st_mtime_ns:
+            return False
+        return row.status != "indexed" or row.model == self.engine.model_key
+
+    def _prepare(
+        self, scope: Scope, path: Path, st: os.stat_result, row: FileRow | None, report: IndexReport
+    ) -> _Pending | None:
+        """Read, extract and chunk one file; failures become a file row with the reason."""
+        def update(status: str, digest: str | None, error: str | None = None, **extra: Any) -> FileUpdate:
+            return FileUpdate(scope.root_id, str(path), st.st_size, st.st_mtime_ns, digest, status, error, **extra)
+
+        if st.st_size > self.cfg.indexing.max_file_bytes:
+            report.files_skipped += 1
+            return _Pending(update("skipped", None, f"file too large ({st.st_size} bytes > indexing.max_file_bytes)",
+                                   chunks=()))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            report.files_failed += 1
+            return _Pending(update("failed", None, f"cannot read: {exc.strerror or exc}", chunks=()))
+        digest = content_hash(data)
+        if (row is not None and row.content_hash == digest
+                and (row.status != "indexed" or row.model == self.engine.model_key)):
+            # Touched but not changed: record the new stat, keep the chunks.
+            report.files_unchanged += 1
+            return _Pending(update(row.status, digest, row.error, chunks=None))
+        try:
+            doc = extract(path, data)
+        except ExtractError as exc:
+            report.files_skipped += 1
+            return _Pending(update("skipped", digest, str(exc), chunks=()))
+        try:
+            chunks = chunk_document(doc.text, doc.kind, self.embedder.count_tokens, self.max_tokens, self.overlap)
+        except Exception as exc:  # a chunker bug on one file must not stop the run
+            report.files_failed += 1
+            return _Pending(update("failed", digest, f"cannot chunk: {type(exc).__name__}: {exc}", chunks=()))
+        new = tuple(
+            NewChunk(c.text, c.start_line, c.end_line, tuple(c.heading), c.token_count,
+                     content_hash(c.text.encode("utf-8")))
+            for c in chunks
+        )
+        report.files_indexed += 1
+        return _Pending(
+            update("indexed", digest, kind=doc.kind, encoding=doc.encoding, chunks=new),
+            tokens=sum(c.token_count for c in new),
+        )
+
+    def _flush(self, batch: list[_Pending], report: IndexReport) -> None:
+        """Embed what is missing, commit the batch in one transaction, then update FAISS."""
+        engine = self.engine
+        model = engine.model_key
+        chunks = [c for p in batch for c in (p.update.chunks or ())]
+        have = engine.catalog.embedded_hashes(model, (c.content_hash for c in chunks))
+        todo: dict[str, NewChunk] = {}
+        for c in chunks:
+            if c.content_hash not in have and c.content_hash not in todo:
+                todo[c.content_hash] = c
+        new_embeddings = self._embed(list(todo.values()), batch)
+        report.chunks_embedded += len(new_embeddings)
+        report.tokens_embedded += sum(c.token_count for c in todo.values())
+        report.chunks_reused += len(chunks) - len(new_embeddings)
+        result = engine.catalog.apply(model, new_embeddings, [p.update for p in batch])
+        vectors = engine.vectors
+        vectors.remove(result.removed_ids)
+        if result.added:
+            fresh = {e.chunk_hash: e.dense for e in new_embeddings}
+            missing = [h for _, h in result.added if h not in fresh]
+            fresh.update(engine.catalog.dense_by_hash(model, missing))
+            ids = np.array([cid for cid, _ in result.added], dtype=np.int64)
+            vectors.add(ids, np.stack([fresh[h] for _, h in result.added]))
+
+    def _embed(self, chunks: list[NewChunk], batch: list[_Pending]) -> list[NewEmbedding]:
+        """Embed in length-sorted groups so each model batch pads little; report progress."""
+        out: list[NewEmbedding] = []
+        order = sorted(chunks, key=lambda c: c.token_count)
+        group = max(1, self.cfg.models.batch_size * 4)
+        files_left = len(batch)
+        for start in range(0, len(order), group):
+            part = order[start : start + group]
+            emb = self.embedder.embed_documents([c.text for c in part])
+            for i, c in enumerate(part):
+                out.append(NewEmbedding(
+                    chunk_hash=c.content_hash,
+                    dense=emb.dense[i],
+                    sparse=emb.sparse[i] if emb.sparse is not None else None,
+                    colbert=emb.colbert[i] if emb.colbert is not None else None,
+                ))
+            if self.progress is not None:
+                self.progress.advance(chunks=len(part), tokens=sum(c.token_count for c in part))
+        if self.progress is not None:
+            self.progress.advance(files=files_left, current=batch[-1].update.path if batch else None)
+        return out
+
+
+def _under(path: Path, target: Path) -> bool:
+    return path == target or target in path.parents
+
+
+def index_paths(engine: Engine, paths: Iterable[Path] = (), progress: Progress | None = None) -> IndexReport:
+    """Index ``paths`` (or every configured and registered root) into ``engine``."""
+    return Indexer(engine, progress).run(list(paths))

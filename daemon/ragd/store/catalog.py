@@ -1,0 +1,435 @@
+"""The catalog: SQLite (through sqlite-utils, WAL) is the source of truth for roots, files,
+chunks, embeddings and sparse weights. Everything else (FAISS) is rebuilt from it.
+
+Embeddings are keyed by (model, chunk text hash): a chunk that is unchanged, renamed or
+copied is never embedded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from ragd.errors import StoreError
+from ragd.models.base import FloatArray, SparseWeights
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, dim INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    root_id INTEGER NOT NULL REFERENCES roots(id) ON DELETE CASCADE,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content_hash TEXT,
+    status TEXT NOT NULL,          -- indexed | skipped | failed
+    error TEXT,
+    kind TEXT,
+    encoding TEXT,
+    model INTEGER,                 -- models.id the chunks were embedded with
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_root ON files(root_id);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start_line INTEGER NOT NULL,
+    end_line INTEGER NOT NULL,
+    heading TEXT NOT NULL,         -- JSON array of the heading path
+    token_count INTEGER NOT NULL,
+    content_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
+CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(content_hash);
+CREATE TABLE IF NOT EXISTS embeddings (
+    id INTEGER PRIMARY KEY,
+    model INTEGER NOT NULL REFERENCES models(id),
+    chunk_hash TEXT NOT NULL,
+    dense BLOB NOT NULL,           -- float32, L2-normalised
+    colbert BLOB,                  -- float16 (tokens x dim), only with models.multi_vector
+    UNIQUE (model, chunk_hash)
+);
+CREATE TABLE IF NOT EXISTS sparse (
+    model INTEGER NOT NULL,
+    token INTEGER NOT NULL,
+    chunk_hash TEXT NOT NULL,
+    weight REAL NOT NULL,
+    PRIMARY KEY (model, token, chunk_hash)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    root_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str
+    error: str | None
+    model: int | None
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: int
+    path: str
+    ordinal: int
+    text: str
+    start_line: int
+    end_line: int
+    heading: tuple[str, ...]
+    token_count: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk about to be written; its embedding is looked up by ``content_hash``."""
+
+    text: str
+    start_line: int
+    end_line: int
+    heading: tuple[str, ...]
+    token_count: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class FileUpdate:
+    """The new state of one file, written in a batch by ``Catalog.apply``."""
+
+    root_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str
+    error: str | None = None
+    kind: str | None = None
+    encoding: str | None = None
+    chunks: tuple[NewChunk, ...] | None = None  # None keeps the file's current chunks
+
+
+@dataclass(frozen=True)
+class NewEmbedding:
+    chunk_hash: str
+    dense: FloatArray
+    sparse: SparseWeights | None = None
+    colbert: FloatArray | None = None
+
+
+@dataclass
+class BatchResult:
+    """Chunk ids removed and added by a batch, for the vector index to follow."""
+
+    removed_ids: list[int]
+    added: list[tuple[int, str]]  # (chunk id, content hash)
+
+
+class Catalog:
+    """One SQLite database file; one instance per thread of use."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
+        self.path = path
+        version = self._meta("schema_version")
+        if version is None:
+            with self.db.atomic():
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._set_meta("generation", "0")
+        elif int(version) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has catalog schema {version}, this ragd reads {SCHEMA_VERSION}: "
+                "move the data folder away and index again"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta -------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [key, value])
+
+    def generation(self) -> int:
+        """A counter raised by every change to chunks or embeddings; FAISS snapshots record it."""
+        return int(self._meta("generation") or 0)
+
+    def _bump(self) -> None:
+        self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    # -- models -----------------------------------------------------------------------
+    def model_key(self, name: str, dim: int) -> int:
+        row = self.db.execute("SELECT id, dim FROM models WHERE name = ?", [name]).fetchone()
+        if row is not None:
+            if int(row[1]) != dim:
+                raise StoreError(f"model {name} was stored with dimension {row[1]}, now reports {dim}")
+            return int(row[0])
+        with self.db.atomic():
+            cur = self.db.execute("INSERT INTO models(name, dim) VALUES (?, ?)", [name, dim])
+        return int(cur.lastrowid or 0)
+
+    # -- roots ------------------------------------------------------------------------
+    def add_root(self, path: str) -> int:
+        row = self.db.execute("SELECT id FROM roots WHERE path = ?", [path]).fetchone()
+        if row is not None:
+            return int(row[0])
+        with self.db.atomic():
+            cur = self.db.execute("INSERT INTO roots(path, added_at) VALUES (?, ?)", [path, time.time()])
+        return int(cur.lastrowid or 0)
+
+    def roots(self) -> dict[str, int]:
+        return {str(p): int(i) for i, p in self.db.execute("SELECT id, path FROM roots ORDER BY path")}
+
+    def remove_root(self, path: str) -> list[int]:
+        """Forget a root with its files and chunks; returns the removed chunk ids."""
+        with self.db.atomic():
+            ids = [
+                int(r[0])
+                for r in self.db.execute(
+                    "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id "
+                    "JOIN roots r ON r.id = f.root_id WHERE r.path = ?",
+                    [path],
+                )
+            ]
+            self.db.execute("DELETE FROM roots WHERE path = ?", [path])
+            self._bump()
+        return ids
+
+    # -- files ------------------------------------------------------------------------
+    def files_under(self, prefix: str) -> dict[str, FileRow]:
+        """Files whose path is ``prefix`` or lies below it (prefix without trailing slash)."""
+        below = prefix.rstrip("/") + "/"
+        rows = self.db.execute(
+            "SELECT id, root_id, path, size, mtime_ns, content_hash, status, error, model FROM files "
+            "WHERE path = ? OR substr(path, 1, ?) = ?",
+            [prefix, len(below), below],
+        )
+        return {str(r[2]): FileRow(*r) for r in rows}
+
+    def file_stats(self) -> dict[str, int]:
+        return {str(s): int(n) for s, n in self.db.execute("SELECT status, count(*) FROM files GROUP BY status")}
+
+    def failed_files(self) -> list[tuple[str, str, str]]:
+        rows = self.db.execute(
+            "SELECT path, status, coalesce(error, '') FROM files WHERE status != 'indexed' ORDER BY path"
+        )
+        return [(str(p), str(s), str(e)) for p, s, e in rows]
+
+    # -- embeddings -------------------------------------------------------------------
+    def embedded_hashes(self, model: int, hashes: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        unique = list(set(hashes))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT chunk_hash FROM embeddings WHERE model = ? AND chunk_hash IN ({marks})", [model, *part]
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
+    def dense_by_hash(self, model: int, hashes: Sequence[str]) -> dict[str, FloatArray]:
+        out: dict[str, FloatArray] = {}
+        unique = list(set(hashes))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT chunk_hash, dense FROM embeddings WHERE model = ? AND chunk_hash IN ({marks})",
+                [model, *part],
+            )
+            for h, blob in rows:
+                out[str(h)] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def iter_dense(self, model: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, FloatArray]]:
+        """All (chunk ids, vectors) that have an embedding for ``model``, in batches."""
+        cur = self.db.execute(
+            "SELECT c.id, e.dense FROM chunks c JOIN embeddings e "
+            "ON e.model = ? AND e.chunk_hash = c.content_hash ORDER BY c.id",
+            [model],
+        )
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            yield ids, vecs
+
+    def count_embedded_chunks(self, model: int) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM chunks c JOIN embeddings e ON e.model = ? AND e.chunk_hash = c.content_hash",
+            [model],
+        ).fetchone()
+        return int(row[0])
+
+    def count_chunks(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    # -- the one write path -----------------------------------------------------------
+    def apply(
+        self,
+        model: int,
+        embeddings: Sequence[NewEmbedding],
+        updates: Sequence[FileUpdate],
+        deleted_paths: Sequence[str] = (),
+    ) -> BatchResult:
+        """Write a batch in one transaction: new embeddings and sparse weights, file rows,
+        their chunks (replacing the old ones), and deletions. All or nothing."""
+        result = BatchResult(removed_ids=[], added=[])
+        now = time.time()
+        with self.db.atomic():
+            for emb in embeddings:
+                colbert = None if emb.colbert is None else emb.colbert.astype(np.float16).tobytes()
+                self.db.execute(
+                    "INSERT OR IGNORE INTO embeddings(model, chunk_hash, dense, colbert) VALUES (?, ?, ?, ?)",
+                    [model, emb.chunk_hash, np.ascontiguousarray(emb.dense, dtype=np.float32).tobytes(), colbert],
+                )
+                if emb.sparse:
+                    self.db.conn.executemany(
+                        "INSERT OR REPLACE INTO sparse(model, token, chunk_hash, weight) VALUES (?, ?, ?, ?)",
+                        [(model, tok, emb.chunk_hash, w) for tok, w in emb.sparse.items()],
+                    )
+            for path in deleted_paths:
+                result.removed_ids.extend(self._chunk_ids_of(path))
+                self.db.execute("DELETE FROM files WHERE path = ?", [path])
+            for up in updates:
+                row = self.db.execute("SELECT id FROM files WHERE path = ?", [up.path]).fetchone()
+                values: dict[str, Any] = {
+                    "root_id": up.root_id, "path": up.path, "size": up.size, "mtime_ns": up.mtime_ns,
+                    "content_hash": up.content_hash, "status": up.status, "error": up.error,
+                    "kind": up.kind, "encoding": up.encoding, "indexed_at": now,
+                }
+                if up.chunks is not None:
+                    values["model"] = model if up.status == "indexed" else None
+                if row is None:
+                    cols = ",".join(values)
+                    cur = self.db.execute(
+                        f"INSERT INTO files({cols}) VALUES ({','.join('?' * len(values))})", list(values.values())
+                    )
+                    file_id = int(cur.lastrowid or 0)
+                else:
+                    file_id = int(row[0])
+                    sets = ",".join(f"{k} = ?" for k in values)
+                    self.db.execute(f"UPDATE files SET {sets} WHERE id = ?", [*values.values(), file_id])
+                if up.chunks is None:
+                    continue
+                result.removed_ids.extend(
+                    int(r[0]) for r in self.db.execute("SELECT id FROM chunks WHERE file_id = ?", [file_id])
+                )
+                self.db.execute("DELETE FROM chunks WHERE file_id = ?", [file_id])
+                for ordinal, ch in enumerate(up.chunks):
+                    cur = self.db.execute(
+                        "INSERT INTO chunks(file_id, ordinal, text, start_line, end_line, heading, token_count,"
+                        " content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [file_id, ordinal, ch.text, ch.start_line, ch.end_line,
+                         json.dumps(list(ch.heading), ensure_ascii=False), ch.token_count, ch.content_hash],
+                    )
+                    result.added.append((int(cur.lastrowid or 0), ch.content_hash))
+            if embeddings or deleted_paths or result.removed_ids or result.added:
+                self._bump()
+        return result
+
+    def _chunk_ids_of(self, path: str) -> list[int]:
+        rows = self.db.execute(
+            "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path = ?", [path]
+        )
+        return [int(r[0]) for r in rows]
+
+    def collect_garbage(self) -> int:
+        """Drop embeddings and sparse weights no chunk refers to any more; returns how many."""
+        with self.db.atomic():
+            cur = self.db.execute(
+                "DELETE FROM embeddings WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)"
+            )
+            removed = cur.rowcount
+            self.db.execute("DELETE FROM sparse WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)")
+        return int(removed)
+
+    # -- reads for search -------------------------------------------------------------
+    def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
+        out: dict[int, ChunkRow] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                "SELECT c.id, f.path, c.ordinal, c.text, c.start_line, c.end_line, c.heading, c.token_count,"
+                f" c.content_hash FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+                part,
+            )
+            for r in rows:
+                out[int(r[0])] = ChunkRow(
+                    int(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4]), int(r[5]),
+                    tuple(json.loads(r[6])), int(r[7]), str(r[8]),
+                )
+        return out
+
+    def chunk_ids_under(self, prefix: str) -> list[int]:
+        rows = self.db.execute(
+            "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE substr(f.path, 1, ?) = ?",
+            [len(prefix), prefix],
+        )
+        return [int(r[0]) for r in rows]
+
+    def sparse_search(self, model: int, weights: SparseWeights, limit: int) -> list[tuple[str, float]]:
+        """Chunk hashes by FlagEmbedding's lexical matching score: the sum over shared tokens
+        of query weight x document weight."""
+        if not weights:
+            return []
+        values = ",".join("(?, ?)" for _ in weights)
+        params: list[Any] = []
+        for tok, w in weights.items():
+            params.extend([int(tok), float(w)])
+        rows = self.db.execute(
+            f"WITH q(token, w) AS (VALUES {values}) "
+            "SELECT s.chunk_hash, SUM(s.weight * q.w) AS score FROM q JOIN sparse s "
+            "ON s.model = ? AND s.token = q.token GROUP BY s.chunk_hash ORDER BY score DESC LIMIT ?",
+            [*params, model, limit],
+        )
+        return [(str(h), float(s)) for h, s in rows]
+
+    def chunk_ids_by_hash(self, hashes: Sequence[str]) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i in range(0, len(hashes), 500):
+            part = list(hashes[i : i + 500])
+            marks = ",".join("?" * len(part))
+            for cid, h in self.db.execute(
+                f"SELECT id, content_hash FROM chunks WHERE content_hash IN ({marks}) ORDER BY id", part
+            ):
+                out.setdefault(str(h), []).append(int(cid))
+        return out

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny randomly initialised models with the real models' structure,
+configs pointing at temporary folders, and the evaluation data location."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data; fails under CI=true when missing, else skips."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        message = f"evaluation data missing: {path}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from ragd.models.synthetic import build_m3_embedder, build_reranker
+
+    base = tmp_path_factory.mktemp("models")
+    return {"m3": build_m3_embedder(base / "tiny-m3"), "reranker": build_reranker(base / "tiny-reranker")}
+
+
+@pytest.fixture(scope="session")
+def loaded_tiny(tiny_models: dict[str, Path]) -> Any:
+    """The tiny models loaded once per session (loading is the slow part)."""
+    from ragd.config import ModelsConfig
+    from ragd.models import load_models
+
+    cfg = ModelsConfig(embedder=str(tiny_models["m3"]), reranker=str(tiny_models["reranker"]), fallback="none")
+    return load_models(cfg, warn=False)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, tiny_models: dict[str, Path]) -> Callable[..., Any]:
+    """Build a validated Config rooted in tmp_path; keyword sections override defaults."""
+    from ragd.config import parse_config
+
+    def build(**sections: Any) -> Any:
+        data: dict[str, Any] = {
+            "data_dir": str(tmp_path / "data"),
+            "models": {"embedder": str(tiny_models["m3"]), "reranker": str(tiny_models["reranker"]),
+                       "fallback": "none"},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return parse_config(data, source=tmp_path / "config.toml")
+
+    return build
+
+
+@pytest.fixture
+def engine_factory(make_config: Callable[..., Any], loaded_tiny: Any) -> Iterator[Callable[..., Any]]:
+    """Engines over the session's tiny models; every engine is closed at teardown."""
+    from ragd.engine import Engine
+
+    engines: list[Engine] = []
+
+    def build(**sections: Any) -> Engine:
+        engine = Engine(make_config(**sections), models=loaded_tiny)
+        engines.append(engine)
+        return engine
+
+    yield build
+    for e in engines:
+        e.close()
+
+
+def write_tree(root: Path, files: dict[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content, encoding="utf-8")

@@ -1,0 +1,101 @@
+"""Model backends load the tiny stand-ins through the real code path and match
+FlagEmbedding's own encode() output; resolution and fallback say what happened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ragd.config import ModelsConfig
+from ragd.errors import ModelNotFoundError
+from ragd.models import load_models
+from ragd.models.flag import FlagEmbedder, declared_pooling
+from ragd.models.resolve import minilm_folder, resolve_model
+
+TEXTS = ["hello world 你好世界", "the quick brown fox jumps over the dog", "a", "ice cores record past climate"]
+
+
+def test_m3_outputs_match_flagembedding_encode(tiny_models: dict[str, Path]) -> None:
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", batch_size=2, multi_vector=True)
+    assert emb.has_sparse and emb.dim == 32
+    mine = emb.embed_documents(TEXTS)
+    ref = emb._model.encode(
+        TEXTS, batch_size=8, max_length=512, return_dense=True, return_sparse=True, return_colbert_vecs=True
+    )
+    np.testing.assert_allclose(mine.dense, ref["dense_vecs"], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(mine.dense, axis=1), 1.0, atol=1e-5)
+    assert mine.sparse is not None and mine.colbert is not None
+    for ours, theirs in zip(mine.sparse, ref["lexical_weights"], strict=True):
+        assert set(ours) == {int(k) for k in theirs}
+        for k, v in theirs.items():
+            assert ours[int(k)] == pytest.approx(float(v), abs=1e-5)
+    for ours_c, theirs_c in zip(mine.colbert, ref["colbert_vecs"], strict=True):
+        np.testing.assert_allclose(ours_c, theirs_c, atol=1e-5)
+    # The lexical matching score over our weights equals FlagEmbedding's.
+    q, d = mine.sparse[1], mine.sparse[3]
+    ours_score = sum(w * d[t] for t, w in q.items() if t in d)
+    theirs_score = emb._model.compute_lexical_matching_score(ref["lexical_weights"][1], ref["lexical_weights"][3])
+    assert ours_score == pytest.approx(float(theirs_score), abs=1e-5)
+
+
+def test_minilm_is_dense_with_mean_pooling() -> None:
+    folder = minilm_folder()
+    assert declared_pooling(folder) == "mean"
+    emb = FlagEmbedder(folder, "minilm", batch_size=3)
+    assert not emb.has_sparse and emb.dim == 384 and emb.max_tokens == 254
+    mine = emb.embed_documents(TEXTS)
+    ref = emb._model.encode(TEXTS, batch_size=8, max_length=256)
+    np.testing.assert_allclose(mine.dense, ref, atol=1e-5)
+    a, b, c = emb.embed_documents(["a cat sat on the mat", "a kitten sits on a rug", "interest rates rose"]).dense
+    assert float(a @ b) > float(a @ c) + 0.3  # real semantics, not random weights
+
+
+def test_query_longer_than_model_is_refused(tiny_models: dict[str, Path]) -> None:
+    from ragd.errors import UsageError
+
+    emb = FlagEmbedder(folder := minilm_folder(), "minilm")
+    assert folder.is_dir()
+    with pytest.raises(UsageError, match="query is too long"):
+        emb.embed_query("word " * 400)
+
+
+def test_reranker_scores_pairs(loaded_tiny: Any) -> None:
+    scores = loaded_tiny.reranker.score("glaciers", ["ice cores", "bread", "rivers"])
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    assert len(set(scores)) == 3
+
+
+def test_resolution_reports_where_or_why(tmp_path: Path) -> None:
+    assert resolve_model("minilm").found
+    missing = resolve_model(str(tmp_path / "nothing"))
+    assert not missing.found and "does not exist" in (missing.error or "")
+    (tmp_path / "empty").mkdir()
+    assert "no config.json" in (resolve_model(str(tmp_path / "empty")).error or "")
+    hub = resolve_model("BAAI/bge-m3-not-cached-here")
+    assert not hub.found and "ragd models pull" in (hub.error or "")
+    with pytest.raises(ModelNotFoundError, match="ragd models pull"):
+        hub.require()
+
+
+def test_fallback_to_minilm_turns_reranking_off(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    cfg = ModelsConfig(embedder=str(tmp_path / "gone"), reranker=str(tiny_models["reranker"]), fallback="minilm")
+    loaded = load_models(cfg, warn=False)
+    assert loaded.embedder.model_id.startswith("sentence-transformers/all-MiniLM-L6-v2@")
+    assert loaded.reranker is None
+    assert any("fallback minilm" in d for d in loaded.degraded)
+
+
+def test_no_fallback_raises(tmp_path: Path) -> None:
+    cfg = ModelsConfig(embedder=str(tmp_path / "gone"), fallback="none")
+    with pytest.raises(ModelNotFoundError, match="gone"):
+        load_models(cfg, warn=False)
+
+
+def test_missing_reranker_degrades_only_reranking(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    cfg = ModelsConfig(embedder=str(tiny_models["m3"]), reranker=str(tmp_path / "gone"), fallback="none")
+    loaded = load_models(cfg, warn=False)
+    assert loaded.reranker is None and loaded.embedder.has_sparse
+    assert any("reranker unavailable" in d for d in loaded.degraded)

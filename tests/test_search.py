@@ -1,0 +1,102 @@
+"""Search over a small indexed folder with the tiny models: stages, filters, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import write_tree
+from ragd.errors import IndexEmptyError, UsageError
+from ragd.indexer import index_paths
+from ragd.search import SearchOptions, fuse, normalise, search, snippet
+
+DOCS = {
+    "glaciers.md": "# Glaciers\n\nIce cores from glaciers record the climate of past centuries.\n",
+    "bread.txt": "Sourdough bread needs a starter made of flour and water.\n",
+    "rivers/delta.txt": "River deltas form where rivers deposit sediment into the sea.\n",
+    "rivers/nile.md": "# Nile\n\nThe Nile delta is one of the largest river deltas.\n",
+}
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, engine_factory: Any) -> Any:
+    root = tmp_path / "docs"
+    write_tree(root, DOCS)
+    engine = engine_factory()
+    index_paths(engine, [root])
+    return engine, root
+
+
+def test_search_returns_hits_with_every_field(indexed: Any) -> None:
+    engine, root = indexed
+    result = search(engine, "sourdough bread starter", SearchOptions(k=3, candidates=4))
+    assert len(result.hits) == 3
+    for hit in result.hits:
+        assert Path(hit.path).is_relative_to(root)
+        assert hit.start_line >= 1 and hit.end_line >= hit.start_line
+        assert hit.rerank_score is not None and hit.score == hit.rerank_score
+        assert hit.snippet
+    assert result.reranked == 4
+    scores = [h.rerank_score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert {"embed_ms", "dense_ms", "sparse_ms", "fuse_ms", "rerank_ms", "total_ms"} <= set(result.timings)
+    assert result.models["embedder"] and result.models["reranker"]
+    data = result.to_json()
+    assert set(data["hits"][0]) >= {"path", "start_line", "end_line", "heading", "snippet", "score",
+                                    "retrieval_score", "rerank_score"}
+
+
+def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
+    """The tiny model is random, but its sparse weights still match shared tokens."""
+    engine, root = indexed
+    result = search(engine, "Sourdough bread needs a starter made of flour and water.", SearchOptions(rerank=False))
+    assert result.hits[0].path == str(root / "bread.txt")
+    assert result.hits[0].rerank_score is None and result.reranked == 0
+
+
+def test_path_prefix_filters(indexed: Any) -> None:
+    engine, root = indexed
+    result = search(engine, "delta", SearchOptions(k=10, rerank=False, path_prefix=str(root / "rivers")))
+    assert result.hits and all(h.path.startswith(str(root / "rivers")) for h in result.hits)
+    assert len(result.hits) == 2
+    none = search(engine, "delta", SearchOptions(rerank=False, path_prefix=str(root / "nowhere")))
+    assert none.hits == []
+
+
+def test_heading_path_is_reported(indexed: Any) -> None:
+    engine, _root = indexed
+    result = search(engine, "Nile delta", SearchOptions(k=10, rerank=False))
+    nile = [h for h in result.hits if h.path.endswith("nile.md")]
+    assert nile and nile[0].heading == ["Nile"]
+
+
+@pytest.mark.parametrize(
+    ("query", "k", "message"),
+    [("   ", 5, "query is empty"), ("x", 0, "k must be"), ("x", 100000, "k must be")],
+)
+def test_bad_requests(indexed: Any, query: str, k: int, message: str) -> None:
+    engine, _ = indexed
+    with pytest.raises(UsageError, match=message):
+        search(engine, query, SearchOptions(k=k))
+
+
+def test_empty_index(engine_factory: Any) -> None:
+    engine = engine_factory()
+    with pytest.raises(IndexEmptyError, match="index is empty"):
+        search(engine, "anything")
+
+
+def test_fusion_normalises_and_weights() -> None:
+    assert normalise({1: 2.0, 2: 4.0}) == {1: 0.0, 2: 1.0}
+    fused = fuse({"dense": {1: 0.9, 2: 0.5}, "sparse": {2: 10.0, 3: 5.0}}, {"dense": 1.0, "sparse": 0.5})
+    assert fused == {1: 1.0, 2: 0.5, 3: 0.0}
+    # One live signal keeps its raw scores (cosines stay cosines).
+    assert fuse({"dense": {1: 0.9}, "sparse": {}}, {"dense": 1.0, "sparse": 0.3}) == {1: 0.9}
+
+
+def test_snippet_centres_on_query_words() -> None:
+    text = "intro " * 100 + "the answer is forty-two " + "outro " * 100
+    s = snippet(text, "answer", 80)
+    assert "answer" in s and s.startswith("…") and s.endswith("…") and len(s) <= 82
