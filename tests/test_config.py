@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,19 @@ from ragd.config import (
 from ragd.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
-SECTIONS: dict[str, type] = {
-    "": Config, "roots": RootConfig, "models": ModelsConfig, "chunking": ChunkingConfig,
-    "search": SearchConfig, "indexing": IndexingConfig,
-}
+def _sections() -> dict[str, type]:
+    """Every table of the file, derived from Config so a new section is covered at once."""
+    out: dict[str, type] = {"": Config}
+    for f in dataclasses.fields(Config):
+        tp = typing.get_type_hints(Config)[f.name]
+        if typing.get_origin(tp) is tuple:
+            tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(tp):
+            out[f.name] = tp  # type: ignore[assignment]
+    return out
+
+
+SECTIONS: dict[str, type] = _sections()
 
 
 @pytest.fixture
@@ -202,11 +212,14 @@ def error_for(tmp_path: Path, env: dict[str, str], text: str) -> str:
          "models.colour: unknown key (known keys in [models]: embedder, reranker, fallback, device, precision, "
          "batch_size, multi_vector)"),
         ("colour = 1",
-         "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing)"),
+         "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
+         "watch)"),
         ("source = 'x'",
-         "source: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing)"),
+         "source: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
+         "watch)"),
         ("[retrieval]\nk = 1",
-         "retrieval: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing)"),
+         "retrieval: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
+         "watch)"),
         ("[indexing]\nmax_bytes = 1",
          "indexing.max_bytes: unknown key (known keys in [indexing]: max_file_bytes, batch_chunks)"),
         ("[roots]\npath = '.'", "roots: expected an array of tables ([[roots]]), got a table"),

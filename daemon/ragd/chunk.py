@@ -11,6 +11,7 @@ cut, and each cut costs one counter call when the guess is right, a few more oth
 
 from __future__ import annotations
 
+import itertools
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -34,13 +35,14 @@ class Chunk:
 
 
 # Unit levels, coarse to fine.
-_SECTION, _BLOCK, _LINE, _SENTENCE, _CLAUSE, _WORD, _CHAR = range(7)
+_SECTION, _BLOCK, _LINE, _SENTENCE, _CLAUSE, _WORD, _PIECE, _CHAR = range(8)
 
 _CLOSERS = "\"')\\]’”»」』）》"
 _SENTENCE_END = re.compile(rf"[.!?…]+[{_CLOSERS}]*(?=\s)|[。！？；]+[{_CLOSERS}]*")
 _CLAUSE_END = re.compile(rf"[,;:]+[{_CLOSERS}]*(?=\s)|[，、：]+[{_CLOSERS}]*")
 _WORDS = re.compile(r"\S+")
 _NEWLINE = re.compile("\n")
+_PUNCTUATION = re.compile(r"[^\w\s]+")
 _WIDE_CHARS = re.compile("[\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]")
 
 _MD_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
@@ -82,13 +84,11 @@ class _Counter:
     def __init__(self, fn: TokenCounter) -> None:
         self.fn = fn
         self.cache: dict[str, int] = {}
-        self.calls = 0
 
     def count(self, texts: Sequence[str]) -> list[int]:
         missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if missing:
             got = self.fn(missing)
-            self.calls += 1
             if len(got) != len(missing):
                 raise ValueError(f"token counter returned {len(got)} counts for {len(missing)} texts")
             self.cache.update(zip(missing, got, strict=True))
@@ -237,8 +237,10 @@ class _Chunker:
                 spans = _cut(text, start, end, _SENTENCE_END)
             elif level == _CLAUSE:
                 spans = _cut(text, start, end, _CLAUSE_END)
-            else:
+            elif level == _WORD:
                 spans = [(m.start(), m.end()) for m in _WORDS.finditer(text, start, end)]
+            else:
+                spans = _cut(text, start, end, _PUNCTUATION)
             if len(spans) > 1:
                 return level, spans
         return _CHAR, [(k, k + 1) for k in range(start, end) if not text[k].isspace()]
@@ -247,18 +249,17 @@ class _Chunker:
 
     def _pack(self, sec: _Section, atoms: list[_Unit]) -> list[Chunk]:
         """Greedy packing of ``atoms`` into chunks, each later one starting with an overlap."""
-        prefix = [0.0]
-        for a in atoms:
-            prefix.append(prefix[-1] + a.tokens)
+        prefix = _prefix_sums(atoms)
         chunks: list[Chunk] = []
         previous: list[_Unit] = []
         i = 0
         while i < len(atoms):
-            found: tuple[int, int, int, list[_Unit]] | None = None
-            for tail in self._tails(previous):
-                found = self._fit(atoms, prefix, i, tail)
-                if found is not None:
-                    break
+            tails = self._tails(previous)
+            found = self._fit(atoms, prefix, i, tails[0]) if tails else None
+            if found is None and len(tails) > 1:
+                tail = self._choose_tail(atoms[i], tails)
+                if tail:
+                    found = self._fit(atoms, prefix, i, tail)
             if found is None:
                 found = self._fit(atoms, prefix, i, [])
             if found is None:  # atom i alone is over the budget: its estimate was too low
@@ -267,9 +268,7 @@ class _Chunker:
                     raise ValueError(f"max_tokens={self.max} cannot hold even one character here")
                 atom.tokens = self.counter.count([self.text[atom.start : atom.end]])[0]
                 atoms[i : i + 1] = self._refine(atom)
-                prefix = [0.0]
-                for a in atoms:
-                    prefix.append(prefix[-1] + a.tokens)
+                prefix = _prefix_sums(atoms)
                 continue
             start, j, tokens, tail = found
             chunks.append(self._chunk(start, atoms[j].end, sec.heading, tokens))
@@ -300,53 +299,88 @@ class _Chunker:
                 return []
             units = [*units[:-1], *self._refine(units[-1])]
 
+    def _choose_tail(self, first: _Unit, tails: list[list[_Unit]]) -> list[_Unit]:
+        """A smaller one of ``tails`` (largest first; the first one failed) within the overlap
+        budget that leaves room for the unit ``first`` after it; ``[]`` when none is found soon."""
+        text = self.text
+        sized = [(sum(u.tokens for u in t), t) for t in tails]
+        begin, end = tails[0][0].start, tails[0][-1].end
+        measured = self.counter.count([text[begin:end]])[0]  # cached by the failed attempt
+        estimated = sized[0][0]
+        target = self.overlap * estimated / measured if measured > 0 else estimated
+        for _ in range(6):
+            tail = next((t for est, t in sized[1:] if est <= target), None)
+            if tail is None:
+                return []
+            begin = tail[0].start
+            overlap, total = self.counter.count([text[begin:end], text[begin : first.end]])
+            if overlap <= self.overlap and total <= self.max:
+                return tail
+            target *= 0.6
+        return []
+
     def _fit(
         self, atoms: list[_Unit], prefix: list[float], i: int, tail: list[_Unit]
     ) -> tuple[int, int, int, list[_Unit]] | None:
         """Largest ``j >= i`` whose chunk (``tail`` overlap, then atoms ``i..j``) fits the budget.
 
         Returns (start offset, j, tokens, tail) or ``None`` when the overlap is over its budget
-        or leaves no room for atom ``i``. Guesses come from the unit counts, scaled by how far
-        off the last measurement was, then bisection; the answer is always measured.
+        or leaves no room for atom ``i``. Guesses come from the unit estimates, scaled by the
+        last measurement, then interpolated between measured bounds, then bisected; the
+        answer is always measured.
         """
         text, n = self.text, len(atoms)
         start = tail[0].start if tail else atoms[i].start
-        est_tail = sum(u.tokens for u in tail)
-        lo, hi = i - 1, n  # atoms i..lo are known to fit, i..hi known not to (n: past the end)
-        guess = self._guess(prefix, lo, hi, est_tail, 1.0)
+        shift = sum(u.tokens for u in tail) - prefix[i]  # estimate(j) = prefix[j + 1] + shift
+
+        def guess_at(estimate: float, lo: int, hi: int) -> int:
+            j = bisect_right(prefix, estimate - shift, lo + 1, hi + 1) - 2
+            return min(max(j, lo + 1), hi - 1)
+
+        lo, hi = i - 1, n  # atoms up to lo are known to fit, up to hi known not to (n: past the end)
+        hi_tokens = 0
+        guess = guess_at(self.max, lo, hi)
         if tail:
             lo_tokens, tokens = self.counter.count([text[start : atoms[i - 1].end], text[start : atoms[guess].end]])
             if lo_tokens > self.overlap:
                 return None
         else:
             lo_tokens, tokens = 0, self.counter.count([text[start : atoms[guess].end]])[0]
-        steps = 0
-        while True:
-            steps += 1
+        for step in itertools.count(1):
             if tokens <= self.max:
                 lo, lo_tokens = guess, tokens
             else:
-                hi = guess
-            if hi == lo + 1:
-                break
-            estimated = est_tail + prefix[guess + 1] - prefix[i]
-            ratio = tokens / estimated if estimated > 0 and tokens > 0 else 1.0
-            if tokens <= self.max and lo_tokens + ratio * atoms[lo + 1].tokens > self.max:
-                break  # the next atom is estimated not to fit: trust the estimate
-            if steps >= 3:
-                guess = (lo + hi) // 2
+                hi, hi_tokens = guess, tokens
+            if hi == lo + 1 or (lo >= i and self.max - lo_tokens <= self.max // 32):
+                break  # done, or close enough to the budget
+            at_lo = prefix[lo + 1] + shift
+            if hi == n:  # not bracketed yet: extrapolate with the measured/estimated ratio
+                estimated = prefix[guess + 1] + shift
+                ratio = tokens / estimated if estimated > 0 and tokens > 0 else 1.0
+                if lo_tokens + ratio * atoms[lo + 1].tokens > self.max:
+                    break  # the next atom is estimated not to fit: trust the estimate
+                guess = guess_at(at_lo + (self.max - lo_tokens) / ratio, lo, hi)
+            elif step < 4:  # bracketed: interpolate between the measured bounds
+                span = prefix[hi + 1] + shift - at_lo
+                slope = (hi_tokens - lo_tokens) / span if span > 0 else 0.0
+                if slope <= 0:
+                    guess = (lo + hi) // 2
+                else:
+                    guess = guess_at(at_lo + (self.max - lo_tokens) / slope, lo, hi)
             else:
-                guess = self._guess(prefix, lo, hi, lo_tokens, ratio)
+                guess = (lo + hi) // 2
             tokens = self.counter.count([text[start : atoms[guess].end]])[0]
         if lo < i:
             return None
         return start, lo, lo_tokens, tail
 
-    def _guess(self, prefix: list[float], lo: int, hi: int, lo_tokens: float, ratio: float) -> int:
-        """The furthest ``j`` in ``(lo, hi)`` estimated to fit, at least ``lo + 1``."""
-        room = max(0.0, self.max - lo_tokens) / ratio
-        j = bisect_right(prefix, prefix[lo + 1] + room, lo + 1, hi + 1) - 2
-        return min(max(j, lo + 1), hi - 1)
+
+def _prefix_sums(units: list[_Unit]) -> list[float]:
+    """``sums[k]``: the estimated tokens of ``units[:k]``."""
+    sums = [0.0]
+    for u in units:
+        sums.append(sums[-1] + u.tokens)
+    return sums
 
 
 def _weight(text: str, start: int, end: int) -> float:

@@ -153,49 +153,125 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
 )
 @click.option("--no-rerank", is_flag=True, help="Skip the reranker; rank by retrieval score.")
 @click.option("--path", "path_prefix", default=None, help="Only files whose path starts with this prefix.")
+@click.option("--daemon", "need_daemon", is_flag=True, help="Only ask the running daemon; exit 1 without one.")
 @config_option
 @json_option
 def search(
     query: str, k: int | None, candidates: int | None, no_rerank: bool, path_prefix: str | None,
-    config_file: str | None, as_json: bool,
+    need_daemon: bool, config_file: str | None, as_json: bool,
 ) -> None:
-    """Search the index for QUERY."""
+    """Search the index for QUERY: through the running daemon, else in this process."""
     try:
         cfg = _load(config_file)
-        from ragd.engine import Engine
-        from ragd.search import SearchOptions, validate
-        from ragd.search import search as run_search
-
-        validate(query, cfg.search.k if k is None else k, cfg.search.candidates if candidates is None else candidates)
+        _check_request(query, cfg.search.k if k is None else k,
+                       cfg.search.candidates if candidates is None else candidates)
         rerank = cfg.search.rerank and not no_rerank
-        with Engine(cfg, rerank=rerank) as engine:
-            result = run_search(
-                engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank, path_prefix=path_prefix)
-            )
+        prefix = _absolute_prefix(path_prefix)
+        data = _search_daemon(cfg, query, k, candidates, rerank, prefix, required=need_daemon)
+        if data is None:
+            click.echo("ragd: no daemon answered; searching in this process (loads the models, slower)", err=True)
+            data = _search_local(cfg, query, k, candidates, rerank, prefix)
     except RagdError as exc:
         _fail(exc)
         return
     if as_json:
-        _print_json(result.to_json())
+        _print_json(data)
         return
-    for reason in result.degraded:
+    for reason in data["degraded"]:
         click.echo(f"ragd: degraded: {reason}", err=True)
-    if not result.hits:
+    if not data["hits"]:
         click.echo("no results")
-    for rank, hit in enumerate(result.hits, 1):
-        heading = f"  [{' > '.join(hit.heading)}]" if hit.heading else ""
-        scores = f"retrieval {hit.retrieval_score:.3f}"
-        if hit.rerank_score is not None:
-            scores += f", rerank {hit.rerank_score:.3f}"
-        click.secho(f"{rank}. {hit.path}:{hit.start_line}-{hit.end_line}{heading}", bold=True)
+    for rank, hit in enumerate(data["hits"], 1):
+        heading = f"  [{' > '.join(hit['heading'])}]" if hit["heading"] else ""
+        scores = f"retrieval {hit['retrieval_score']:.3f}"
+        if hit["rerank_score"] is not None:
+            scores += f", rerank {hit['rerank_score']:.3f}"
+        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{heading}", bold=True)
         click.echo(f"   {scores}")
-        click.echo(f"   {hit.snippet}")
-    t = result.timings
+        click.echo(f"   {hit['snippet']}")
+    t = data["timings"]
     click.echo(
-        f"({len(result.hits)} hits, {result.reranked} reranked, {t.get('total_ms', 0):.0f} ms: "
+        f"({len(data['hits'])} hits, {data['reranked']} reranked, {t.get('total_ms', 0):.0f} ms: "
         + ", ".join(f"{k_[:-3]} {v:.0f}" for k_, v in t.items() if k_ != "total_ms") + ")",
         err=True,
     )
+
+
+def _check_request(query: str, k: int, candidates: int) -> None:
+    """The same checks as ragd.search.validate, without importing the search stack."""
+    from ragd.errors import UsageError
+
+    if not query.strip():
+        raise UsageError("query is empty: give the words to search for")
+    if not 1 <= k <= 1000:
+        raise UsageError(f"k must be from 1 to 1000, got {k}")
+    if not 1 <= candidates <= 1000:
+        raise UsageError(f"candidates must be from 1 to 1000, got {candidates}")
+
+
+def _absolute_prefix(prefix: str | None) -> str | None:
+    import os
+
+    if not prefix:
+        return None
+    expanded = os.path.expanduser(prefix)
+    absolute = os.path.abspath(expanded)
+    return absolute + "/" if expanded.endswith("/") and not absolute.endswith("/") else absolute
+
+
+def _client(cfg: Any, timeout: float | None = 30.0) -> Any:
+    from ragd_client import Client
+
+    return Client(address="unix://" + str(_socket_for(cfg)), timeout=timeout)
+
+
+def _socket_for(cfg: Any) -> Path:
+    import os
+
+    from ragd_client import default_socket_path
+
+    if cfg.server.socket:
+        return Path(os.path.expanduser(cfg.server.socket))
+    return default_socket_path(data_dir=cfg.data_dir)
+
+
+def _search_daemon(
+    cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None, *, required: bool
+) -> dict[str, Any] | None:
+    """The daemon's answer as the --json object, or None when no daemon answers (and not required)."""
+    from ragd.errors import UsageError
+    from ragd_client import DaemonUnavailable, InvalidArgument, RagdClientError
+
+    sock = _socket_for(cfg)
+    if not sock.exists() and not required:
+        return None
+    try:
+        with _client(cfg, timeout=600.0) as client:
+            result = client.search(query, k=k or 0, candidates=candidates or 0, rerank=rerank, path_prefix=prefix)
+    except DaemonUnavailable as exc:
+        if required:
+            raise RagdError(f"no daemon answered on {sock}: start it with `ragd serve` ({exc.details})") from exc
+        return None
+    except InvalidArgument as exc:
+        raise UsageError(exc.details) from exc
+    except RagdClientError as exc:
+        raise RagdError(exc.details) from exc
+    data = result.to_dict()
+    data["query"] = query.strip()
+    return data
+
+
+def _search_local(
+    cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None
+) -> dict[str, Any]:
+    from ragd.engine import Engine
+    from ragd.search import SearchOptions
+    from ragd.search import search as run_search
+
+    with Engine(cfg, rerank=rerank) as engine:
+        result = run_search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
+                                                         path_prefix=prefix))
+    return result.to_json()
 
 
 # -- models -----------------------------------------------------------------------------
@@ -265,6 +341,269 @@ def models_pull(config_file: str | None) -> None:
             click.echo(f"{setting}: {path}")
     except RagdError as exc:
         _fail(exc)
+
+
+# -- eval -------------------------------------------------------------------------------
+def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
+    from ragd.errors import UsageError
+
+    out: dict[str, float] = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        try:
+            out[name.strip()] = float(raw)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UsageError(f"--weight takes SIGNAL=NUMBER (dense, sparse, lexical), got {item!r}")
+    return out or None
+
+
+@main.command("eval")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--embedder", default=None, help="Embedder to evaluate (default: models.embedder).")
+@click.option("--reranker", default=None, help="Reranker for --rerank (default: models.reranker).")
+@click.option("--mode", type=click.Choice(["dense", "sparse", "lexical", "hybrid"]), default=None,
+              help="Retrievers to use (default: search.mode).")
+@click.option("--fusion", type=click.Choice(["weighted", "rrf"]), default=None,
+              help="How hybrid signals are combined (default: search.fusion).")
+@click.option("--weight", "weights", multiple=True, metavar="SIGNAL=W",
+              help="Fusion weight of dense, sparse or lexical for this run; repeatable.")
+@click.option("--rerank", is_flag=True, help="Rerank the candidates with the cross-encoder.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where indexes are kept between runs (default: data_dir/eval).")
+@config_option
+@json_option
+def eval_command(
+    dataset: Path, embedder: str | None, reranker: str | None, mode: str | None, fusion: str | None,
+    weights: tuple[str, ...], rerank: bool, cache_dir: Path | None, config_file: str | None, as_json: bool,
+) -> None:
+    """Score retrieval on DATASET, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv):
+    nDCG@10, Recall@100, MRR@10 and query latency, through the daemon's search code. The
+    index is cached per dataset and embedder, so a re-run embeds nothing."""
+    import dataclasses
+
+    try:
+        cfg = _load(config_file)
+        from ragd.evaluate import load_beir, open_eval, score_queries
+
+        load_beir(dataset)  # a clear usage error before any model loads
+        overrides: dict[str, Any] = {}
+        if embedder is not None:
+            overrides["embedder"] = embedder
+        if reranker is not None:
+            overrides["reranker"] = reranker
+        if overrides:
+            cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **overrides))
+        parsed = _parse_weights(weights)
+        cache = cache_dir if cache_dir is not None else cfg.data_dir / "eval"
+        with _RichProgress() as progress:
+            index = open_eval(dataset, cfg, cache, rerank=rerank, progress=progress)
+        try:
+            report = score_queries(index, rerank=rerank, mode=mode, weights=parsed, fusion=fusion)
+        finally:
+            index.close()
+    except RagdError as exc:
+        _fail(exc)
+        return
+    data = report.to_json()
+    if as_json:
+        _print_json(data)
+        return
+    for reason in report.degraded:
+        click.echo(f"ragd: degraded: {reason}", err=True)
+    lat = report.latency_ms
+    click.echo(f"{report.dataset}: {report.queries} queries, {report.chunks} chunks, mode {report.mode}"
+               + (f" ({report.fusion}: " + ", ".join(f"{k} {v:g}" for k, v in report.weights.items()) + ")"
+                  if report.mode == "hybrid" else "")
+               + f", embedder {report.embedder}" + (f", reranker {report.reranker}" if report.reranker else ""))
+    click.echo(f"  nDCG@10 {report.metrics['ndcg@10']:.4f}  Recall@100 {report.metrics['recall@100']:.4f}  "
+               f"MRR@10 {report.metrics['mrr@10']:.4f}")
+    if report.chunk_metrics is not None:
+        cm = report.chunk_metrics
+        click.echo(f"  chunk level ({cm['queries']:.0f} queries with answer text): nDCG@10 {cm['ndcg@10']:.4f}  "
+                   f"Recall@100 {cm['recall@100']:.4f}  MRR@10 {cm['mrr@10']:.4f}")
+    click.echo(f"  latency ms: p50 {lat.get('p50', 0):.1f}  p95 {lat.get('p95', 0):.1f}  max {lat.get('max', 0):.1f}")
+    click.echo(f"  index: {report.index_seconds:.1f} s, {report.tokens_embedded} tokens embedded, "
+               f"{report.tokens_per_second:,.0f} tokens/s")
+
+
+# -- daemon ---------------------------------------------------------------------------
+@main.command()
+@config_option
+def serve(config_file: str | None) -> None:
+    """Run the daemon: watch the roots, keep the index live, answer gRPC calls."""
+    try:
+        cfg = _load(config_file)
+        from ragd.server import serve as run_server
+
+        code = run_server(cfg)
+    except RagdError as exc:
+        _fail(exc)
+        return
+    sys.exit(code)
+
+
+def _daemon_call(cfg: Any, call: Callable[[Any], Any]) -> Any:
+    """Run ``call(client)`` against the daemon; no daemon is a one-line error, exit 1."""
+    from ragd.errors import UsageError
+    from ragd_client import DaemonUnavailable, InvalidArgument, RagdClientError
+
+    try:
+        with _client(cfg) as client:
+            return call(client)
+    except DaemonUnavailable as exc:
+        raise RagdError(f"no daemon answered on {_socket_for(cfg)}: start it with `ragd serve`") from exc
+    except InvalidArgument as exc:
+        raise UsageError(exc.details) from exc
+    except RagdClientError as exc:
+        raise RagdError(exc.details) from exc
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    state = "serving" if st["serving"] else "not serving (loading or rebuilding)"
+    click.echo(f"ragd {st.get('version', '')}: {state}")
+    click.echo(f"  files: {st['files_indexed']} indexed, {st['files_pending']} pending, "
+               f"{st['files_failed']} not indexed; {st.get('chunks', 0)} chunks")
+    models = st.get("models") or {}
+    click.echo(f"  models: embedder {models.get('embedder') or '-'}, reranker {models.get('reranker') or 'off'}")
+    for reason in st.get("degraded", []):
+        click.echo(f"  degraded: {reason}")
+    for r in st.get("roots", []):
+        watching = "watching" if r.get("watching") else "not watching"
+        click.echo(f"  {r['path']}: {r['files_indexed']} indexed, {r['files_pending']} pending, "
+                   f"{r['files_failed']} not indexed ({watching})")
+        for f in r.get("failures", [])[:5]:
+            click.echo(f"    {f['status']}: {f['path']}: {f['reason']}")
+    if st.get("current_file"):
+        eta = st.get("eta")
+        click.echo(f"  now: {st['current_file']} ({st.get('tokens_per_second', 0):,.0f} tok/s"
+                   + (f", about {eta:,.0f} s left)" if eta and eta > 0 else ")"))
+
+
+@main.command()
+@click.option("--watch", "follow", is_flag=True, help="Keep showing progress until interrupted.")
+@config_option
+@json_option
+def status(follow: bool, config_file: str | None, as_json: bool) -> None:
+    """Show what the daemon is doing: files indexed, pending and failed per root, models."""
+    try:
+        cfg = _load(config_file)
+        if not follow:
+            st = _daemon_call(cfg, lambda c: c.status().to_dict())
+            if as_json:
+                _print_json(st)
+            else:
+                _print_status(st)
+            return
+        _follow_status(cfg, as_json)
+    except RagdError as exc:
+        _fail(exc)
+
+
+def _follow_status(cfg: Any, as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    def run(client: Any) -> None:
+        if as_json:
+            for st in client.watch_status():
+                click.echo(json.dumps(st.to_dict(), ensure_ascii=False))
+            return
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
+            task = bar.add_task("indexed", total=None, info="")
+            for st in client.watch_status():
+                d = st.to_dict()
+                done = d["files_indexed"]
+                total = done + d["files_pending"]
+                current = Path(d["current_file"]).name if d["current_file"] else ""
+                info = f"{d['tokens_per_second']:,.0f} tok/s {current}"
+                bar.update(task, completed=done, total=total or None, info=info)
+
+    try:
+        _daemon_call(cfg, run)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.group()
+def roots() -> None:
+    """Add, remove or list the daemon's roots."""
+
+
+@roots.command("add")
+@click.argument("path", type=click.Path(path_type=Path))
+@config_option
+@json_option
+def roots_add(path: Path, config_file: str | None, as_json: bool) -> None:
+    """Register PATH with the daemon; it is indexed in the background."""
+    try:
+        cfg = _load(config_file)
+        absolute = str(path.expanduser().resolve())
+        root = _daemon_call(cfg, lambda c: c.add_root(absolute))
+    except RagdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(root.to_dict())
+    else:
+        click.echo(f"added {root.path}; indexing in the background (see `ragd status`)")
+
+
+@roots.command("rm")
+@click.argument("path", type=click.Path(path_type=Path))
+@config_option
+@json_option
+def roots_rm(path: Path, config_file: str | None, as_json: bool) -> None:
+    """Remove PATH from the daemon's roots; its files leave the index."""
+    try:
+        cfg = _load(config_file)
+        absolute = str(path.expanduser().absolute())
+        removed = _daemon_call(cfg, lambda c: c.remove_root(absolute))
+    except RagdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json({"path": absolute, "files_removed": removed})
+    else:
+        click.echo(f"removed {absolute} ({removed} files left the index)")
+
+
+@roots.command("ls")
+@config_option
+@json_option
+def roots_ls(config_file: str | None, as_json: bool) -> None:
+    """List the daemon's roots."""
+    try:
+        cfg = _load(config_file)
+        listed = _daemon_call(cfg, lambda c: [r.to_dict() for r in c.roots()])
+    except RagdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json({"roots": listed})
+        return
+    for r in listed:
+        click.echo(r["path"] + ("  (config)" if r.get("configured") else ""))
+
+
+@main.command()
+@click.argument("root", required=False)
+@config_option
+@json_option
+def reindex(root: str | None, config_file: str | None, as_json: bool) -> None:
+    """Ask the daemon for a reconcile scan of ROOT (default: every root)."""
+    try:
+        cfg = _load(config_file)
+        target = str(Path(root).expanduser().absolute()) if root else None
+        queued = _daemon_call(cfg, lambda c: c.reindex(target))
+    except RagdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json({"queued": queued})
+    else:
+        click.echo(f"queued {queued} scan(s)")
 
 
 if __name__ == "__main__":

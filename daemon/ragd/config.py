@@ -65,8 +65,12 @@ class SearchConfig:
     candidates: int = 30
     retrieve: int = 100
     rerank: bool = True
+    mode: str = "hybrid"
     dense_weight: float = 1.0
     sparse_weight: float = 0.3
+    lexical_weight: float = 1.0
+    fusion: str = "weighted"
+    rrf_k: int = 60
     snippet_chars: int = 300
 
 
@@ -79,6 +83,29 @@ class IndexingConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """How ``ragd serve`` listens: a Unix socket always, TCP only when configured."""
+
+    socket: str = ""
+    tcp: str = ""
+    allow_remote: bool = False
+    token_file: str = ""
+    max_concurrent_rpcs: int = 32
+    max_message_bytes: int = 4_194_304
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """Watching roots for changes (``ragd serve``): debounce, reconcile scans, batch sizes."""
+
+    enabled: bool = True
+    debounce_ms: int = 500
+    reconcile_interval_s: int = 3600
+    max_batch_paths: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (None for defaults)."""
 
@@ -88,6 +115,8 @@ class Config:
     chunking: ChunkingConfig = ChunkingConfig()
     search: SearchConfig = SearchConfig()
     indexing: IndexingConfig = IndexingConfig()
+    server: ServerConfig = ServerConfig()
+    watch: WatchConfig = WatchConfig()
     source: Path | None = None
 
 
@@ -105,6 +134,8 @@ class Rule:
     half_of: str | None = None  # at most half of this sibling key (integer division)
     folder: bool = False  # a path that must be an existing folder
     unique: str | None = None  # in an array of tables: this field must differ between tables
+    empty_ok: bool = False  # a string key where "" means "the default" (e.g. server.socket)
+    zero_ok: bool = False  # a number key where 0 means "off", outside low..high (e.g. watch.reconcile_interval_s)
 
 
 RULES: Mapping[str, Rule] = {
@@ -121,9 +152,22 @@ RULES: Mapping[str, Rule] = {
     "search.retrieve": Rule(low=1, high=10000),
     "search.dense_weight": Rule(low=0),
     "search.sparse_weight": Rule(low=0),
+    "search.mode": Rule(choices=("hybrid", "dense", "sparse", "lexical")),
+    "search.lexical_weight": Rule(low=0),
+    "search.fusion": Rule(choices=("weighted", "rrf")),
+    "search.rrf_k": Rule(low=1, high=10000),
     "search.snippet_chars": Rule(low=20, high=10000),
     "indexing.max_file_bytes": Rule(low=1),
     "indexing.batch_chunks": Rule(low=1, high=100000),
+    "server.socket": Rule(empty_ok=True),
+    "server.tcp": Rule(empty_ok=True),
+    "server.token_file": Rule(empty_ok=True),
+    "server.max_concurrent_rpcs": Rule(low=1, high=10000),
+    "server.max_message_bytes": Rule(low=1024, high=1 << 30),
+    "server.shutdown_grace_s": Rule(low=0, high=3600),
+    "watch.debounce_ms": Rule(low=0, high=60000),
+    "watch.reconcile_interval_s": Rule(low=60, high=604800, zero_ok=True),
+    "watch.max_batch_paths": Rule(low=1, high=100000),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
 
@@ -261,7 +305,7 @@ def _convert(value: Any, tp: Any, label: str, ctx: _Context, header: str | None 
               and math.isfinite(value) and _in_range(value, rule))
         value = float(value) if ok else value
     elif tp is str:
-        ok = isinstance(value, str) and (value in rule.choices if rule.choices else value != "")
+        ok = isinstance(value, str) and (value in rule.choices if rule.choices else (value != "" or rule.empty_ok))
     elif tp is Path:
         ok = isinstance(value, str) and value != ""
         if ok:
@@ -298,6 +342,8 @@ def _expected(tp: Any, rule: Rule, label: str) -> str:
         return "expected true or false"
     if tp is int or tp is float:
         noun = "an integer" if tp is int else "a number"
+        if rule.zero_ok:
+            noun = f"0 (off) or {noun}"
         if rule.low is not None and rule.high is not None:
             return f"expected {noun} from {_num(rule.low)} to {_num(rule.high)}"
         if rule.low is not None:
@@ -306,7 +352,7 @@ def _expected(tp: Any, rule: Rule, label: str) -> str:
             return f"expected {noun} <= {_num(rule.high)}"
         return f"expected {noun}"
     if tp is str:
-        return "expected a non-empty string"
+        return "expected a string" if rule.empty_ok else "expected a non-empty string"
     if tp is Path:
         return "expected a folder path (a non-empty string)" if rule.folder else "expected a path (a non-empty string)"
     if typing.get_origin(tp) is tuple:
@@ -339,6 +385,8 @@ def _num(x: float | None) -> str:
 
 
 def _in_range(value: float, rule: Rule) -> bool:
+    if rule.zero_ok and value == 0:
+        return True
     return (rule.low is None or value >= rule.low) and (rule.high is None or value <= rule.high)
 
 

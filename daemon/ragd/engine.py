@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,44 @@ if TYPE_CHECKING:
     from ragd.config import Config
 
 
+class ModelGate:
+    """Serialises use of the models, searches first: an indexing batch waits while any
+    search is waiting, so a query never queues behind more than the batch in hand."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def foreground(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._busy:
+                self._cond.wait()
+            self._waiting -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        with self._cond:
+            while self._busy or self._waiting:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Engine:
     """Index state for ``config.data_dir``; models are loaded on first use."""
 
@@ -35,6 +74,16 @@ class Engine:
         self.catalog = Catalog(self.data_dir / "catalog.db")
         self._vectors: VectorIndex | None = None
         self._model_key: int | None = None
+        self.gate = ModelGate()
+
+    def reader(self) -> Engine:
+        """Another catalog connection sharing this engine's models, vectors and gate, for a
+        thread that searches while this one writes (SQLite WAL lets readers run alongside)."""
+        other = Engine(self.config, self.models, rerank=self._want_reranker)
+        other._vectors = self.vectors
+        other._model_key = self.model_key
+        other.gate = self.gate
+        return other
 
     # -- models -----------------------------------------------------------------------
     @property
@@ -70,6 +119,15 @@ class Engine:
                 self.save_vectors()
             self._vectors = index
         return self._vectors
+
+    def rebuild_vectors(self) -> None:
+        """Rebuild the FAISS cache from the catalog, in place (readers see the new contents)."""
+        fresh = VectorIndex.rebuild(self.catalog, self.model_key, self.models.embedder.dim)
+        if self._vectors is None:
+            self._vectors = fresh
+        else:
+            self._vectors.replace(fresh)
+        self.save_vectors()
 
     def save_vectors(self) -> None:
         if self._vectors is not None:

@@ -1,13 +1,21 @@
 """BEIR-format evaluation: load a collection, and score rankings with nDCG@10, Recall@100
 and MRR@10 under their standard definitions (graded gains, log2 discount, ideal DCG from
-the judged documents)."""
+the judged documents).
+
+``open_eval`` indexes a collection with the real indexer into
+``cache_dir/<dataset>/<embedder>/index`` (documents materialised once under
+``cache_dir/<dataset>/corpus``; embeddings are keyed by chunk hash, so a re-run embeds
+nothing), and ``score_queries`` runs every judged query through ``ragd.search.search``,
+ranking documents by their best chunk. Where the folder has ``answers.jsonl`` (query id,
+document id, answer text), chunk-level metrics are computed too: a chunk is relevant when
+it belongs to a relevant document and contains the answer text."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +35,7 @@ class Dataset:
     corpus: dict[str, tuple[str, str]]  # doc id -> (title, text)
     queries: dict[str, str]             # query id -> text (only judged queries)
     qrels: Qrels                        # query id -> doc id -> grade
+    answers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # query id -> (doc id, answer)
 
 
 def load_beir(folder: Path, split: str = "test") -> Dataset:
@@ -57,7 +66,14 @@ def load_beir(folder: Path, split: str = "test") -> Dataset:
                 d = json.loads(line)
                 if str(d["_id"]) in qrels:
                     queries[str(d["_id"])] = str(d["text"])
-    return Dataset(folder.name, corpus, queries, qrels)
+    answers: dict[str, list[tuple[str, str]]] = {}
+    if (folder / "answers.jsonl").is_file():
+        with (folder / "answers.jsonl").open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    d = json.loads(line)
+                    answers.setdefault(str(d["query-id"]), []).append((str(d["corpus-id"]), str(d["answer"])))
+    return Dataset(folder.name, corpus, queries, qrels, answers)
 
 
 def ndcg_at(ranking: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
@@ -105,15 +121,26 @@ class EvalReport:
     latency_ms: dict[str, float]
     degraded: list[str]
     run: dict[str, list[str]]
+    mode: str = "hybrid"
+    fusion: str = "weighted"
+    weights: dict[str, float] = field(default_factory=dict)
+    chunks: int = 0
+    tokens_embedded: int = 0
+    chunk_metrics: dict[str, float] | None = None  # with answers.jsonl: chunks containing the answer
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "dataset": self.dataset, "embedder": self.embedder, "reranker": self.reranker,
+            "mode": self.mode, "fusion": self.fusion, "weights": self.weights,
             **{k: round(v, 4) for k, v in self.metrics.items()},
             "queries": self.queries, "index_seconds": round(self.index_seconds, 2),
+            "chunks": self.chunks, "tokens_embedded": self.tokens_embedded,
             "tokens_per_second": round(self.tokens_per_second, 1),
             "latency_ms": self.latency_ms, "degraded": self.degraded,
         }
+        if self.chunk_metrics is not None:
+            out["chunk_level"] = {k: round(v, 4) for k, v in self.chunk_metrics.items()}
+        return out
 
 
 def _doc_file(doc_id: str) -> str:
@@ -150,52 +177,137 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pct(0.5), "p95": pct(0.95), "max": round(ordered[-1], 2)}
 
 
-def run_eval(
+def _slug(setting: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", setting.strip("/"))[-80:] or "model"
+
+
+@dataclass
+class EvalIndex:
+    """A collection indexed for evaluation; close() when done."""
+
+    dataset: Dataset
+    engine: Engine
+    index_seconds: float
+    tokens_embedded: int
+    corpus: Path
+    own: bool = True
+
+    def close(self) -> None:
+        if self.own:
+            self.engine.close()
+
+
+def open_eval(
     folder: Path, config: Config, cache_dir: Path, *, rerank: bool = False, engine: Engine | None = None,
     progress: Progress | None = None,
-) -> EvalReport:
-    """Index a BEIR collection (reusing cached embeddings) and score every judged query,
-    ranking documents by their best chunk, through the same search code as the daemon."""
+) -> EvalIndex:
+    """Load a BEIR folder and bring its cached index up to date (embedding only what is new)."""
     import dataclasses
-    import time
 
     from ragd.engine import Engine
     from ragd.indexer import index_paths
-    from ragd.search import SearchOptions, search
 
     dataset = load_beir(folder)
     base = cache_dir / dataset.name
     corpus = materialise(dataset, base / "corpus")
-    depth = 100
     cfg = dataclasses.replace(
-        config, data_dir=base / "index", roots=(),
-        search=dataclasses.replace(config.search, retrieve=max(config.search.retrieve, 3 * depth)),
+        config, data_dir=base / _slug(config.models.embedder) / "index", roots=(),
+        search=dataclasses.replace(config.search, retrieve=max(config.search.retrieve, 3 * EVAL_DEPTH)),
     )
     own = engine is None
     eng = engine if engine is not None else Engine(cfg, rerank=rerank)
     try:
         report = index_paths(eng, [corpus], progress)
-        latencies: list[float] = []
-        run: dict[str, list[str]] = {}
-        for qid, text in dataset.queries.items():
-            t = time.perf_counter()
-            result = search(eng, text, SearchOptions(k=3 * depth, rerank=rerank))
-            latencies.append((time.perf_counter() - t) * 1000)
-            ranking: list[str] = []
-            for hit in result.hits:
-                doc = _doc_id(hit.path)
-                if doc not in ranking:
-                    ranking.append(doc)
-            run[qid] = ranking[:depth]
-        models = eng.models
-        reranker = models.reranker.model_id if (rerank and models.reranker) else None
-        return EvalReport(
-            dataset=dataset.name, embedder=models.embedder.model_id, reranker=reranker,
-            metrics=score_run(run, dataset.qrels), queries=len(dataset.queries),
-            index_seconds=report.seconds,
-            tokens_per_second=report.tokens_embedded / report.seconds if report.seconds else 0.0,
-            latency_ms=_percentiles(latencies), degraded=list(models.degraded), run=run,
-        )
-    finally:
+    except BaseException:
         if own:
             eng.close()
+        raise
+    return EvalIndex(dataset, eng, report.seconds, report.tokens_embedded, corpus, own)
+
+
+EVAL_DEPTH = 100
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def score_queries(
+    index: EvalIndex, *, rerank: bool = False, mode: str | None = None, weights: Mapping[str, float] | None = None,
+    fusion: str | None = None,
+) -> EvalReport:
+    """Run every judged query through the daemon's search and score the rankings."""
+    import time
+
+    from ragd.search import SearchOptions, search
+
+    dataset, eng = index.dataset, index.engine
+    cfg = eng.config.search
+    latencies: list[float] = []
+    run: dict[str, list[str]] = {}
+    chunk_run: dict[str, list[str]] = {}
+    options = SearchOptions(k=3 * EVAL_DEPTH, rerank=rerank, mode=mode, weights=weights, fusion=fusion)
+    for qid, text in dataset.queries.items():
+        t = time.perf_counter()
+        result = search(eng, text, options)
+        latencies.append((time.perf_counter() - t) * 1000)
+        ranking: list[str] = []
+        for hit in result.hits:
+            doc = _doc_id(hit.path)
+            if doc not in ranking:
+                ranking.append(doc)
+        run[qid] = ranking[:EVAL_DEPTH]
+        chunk_run[qid] = [str(h.chunk_id) for h in result.hits[:EVAL_DEPTH]]
+    chunk_metrics = None
+    if dataset.answers:
+        chunk_qrels = _answer_chunks(index)
+        chunk_metrics = score_run({q: r for q, r in chunk_run.items() if q in chunk_qrels}, chunk_qrels)
+        chunk_metrics["queries"] = float(len(chunk_qrels))
+    models = eng.models
+    reranker = models.reranker.model_id if (rerank and models.reranker) else None
+    used = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight, **(weights or {})}
+    return EvalReport(
+        dataset=dataset.name, embedder=models.embedder.model_id, reranker=reranker,
+        metrics=score_run(run, dataset.qrels), queries=len(dataset.queries),
+        index_seconds=index.index_seconds,
+        tokens_per_second=index.tokens_embedded / index.index_seconds if index.index_seconds else 0.0,
+        latency_ms=_percentiles(latencies), degraded=list(models.degraded), run=run,
+        mode=mode or cfg.mode, fusion=fusion or cfg.fusion, weights=used, chunks=eng.catalog.count_chunks(),
+        tokens_embedded=index.tokens_embedded, chunk_metrics=chunk_metrics,
+    )
+
+
+def _answer_chunks(index: EvalIndex) -> Qrels:
+    """Query id -> the chunks (ids as strings) of its relevant document that hold its answer."""
+    catalog = index.engine.catalog
+    corpus_dir = index.corpus
+    texts: dict[str, dict[str, str]] = {}
+    out: Qrels = {}
+    for qid, pairs in index.dataset.answers.items():
+        if qid not in index.dataset.queries:
+            continue
+        for doc, answer in pairs:
+            if doc not in texts:
+                ids = catalog.chunk_ids_under(str(corpus_dir / _doc_file(doc)))
+                texts[doc] = {str(cid): _flat(row.text) for cid, row in catalog.chunks(ids).items()}
+            needle = _flat(answer)
+            for cid, text in texts[doc].items():
+                if needle and needle in text:
+                    out.setdefault(qid, {})[cid] = 1
+    return out
+
+
+def run_eval(
+    folder: Path, config: Config, cache_dir: Path, *, rerank: bool = False, engine: Engine | None = None,
+    progress: Progress | None = None, mode: str | None = None, weights: Mapping[str, float] | None = None,
+    fusion: str | None = None,
+) -> EvalReport:
+    """Index a BEIR collection (reusing cached embeddings) and score every judged query,
+    ranking documents by their best chunk, through the same search code as the daemon."""
+    index = open_eval(folder, config, cache_dir, rerank=rerank, engine=engine, progress=progress)
+    try:
+        return score_queries(index, rerank=rerank, mode=mode, weights=weights, fusion=fusion)
+    finally:
+        index.close()

@@ -9,11 +9,12 @@ file and never aborts the run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,12 +93,15 @@ def _resolve_scopes(engine: Engine, paths: Sequence[Path]) -> list[Scope]:
         if root is None:
             root = target if target.is_dir() else target.parent
         targets.append((root, target))
-    scopes = []
-    for root, target in targets:
-        cfg = configured.get(root, RootConfig(path=root))
-        root_id = engine.catalog.add_root(str(root))
-        scopes.append(Scope(root, root_id, target, PathFilter(cfg.include, cfg.exclude)))
-    return scopes
+    return [scope_for(engine, root, target) for root, target in targets]
+
+
+def scope_for(engine: Engine, root: Path, target: Path) -> Scope:
+    """The scope for ``target`` (the root or a path below it), registering the root."""
+    configured = {r.path: r for r in engine.config.roots}
+    cfg = configured.get(root, RootConfig(path=root))
+    root_id = engine.catalog.add_root(str(root))
+    return Scope(root, root_id, target, PathFilter(cfg.include, cfg.exclude))
 
 
 def _walk(scope: Scope) -> Iterator[tuple[Path, os.stat_result]]:
@@ -139,33 +143,53 @@ def _walk(scope: Scope) -> Iterator[tuple[Path, os.stat_result]]:
 class Indexer:
     """Brings the catalog and vectors in line with the files on disk."""
 
-    def __init__(self, engine: Engine, progress: Progress | None = None) -> None:
+    def __init__(
+        self, engine: Engine, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> None:
         self.engine = engine
         self.progress = progress
+        self.should_stop = should_stop or (lambda: False)
         self.cfg = engine.config
         self.embedder = engine.models.embedder
         self.max_tokens = min(self.cfg.chunking.max_tokens, self.embedder.max_tokens)
         self.overlap = min(self.cfg.chunking.overlap_tokens, self.max_tokens // 2)
 
-    def run(self, paths: Sequence[Path] = ()) -> IndexReport:
+    def run(self, paths: Sequence[Path] = (), *, lock: bool = True) -> IndexReport:
+        """Index ``paths`` (or every known root). ``lock=False`` when the caller already
+        holds the data folder's writer lock (the daemon holds it for its lifetime)."""
         started = time.monotonic()
         report = IndexReport()
         engine = self.engine
-        with engine.writer():
+        with engine.writer() if lock else contextlib.nullcontext():
             scopes = _resolve_scopes(engine, paths)
-            vectors = engine.vectors  # load or rebuild before changing anything
-            for scope in scopes:
-                self._index_scope(scope, report)
-            engine.catalog.collect_garbage()
-            if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
-                engine._vectors = None  # a stale cache is rebuilt, never served
-                _ = engine.vectors
-            engine.save_vectors()
+            self._run_scopes(scopes, report)
         report.failures = [
             f for f in engine.catalog.failed_files() if any(_under(Path(f[0]), s.target) for s in scopes)
         ]
         report.seconds = round(time.monotonic() - started, 3)
         return report
+
+    def sync(self, root: Path, paths: Sequence[Path]) -> IndexReport:
+        """Bring specific paths under ``root`` up to date: what exists is indexed (a folder
+        is scanned), what no longer exists leaves the index. The caller holds the writer lock."""
+        started = time.monotonic()
+        report = IndexReport()
+        scopes = [scope_for(self.engine, root, p) for p in paths]
+        self._run_scopes(scopes, report)
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    def _run_scopes(self, scopes: Sequence[Scope], report: IndexReport) -> None:
+        engine = self.engine
+        vectors = engine.vectors  # load or rebuild before changing anything
+        for scope in scopes:
+            if self.should_stop():
+                break
+            self._index_scope(scope, report)
+        engine.catalog.collect_garbage()
+        if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
+            engine.rebuild_vectors()  # a stale cache is rebuilt, never served
+        engine.save_vectors()
 
     def _index_scope(self, scope: Scope, report: IndexReport) -> None:
         catalog = self.engine.catalog
@@ -191,6 +215,8 @@ class Indexer:
         batch: list[_Pending] = []
         batch_chunks = 0
         for path, st, row in todo:
+            if self.should_stop():
+                break
             pending = self._prepare(scope, path, st, row, report)
             if pending is None:
                 continue
@@ -278,11 +304,12 @@ class Indexer:
         """Embed in length-sorted groups so each model batch pads little; report progress."""
         out: list[NewEmbedding] = []
         order = sorted(chunks, key=lambda c: c.token_count)
-        group = max(1, self.cfg.models.batch_size * 4)
+        group = max(1, self.cfg.models.batch_size)
         files_left = len(batch)
         for start in range(0, len(order), group):
             part = order[start : start + group]
-            emb = self.embedder.embed_documents([c.text for c in part])
+            with self.engine.gate.background():  # a waiting search goes first
+                emb = self.embedder.embed_documents([c.text for c in part])
             for i, c in enumerate(part):
                 out.append(NewEmbedding(
                     chunk_hash=c.content_hash,

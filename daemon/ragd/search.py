@@ -1,23 +1,33 @@
-"""Query -> retrieve (dense, plus sparse when the embedder has it) -> fuse -> filter ->
-rerank the top candidates -> hits with snippets, scores and per-stage timings."""
+"""Query -> retrieve (dense, sparse when the embedder has it, full-text BM25) -> fuse ->
+filter -> rerank the top candidates -> hits with snippets, scores and per-stage timings.
+
+``mode`` picks the retrievers: ``hybrid`` (every signal the embedder has, plus full-text),
+``dense``, ``sparse`` (BGE-M3 lexical weights) or ``lexical`` (BM25, works with any
+embedder; the query is not embedded). Fusion is a weighted sum of min-max normalised
+scores or weighted reciprocal rank fusion (``search.fusion``), per-signal weights from the
+config or the request."""
 
 from __future__ import annotations
 
 import os
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ragd.engine import Engine
-from ragd.errors import IndexEmptyError, UsageError
+from ragd.errors import IndexEmptyError, RagdError, UsageError
+from ragd.filters import Filters, matches, normalise_filters
 
 MAX_K = 1000
 MAX_CANDIDATES = 1000
 MAX_QUERY_CHARS = 4096
+MODES = ("hybrid", "dense", "sparse", "lexical")
+FUSIONS = ("weighted", "rrf")
+SIGNALS = ("dense", "sparse", "lexical")
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,13 @@ class SearchOptions:
     candidates: int | None = None
     rerank: bool | None = None
     path_prefix: str | None = None
+    mode: str | None = None
+    weights: Mapping[str, float] | None = None  # per signal (dense, sparse, lexical); missing ones from the config
+    fusion: str | None = None
+    filters: Filters | None = None
+    deadline: float | None = None  # time.monotonic() by which the answer is due; reranking stops in time
+    cancelled: Callable[[], bool] | None = None  # polled between stages; True stops with SearchCancelled
+    on_retrieval: Callable[[SearchResult], None] | None = None  # gets the retrieval-stage result before rerank
 
 
 @dataclass
@@ -100,18 +117,52 @@ def normalise(scores: dict[int, float]) -> dict[int, float]:
     return {i: (s - lo) / (hi - lo) for i, s in scores.items()}
 
 
-def fuse(signals: dict[str, dict[int, float]], weights: dict[str, float]) -> dict[int, float]:
-    """Weighted sum of min-max normalised scores. With one signal, its raw scores are kept
-    so that a retrieval score stays a cosine similarity."""
+def fuse(
+    signals: Mapping[str, dict[int, float]], weights: Mapping[str, float], method: str = "weighted",
+    rrf_k: int = 60,
+) -> dict[int, float]:
+    """Combine per-signal scores. ``weighted``: sum of weight x min-max normalised score;
+    ``rrf``: sum of weight / (rrf_k + rank), rank 1 the best of each signal. With one
+    signal, its raw scores are kept so that a retrieval score stays a cosine or BM25 score."""
     live = {name: s for name, s in signals.items() if s and weights.get(name, 0) > 0}
     if len(live) == 1:
         return dict(next(iter(live.values())))
     fused: dict[int, float] = {}
     for name, scores in live.items():
         w = weights[name]
-        for cid, s in normalise(scores).items():
-            fused[cid] = fused.get(cid, 0.0) + w * s
+        if method == "rrf":
+            ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (cid, _) in enumerate(ranked, 1):
+                fused[cid] = fused.get(cid, 0.0) + w / (rrf_k + rank)
+        else:
+            for cid, s in normalise(scores).items():
+                fused[cid] = fused.get(cid, 0.0) + w * s
     return fused
+
+
+def resolve_signals(
+    mode: str, weights: Mapping[str, float], has_sparse: bool, fusion: str
+) -> dict[str, float]:
+    """The weight of each signal that runs for ``mode``; UsageError for a bad request."""
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if fusion not in FUSIONS:
+        raise UsageError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    for name, w in weights.items():
+        if name not in SIGNALS:
+            raise UsageError(f"unknown signal {name!r} in weights (known: {', '.join(SIGNALS)})")
+        if not (w >= 0 and w < float("inf")):
+            raise UsageError(f"weight of {name} must be a number >= 0, got {w}")
+    if mode == "sparse" and not has_sparse:
+        raise UsageError("mode sparse needs an embedder with lexical weights (BGE-M3); this one has none")
+    if mode != "hybrid":
+        return {mode: 1.0}
+    chosen = {name: float(weights[name]) for name in SIGNALS if weights[name] > 0}
+    if not has_sparse:
+        chosen.pop("sparse", None)
+    if not chosen:
+        raise UsageError("every signal has weight 0: give at least one a weight above 0")
+    return chosen
 
 
 _WORD = re.compile(r"\w{3,}", re.UNICODE)
@@ -134,10 +185,19 @@ def snippet(text: str, query: str, limit: int) -> str:
     return ("…" if start > 0 else "") + out + ("…" if end < len(flat) else "")
 
 
-def _allowed_ids(engine: Engine, prefix: str | None) -> np.ndarray | None:
+def _allowed_ids(engine: Engine, prefix: str | None, filters: Filters | None = None) -> np.ndarray | None:
+    if filters is not None and filters.active:
+        if prefix is not None:
+            filters = replace(filters, path_prefixes=(*filters.path_prefixes, prefix))
+        f = filters
+        return np.array(engine.catalog.chunk_ids_where(lambda p, r, m: matches(f, p, r, m)), dtype=np.int64)
     if prefix is None:
         return None
     return np.array(engine.catalog.chunk_ids_under(prefix), dtype=np.int64)
+
+
+class SearchCancelled(RagdError):
+    """The caller went away or its deadline passed before the answer was ready."""
 
 
 def normalise_prefix(prefix: str | None) -> str | None:
@@ -157,9 +217,18 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     candidates = cfg.candidates if opts.candidates is None else opts.candidates
     q = validate(query, k, candidates)
     want_rerank = cfg.rerank if opts.rerank is None else opts.rerank
+    weights = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
+               **(opts.weights or {})}
+    fusion = opts.fusion or cfg.fusion
+    mode = opts.mode or cfg.mode
     prefix = normalise_prefix(opts.path_prefix)
+    filters = normalise_filters(opts.filters) if opts.filters is not None else None
     timings: dict[str, float] = {}
     t_total = time.perf_counter()
+
+    def check() -> None:
+        if opts.cancelled is not None and opts.cancelled():
+            raise SearchCancelled("the search was cancelled")
 
     if engine.catalog.count_chunks() == 0:
         raise IndexEmptyError("the index is empty: run `ragd index PATH` first")
@@ -167,23 +236,29 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     models = engine.models
     vectors = engine.vectors
     timings["load_ms"] = _ms(t)
-
-    t = time.perf_counter()
-    qemb = models.embedder.embed_query(q)
-    timings["embed_ms"] = _ms(t)
+    use = resolve_signals(mode, weights, bool(models.embedder.has_sparse), fusion)
 
     pool = max(cfg.retrieve, candidates, k)
-    allowed = _allowed_ids(engine, prefix)
-    t = time.perf_counter()
-    dense = dict(vectors.search(qemb.dense[0], pool, allowed))
-    timings["dense_ms"] = _ms(t)
+    signals: dict[str, dict[int, float]] = {}
+    qemb = None
+    if "dense" in use or "sparse" in use:
+        t = time.perf_counter()
+        with engine.gate.foreground():
+            qemb = models.embedder.embed_query(q)
+        timings["embed_ms"] = _ms(t)
+    check()
+    filtered = prefix is not None or (filters is not None and filters.active)
+    allowed = _allowed_ids(engine, prefix, filters) if filtered else None
+    allowed_set = None if allowed is None else set(allowed.tolist())
+    if qemb is not None and "dense" in use:
+        t = time.perf_counter()
+        signals["dense"] = dict(vectors.search(qemb.dense[0], pool, allowed))
+        timings["dense_ms"] = _ms(t)
 
-    signals: dict[str, dict[int, float]] = {"dense": dense}
-    if qemb.sparse is not None and cfg.sparse_weight > 0:
+    if qemb is not None and qemb.sparse is not None and "sparse" in use:
         t = time.perf_counter()
         by_hash = engine.catalog.sparse_search(engine.model_key, qemb.sparse[0], pool)
         ids = engine.catalog.chunk_ids_by_hash([h for h, _ in by_hash])
-        allowed_set = None if allowed is None else set(allowed.tolist())
         sparse: dict[int, float] = {}
         for h, s in by_hash:
             for cid in ids.get(h, []):
@@ -192,8 +267,14 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
         signals["sparse"] = sparse
         timings["sparse_ms"] = _ms(t)
 
+    if "lexical" in use:
+        t = time.perf_counter()
+        lexical_hits = engine.catalog.lexical_search(q, pool, prefix)
+        signals["lexical"] = {c: v for c, v in lexical_hits if allowed_set is None or c in allowed_set}
+        timings["lexical_ms"] = _ms(t)
+
     t = time.perf_counter()
-    fused = fuse(signals, {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight})
+    fused = fuse(signals, use, fusion, cfg.rrf_k)
     ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
     timings["fuse_ms"] = _ms(t)
 
@@ -202,33 +283,60 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     top = [(cid, s) for cid, s in top if cid in rows]
 
     reranker = models.reranker if want_rerank else None
+
+    def result(order: list[tuple[int, float]], rerank_scores: dict[int, float]) -> SearchResult:
+        hits = []
+        for cid, retrieval in order[:k]:
+            row = rows[cid]
+            rr = rerank_scores.get(cid)
+            hits.append(Hit(
+                chunk_id=cid, path=row.path, start_line=row.start_line, end_line=row.end_line,
+                heading=list(row.heading), snippet=snippet(row.text, q, cfg.snippet_chars),
+                score=round(rr if rr is not None else retrieval, 6), retrieval_score=round(retrieval, 6),
+                rerank_score=None if rr is None else round(rr, 6), text=row.text,
+            ))
+        timings["total_ms"] = _ms(t_total)
+        return SearchResult(
+            query=q, hits=hits, timings=dict(timings),
+            models={"embedder": models.embedder.model_id,
+                    "reranker": reranker.model_id if reranker and rerank_scores else None},
+            degraded=list(models.degraded), candidates=len(fused), reranked=len(rerank_scores),
+        )
+
     rerank_scores: dict[int, float] = {}
     if reranker is not None and top:
+        check()
+        if opts.on_retrieval is not None:
+            opts.on_retrieval(result(top, {}))
         t = time.perf_counter()
-        head = top[:candidates]
-        scores = reranker.score(q, [rows[cid].text for cid, _ in head])
-        rerank_scores = {cid: s for (cid, _), s in zip(head, scores, strict=True)}
+        rerank_scores = _rerank(engine, reranker, q, top[:candidates], rows, opts.deadline, check)
         timings["rerank_ms"] = _ms(t)
-        reranked_part = sorted(head, key=lambda cs: -rerank_scores[cs[0]])
-        top = reranked_part + top[candidates:]
+        reranked_part = sorted((cs for cs in top if cs[0] in rerank_scores), key=lambda cs: -rerank_scores[cs[0]])
+        top = reranked_part + [cs for cs in top if cs[0] not in rerank_scores]
+    return result(top, rerank_scores)
 
-    hits = []
-    for cid, retrieval in top[:k]:
-        row = rows[cid]
-        rr = rerank_scores.get(cid)
-        hits.append(Hit(
-            chunk_id=cid, path=row.path, start_line=row.start_line, end_line=row.end_line,
-            heading=list(row.heading), snippet=snippet(row.text, q, cfg.snippet_chars),
-            score=round(rr if rr is not None else retrieval, 6), retrieval_score=round(retrieval, 6),
-            rerank_score=None if rr is None else round(rr, 6), text=row.text,
-        ))
-    timings["total_ms"] = _ms(t_total)
-    degraded = list(models.degraded)
-    return SearchResult(
-        query=q, hits=hits, timings=timings,
-        models={"embedder": models.embedder.model_id, "reranker": reranker.model_id if reranker else None},
-        degraded=degraded, candidates=len(fused), reranked=len(rerank_scores),
-    )
+
+def _rerank(
+    engine: Engine, reranker: Any, query: str, head: list[tuple[int, float]], rows: Mapping[int, Any],
+    deadline: float | None, check: Callable[[], None],
+) -> dict[int, float]:
+    """Rerank ``head`` in retrieval order. With a deadline, go in small batches and stop
+    before a batch that would not finish in time (judged by the pace so far)."""
+    step = len(head) if deadline is None else max(1, min(4, len(head)))
+    scores: dict[int, float] = {}
+    started = time.monotonic()
+    for i in range(0, len(head), step):
+        check()
+        part = head[i : i + step]
+        if deadline is not None:
+            now = time.monotonic()
+            pace = (now - started) / len(scores) if scores else 0.0
+            if now + pace * len(part) > deadline:
+                break
+        with engine.gate.foreground():
+            values = reranker.score(query, [rows[cid].text for cid, _ in part])
+        scores.update({cid: v for (cid, _), v in zip(part, values, strict=True)})
+    return scores
 
 
 def rank_documents(hits: Sequence[Hit]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
+from ragd import lexical
 from ragd.errors import StoreError
 from ragd.models.base import FloatArray, SparseWeights
 
@@ -74,6 +75,13 @@ CREATE TABLE IF NOT EXISTS sparse (
     weight REAL NOT NULL,
     PRIMARY KEY (model, token, chunk_hash)
 ) WITHOUT ROWID;
+-- Full-text (BM25) rows, one per chunk (rowid = chunks.id): the chunk's terms from
+-- ragd.lexical, space-separated, so FTS5 only splits on spaces. Written by apply() in the
+-- chunk's transaction; the trigger removes them with their chunk (cascades included).
+CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
+CREATE TRIGGER IF NOT EXISTS chunks_lexical_delete AFTER DELETE ON chunks BEGIN
+    DELETE FROM lexical WHERE rowid = old.id;
+END;
 """
 
 
@@ -172,6 +180,24 @@ class Catalog:
                 f"{path} has catalog schema {version}, this ragd reads {SCHEMA_VERSION}: "
                 "move the data folder away and index again"
             )
+        self._ensure_lexical()
+
+    def _ensure_lexical(self) -> None:
+        """Fill the full-text table from the chunks when it was made by another tokeniser
+        version or did not exist yet (a catalog from before it): cheap, nothing is embedded."""
+        if self._meta("lexical_version") == lexical.TOKENIZER_VERSION:
+            return
+        with self.db.atomic():
+            if self._meta("lexical_version") == lexical.TOKENIZER_VERSION:  # another process did it
+                return
+            self.db.execute("DELETE FROM lexical")
+            cur = self.db.execute("SELECT id, text FROM chunks ORDER BY id")
+            while rows := cur.fetchmany(2048):
+                self.db.conn.executemany(
+                    "INSERT INTO lexical(rowid, terms) VALUES (?, ?)",
+                    [(int(i), lexical.document_terms(str(t))) for i, t in rows],
+                )
+            self._set_meta("lexical_version", lexical.TOKENIZER_VERSION)
 
     def close(self) -> None:
         self.db.close()
@@ -360,7 +386,11 @@ class Catalog:
                         [file_id, ordinal, ch.text, ch.start_line, ch.end_line,
                          json.dumps(list(ch.heading), ensure_ascii=False), ch.token_count, ch.content_hash],
                     )
-                    result.added.append((int(cur.lastrowid or 0), ch.content_hash))
+                    chunk_id = int(cur.lastrowid or 0)
+                    self.db.execute(
+                        "INSERT INTO lexical(rowid, terms) VALUES (?, ?)", [chunk_id, lexical.document_terms(ch.text)]
+                    )
+                    result.added.append((chunk_id, ch.content_hash))
             if embeddings or deleted_paths or result.removed_ids or result.added:
                 self._bump()
         return result
@@ -399,6 +429,48 @@ class Catalog:
                 )
         return out
 
+    def chunk_ids_where(self, keep: Callable[[str, str, int], bool]) -> list[int]:
+        """Chunk ids of the files for which ``keep(path, root path, mtime_ns)`` holds."""
+        files = [
+            int(fid)
+            for fid, path, root, mtime in self.db.execute(
+                "SELECT f.id, f.path, r.path, f.mtime_ns FROM files f JOIN roots r ON r.id = f.root_id"
+                " WHERE f.status = 'indexed'"
+            )
+            if keep(str(path), str(root), int(mtime))
+        ]
+        out: list[int] = []
+        for i in range(0, len(files), 500):
+            part = files[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.extend(int(r[0]) for r in self.db.execute(f"SELECT id FROM chunks WHERE file_id IN ({marks})", part))
+        return out
+
+    def root_stats(self) -> dict[str, dict[str, int]]:
+        """Per root path: files by status."""
+        out: dict[str, dict[str, int]] = {p: {} for p in self.roots()}
+        for path, status, n in self.db.execute(
+            "SELECT r.path, f.status, count(*) FROM roots r JOIN files f ON f.root_id = r.id GROUP BY r.path, f.status"
+        ):
+            out.setdefault(str(path), {})[str(status)] = int(n)
+        return out
+
+    def file_row(self, path: str) -> FileRow | None:
+        row = self.db.execute(
+            "SELECT id, root_id, path, size, mtime_ns, content_hash, status, error, model FROM files WHERE path = ?",
+            [path],
+        ).fetchone()
+        return None if row is None else FileRow(*row)
+
+    def failed_under(self, prefix: str, limit: int = 100) -> list[tuple[str, str, str]]:
+        below = prefix.rstrip("/") + "/"
+        rows = self.db.execute(
+            "SELECT path, status, coalesce(error, '') FROM files WHERE status != 'indexed'"
+            " AND substr(path, 1, ?) = ? ORDER BY path LIMIT ?",
+            [len(below), below, limit],
+        )
+        return [(str(p), str(s), str(e)) for p, s, e in rows]
+
     def chunk_ids_under(self, prefix: str) -> list[int]:
         rows = self.db.execute(
             "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE substr(f.path, 1, ?) = ?",
@@ -422,6 +494,25 @@ class Catalog:
             [*params, model, limit],
         )
         return [(str(h), float(s)) for h, s in rows]
+
+    def lexical_search(self, query: str, limit: int, prefix: str | None = None) -> list[tuple[int, float]]:
+        """Chunk ids by BM25 (FTS5's ``bm25()``, k1 = 1.2, b = 0.75) over any of the query's
+        terms (see ragd.lexical), best first, as positive scores; only files under ``prefix``
+        when given."""
+        expr = lexical.query_expression(query)
+        if expr is None:
+            return []
+        where = ""
+        params: list[Any] = [expr]
+        if prefix is not None:
+            where = (" AND rowid IN (SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id"
+                     " WHERE substr(f.path, 1, ?) = ?)")
+            params += [len(prefix), prefix]
+        rows = self.db.execute(
+            f"SELECT rowid, bm25(lexical) AS s FROM lexical WHERE lexical MATCH ?{where} ORDER BY s LIMIT ?",
+            [*params, limit],
+        )
+        return [(int(cid), -float(s)) for cid, s in rows]
 
     def chunk_ids_by_hash(self, hashes: Sequence[str]) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,8 @@ class VectorIndex:
 
         self.dim = dim
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # FAISS indexes are not safe under concurrent add/remove and search: one lock guards all.
+        self._lock = threading.RLock()
 
     @property
     def count(self) -> int:
@@ -56,16 +59,23 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: FloatArray) -> None:
         if len(ids):
-            self._index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim),
-                np.ascontiguousarray(ids, dtype=np.int64),
-            )
+            with self._lock:
+                self._index.add_with_ids(
+                    np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim),
+                    np.ascontiguousarray(ids, dtype=np.int64),
+                )
 
     def remove(self, ids: np.ndarray | list[int]) -> None:
         import faiss
 
         if len(ids):
-            self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+            with self._lock:
+                self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def replace(self, other: VectorIndex) -> None:
+        """Take over ``other``'s contents in place, so every holder of this object sees them."""
+        with self._lock:
+            self._index = other._index
 
     def search(
         self, query: FloatArray, n: int, allowed: np.ndarray | None = None
@@ -82,14 +92,16 @@ class VectorIndex:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
-        scores, ids = self._index.search(q, min(n, self.count), params=params)
+        with self._lock:
+            scores, ids = self._index.search(q, min(n, self.count), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def save(self, path: Path, generation: int, model: str) -> None:
         import faiss
 
-        _atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
-        meta = {"generation": generation, "model": model, "count": self.count, "dim": self.dim}
+        with self._lock:
+            _atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+            meta = {"generation": generation, "model": model, "count": self.count, "dim": self.dim}
         _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
     @classmethod

@@ -1,0 +1,311 @@
+"""Typed, immutable results of client calls, built from the wire messages.
+
+Every class has ``to_dict()`` giving a JSON-ready dict (plain lists, dicts, str, int, float,
+bool and None). Proto "unset" conventions become ``None``: an empty reranker name, a missing
+rerank score, page 0, an empty current file, an unknown ETA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ragd_client.v1 import ragd_pb2 as pb
+
+Stage = Literal["retrieval", "reranked"]
+
+
+@dataclass(frozen=True)
+class Models:
+    """The models that served a request (or that the daemon has loaded)."""
+
+    embedder: str
+    reranker: str | None  # None when reranking is off
+
+    @classmethod
+    def from_proto(cls, msg: pb.Models) -> Models:
+        return cls(embedder=msg.embedder, reranker=msg.reranker or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"embedder": self.embedder, "reranker": self.reranker}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a chunk's location, a snippet and its scores."""
+
+    chunk_id: int
+    path: str
+    start_line: int
+    end_line: int
+    heading: list[str]
+    snippet: str
+    score: float
+    retrieval_score: float
+    rerank_score: float | None  # None when the hit was not reranked
+    page: int | None = None  # None for formats without pages
+
+    @classmethod
+    def from_proto(cls, msg: pb.Hit) -> Hit:
+        return cls(
+            chunk_id=msg.chunk_id,
+            path=msg.path,
+            start_line=msg.start_line,
+            end_line=msg.end_line,
+            heading=list(msg.heading),
+            snippet=msg.snippet,
+            score=msg.score,
+            retrieval_score=msg.retrieval_score,
+            rerank_score=msg.rerank_score if msg.HasField("rerank_score") else None,
+            page=msg.page or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "start_line": self.start_line,
+            "end_line": self.end_line,
+            "heading": list(self.heading),
+            "snippet": self.snippet,
+            "score": self.score,
+            "retrieval_score": self.retrieval_score,
+            "rerank_score": self.rerank_score,
+            "chunk_id": self.chunk_id,
+            "page": self.page,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One search response. ``stage`` is "retrieval" for retrieval-only results (the first
+    message of a stream, or reranking off) and "reranked" once the reranker has run.
+    ``timings`` are milliseconds per step, keyed as the daemon names them."""
+
+    query: str
+    stage: Stage
+    hits: list[Hit]
+    timings: dict[str, float]
+    candidates: int
+    reranked: int
+    models: Models
+    degraded: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, msg: pb.SearchResponse, query: str = "") -> SearchResult:
+        stage: Stage
+        if msg.stage == pb.SearchResponse.RERANKED:
+            stage = "reranked"
+        elif msg.stage == pb.SearchResponse.RETRIEVAL:
+            stage = "retrieval"
+        else:  # unspecified: infer it
+            stage = "reranked" if msg.reranked > 0 else "retrieval"
+        return cls(
+            query=query,
+            stage=stage,
+            hits=[Hit.from_proto(h) for h in msg.hits],
+            timings=dict(sorted(msg.timings_ms.items())),
+            candidates=msg.candidates,
+            reranked=msg.reranked,
+            models=Models.from_proto(msg.models),
+            degraded=list(msg.degraded),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "stage": self.stage,
+            "hits": [h.to_dict() for h in self.hits],
+            "timings": dict(self.timings),
+            "models": self.models.to_dict(),
+            "degraded": list(self.degraded),
+            "candidates": self.candidates,
+            "reranked": self.reranked,
+        }
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk with its full text."""
+
+    chunk_id: int
+    path: str
+    start_line: int
+    end_line: int
+    heading: list[str]
+    text: str
+    page: int | None = None
+
+    @classmethod
+    def from_proto(cls, msg: pb.Chunk) -> Chunk:
+        return cls(
+            chunk_id=msg.chunk_id,
+            path=msg.path,
+            start_line=msg.start_line,
+            end_line=msg.end_line,
+            heading=list(msg.heading),
+            text=msg.text,
+            page=msg.page or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_id": self.chunk_id,
+            "path": self.path,
+            "start_line": self.start_line,
+            "end_line": self.end_line,
+            "heading": list(self.heading),
+            "text": self.text,
+            "page": self.page,
+        }
+
+
+@dataclass(frozen=True)
+class FileLines:
+    """Lines ``from_line`` .. ``end_line`` of an indexed file (1-based) and its line count."""
+
+    path: str
+    from_line: int
+    lines: list[str]
+    total_lines: int
+
+    @property
+    def end_line(self) -> int:
+        """The last line returned (``from_line - 1`` when no line was)."""
+        return self.from_line + len(self.lines) - 1
+
+    @classmethod
+    def from_proto(cls, msg: pb.ReadFileResponse) -> FileLines:
+        return cls(path=msg.path, from_line=msg.from_line, lines=list(msg.lines), total_lines=msg.total_lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "from_line": self.from_line,
+            "end_line": self.end_line,
+            "total_lines": self.total_lines,
+            "lines": list(self.lines),
+        }
+
+
+@dataclass(frozen=True)
+class Root:
+    """An indexed folder. ``configured`` roots come from the config file and cannot be
+    removed over the API."""
+
+    path: str
+    configured: bool
+
+    @classmethod
+    def from_proto(cls, msg: pb.Root) -> Root:
+        return cls(path=msg.path, configured=msg.configured)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "configured": self.configured}
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that was not indexed: ``status`` is "skipped" or "failed"."""
+
+    path: str
+    status: str
+    reason: str
+
+    @classmethod
+    def from_proto(cls, msg: pb.FailedFile) -> FailedFile:
+        return cls(path=msg.path, status=msg.status, reason=msg.reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class RootStatus:
+    """Indexing progress of one root."""
+
+    path: str
+    files_indexed: int
+    files_pending: int
+    files_failed: int
+    failures: list[FailedFile]
+    current_file: str | None  # the file being indexed now, if any
+    watching: bool
+
+    @classmethod
+    def from_proto(cls, msg: pb.RootStatus) -> RootStatus:
+        return cls(
+            path=msg.path,
+            files_indexed=msg.files_indexed,
+            files_pending=msg.files_pending,
+            files_failed=msg.files_failed,
+            failures=[FailedFile.from_proto(f) for f in msg.failures],
+            current_file=msg.current_file or None,
+            watching=msg.watching,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "files_indexed": self.files_indexed,
+            "files_pending": self.files_pending,
+            "files_failed": self.files_failed,
+            "failures": [f.to_dict() for f in self.failures],
+            "current_file": self.current_file,
+            "watching": self.watching,
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """The daemon's state. ``throughput`` is chunks embedded per second (``tokens_per_second``
+    the same in tokens); ``eta`` the estimated seconds until pending files are indexed, None
+    when unknown."""
+
+    serving: bool
+    files_indexed: int
+    files_pending: int
+    files_failed: int
+    chunks: int
+    roots: list[RootStatus]
+    models: Models
+    degraded: list[str]
+    current_file: str | None
+    throughput: float
+    eta: float | None
+    tokens_per_second: float = 0.0
+    version: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: pb.StatusResponse) -> Status:
+        return cls(
+            serving=msg.serving,
+            files_indexed=msg.files_indexed,
+            files_pending=msg.files_pending,
+            files_failed=msg.files_failed,
+            chunks=msg.chunks,
+            roots=[RootStatus.from_proto(r) for r in msg.roots],
+            models=Models.from_proto(msg.models),
+            degraded=list(msg.degraded),
+            current_file=msg.current_file or None,
+            throughput=msg.chunks_per_second,
+            eta=msg.eta_seconds if msg.eta_seconds >= 0 else None,
+            tokens_per_second=msg.tokens_per_second,
+            version=msg.version,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving,
+            "version": self.version,
+            "files_indexed": self.files_indexed,
+            "files_pending": self.files_pending,
+            "files_failed": self.files_failed,
+            "chunks": self.chunks,
+            "roots": [r.to_dict() for r in self.roots],
+            "models": self.models.to_dict(),
+            "degraded": list(self.degraded),
+            "current_file": self.current_file,
+            "throughput": self.throughput,
+            "tokens_per_second": self.tokens_per_second,
+            "eta": self.eta,
+        }

@@ -1,0 +1,239 @@
+"""End to end: a real daemon on a temporary socket with the tiny models, driven through
+ragd_client: live indexing of creates, edits, renames and deletes; reconcile after an
+overflow; request validation; token auth on TCP; SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ragd_client
+from conftest import write_tree
+from ragd.config import parse_config
+from ragd.engine import Engine
+from ragd.errors import ConfigError
+from ragd.server import Daemon
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+NOTES = {
+    "alpha.md": "# Alpha\n\nThe alpha project studies glaciers in Iceland with ice cores.\n",
+    "beta.txt": "Sourdough bread needs a starter made of flour and water.\n",
+}
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: Any) -> Iterator[Callable[..., Any]]:
+    started: list[Daemon] = []
+
+    def start(**sections: Any) -> tuple[Daemon, Any, Path]:
+        notes = tmp_path / "notes"
+        if not notes.exists():
+            write_tree(notes, NOTES)
+        data: dict[str, Any] = {
+            "data_dir": str(tmp_path / "data"),
+            "roots": [{"path": str(notes)}],
+            "models": {"embedder": str(tiny_models["m3"]), "reranker": str(tiny_models["reranker"]),
+                       "fallback": "none"},
+            "watch": {"debounce_ms": 100},
+            "server": {"socket": str(tmp_path / "run" / "ragd.sock")},
+        }
+        for key, value in sections.items():
+            data[key] = {**data.get(key, {}), **value}
+        cfg = parse_config(data, source=tmp_path / "config.toml")
+        daemon = Daemon(cfg)
+        daemon.start(engine_factory=lambda c: Engine(c, models=loaded_tiny))
+        started.append(daemon)
+        client = ragd_client.Client(address=f"unix://{daemon.socket}", timeout=30)
+        return daemon, client, notes
+
+    yield start
+    for d in started:
+        d.stop(0)
+
+
+def idle(client: Any) -> Any:
+    st = client.status()
+    return st if (st.serving and st.files_pending == 0 and not st.current_file) else None
+
+
+def top_path(client: Any, query: str) -> str | None:
+    try:
+        hits = client.search(query, k=1, rerank=False).hits
+    except ragd_client.FailedPrecondition:  # nothing indexed yet
+        return None
+    return hits[0].path if hits else None
+
+
+def test_live_changes_are_searchable(daemon_factory: Callable[..., Any]) -> None:
+    daemon, client, notes = daemon_factory()
+    assert client.health() == "SERVING"
+    st = wait_for(lambda: idle(client), what="initial index")
+    assert st.files_indexed == 2 and st.chunks >= 2
+
+    # create
+    new = notes / "gamma.txt"
+    new.write_text("Volcanic eruptions release sulfur dioxide into the stratosphere.\n", encoding="utf-8")
+    wait_for(lambda: top_path(client, "Volcanic eruptions release sulfur dioxide") == str(new), what="new file")
+
+    # edit: new words found, old ones gone
+    new.write_text("Tidal forces of the moon raise ocean tides twice a day.\n", encoding="utf-8")
+    wait_for(lambda: top_path(client, "Tidal forces of the moon raise ocean tides") == str(new), what="edit")
+    hits = client.search("Volcanic eruptions release sulfur dioxide", k=10, rerank=False).hits
+    assert all("Volcanic" not in h.snippet for h in hits)
+
+    # rename: found under the new name, nothing re-embedded
+    embeddings = daemon.engine.catalog.db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    moved = notes / "sub" / "tides.txt"
+    moved.parent.mkdir()
+    new.rename(moved)
+    wait_for(lambda: top_path(client, "Tidal forces of the moon raise ocean tides") == str(moved), what="rename")
+    wait_for(lambda: idle(client), what="idle after rename")
+    assert daemon.engine.catalog.db.execute("SELECT count(*) FROM embeddings").fetchone()[0] == embeddings
+
+    # an editor's atomic save: write a temp file, rename it over the target
+    tmp = notes / ".beta.txt.swp"
+    tmp.write_text("Rye bread is dense and dark, baked with caraway.\n", encoding="utf-8")
+    os.replace(tmp, notes / "beta.txt")
+    wait_for(lambda: top_path(client, "Rye bread is dense and dark, baked with caraway") == str(notes / "beta.txt"),
+             what="atomic save")
+
+    # delete
+    moved.unlink()
+    wait_for(lambda: all(h.path != str(moved) for h in client.search("Tidal forces", k=10, rerank=False).hits),
+             what="delete")
+
+    # reranked search through the daemon
+    result = client.search("glaciers ice cores", k=2, candidates=3)
+    assert result.reranked >= 2 and result.hits[0].rerank_score is not None
+    assert result.models["embedder"] if isinstance(result.models, dict) else result.models
+
+
+def test_overflow_triggers_a_reconcile_scan(daemon_factory: Callable[..., Any]) -> None:
+    daemon, client, notes = daemon_factory()
+    wait_for(lambda: idle(client), what="initial index")
+    # The watcher misses these changes (as when the kernel queue overflows)...
+    daemon.watcher.unwatch(notes)
+    (notes / "missed.txt").write_text("Penguins huddle together to survive the Antarctic winter.\n", encoding="utf-8")
+    (notes / "alpha.md").unlink()
+    time.sleep(0.5)
+    assert top_path(client, "Penguins huddle together to survive the Antarctic winter") != str(notes / "missed.txt")
+    # ...and an overflow report makes the reconcile scan catch up.
+    from ragd.paths import PathFilter
+    from ragd.watch import WatchTroubleEvent
+
+    daemon.watcher.watch(notes, PathFilter())
+    daemon.watcher.inject(notes, [WatchTroubleEvent(str(notes), reason="overflow")])
+    wait_for(lambda: top_path(client, "Penguins huddle together to survive the Antarctic winter")
+             == str(notes / "missed.txt"), what="reconcile after overflow")
+    wait_for(lambda: idle(client), what="idle")
+    assert client.status().files_indexed == 2
+
+
+def test_bad_requests_get_invalid_argument(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
+    _, client, notes = daemon_factory()
+    wait_for(lambda: idle(client), what="initial index")
+    with pytest.raises(ragd_client.InvalidArgument, match="query"):
+        client.search("   ")
+    with pytest.raises(ragd_client.InvalidArgument, match="k"):
+        client.search("bread", k=5000)
+    with pytest.raises(ragd_client.InvalidArgument, match=r"filters\.extensions"):
+        client.search("bread", extensions=["a/b"])
+    with pytest.raises(ragd_client.InvalidArgument, match="path"):
+        client.add_root(str(tmp_path / "no-such-folder"))
+    with pytest.raises(ragd_client.PermissionDenied):
+        client.read_file("/etc/passwd")
+    with pytest.raises(ragd_client.NotFound):
+        client.get_chunk(10**9)
+    lines = client.read_file(str(notes / "alpha.md"), from_line=1, count=1)
+    assert lines.lines == ["# Alpha"] and lines.total_lines == 3
+
+
+def test_roots_api(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
+    _, client, notes = daemon_factory()
+    extra = tmp_path / "extra"
+    write_tree(extra, {"e.txt": "Comets have tails of gas and dust pointing away from the sun.\n"})
+    root = client.add_root(str(extra))
+    assert root.path == str(extra) and not root.configured
+    assert {r.path for r in client.roots()} == {str(notes), str(extra)}
+    wait_for(lambda: top_path(client, "Comets have tails of gas and dust") == str(extra / "e.txt"), what="new root")
+    assert client.remove_root(str(extra)) == 1
+    assert all(h.path != str(extra / "e.txt") for h in client.search("Comets tails", k=10, rerank=False).hits)
+    with pytest.raises(ragd_client.FailedPrecondition):
+        client.remove_root(str(notes))
+    assert client.reindex() == 1
+
+
+def test_socket_permissions_and_tcp_token(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
+    daemon, _client, _ = daemon_factory(server={"tcp": "127.0.0.1:0"})
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(daemon.socket.parent.stat().st_mode) == 0o700
+    token_file = tmp_path / "data" / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    address = f"127.0.0.1:{daemon.tcp_port}"
+    with pytest.raises(ragd_client.Unauthenticated):
+        ragd_client.Client(address=address, token="wrong-token-wrong-token", timeout=10).status()
+    with pytest.raises(ragd_client.Unauthenticated):
+        ragd_client.Client(address=address, token="", timeout=10).status()
+    assert ragd_client.Client(address=address, token=token, timeout=10).status().version
+
+
+def test_remote_tcp_needs_explicit_permission(tmp_path: Path) -> None:
+    cfg = parse_config({"data_dir": str(tmp_path / "d"), "server": {"tcp": "0.0.0.0:7000",
+                                                                   "socket": str(tmp_path / "s.sock")}},
+                       source=tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match="allow_remote"):
+        Daemon(cfg).start()
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    notes = tmp_path / "notes"
+    write_tree(notes, NOTES)
+    sock = tmp_path / "run" / "ragd.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[[roots]]\npath = "{notes}"\n'
+        f'[models]\nembedder = "{tiny_models["m3"]}"\nreranker = "{tiny_models["reranker"]}"\nfallback = "none"\n'
+        f'[server]\nsocket = "{sock}"\n', encoding="utf-8")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ragd"), "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = ragd_client.Client(address=f"unix://{sock}", timeout=5)
+        wait_for(lambda: sock.exists() and _health(client) == "SERVING", timeout=120, what="daemon start")
+        wait_for(lambda: idle(client), timeout=60, what="initial index")
+        assert client.search("glaciers", k=1).hits
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        assert code == 0, proc.stderr.read() if proc.stderr else ""
+        assert not sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _health(client: Any) -> str | None:
+    try:
+        return str(client.health())
+    except ragd_client.RagdClientError:
+        return None
