@@ -237,3 +237,49 @@ def _health(client: Any) -> str | None:
         return str(client.health())
     except ragd_client.RagdClientError:
         return None
+
+
+def test_cli_talks_to_the_daemon(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from ragd.cli import main
+
+    daemon, client, notes = daemon_factory()
+    wait_for(lambda: idle(client), what="initial index")
+    config = tmp_path / "cli.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[server]\nsocket = "{daemon.socket}"\n', encoding="utf-8")
+    runner = CliRunner()
+
+    out = runner.invoke(main, ["status", "--json", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    st = json.loads(out.stdout)
+    assert {"serving", "files_indexed", "files_pending", "files_failed", "roots", "models", "degraded"} <= set(st)
+    assert st["serving"] and st["files_indexed"] == 2
+
+    out = runner.invoke(main, ["search", "Sourdough bread needs a starter", "--daemon", "--json", "--no-rerank",
+                               "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["hits"][0]["path"] == str(notes / "beta.txt") and "no daemon" not in out.stderr
+
+    out = runner.invoke(main, ["roots", "ls", "--json", "--config", str(config)])
+    assert json.loads(out.stdout)["roots"] == [{"path": str(notes), "configured": True}]
+    out = runner.invoke(main, ["reindex", "--json", "--config", str(config)])
+    assert out.exit_code == 0 and json.loads(out.stdout)["queued"] in (0, 1)
+
+
+def test_cli_without_a_daemon(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ragd.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[server]\nsocket = "{tmp_path / "none.sock"}"\n',
+                      encoding="utf-8")
+    runner = CliRunner()
+    for args in (["status"], ["roots", "ls"], ["reindex"], ["search", "x", "--daemon"]):
+        out = runner.invoke(main, [*args, "--config", str(config)])
+        assert out.exit_code == 1, (args, out.output)
+        assert "no daemon answered" in out.stderr

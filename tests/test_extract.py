@@ -109,3 +109,9 @@ def test_empty_and_whitespace_only(data: bytes) -> None:
 def test_ansi_escapes_are_text() -> None:
     data = b"\x1b[31merror\x1b[0m: something failed\n" * 20
     assert extract(Path("build.log"), data).text.startswith("\x1b[31merror")
+
+
+def test_mostly_utf8_keeps_utf8() -> None:
+    good = "Grüße aus Zürich — 检索增强生成。\n" * 30
+    doc = extract(Path("joined.txt"), good.encode() + b"caf\xe9\n" + good.encode())
+    assert doc.encoding == "utf-8" and doc.text == good + "caf\ufffd\n" + good

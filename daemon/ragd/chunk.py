@@ -45,12 +45,12 @@ _NEWLINE = re.compile("\n")
 _PUNCTUATION = re.compile(r"[^\w\s]+")
 _WIDE_CHARS = re.compile("[\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]")
 
-_MD_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
+_MD_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?\s*$")
 _MD_ATX_CLOSE = re.compile(r"(?:^|[ \t]+)#+$")
-_MD_SETEXT = re.compile(r" {0,3}(=+|-+)[ \t]*$")
+_MD_SETEXT = re.compile(r" {0,3}(=+|-+)\s*$")
 _MD_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)$")
 _MD_NOT_PARAGRAPH = re.compile(r"\s*(?:[>|]|[-*+](?:\s|$)|\d{1,9}[.)](?:\s|$))| {4}|\t")
-_RST_ADORNMENT = re.compile(r"([=\-~^\"'*+#])\1+[ \t]*$")
+_RST_ADORNMENT = re.compile(r"([=\-~^\"'*+#])\1+\s*$")
 
 
 @dataclass(frozen=True)
@@ -444,7 +444,7 @@ def _markdown_headings(lines: list[str], in_fence: list[bool]) -> list[_Heading]
             paragraph = False
             continue
         m = _MD_SETEXT.match(line)
-        if m and paragraph:
+        if m and paragraph:  # the title is the line above (a multi-line paragraph keeps the rest)
             headings.append(_Heading(k - 1, 1 if m.group(1)[0] == "=" else 2, lines[k - 1].strip()))
             paragraph = False
             continue

@@ -144,8 +144,8 @@ class Engine:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 raise RagdError(
-                    f"another ragd process is writing to {self.data_dir} (lock writer.lock is held); "
-                    "wait for it to finish or stop it"
+                    f"another ragd process is writing to {self.data_dir} (lock writer.lock is held): "
+                    "if `ragd serve` is running, use `ragd roots add PATH` or `ragd reindex` instead"
                 ) from exc
             yield
         finally:

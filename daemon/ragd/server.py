@@ -719,6 +719,8 @@ def serve(config: Config, ready: Callable[[Daemon], None] | None = None) -> int:
         except BaseException:
             daemon.stop(0)
             raise
+        if not daemon.root_paths():
+            log.info("no roots yet: add one with `ragd roots add PATH` or [[roots]] in the config")
         log.info("serving on unix:%s%s", daemon.socket,
                  f" and tcp {config.server.tcp} (port {daemon.tcp_port})" if daemon.tcp_port else "")
         if ready is not None:

@@ -1,6 +1,7 @@
 """Turn a file's bytes into text: reject binaries, detect the encoding, classify the kind.
 
-UTF-8 (with or without BOM) is tried first, then UTF-16/32 when a BOM says so, and only then
+Known binary suffixes and NUL bytes are rejected first. Then UTF-16/32 when a BOM says so,
+UTF-8 (with or without BOM), UTF-8 with a few bad bytes replaced, and only then
 charset-normalizer's best guess (imported lazily, as most files are UTF-8). Newlines are
 normalised to ``"\\n"`` and a leading BOM is removed, so line numbers match what an editor
 shows.
@@ -83,6 +84,10 @@ def _decode(data: bytes) -> tuple[str, str]:
     else:
         _check_controls(text, "binary content (control characters)")
         return text, "utf-8"
+    lenient = _mostly_utf8(data)
+    if lenient is not None:
+        _check_controls(lenient, "binary content (control characters)")
+        return lenient, "utf-8"
     guess = _guess(data)
     if guess is None:
         raise ExtractError("undecodable text (no encoding fits)")
@@ -99,6 +104,20 @@ def _decode_wide(data: bytes, name: str) -> str | None:
         return None
     _check_controls(text, "binary content (control characters)")
     return text
+
+
+def _mostly_utf8(data: bytes) -> str | None:
+    """UTF-8 with a few bad bytes (replaced), as when files were pasted together; else ``None``.
+
+    Taken only when well-formed multi-byte characters clearly outnumber the bad bytes, so
+    text in a legacy single- or double-byte encoding still goes to charset-normalizer.
+    """
+    text = data.decode("utf-8-sig", errors="replace")
+    bad = text.count("\ufffd")
+    if bad > max(1, len(text) // 1000):
+        return None
+    wide = len(text) - len(text.encode("ascii", "ignore")) - bad
+    return text if wide >= 4 * bad else None
 
 
 def _guess(data: bytes) -> tuple[str, str] | None:

@@ -23,7 +23,7 @@ CODE_SUFFIXES = frozenset(
         "proto thrift avsc graphql gql sql prisma tf tfvars hcl nix bzl bazel cmake mk mak make ninja "
         "dockerfile containerfile lock "
         # Web.
-        "html htm xhtml css scss sass less styl hbs handlebars mustache jinja j2 njk ejs erb twig liquid "
+        "html htm xhtml svg css scss sass less styl hbs handlebars mustache jinja j2 njk ejs erb twig liquid "
         # Other markup and notebooks treated as code.
         "tex sty cls bib latex sol asm s vim patch diff"
     ).split()
