@@ -38,7 +38,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import ragd_client
-
     from ragd.config import parse_config
     from ragd.server import Daemon
 
