@@ -127,3 +127,12 @@ def test_fallback_to_minilm_is_reported(tmp_path: Path) -> None:
     )
     code, _, err = run("search", "cat", "--config", str(cfg))
     assert code == 1 and "no-such-model" in err
+
+
+def test_models_pull_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[models]\nembedder = "BAAI/bge-m3"\n', encoding="utf-8")
+    code, _, err = run("models", "pull", "--config", str(cfg))
+    assert code == 1 and "could not download BAAI/bge-m3" in err and "offline" in err

@@ -283,3 +283,10 @@ def test_cli_without_a_daemon(tmp_path: Path) -> None:
         out = runner.invoke(main, [*args, "--config", str(config)])
         assert out.exit_code == 1, (args, out.output)
         assert "no daemon answered" in out.stderr
+
+
+def test_oversized_request_is_resource_exhausted(daemon_factory: Callable[..., Any]) -> None:
+    _, client, _ = daemon_factory(server={"max_message_bytes": 2048})
+    wait_for(lambda: idle(client), what="initial index")
+    with pytest.raises(ragd_client.ResourceExhausted):
+        client.search("bread", path_prefix="/" + "x" * 4000)
