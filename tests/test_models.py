@@ -99,3 +99,28 @@ def test_missing_reranker_degrades_only_reranking(tmp_path: Path, tiny_models: d
     loaded = load_models(cfg, warn=False)
     assert loaded.reranker is None and loaded.embedder.has_sparse
     assert any("reranker unavailable" in d for d in loaded.degraded)
+
+
+def test_embedder_is_safe_across_threads(loaded_tiny: Any) -> None:
+    """The daemon chunks (count_tokens) on the writer thread while searches embed queries:
+    a fast tokenizer used from two threads at once raises "Already borrowed" unless guarded."""
+    import threading
+
+    emb = loaded_tiny.embedder
+    errors: list[BaseException] = []
+    text = "glaciers and ice cores " * 200
+
+    def hammer(fn: Any) -> None:
+        try:
+            for _ in range(40):
+                fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(lambda: emb.count_tokens([text] * 8),)) for _ in range(3)]
+    threads.append(threading.Thread(target=hammer, args=(lambda: emb.embed_query("ice cores"),)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

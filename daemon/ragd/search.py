@@ -121,7 +121,11 @@ def fuse(
     signals: Mapping[str, dict[int, float]], weights: Mapping[str, float], method: str = "weighted",
     rrf_k: int = 60,
 ) -> dict[int, float]:
-    """Combine per-signal scores. ``weighted``: sum of weight x min-max normalised score;
+    """Combine per-signal scores. ``weighted``: sum of weight x confidence x min-max
+    normalised score, where a signal's confidence for this query is how clearly its best
+    candidate stands out: 1 - the mean normalised score of its ranks 2 to 11 (1 with fewer
+    than two candidates, 0 when all tie). A signal that cannot tell its candidates apart
+    (an English-only embedder on a Chinese query) thus cannot drag a sharp one down.
     ``rrf``: sum of weight / (rrf_k + rank), rank 1 the best of each signal. With one
     signal, its raw scores are kept so that a retrieval score stays a cosine or BM25 score."""
     live = {name: s for name, s in signals.items() if s and weights.get(name, 0) > 0}
@@ -135,9 +139,19 @@ def fuse(
             for rank, (cid, _) in enumerate(ranked, 1):
                 fused[cid] = fused.get(cid, 0.0) + w / (rrf_k + rank)
         else:
-            for cid, s in normalise(scores).items():
+            norm = normalise(scores)
+            w *= confidence(norm)
+            for cid, s in norm.items():
                 fused[cid] = fused.get(cid, 0.0) + w * s
     return fused
+
+
+def confidence(normalised: Mapping[int, float], depth: int = 10) -> float:
+    """1 - the mean of the normalised scores ranked 2 to depth + 1 (see ``fuse``)."""
+    if len(normalised) < 2:
+        return 1.0
+    runners = sorted(normalised.values(), reverse=True)[1 : depth + 1]
+    return 1.0 - sum(runners) / len(runners)
 
 
 def resolve_signals(

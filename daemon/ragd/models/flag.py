@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,100 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def precision_flags(precision: str, device: str) -> tuple[dict[str, bool], list[str]]:
-    """FlagEmbedding's fp16/bf16 switches for a precision setting, and notes when unmet."""
+# What ``precision = "auto"`` runs on a CPU, decided by measurement (benchmarks/README.md):
+# torch dynamic int8 (weights int8 per tensor, activations quantised per batch) on the
+# encoder's Linear layers is the fastest CPU path that passes the accuracy gates in
+# tests/test_fastpath.py; bf16 autocast is slower where the CPU has AVX512-BF16 but no AMX.
+CPU_AUTO_PRECISION = "int8"
+
+# Padded tokens (batch x longest input) per forward pass on the fast path; inputs are
+# grouped by length so the padding waste stays small.
+TOKEN_BUDGET = 4096
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def int8_available() -> bool:
+    import torch
+
+    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn"))
+
+
+def resolve_precision(precision: str, device: str) -> tuple[str, list[str]]:
+    """The precision a model runs in on ``device`` (fp32 / fp16 / bf16 / int8), and notes when
+    the setting cannot be met. On a GPU FlagEmbedding's fp16/bf16 switches apply; on the CPU
+    ragd's fast path runs fp32, bf16 autocast or dynamic int8."""
     notes: list[str] = []
+    gpu = device.startswith("cuda")
     if precision == "auto":
-        precision = "fp16" if device.startswith("cuda") else "fp32"
-    if precision == "int8":
-        notes.append("precision int8 is not available on the FlagEmbedding path; using fp32")
+        precision = "fp16" if gpu else (CPU_AUTO_PRECISION if int8_available() else "fp32")
+    if precision == "int8" and gpu:
+        notes.append("precision int8 runs on the CPU only; using fp16 on the GPU")
+        precision = "fp16"
+    if precision == "int8" and not int8_available():
+        notes.append("precision int8 needs torch's x86/fbgemm quantised kernels; using fp32")
         precision = "fp32"
-    if precision == "fp16" and not device.startswith("cuda"):
+    if precision == "fp16" and not gpu:
         notes.append("precision fp16 needs a GPU; using fp32 on the CPU")
         precision = "fp32"
-    return {"use_fp16": precision == "fp16", "use_bf16": precision == "bf16"}, notes
+    if precision == "bf16" and not gpu and not cpu_has_bf16():
+        notes.append("precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX), expect it to be slow")
+    return precision, notes
+
+
+def precision_flags(precision: str, device: str) -> tuple[dict[str, bool], list[str]]:
+    """FlagEmbedding's fp16/bf16 switches for a precision setting, and notes when unmet.
+
+    On the CPU the weights stay fp32 (bf16 and int8 are applied by ragd's own loop)."""
+    mode, notes = resolve_precision(precision, device)
+    gpu = device.startswith("cuda")
+    return {"use_fp16": gpu and mode == "fp16", "use_bf16": gpu and mode == "bf16"}, notes
+
+
+def quantize_int8(module: Any) -> None:
+    """Replace ``module``'s Linear layers by dynamically quantised int8 ones, in place."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notice for quantised tensors
+        torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def autocast(mode: str, device: str) -> Any:
+    """bf16 autocast on the CPU for ``mode == "bf16"``, else a no-op context."""
+    import contextlib
+
+    import torch
+
+    if mode == "bf16" and not device.startswith("cuda"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def budget_batches(lengths: Sequence[int], max_items: int, budget: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Indices grouped longest first so that each batch's padded size (items x longest)
+    stays within ``budget`` tokens and ``max_items`` items (a longer input goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and ((len(current) + 1) * longest > budget or len(current) >= max_items):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def declared_pooling(folder: Path) -> str:
@@ -104,7 +187,8 @@ class FlagEmbedder:
         _quiet_imports()
         self.model_id = model_id
         self.device = pick_device(device)
-        flags, self.notes = precision_flags(precision, self.device)
+        self.precision, self.notes = resolve_precision(precision, self.device)
+        flags, _ = precision_flags(precision, self.device)
         self.batch_size = batch_size
         self.m3 = is_m3_folder(folder)
         self.multi_vector = multi_vector and self.m3
@@ -129,11 +213,16 @@ class FlagEmbedder:
         except Exception as exc:
             raise ModelLoadError(f"cannot load embedder from {folder}: {exc}") from exc
         self.tokenizer = self._model.tokenizer
+        # A fast tokenizer raises "Already borrowed" when two threads use it at once (the
+        # daemon's writer chunks while a search embeds its query): one lock guards it.
+        self._tok_lock = threading.Lock()
         model = self._model.model
         if self.device == "cpu":
             model.float()
         model.to(self.device)
         model.eval()
+        if self.precision == "int8":
+            quantize_int8(model.model if self.m3 else model)  # the encoder; M3's small heads stay fp32
         self._unused = self._unused_token_ids()
         self.input_limit = declared_max_length(folder, self.tokenizer)
         special = len(self.tokenizer("", add_special_tokens=True)["input_ids"])
@@ -143,7 +232,8 @@ class FlagEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        with self._tok_lock:
+            ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [len(x) for x in ids]
 
     def _unused_token_ids(self) -> set[int]:
@@ -155,26 +245,32 @@ class FlagEmbedder:
         return ids
 
     def _encode(self, texts: list[str], max_length: int) -> Embeddings:
-        """Encode in length-sorted batches of ``batch_size`` with FlagEmbedding's modules.
+        """Encode with FlagEmbedding's modules, tokenising once and batching by token budget.
 
         Same modules and post-processing as FlagEmbedding's ``encode`` (pooling, L2
         normalisation, lexical weights = max ReLU weight per token id without special tokens,
         ColBERT vectors without CLS), but each batch is computed once (``encode`` runs its
-        first batch twice to probe the batch size) and texts are never truncated silently.
+        first batch twice to probe the batch size), texts are never truncated silently, and
+        batches hold inputs of similar length within ``TOKEN_BUDGET`` padded tokens (at most
+        ``batch_size`` texts). ``self.precision`` picks fp32, bf16 autocast or int8 weights.
         """
         import torch
 
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with self._tok_lock:
+            encoded = self.tokenizer(texts, truncation=True, max_length=max_length)
+        all_ids: list[list[int]] = encoded["input_ids"]
         dense_out: list[FloatArray | None] = [None] * len(texts)
         sparse_out: list[SparseWeights] = [{} for _ in texts]
         colbert_out: list[FloatArray | None] = [None] * len(texts)
         model = self._model.model
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            ).to(self.device)
-            with torch.inference_mode():
+        for idx in budget_batches([len(x) for x in all_ids], self.batch_size):
+            with self._tok_lock:
+                enc = self.tokenizer.pad(
+                    {"input_ids": [all_ids[i] for i in idx],
+                     "attention_mask": [encoded["attention_mask"][i] for i in idx]},
+                    padding=True, return_tensors="pt",
+                ).to(self.device)
+            with torch.inference_mode(), autocast(self.precision, self.device):
                 if self.m3:
                     out = model(
                         enc, return_dense=True, return_sparse=True, return_colbert_vecs=self.multi_vector
@@ -188,18 +284,16 @@ class FlagEmbedder:
                     dense_out[i] = dense[row]
                 if self.m3:
                     weights = out["sparse_vecs"].squeeze(-1).float().cpu().numpy()
-                    input_ids = enc["input_ids"].cpu().numpy()
                     for row, i in enumerate(idx):
                         lex: SparseWeights = {}
-                        for tok, w in zip(input_ids[row].tolist(), weights[row].tolist(), strict=True):
+                        for tok, w in zip(all_ids[i], weights[row].tolist(), strict=False):
                             if w > 0 and tok not in self._unused and w > lex.get(tok, 0.0):
                                 lex[tok] = float(w)
                         sparse_out[i] = lex
                 if self.multi_vector:
                     vecs = out["colbert_vecs"].float().cpu().numpy()
-                    lengths = enc["attention_mask"].sum(dim=1).cpu().numpy()
                     for row, i in enumerate(idx):
-                        colbert_out[i] = vecs[row, : int(lengths[row]) - 1]
+                        colbert_out[i] = vecs[row, : len(all_ids[i]) - 1]
         dense_matrix = np.stack([d for d in dense_out if d is not None]).astype(np.float32)
         return Embeddings(
             dense=dense_matrix,
@@ -220,7 +314,14 @@ class FlagEmbedder:
 
 
 class FlagCrossEncoder:
-    """bge-reranker style cross-encoder through FlagEmbedding's FlagReranker."""
+    """bge-reranker style cross-encoder: FlagEmbedding's FlagReranker modules.
+
+    On a GPU scores come from ``FlagReranker.compute_score`` (the reference). On the CPU ragd
+    runs its own loop over the same modules and the same inputs (query cut to 3/4 of
+    ``max_length`` tokens, ``<s> query </s></s> passage </s>`` with only the passage cut to
+    ``max_length``, sigmoid of the logit), tokenising once, batching by token budget and
+    running in ``self.precision`` (fp32, bf16 autocast or int8 encoder weights).
+    """
 
     def __init__(
         self, folder: Path, model_id: str, device: str = "auto", precision: str = "auto", batch_size: int = 16
@@ -228,7 +329,8 @@ class FlagCrossEncoder:
         _quiet_imports()
         self.model_id = model_id
         self.device = pick_device(device)
-        flags, self.notes = precision_flags(precision, self.device)
+        self.precision, self.notes = resolve_precision(precision, self.device)
+        flags, _ = precision_flags(precision, self.device)
         self.batch_size = batch_size
         try:
             from FlagEmbedding import FlagReranker
@@ -238,15 +340,52 @@ class FlagCrossEncoder:
             )
         except Exception as exc:
             raise ModelLoadError(f"cannot load reranker from {folder}: {exc}") from exc
-        self.max_length = min(512, declared_max_length(folder, self._model.tokenizer))
+        self.tokenizer = self._model.tokenizer
+        # A fast tokenizer raises "Already borrowed" when two threads use it at once (the
+        # daemon's writer chunks while a search embeds its query): one lock guards it.
+        self._tok_lock = threading.Lock()
+        self.max_length = min(512, declared_max_length(folder, self.tokenizer))
+        self.query_max_length = self.max_length * 3 // 4
+        self.own_loop = not self.device.startswith("cuda")
+        if self.own_loop:
+            model = self._model.model
+            model.float().to(self.device).eval()
+            if self.precision == "int8":
+                quantize_int8(model.base_model)  # the encoder; the classification head stays fp32
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each of the reranker's tokens in ``text`` (no special tokens)."""
+        with self._tok_lock:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         if not passages:
             return []
-        pairs = [(query, p) for p in passages]
-        scores = self._model.compute_score(
-            pairs, batch_size=min(self.batch_size, len(pairs)), max_length=self.max_length, normalize=True
-        )
-        if isinstance(scores, float):
-            scores = [scores]
-        return [float(s) for s in scores]
+        if not self.own_loop:
+            pairs = [(query, p) for p in passages]
+            scores = self._model.compute_score(
+                pairs, batch_size=min(self.batch_size, len(pairs)), max_length=self.max_length, normalize=True
+            )
+            if isinstance(scores, float):
+                scores = [scores]
+            return [float(s) for s in scores]
+        import torch
+
+        tok = self.tokenizer
+        with self._tok_lock:
+            q_ids = tok(query, add_special_tokens=False, truncation=True,
+                        max_length=self.query_max_length)["input_ids"]
+            room = max(1, self.max_length - len(q_ids) - tok.num_special_tokens_to_add(pair=True))
+            p_ids = tok(list(passages), add_special_tokens=False)["input_ids"]
+        inputs = [tok.build_inputs_with_special_tokens(q_ids, ids[:room]) for ids in p_ids]
+        out = [0.0] * len(inputs)
+        for idx in budget_batches([len(x) for x in inputs], self.batch_size):
+            with self._tok_lock:
+                enc = tok.pad({"input_ids": [inputs[i] for i in idx]}, padding=True,
+                              return_tensors="pt").to(self.device)
+            with torch.inference_mode(), autocast(self.precision, self.device):
+                logits = self._model.model(**enc, return_dict=True).logits.view(-1).float()
+            for i, v in zip(idx, torch.sigmoid(logits).tolist(), strict=True):
+                out[i] = float(v)
+        return out
