@@ -257,8 +257,9 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     qemb = None
     if "dense" in use or "sparse" in use:
         t = time.perf_counter()
-        with engine.gate.foreground():
-            qemb = models.embedder.embed_query(q)
+        # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
+        # it (inference does not change the model); the long reranker calls use the gate.
+        qemb = models.embedder.embed_query(q)
         timings["embed_ms"] = _ms(t)
     check()
     filtered = prefix is not None or (filters is not None and filters.active)
