@@ -168,6 +168,7 @@ def search(
         rerank = cfg.search.rerank and not no_rerank
         prefix = _absolute_prefix(path_prefix)
         data = _search_daemon(cfg, query, k, candidates, rerank, prefix, required=need_daemon)
+        local = data is None
         if data is None:
             click.echo("ragd: no daemon answered; searching in this process (loads the models, slower)", err=True)
             data = _search_local(cfg, query, k, candidates, rerank, prefix)
@@ -177,8 +178,9 @@ def search(
     if as_json:
         _print_json(data)
         return
-    for reason in data["degraded"]:
-        click.echo(f"ragd: degraded: {reason}", err=True)
+    if not local:  # loading the models in this process already said so
+        for reason in data["degraded"]:
+            click.echo(f"ragd: degraded: {reason}", err=True)
     if not data["hits"]:
         click.echo("no results")
     for rank, hit in enumerate(data["hits"], 1):
@@ -363,6 +365,8 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--embedder", default=None, help="Embedder to evaluate (default: models.embedder).")
 @click.option("--reranker", default=None, help="Reranker for --rerank (default: models.reranker).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default=None,
+              help="Model precision (default: models.precision); the cached index keeps what it was built with.")
 @click.option("--mode", type=click.Choice(["dense", "sparse", "lexical", "hybrid"]), default=None,
               help="Retrievers to use (default: search.mode).")
 @click.option("--fusion", type=click.Choice(["weighted", "rrf"]), default=None,
@@ -375,7 +379,8 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @config_option
 @json_option
 def eval_command(
-    dataset: Path, embedder: str | None, reranker: str | None, mode: str | None, fusion: str | None,
+    dataset: Path, embedder: str | None, reranker: str | None, precision: str | None, mode: str | None,
+    fusion: str | None,
     weights: tuple[str, ...], rerank: bool, cache_dir: Path | None, config_file: str | None, as_json: bool,
 ) -> None:
     """Score retrieval on DATASET, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv):
@@ -393,6 +398,8 @@ def eval_command(
             overrides["embedder"] = embedder
         if reranker is not None:
             overrides["reranker"] = reranker
+        if precision is not None:
+            overrides["precision"] = precision
         if overrides:
             cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **overrides))
         parsed = _parse_weights(weights)
