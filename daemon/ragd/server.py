@@ -707,6 +707,7 @@ class Daemon:
 def serve(config: Config, ready: Callable[[Daemon], None] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; a second signal forces exit. Returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="ragd: %(message)s", stream=sys.stderr)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it picked
     daemon = Daemon(config)
     signals_seen = []
 
