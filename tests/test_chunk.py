@@ -194,6 +194,9 @@ def test_rst_levels_follow_order_of_appearance() -> None:
     assert chunks[0].text.startswith("=========\nBig Title\n=========")
     assert chunks[0].start_line == 1 and chunks[1].start_line == 7
     check(RST, chunks, words, 100)
+    # A title right under another one; an underline after a paragraph's second line is no title.
+    text = "Top\n===\nNext\n----\n\nsome text\nmore text\n---------\n"
+    assert [c.heading for c in chunk_document(text, "rst", words, 100, 0)] == [("Top",), ("Top", "Next")]
 
 
 def test_code_and_text_have_no_headings() -> None:

@@ -17,7 +17,7 @@ from ragd.errors import UsageError
 from ragd.evaluate import load_beir, run_eval
 from ragd.indexer import index_paths
 from ragd.lexical import query_expression, terms
-from ragd.search import SearchOptions, fuse, resolve_signals, search
+from ragd.search import SearchOptions, confidence, fuse, normalise, resolve_signals, search
 from ragd.store.catalog import Catalog
 
 DOCS = {
@@ -132,6 +132,17 @@ def test_fusion_rrf_and_weights() -> None:
     assert rrf == pytest.approx({1: 1 / 11, 2: 1 / 12 + 2 / 11, 3: 2 / 12})
     assert fuse(signals, {"dense": 1.0, "lexical": 0.5}) == {1: 1.0, 2: 0.5, 3: 0.0}
     assert fuse(signals, {"dense": 0.0, "lexical": 1.0}) == {2: 10.0, 3: 5.0}  # one signal: raw scores
+
+
+def test_a_signal_that_cannot_separate_its_candidates_weighs_little() -> None:
+    """Confidence = 1 - mean normalised score of ranks 2..11: a flat signal (every runner-up
+    close to the best) cannot overturn a sharp one, whatever its order."""
+    sharp = {1: 10.0, 2: 2.0, **{i: 1.0 for i in range(3, 13)}}
+    flat = {2: 0.50, 1: 0.40, **{i: 0.49 for i in range(3, 13)}}
+    assert confidence(normalise(flat)) < 0.2 < 0.9 < confidence(normalise(sharp))
+    fused = fuse({"dense": flat, "lexical": sharp}, {"dense": 1.0, "lexical": 1.0})
+    assert max(fused, key=lambda c: fused[c]) == 1
+    assert confidence({}) == 1.0 and confidence({7: 1.0}) == 1.0 and confidence({1: 1.0, 2: 1.0}) == 0.0
 
 
 def test_resolve_signals() -> None:

@@ -456,7 +456,7 @@ def _rst_headings(lines: list[str]) -> list[_Heading]:
     """Underlined (optionally overlined) section titles; levels by order of first appearance."""
     headings: list[_Heading] = []
     styles: list[tuple[str, bool]] = []
-    k = 0
+    k = after_title = 0
     n = len(lines)
     while k < n:
         found: tuple[int, str, str, bool, int] | None = None  # first line, title, char, overline, next
@@ -469,13 +469,14 @@ def _rst_headings(lines: list[str]) -> list[_Heading]:
                 found = (k, title, over.group(1), True, k + 3)
         if found is None and k + 1 < n and lines[k].strip() and not lines[k][0].isspace():
             under = _RST_ADORNMENT.match(lines[k + 1])
-            if (under and not over and (k == 0 or not lines[k - 1].strip())
+            if (under and not over and (k == after_title or not lines[k - 1].strip())
                     and len(lines[k + 1].rstrip()) >= len(lines[k].rstrip())):
                 found = (k, lines[k].strip(), under.group(1), False, k + 2)
         if found is None:
             k += 1
             continue
         first, title, char, overline, k = found
+        after_title = k
         style = (char, overline)
         if style not in styles:
             styles.append(style)

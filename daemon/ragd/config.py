@@ -68,10 +68,11 @@ class SearchConfig:
     mode: str = "hybrid"
     dense_weight: float = 1.0
     sparse_weight: float = 0.3
-    lexical_weight: float = 1.0
+    lexical_weight: float = 1.2
     fusion: str = "weighted"
     rrf_k: int = 60
     snippet_chars: int = 300
+    rerank_max_tokens: int = 352
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ RULES: Mapping[str, Rule] = {
     "search.fusion": Rule(choices=("weighted", "rrf")),
     "search.rrf_k": Rule(low=1, high=10000),
     "search.snippet_chars": Rule(low=20, high=10000),
+    "search.rerank_max_tokens": Rule(low=16, high=8192),
     "indexing.max_file_bytes": Rule(low=1),
     "indexing.batch_chunks": Rule(low=1, high=100000),
     "server.socket": Rule(empty_ok=True),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +291,7 @@ def _answer_chunks(index: EvalIndex) -> Qrels:
             continue
         for doc, answer in pairs:
             if doc not in texts:
-                ids = catalog.chunk_ids_under(str(corpus_dir / _doc_file(doc)))
+                ids = catalog.chunk_ids_under(os.path.abspath(corpus_dir / _doc_file(doc)))
                 texts[doc] = {str(cid): _flat(row.text) for cid, row in catalog.chunks(ids).items()}
             needle = _flat(answer)
             for cid, text in texts[doc].items():

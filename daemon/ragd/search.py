@@ -21,6 +21,7 @@ import numpy as np
 from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, RagdError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
+from ragd.window import rerank_text
 
 MAX_K = 1000
 MAX_CANDIDATES = 1000
@@ -349,7 +350,8 @@ def _rerank(
             if now + pace * len(part) > deadline:
                 break
         with engine.gate.foreground():
-            values = reranker.score(query, [rows[cid].text for cid, _ in part])
+            limit = engine.config.search.rerank_max_tokens
+            values = reranker.score(query, [rerank_text(reranker, query, rows[cid].text, limit) for cid, _ in part])
         scores.update({cid: v for (cid, _), v in zip(part, values, strict=True)})
     return scores
 
