@@ -3,8 +3,18 @@ indexing versus idle. Runs a real daemon (in this process) with the real all-Min
 (`minilm`) and talks to it over its Unix socket through ragd_client, as a user's tools do.
 
     .venv/bin/python benchmarks/daemon.py [--json] [--notes 5] [--searches 40] [--docs 1500]
+                                          [--models minilm|m3] [--seeds 50]
 
 The large folder is SciFact's corpus from ../shared/data (one file per abstract).
+
+Memory: the daemon runs in this process, so its RSS is this process's, read from
+/proc/self/status: ``VmRSS`` once idle with its models loaded (after the first searches,
+a reranking one included when a reranker is configured), and the peak ``VmHWM`` while busy
+(indexing the large folder while searching; the high-water mark is reset just before via
+/proc/self/clear_refs), compared with a float32 footprint estimate of the models (4 bytes
+per parameter of the embedder and the reranker). ``--models m3`` runs the random-weight
+BGE-M3 and bge-reranker-v2-m3 architectures (``benchmarks/inference.py`` builds them) so that
+both full-size models are loaded; embedding is slow on a CPU, so use a small ``--docs``.
 """
 
 from __future__ import annotations
@@ -20,13 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact" / "corpus.jsonl"
 
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 def main() -> int:
@@ -35,6 +43,9 @@ def main() -> int:
     parser.add_argument("--notes", type=int, default=5, help="notes written for the latency test")
     parser.add_argument("--searches", type=int, default=40, help="searches per latency sample")
     parser.add_argument("--docs", type=int, default=1500, help="documents in the large folder")
+    parser.add_argument("--models", default="minilm", choices=["minilm", "m3"],
+                        help="minilm without reranker, or the BGE-M3 + bge-reranker-v2-m3 architectures")
+    parser.add_argument("--seeds", type=int, default=50, help="documents in the notes folder at start")
     args = parser.parse_args()
 
     import ragd_client
@@ -49,18 +60,26 @@ def main() -> int:
     notes, big = tmp / "notes", tmp / "big"
     notes.mkdir()
     big.mkdir()
-    for i, d in enumerate(docs[:50]):
+    for i, d in enumerate(docs[: args.seeds]):
         (notes / f"seed-{i}.txt").write_text(f"{d['title']}\n{d['text']}\n", encoding="utf-8")
+    models = {"embedder": "minilm", "reranker": "none", "fallback": "none"}
+    if args.models == "m3":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from inference import build_models
+
+        m3, rr = build_models()
+        models = {"embedder": str(m3), "reranker": str(rr), "fallback": "none"}
     cfg = parse_config({
         "data_dir": str(tmp / "data"), "roots": [{"path": str(notes)}, {"path": str(big)}],
-        "models": {"embedder": "minilm", "reranker": "none", "fallback": "none"},
+        "models": models,
         "server": {"socket": str(tmp / "run" / "ragd.sock")},
     }, source=tmp / "config.toml")
     daemon = Daemon(cfg)
     daemon.start()
     client = ragd_client.Client(address=f"unix://{daemon.socket}", timeout=120)
-    result: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "embedder": "minilm", "debounce_ms":
+    result: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "embedder": args.models, "debounce_ms":
                               cfg.watch.debounce_ms}
+    reranking = models["reranker"] != "none"
     try:
         wait_idle(client)
         # 1. change-to-searchable latency for a small note
@@ -87,11 +106,36 @@ def main() -> int:
         # 2. search latency idle vs while a large folder is indexing
         queries = [d["title"] for d in docs[:args.searches]]
         idle = timed_searches(client, queries)
+        if reranking:
+            client.search(queries[0], k=4, candidates=4, rerank=True)  # the reranker has run once
+        memory: dict[str, Any] = {"idle_rss_mb": proc_status_mb("VmRSS"),
+                                  # file-backed pages: weights mapped from their files (only touched rows count)
+                                  "idle_rss_file_mb": proc_status_mb("RssFile"),
+                                  "idle_rss_anon_mb": proc_status_mb("RssAnon")}
+        reset_peak = reset_high_water_mark()
+        sampler = RssSampler()
         for i, d in enumerate(docs):
             (big / f"doc-{i}.txt").write_text(f"{d['title']}\n{d['text']}\n", encoding="utf-8")
         wait_busy(client)
         busy = timed_searches(client, queries)
+        if reranking:
+            client.search(queries[-1], k=10, candidates=12, rerank=True)  # ~ one full 4,096-token batch
         still_busy = client.status().files_pending > 0
+        sampler.stop()
+        memory["busy_peak_rss_mb"] = proc_status_mb("VmHWM") if reset_peak else sampler.peak_mb
+        memory["busy_peak_source"] = "VmHWM after clear_refs" if reset_peak else "VmRSS sampled every 50 ms"
+        memory["busy_peak_sampled_mb"] = sampler.peak_mb
+        memory["process_peak_rss_mb"] = None if reset_peak else proc_status_mb("VmHWM")
+        assert daemon.engine is not None
+        estimate, missing = float32_bytes(daemon.engine.models)
+        memory["models_float32_mb"] = round(estimate / 2**20, 1)
+        if missing:
+            memory["float32_estimate_misses"] = missing
+        memory["idle_rss_over_float32"] = round(memory["idle_rss_mb"] / memory["models_float32_mb"], 2)
+        memory["busy_peak_over_float32"] = round(memory["busy_peak_rss_mb"] / memory["models_float32_mb"], 2)
+        memory["models"] = {"embedder": daemon.engine.models.embedder.model_id,
+                            "reranker": getattr(daemon.engine.models.reranker, "model_id", None)}
+        result["memory"] = memory
         result["search_idle_ms"] = {"p50": round(percentile(idle, 0.5), 1), "p95": round(percentile(idle, 0.95), 1)}
         result["search_indexing_ms"] = {"p50": round(percentile(busy, 0.5), 1),
                                         "p95": round(percentile(busy, 0.95), 1)}
@@ -106,6 +150,56 @@ def main() -> int:
         for k, v in result.items():
             print(f"{k}: {v}")
     return 0
+
+
+def proc_status_mb(key: str) -> float:
+    """A ``/proc/self/status`` memory line (``VmRSS``, ``VmHWM``, ``RssFile``...) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def reset_high_water_mark() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class RssSampler:
+    """The largest VmRSS seen by a background thread polling every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak_mb = proc_status_mb("VmRSS")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, proc_status_mb("VmRSS"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def float32_bytes(models: Any) -> tuple[int, list[str]]:
+    """4 bytes per parameter of the embedder's and the reranker's torch modules, and the
+    model ids of backends without one (not counted)."""
+    total, missing = 0, []
+    for backend in (models.embedder, models.reranker):
+        if backend is None:
+            continue
+        module = getattr(getattr(backend, "_model", None), "model", None)
+        if module is not None and hasattr(module, "parameters"):
+            total += 4 * sum(p.numel() for p in module.parameters())
+        else:
+            missing.append(str(getattr(backend, "model_id", type(backend).__name__)))
+    return total, missing
 
 
 def wait_idle(client: Any, timeout: float = 600) -> None:

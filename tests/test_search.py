@@ -100,3 +100,47 @@ def test_snippet_centres_on_query_words() -> None:
     text = "intro " * 100 + "the answer is forty-two " + "outro " * 100
     s = snippet(text, "answer", 80)
     assert "answer" in s and s.startswith("…") and s.endswith("…") and len(s) <= 82
+
+
+class _SlowReranker:
+    """Takes ``per_passage`` seconds per passage, like a CPU cross-encoder."""
+
+    model_id = "slow"
+
+    def __init__(self, per_passage: float) -> None:
+        self.per_passage = per_passage
+        self.calls: list[int] = []
+
+    def score(self, query: str, passages: list[str]) -> list[float]:
+        import time
+
+        self.calls.append(len(passages))
+        time.sleep(self.per_passage * len(passages))
+        return [1.0] * len(passages)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
+
+
+def test_rerank_deadline_is_met_even_on_the_first_search(indexed: Any) -> None:
+    """A deadline shorter than one batch: the first search measures one passage first, later
+    ones size their batches by the measured pace; both return on time."""
+    import time
+    from types import SimpleNamespace
+
+    from ragd.search import _rerank
+
+    engine, _ = indexed
+    reranker = _SlowReranker(0.1)
+    head = [(i, 1.0) for i in range(20)]
+    rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
+    for _ in range(2):
+        started = time.monotonic()
+        scores = _rerank(engine, reranker, "q", head, rows, started + 0.5, lambda: None)
+        took = time.monotonic() - started
+        assert took <= 0.55, took
+        assert 3 <= len(scores) <= 5
+        assert list(scores) == list(range(len(scores)))  # in retrieval order
+    assert reranker.calls[0] == 1 and max(reranker.calls) <= 4
+    scores = _rerank(engine, reranker, "q", head, rows, None, lambda: None)
+    assert len(scores) == 20 and reranker.calls[-1] == 20

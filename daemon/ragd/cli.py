@@ -357,7 +357,7 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
         except ValueError:
             sep = ""
         if not sep:
-            raise UsageError(f"--weight takes SIGNAL=NUMBER (dense, sparse, lexical), got {item!r}")
+            raise UsageError(f"--weight takes SIGNAL=NUMBER (dense, sparse, lexical, colbert), got {item!r}")
     return out or None
 
 
@@ -372,7 +372,7 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--fusion", type=click.Choice(["weighted", "rrf"]), default=None,
               help="How hybrid signals are combined (default: search.fusion).")
 @click.option("--weight", "weights", multiple=True, metavar="SIGNAL=W",
-              help="Fusion weight of dense, sparse or lexical for this run; repeatable.")
+              help="Fusion weight of dense, sparse, lexical or colbert for this run; repeatable.")
 @click.option("--rerank", is_flag=True, help="Rerank the candidates with the cross-encoder.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where indexes are kept between runs (default: data_dir/eval).")

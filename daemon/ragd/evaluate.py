@@ -268,7 +268,9 @@ def score_queries(
         chunk_metrics["queries"] = float(len(chunk_qrels))
     models = eng.models
     reranker = models.reranker.model_id if (rerank and models.reranker) else None
-    used = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight, **(weights or {})}
+    used = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
+            **({"colbert": cfg.colbert_weight} if getattr(models.embedder, "multi_vector", False) else {}),
+            **(weights or {})}
     return EvalReport(
         dataset=dataset.name, embedder=models.embedder.model_id, reranker=reranker,
         metrics=score_run(run, dataset.qrels), queries=len(dataset.queries),

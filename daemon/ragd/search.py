@@ -1,17 +1,21 @@
 """Query -> retrieve (dense, sparse when the embedder has it, full-text BM25) -> fuse ->
-filter -> rerank the top candidates -> hits with snippets, scores and per-stage timings.
+filter -> [ColBERT rescoring of the top fused candidates] -> rerank the top candidates ->
+hits with snippets, scores and per-stage timings.
 
 ``mode`` picks the retrievers: ``hybrid`` (every signal the embedder has, plus full-text),
 ``dense``, ``sparse`` (BGE-M3 lexical weights) or ``lexical`` (BM25, works with any
 embedder; the query is not embedded). Fusion is a weighted sum of min-max normalised
 scores or weighted reciprocal rank fusion (``search.fusion``), per-signal weights from the
-config or the request."""
+config or the request. With ``models.multi_vector`` on, hybrid mode adds a fourth signal,
+``colbert``: FlagEmbedding's ColBERT score of the top ``search.colbert_candidates`` fused
+candidates, fused with the others (candidates without stored vectors get no colbert part)."""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -21,6 +25,7 @@ import numpy as np
 from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, RagdError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
+from ragd.models.base import FloatArray
 from ragd.window import rerank_text
 
 MAX_K = 1000
@@ -28,7 +33,8 @@ MAX_CANDIDATES = 1000
 MAX_QUERY_CHARS = 4096
 MODES = ("hybrid", "dense", "sparse", "lexical")
 FUSIONS = ("weighted", "rrf")
-SIGNALS = ("dense", "sparse", "lexical")
+SIGNALS = ("dense", "sparse", "lexical", "colbert")
+RETRIEVERS = ("dense", "sparse", "lexical")  # the signals that find candidates; colbert rescores them
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class SearchOptions:
     rerank: bool | None = None
     path_prefix: str | None = None
     mode: str | None = None
-    weights: Mapping[str, float] | None = None  # per signal (dense, sparse, lexical); missing ones from the config
+    weights: Mapping[str, float] | None = None  # per signal (dense, sparse, lexical, colbert); missing from config
     fusion: str | None = None
     filters: Filters | None = None
     deadline: float | None = None  # time.monotonic() by which the answer is due; reranking stops in time
@@ -155,10 +161,26 @@ def confidence(normalised: Mapping[int, float], depth: int = 10) -> float:
     return 1.0 - sum(runners) / len(runners)
 
 
+def colbert_score(query: FloatArray, passage: FloatArray) -> float:
+    """FlagEmbedding's ``BGEM3FlagModel.colbert_score``: for each query token vector its best
+    inner product with any passage token vector, summed and divided by the query's tokens."""
+    return float((query @ passage.T).max(axis=1).sum() / query.shape[0])
+
+
+def colbert_scores(query: FloatArray, passages: Mapping[int, FloatArray]) -> dict[int, float]:
+    """``colbert_score`` of each passage (chunk id -> (tokens, dim) vectors); empty ones are left out."""
+    if query.shape[0] == 0:
+        return {}
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    return {cid: colbert_score(q, p) for cid, p in passages.items() if p.shape[0] > 0}
+
+
 def resolve_signals(
-    mode: str, weights: Mapping[str, float], has_sparse: bool, fusion: str
+    mode: str, weights: Mapping[str, float], has_sparse: bool, fusion: str, has_colbert: bool = False
 ) -> dict[str, float]:
-    """The weight of each signal that runs for ``mode``; UsageError for a bad request."""
+    """The weight of each signal that runs for ``mode``; UsageError for a bad request.
+    ``colbert`` (with ``has_colbert``: the embedder keeps multi-vectors) runs in hybrid mode
+    only, and only beside a retriever, since it rescores their candidates."""
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if fusion not in FUSIONS:
@@ -172,11 +194,16 @@ def resolve_signals(
         raise UsageError("mode sparse needs an embedder with lexical weights (BGE-M3); this one has none")
     if mode != "hybrid":
         return {mode: 1.0}
-    chosen = {name: float(weights[name]) for name in SIGNALS if weights[name] > 0}
+    chosen = {name: float(weights[name]) for name in SIGNALS if weights.get(name, 0) > 0}
     if not has_sparse:
         chosen.pop("sparse", None)
+    if not has_colbert:
+        chosen.pop("colbert", None)
     if not chosen:
         raise UsageError("every signal has weight 0: give at least one a weight above 0")
+    if not any(name in chosen for name in RETRIEVERS):
+        raise UsageError("every retrieving signal (dense, sparse, lexical) has weight 0, and colbert only "
+                         "rescores their candidates: give one of them a weight above 0")
     return chosen
 
 
@@ -233,7 +260,7 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     q = validate(query, k, candidates)
     want_rerank = cfg.rerank if opts.rerank is None else opts.rerank
     weights = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
-               **(opts.weights or {})}
+               "colbert": cfg.colbert_weight, **(opts.weights or {})}
     fusion = opts.fusion or cfg.fusion
     mode = opts.mode or cfg.mode
     prefix = normalise_prefix(opts.path_prefix)
@@ -251,12 +278,13 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     models = engine.models
     vectors = engine.vectors
     timings["load_ms"] = _ms(t)
-    use = resolve_signals(mode, weights, bool(models.embedder.has_sparse), fusion)
+    use = resolve_signals(mode, weights, bool(models.embedder.has_sparse), fusion,
+                          bool(getattr(models.embedder, "multi_vector", False)))
 
     pool = max(cfg.retrieve, candidates, k)
     signals: dict[str, dict[int, float]] = {}
     qemb = None
-    if "dense" in use or "sparse" in use:
+    if "dense" in use or "sparse" in use or "colbert" in use:
         t = time.perf_counter()
         # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
         # it (inference does not change the model); the long reranker calls use the gate.
@@ -293,6 +321,17 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     fused = fuse(signals, use, fusion, cfg.rrf_k)
     ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
     timings["fuse_ms"] = _ms(t)
+
+    if "colbert" in use and qemb is not None and qemb.colbert is not None and ranked:
+        check()
+        t = time.perf_counter()
+        query_vecs = qemb.colbert[0]
+        head = [cid for cid, _ in ranked[: cfg.colbert_candidates]]
+        stored = engine.catalog.colbert_by_chunk(engine.model_key, head, int(query_vecs.shape[1]))
+        signals["colbert"] = colbert_scores(query_vecs, stored)
+        fused = fuse(signals, use, fusion, cfg.rrf_k)
+        ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        timings["colbert_ms"] = _ms(t)
 
     top = ranked[: max(k, candidates)]
     rows = engine.catalog.chunks([cid for cid, _ in top])
@@ -332,27 +371,47 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     return result(top, rerank_scores)
 
 
+# Seconds per reranked passage, per reranker, measured by earlier searches: a search with a
+# deadline sizes even its first batch by it instead of finding out after the deadline.
+_RERANK_PACE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
 def _rerank(
     engine: Engine, reranker: Any, query: str, head: list[tuple[int, float]], rows: Mapping[int, Any],
     deadline: float | None, check: Callable[[], None],
 ) -> dict[int, float]:
-    """Rerank ``head`` in retrieval order. With a deadline, go in small batches and stop
-    before a batch that would not finish in time (judged by the pace so far)."""
-    step = len(head) if deadline is None else max(1, min(4, len(head)))
+    """Rerank ``head`` in retrieval order. With a deadline, go in batches of at most 4 sized
+    by the measured pace (one passage first when nothing is known yet) and stop before a
+    batch that would not finish in time."""
     scores: dict[int, float] = {}
-    started = time.monotonic()
-    for i in range(0, len(head), step):
+    try:
+        pace: float | None = _RERANK_PACE.get(reranker)
+    except TypeError:  # not weak-referenceable: measure within this search only
+        pace = None
+    limit = engine.config.search.rerank_max_tokens
+    i = 0
+    while i < len(head):
         check()
-        part = head[i : i + step]
+        n = len(head) - i
         if deadline is not None:
-            now = time.monotonic()
-            pace = (now - started) / len(scores) if scores else 0.0
-            if now + pace * len(part) > deadline:
-                break
+            if pace is None:
+                n = 1
+            else:
+                n = min(n, 4, int((deadline - time.monotonic()) / pace))
+                if n < 1:
+                    break
+        part = head[i : i + n]
         with engine.gate.foreground():
-            limit = engine.config.search.rerank_max_tokens
+            started = time.monotonic()
             values = reranker.score(query, [rerank_text(reranker, query, rows[cid].text, limit) for cid, _ in part])
+            took = (time.monotonic() - started) / len(part)
+        pace = took if pace is None else 0.5 * pace + 0.5 * took
+        try:
+            _RERANK_PACE[reranker] = pace
+        except TypeError:
+            pass
         scores.update({cid: v for (cid, _), v in zip(part, values, strict=True)})
+        i += n
     return scores
 
 

@@ -158,15 +158,15 @@ class SearchServicer(ragd_pb2_grpc.SearchServicer):
         if req.deadline_ms:
             own = time.monotonic() + req.deadline_ms / 1000
             deadline = own if deadline is None else min(deadline, own)
-        from ragd.search import MODES
+        from ragd.search import MODES, SIGNALS
 
         if req.mode and req.mode not in MODES:
             _invalid(context, "mode", f"expected one of {', '.join(MODES)}, got {req.mode!r}")
         if req.fusion and req.fusion not in ("weighted", "rrf"):
             _invalid(context, "fusion", f"expected weighted or rrf, got {req.fusion!r}")
         for name, w in req.weights.items():
-            if name not in ("dense", "sparse", "lexical") or not 0 <= w <= 1000:
-                _invalid(context, "weights", f"expected dense, sparse or lexical with a weight from 0 to 1000, "
+            if name not in SIGNALS or not 0 <= w <= 1000:
+                _invalid(context, "weights", f"expected one of {', '.join(SIGNALS)} with a weight from 0 to 1000, "
                                              f"got {name}={w}")
         return SearchOptions(
             mode=req.mode or None, fusion=req.fusion or None, weights=dict(req.weights) or None,
