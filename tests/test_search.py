@@ -144,3 +144,23 @@ def test_rerank_deadline_is_met_even_on_the_first_search(indexed: Any) -> None:
     assert reranker.calls[0] == 1 and max(reranker.calls) <= 4
     scores = _rerank(engine, reranker, "q", head, rows, None, lambda: None)
     assert len(scores) == 20 and reranker.calls[-1] == 20
+
+
+def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> None:
+    """With the pace measured at start-up (as the daemon does), even the first search with a
+    deadline sizes its batches and returns on time."""
+    import time
+    from types import SimpleNamespace
+
+    from ragd.search import _rerank, prime_rerank_pace
+
+    engine, _ = indexed
+    reranker = _SlowReranker(0.1)
+    pace = prime_rerank_pace(reranker, 16)
+    assert pace is not None and pace >= 0.1
+    head = [(i, 1.0) for i in range(20)]
+    rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
+    started = time.monotonic()
+    scores = _rerank(engine, reranker, "q", head, rows, started + 0.35, lambda: None)
+    assert time.monotonic() - started <= 0.385
+    assert 2 <= len(scores) <= 3 and reranker.calls[1] > 1

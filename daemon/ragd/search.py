@@ -376,6 +376,21 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
 _RERANK_PACE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
+def prime_rerank_pace(reranker: Any, tokens: int) -> float | None:
+    """Score one passage of about ``tokens`` tokens (the window limit, so the estimate errs
+    long) and remember the pace, so the first search with a deadline sizes its batches by a
+    measurement instead of overshooting while it takes one. Returns seconds per passage."""
+    passage = " ".join(["the"] * max(1, tokens))  # one token per word in these vocabularies
+    started = time.monotonic()
+    reranker.score("warm-up query", [passage])
+    pace = time.monotonic() - started
+    try:
+        _RERANK_PACE[reranker] = pace
+    except TypeError:
+        return None
+    return pace
+
+
 def _rerank(
     engine: Engine, reranker: Any, query: str, head: list[tuple[int, float]], rows: Mapping[int, Any],
     deadline: float | None, check: Callable[[], None],

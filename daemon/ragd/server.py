@@ -36,7 +36,7 @@ from ragd.errors import IndexEmptyError, ModelLoadError, ModelNotFoundError, Rag
 from ragd.filters import Filters
 from ragd.indexer import Indexer
 from ragd.paths import PathFilter
-from ragd.search import SearchCancelled, SearchOptions, SearchResult, search
+from ragd.search import SearchCancelled, SearchOptions, SearchResult, prime_rerank_pace, search
 from ragd.store.jobs import Job, JobQueue
 from ragd.watch import Watcher
 from ragd_client import default_socket_path
@@ -603,6 +603,8 @@ class Daemon:
         self.engine = (engine_factory or (lambda c: Engine(c)))(cfg)
         self._exit.enter_context(self.engine.writer())
         _ = self.engine.models, self.engine.vectors  # load now, while NOT_SERVING
+        if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
+            prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens)
         self.queue.recover()
         for root in sorted(self.engine.catalog.roots()):
             if os.path.isdir(root):
