@@ -376,6 +376,15 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
 _RERANK_PACE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
+def _remember_pace(reranker: Any, pace: float) -> bool:
+    """Keep ``pace`` for ``reranker``; False when it cannot be weakly referenced."""
+    try:
+        _RERANK_PACE[reranker] = pace
+    except TypeError:
+        return False
+    return True
+
+
 def prime_rerank_pace(reranker: Any, tokens: int) -> float | None:
     """Score one passage of about ``tokens`` tokens (the window limit, so the estimate errs
     long) and remember the pace, so the first search with a deadline sizes its batches by a
@@ -384,11 +393,7 @@ def prime_rerank_pace(reranker: Any, tokens: int) -> float | None:
     started = time.monotonic()
     reranker.score("warm-up query", [passage])
     pace = time.monotonic() - started
-    try:
-        _RERANK_PACE[reranker] = pace
-    except TypeError:
-        return None
-    return pace
+    return pace if _remember_pace(reranker, pace) else None
 
 
 def _rerank(
@@ -421,10 +426,7 @@ def _rerank(
             values = reranker.score(query, [rerank_text(reranker, query, rows[cid].text, limit) for cid, _ in part])
             took = (time.monotonic() - started) / len(part)
         pace = took if pace is None else 0.5 * pace + 0.5 * took
-        try:
-            _RERANK_PACE[reranker] = pace
-        except TypeError:
-            pass
+        _remember_pace(reranker, pace)
         scores.update({cid: v for (cid, _), v in zip(part, values, strict=True)})
         i += n
     return scores
