@@ -68,7 +68,8 @@ def main() -> int:
         from inference import build_models
 
         m3, rr = build_models()
-        models = {"embedder": str(m3), "reranker": str(rr), "fallback": "none"}
+        # Converted OpenVINO models are shared with inference.py (keyed by the model folder).
+        models = {"embedder": str(m3), "reranker": str(rr), "fallback": "none", "cache_dir": str(m3.parent)}
     cfg = parse_config({
         "data_dir": str(tmp / "data"), "roots": [{"path": str(notes)}, {"path": str(big)}],
         "models": models,
@@ -188,14 +189,19 @@ class RssSampler:
 
 
 def float32_bytes(models: Any) -> tuple[int, list[str]]:
-    """4 bytes per parameter of the embedder's and the reranker's torch modules, and the
-    model ids of backends without one (not counted)."""
+    """4 bytes per parameter of the embedder's and the reranker's torch modules (with the
+    OpenVINO backend, whose torch transformer is dropped after conversion: the size of the
+    float32 weight files the model was converted from), and the ids of backends with neither."""
     total, missing = 0, []
     for backend in (models.embedder, models.reranker):
         if backend is None:
             continue
+        runner = getattr(backend, "_runner", None)
         module = getattr(getattr(backend, "_model", None), "model", None)
-        if module is not None and hasattr(module, "parameters"):
+        if runner is not None:
+            source = runner.location.source
+            total += sum(f.stat().st_size for f in source.iterdir() if f.suffix in (".safetensors", ".pt"))
+        elif module is not None and hasattr(module, "parameters"):
             total += 4 * sum(p.numel() for p in module.parameters())
         else:
             missing.append(str(getattr(backend, "model_id", type(backend).__name__)))

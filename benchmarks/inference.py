@@ -1,14 +1,16 @@
 """Inference benchmark: FlagEmbedding's default CPU path against ragd's, side by side on the
 same inputs, for the exact BGE-M3 / bge-reranker-v2-m3 architectures (random weights).
 
-    .venv/bin/python benchmarks/inference.py [--json] [--texts 8] [--precision auto] [--rounds 1]
+    .venv/bin/python benchmarks/inference.py [--json] [--texts 8] [--precision auto] [--backend auto] [--rounds 1]
 
 Baseline: ``BGEM3FlagModel.encode`` (dense + lexical weights) and ``FlagReranker.compute_score``
 with their defaults. ragd: ``FlagEmbedder.embed_documents`` and ``FlagCrossEncoder.score`` at
-``--precision``. Texts are SciFact abstracts (title + text, mixed lengths) from ../shared/data;
-the rerank query is a SciFact claim. Tokens are the real (unpadded) input tokens, special tokens
-included, counted the same way for both paths. The models are built once into
-``.cache/bench-models/`` (about 2.2 GB each; inference cost does not depend on weight values).
+``--precision`` on ``--backend`` (OpenVINO models are converted once into
+``.cache/bench-models/openvino``; the conversion time is reported, not counted). Texts are
+SciFact abstracts (title + text, mixed lengths) from ../shared/data; the rerank query is a
+SciFact claim. Tokens are the real (unpadded) input tokens, special tokens included, counted
+the same way for both paths. The models are built once into ``.cache/bench-models/`` (about
+2.2 GB each; inference cost does not depend on weight values).
 """
 
 from __future__ import annotations
@@ -66,11 +68,14 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--texts", type=int, default=8, help="texts embedded and passages reranked")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds per path (median)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    import numpy as np
     import torch
+    from scipy.stats import spearmanr
 
     from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
 
@@ -79,22 +84,41 @@ def main() -> int:
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     # --- embedding ---
-    log(f"loading embedders ({args.precision})")
-    ours = FlagEmbedder(m3_folder, "bench-m3", device="cpu", precision=args.precision)
-    ref = ours if ours.precision == "fp32" else FlagEmbedder(m3_folder, "ref-m3", device="cpu", precision="fp32")
+    log(f"loading embedders ({args.precision}, {args.backend})")
+    opts = {"device": "cpu", "precision": args.precision, "backend": args.backend, "cache_dir": CACHE}
+    t0 = time.perf_counter()
+    ours = FlagEmbedder(m3_folder, "bench-m3", **opts)
+    embed_load_s = time.perf_counter() - t0
+    reference = ours.precision == "fp32" and ours.backend == "torch"
+    ref = ours if reference else FlagEmbedder(m3_folder, "ref-m3", device="cpu", precision="fp32", backend="torch")
     embed_tokens = sum(len(x) for x in ours.tokenizer(texts)["input_ids"])
     ours.embed_documents(texts[:1])
     ref._model.encode(texts[:1], return_dense=True, return_sparse=True)
     log("embedding: FlagEmbedding encode")
-    base_embed_s = timed(lambda: ref._model.encode(texts, return_dense=True, return_sparse=True), args.rounds)
+    outputs: dict[str, Any] = {}
+
+    def baseline_embed() -> None:
+        outputs["ref"] = ref._model.encode(texts, return_dense=True, return_sparse=True)["dense_vecs"]
+
+    def ragd_embed() -> None:
+        outputs["ours"] = ours.embed_documents(texts).dense
+
+    base_embed_s = timed(baseline_embed, args.rounds)
     log("embedding: ragd")
-    embed_s = timed(lambda: ours.embed_documents(texts), args.rounds)
+    embed_s = timed(ragd_embed, args.rounds)
+    # Agreement with the reference on these texts (random weights: a sanity check, the gate
+    # on real weights is tests/test_openvino.py).
+    embed_cosine = float(np.mean(np.sum(np.asarray(outputs["ref"]) * outputs["ours"], axis=1)))
     ours = ref = None  # type: ignore[assignment]  # free ~4 GB before the rerankers load
 
     # --- reranking ---
     log("loading rerankers")
-    rr = FlagCrossEncoder(rr_folder, "bench-rr", device="cpu", precision=args.precision)
-    rr_ref = rr if rr.precision == "fp32" else FlagCrossEncoder(rr_folder, "ref-rr", device="cpu", precision="fp32")
+    t0 = time.perf_counter()
+    rr = FlagCrossEncoder(rr_folder, "bench-rr", **opts)
+    rerank_load_s = time.perf_counter() - t0
+    reference = rr.precision == "fp32" and rr.backend == "torch"
+    rr_ref = rr if reference else FlagCrossEncoder(rr_folder, "ref-rr", device="cpu", precision="fp32",
+                                                   backend="torch")
     tok = rr.tokenizer
     q_ids = tok(query, add_special_tokens=False)["input_ids"]
     room = rr.max_length - len(q_ids) - tok.num_special_tokens_to_add(pair=True)
@@ -103,13 +127,23 @@ def main() -> int:
     rr.score(query, texts[:1])
     rr_ref._model.compute_score(pairs[:1])
     log("reranking: FlagReranker compute_score")
-    base_rerank_s = timed(lambda: rr_ref._model.compute_score(pairs), args.rounds)
+    def baseline_rerank() -> None:
+        outputs["ref_scores"] = rr_ref._model.compute_score(pairs)
+
+    def ragd_rerank() -> None:
+        outputs["scores"] = rr.score(query, texts)
+
+    base_rerank_s = timed(baseline_rerank, args.rounds)
     log("reranking: ragd")
-    rerank_s = timed(lambda: rr.score(query, texts), args.rounds)
+    rerank_s = timed(ragd_rerank, args.rounds)
+    rerank_spearman = float(spearmanr(outputs["ref_scores"], outputs["scores"]).statistic)
 
     result: dict[str, Any] = {
         "texts": len(texts),
         "precision": rr.precision,
+        "backend": rr.backend,
+        "embed_load_s": round(embed_load_s, 1),
+        "rerank_load_s": round(rerank_load_s, 1),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg()[0],
         "embed_tokens": embed_tokens,
@@ -118,6 +152,8 @@ def main() -> int:
         "embed_tokens_per_s": round(embed_tokens / embed_s, 1),
         "baseline_rerank_tokens_per_s": round(rerank_tokens / base_rerank_s, 1),
         "rerank_tokens_per_s": round(rerank_tokens / rerank_s, 1),
+        "embed_mean_cosine_to_baseline": round(embed_cosine, 5),
+        "rerank_spearman_to_baseline": round(rerank_spearman, 4),
     }
     result["embed_ratio"] = round(result["embed_tokens_per_s"] / result["baseline_embed_tokens_per_s"], 2)
     result["rerank_ratio"] = round(result["rerank_tokens_per_s"] / result["baseline_rerank_tokens_per_s"], 2)
@@ -134,8 +170,11 @@ def main() -> int:
               f"{result['embed_ratio']:>8}")
         print(f"{'rerank tok/s':12}{result['baseline_rerank_tokens_per_s']:>16}{result['rerank_tokens_per_s']:>12}"
               f"{result['rerank_ratio']:>8}")
-        print(f"precision {result['precision']}, {result['threads']} threads, load {result['load_average']:.1f}; "
+        print(f"{result['backend']} {result['precision']}, {result['threads']} threads, "
+              f"load {result['load_average']:.1f}; "
               f"{result['rerank_candidates_in_2s']} candidates of ~300 tokens fit a 2 s rerank deadline")
+        print(f"agreement with the baseline: dense mean cosine {result['embed_mean_cosine_to_baseline']}, "
+              f"rerank Spearman {result['rerank_spearman_to_baseline']} over {len(texts)} passages")
     return 0
 
 

@@ -247,6 +247,8 @@ def main() -> int:
     }
     if hasattr(normal, "backend"):
         models_table["backend"] = args.backend or normal.backend
+        # Converted models are shared with benchmarks/inference.py (keyed by the model folder).
+        models_table["cache_dir"] = normal.cache_dir or str(m3.parent)
     elif args.backend:
         raise SystemExit("--backend: this ragd's config has no models.backend key")
     load_before = os.getloadavg()

@@ -3,7 +3,10 @@ configs pointing at temporary folders, and the evaluation data location."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Models converted for OpenVINO are cached under $XDG_CACHE_HOME/ragd: one fresh folder per test
+# session (shared with the daemons tests start), never the user's own cache.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="ragd-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,6 +33,19 @@ def shared_data(*parts: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def scifact_sentences(n: int) -> list[str]:
+    """The first ``n`` sentences (over 20 characters) of SciFact's abstracts."""
+    import json
+
+    out: list[str] = []
+    with shared_data("beir", "scifact", "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            out.extend(s for s in json.loads(line)["text"].split(". ") if len(s) > 20)
+            if len(out) >= n:
+                break
+    return out[:n]
 
 
 @pytest.fixture(scope="session")

@@ -30,11 +30,12 @@ DIM = 32  # the tiny M3 model's hidden size (= its ColBERT dimension)
 
 @pytest.fixture(scope="module")
 def multi_models(tiny_models: dict[str, Path]) -> Any:
-    """The tiny M3 embedder loaded with ``multi_vector = true`` (no reranker)."""
+    """The tiny M3 embedder loaded with ``multi_vector = true`` (no reranker), on torch."""
     from ragd.config import ModelsConfig
     from ragd.models import load_models
 
-    cfg = ModelsConfig(embedder=str(tiny_models["m3"]), reranker="none", fallback="none", multi_vector=True)
+    cfg = ModelsConfig(embedder=str(tiny_models["m3"]), reranker="none", fallback="none", multi_vector=True,
+                       backend="torch")  # compared with FlagEmbedding's own encode()
     return load_models(cfg, warn=False)
 
 

@@ -210,7 +210,7 @@ def error_for(tmp_path: Path, env: dict[str, str], text: str) -> str:
         ("[search.k]\nx = 1", "search.k: expected an integer from 1 to 1000, got a table"),
         ("[models]\ncolour = 1",
          "models.colour: unknown key (known keys in [models]: embedder, reranker, fallback, device, precision, "
-         "batch_size, multi_vector)"),
+         "batch_size, multi_vector, backend, cache_dir)"),
         ("colour = 1",
          "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
          "watch)"),

@@ -1,17 +1,16 @@
-"""The CPU fast path (token-budget batching, bf16 autocast, dynamic int8): at fp32 it gives
-FlagEmbedding's own outputs; bf16 and int8 pass the accuracy gates that let
-``precision = "auto"`` pick them on a CPU."""
+"""The torch CPU fast path (token-budget batching, bf16 autocast, dynamic int8): at fp32 it
+gives FlagEmbedding's own outputs; the gates below decide what ``precision = "auto"`` picks
+with ``backend = "torch"`` (the OpenVINO backend's gates are in tests/test_openvino.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import shared_data
+from conftest import scifact_sentences
 from ragd.models.flag import CPU_AUTO_PRECISION, FlagCrossEncoder, FlagEmbedder, budget_batches, resolve_precision
 from ragd.models.resolve import minilm_folder
 
@@ -31,6 +30,16 @@ def test_budget_batches_group_by_length_within_budget() -> None:
         assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
 
 
+def test_budget_batches_bound_padding_waste_and_round_shapes() -> None:
+    lengths = [500, 490, 300, 120, 118, 117, 20]
+    batches = budget_batches(lengths, max_items=16, budget=4096, max_waste=0.08, step=16)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        longest = -(-max(lengths[i] for i in b) // 16) * 16
+        assert len(b) == 1 or 1 - sum(lengths[i] for i in b) / (len(b) * longest) <= 0.08
+    assert [0, 1] in batches and [3, 4, 5] in batches and [2] in batches  # 300 would pad 500 -> 512 too much
+
+
 def test_precision_resolution() -> None:
     assert resolve_precision("auto", "cpu")[0] == CPU_AUTO_PRECISION
     assert resolve_precision("auto", "cuda")[0] == "fp16"
@@ -43,7 +52,7 @@ def test_precision_resolution() -> None:
 
 
 def test_reranker_own_loop_equals_compute_score(tiny_models: dict[str, Path]) -> None:
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=3)
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=3, backend="torch")
     assert rr.own_loop
     passages = ["ice cores", "bread " * 700, "rivers and glaciers", "a", "the quick brown fox " * 30]
     for query in ("glaciers", "long query words " * 200):
@@ -53,29 +62,17 @@ def test_reranker_own_loop_equals_compute_score(tiny_models: dict[str, Path]) ->
 
 
 def test_token_offsets_cover_the_text(tiny_models: dict[str, Path]) -> None:
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32")
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="torch")
     text = "ice cores record past climate"
     spans = rr.token_offsets(text)
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
 
 
-def _sentences(n: int) -> list[str]:
-    path = shared_data("beir", "scifact", "corpus.jsonl")
-    out: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            for sentence in json.loads(line)["text"].split(". "):
-                if len(sentence) > 20:
-                    out.append(sentence)
-            if len(out) >= n:
-                return out[:n]
-    return out
-
-
 @pytest.fixture(scope="module")
 def minilm_reference() -> tuple[list[str], np.ndarray]:
-    texts = _sentences(200)
-    ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", batch_size=64).embed_documents(texts).dense
+    texts = scifact_sentences(200)
+    ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", batch_size=64,
+                       backend="torch").embed_documents(texts).dense
     return texts, ref
 
 
@@ -84,8 +81,9 @@ def test_dense_gate_on_real_minilm(precision: str, minilm_reference: tuple[list[
     """Mean cosine to fp32 >= 0.995 on real sentences with the real all-MiniLM-L6-v2 for a
     gated precision; dynamic int8 (measured 0.976) is held to a floor and kept out of auto."""
     texts, ref = minilm_reference
-    fast = FlagEmbedder(minilm_folder(), "minilm", precision=precision, batch_size=64).embed_documents(texts).dense
-    cosine = np.sum(ref * fast, axis=1)
+    fast = FlagEmbedder(minilm_folder(), "minilm", precision=precision, batch_size=64, backend="torch")
+    fast_dense = fast.embed_documents(texts).dense
+    cosine = np.sum(ref * fast_dense, axis=1)
     assert float(cosine.mean()) >= (0.995 if precision in GATED else 0.95), float(cosine.mean())
 
 
@@ -93,9 +91,9 @@ def test_dense_gate_on_real_minilm(precision: str, minilm_reference: tuple[list[
 def test_rerank_gate_on_random_reranker(tiny_models: dict[str, Path], precision: str) -> None:
     """Spearman >= 0.98 to fp32 over many pairs. No real small cross-encoder ships on PyPI, so
     agreement is checked on random weights of the real architecture (small size)."""
-    texts = _sentences(200)
-    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=64)
-    fast = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision=precision, batch_size=64)
+    texts = scifact_sentences(200)
+    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=64, backend="torch")
+    fast = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision=precision, batch_size=64, backend="torch")
     query = "does vitamin d reduce the risk of fractures"
     rho = spearmanr(ref.score(query, texts), fast.score(query, texts)).statistic
     assert rho >= (0.98 if precision in GATED_RERANK else 0.3), rho

@@ -19,7 +19,7 @@ TEXTS = ["hello world 你好世界", "the quick brown fox jumps over the dog", "
 
 
 def test_m3_outputs_match_flagembedding_encode(tiny_models: dict[str, Path]) -> None:
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", batch_size=2, multi_vector=True)
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", batch_size=2, multi_vector=True, backend="torch")
     assert emb.has_sparse and emb.dim == 32
     mine = emb.embed_documents(TEXTS)
     ref = emb._model.encode(
@@ -44,7 +44,7 @@ def test_m3_outputs_match_flagembedding_encode(tiny_models: dict[str, Path]) -> 
 def test_minilm_is_dense_with_mean_pooling() -> None:
     folder = minilm_folder()
     assert declared_pooling(folder) == "mean"
-    emb = FlagEmbedder(folder, "minilm", precision="fp32", batch_size=3)
+    emb = FlagEmbedder(folder, "minilm", precision="fp32", batch_size=3, backend="torch")
     assert not emb.has_sparse and emb.dim == 384 and emb.max_tokens == 254
     mine = emb.embed_documents(TEXTS)
     ref = emb._model.encode(TEXTS, batch_size=8, max_length=256)
@@ -128,5 +128,5 @@ def test_embedder_is_safe_across_threads(loaded_tiny: Any) -> None:
 
 def test_reduced_precision_gets_its_own_model_id(tiny_models: dict[str, Path]) -> None:
     """bf16/int8 vectors differ from fp32 ones; they must not share cached embeddings."""
-    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="bf16").model_id == "tiny+bf16"
-    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32").model_id == "tiny"
+    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="bf16", backend="torch").model_id == "tiny+bf16"
+    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="torch").model_id == "tiny"

@@ -80,6 +80,28 @@ def test_scifact_hybrid_beats_both_modes(scifact_modes: dict[str, EvalReport]) -
     assert hybrid > scifact_modes["lexical"].metrics["ndcg@10"]
 
 
+@pytest.fixture(scope="session")
+def scifact_auto() -> Iterator[EvalIndex]:
+    """SciFact indexed with what ``precision = "auto"`` runs on a CPU (OpenVINO int8)."""
+    config = parse_config({"models": {"embedder": "minilm", "reranker": "none", "fallback": "none"}})
+    index = open_eval(shared_data("beir", "scifact"), config, CACHE.parent / "eval-auto")
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def test_scifact_auto_precision_within_gate(scifact_modes: dict[str, EvalReport], scifact_auto: EvalIndex) -> None:
+    """The accuracy gate for the CPU fast path: nDCG@10 on SciFact (dense) no more than 0.005
+    below fp32 (a gain is not a failure: quantisation noise moves it either way)."""
+    embedder = scifact_auto.engine.models.embedder
+    assert (getattr(embedder, "backend", ""), getattr(embedder, "precision", "")) == ("openvino", "int8")
+    fast = _score(scifact_auto, "dense").metrics["ndcg@10"]
+    reference = scifact_modes["dense"].metrics["ndcg@10"]
+    print(f"scifact dense nDCG@10: fp32 {reference:.4f}, auto (openvino int8) {fast:.4f}")
+    assert fast >= reference - 0.005, (fast, reference)
+
+
 def test_xquad_zh_lexical_and_hybrid(xquad_zh: EvalIndex) -> None:
     """Chinese questions over Chinese paragraphs: BM25 over character bigrams reaches about
     0.97; adding the English-only MiniLM (0.24 in MTEB) must not make it worse."""

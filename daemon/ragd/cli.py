@@ -279,7 +279,7 @@ def _search_local(
 # -- models -----------------------------------------------------------------------------
 @main.group()
 def models() -> None:
-    """Show or download the configured models."""
+    """Show, download or convert the configured models."""
 
 
 def _describe_models(cfg: Any) -> list[dict[str, Any]]:
@@ -345,6 +345,45 @@ def models_pull(config_file: str | None) -> None:
         _fail(exc)
 
 
+@models.command("convert")
+@config_option
+@click.option("--role", type=click.Choice(["embedder", "reranker", "all"]), default="all", show_default=True,
+              help="Which configured model to convert.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default=None,
+              help="Override models.precision for this conversion.")
+@click.option("--calibration", type=click.Path(exists=True), multiple=True,
+              help="Text files or folders to calibrate int8 on (repeatable); default: built-in English prose.")
+@click.option("--force", is_flag=True, help="Convert again even when a current conversion is cached.")
+@json_option
+def models_convert(config_file: str | None, role: str, precision: str | None, calibration: tuple[str, ...],
+                   force: bool, as_json: bool) -> None:
+    """Convert the models for the OpenVINO backend now (otherwise done once on first use).
+
+    int8 is static quantisation calibrated on real text; --calibration with your own documents
+    (e.g. Chinese text for Chinese collections) fits it to them. Vectors already indexed with
+    another calibration stay valid but differ slightly; re-index for the best match."""
+    import dataclasses
+
+    try:
+        cfg = _load(config_file)
+        models_cfg = cfg.models if precision is None else dataclasses.replace(cfg.models, precision=precision)
+        from ragd.models import convert_models
+
+        roles = ["embedder", "reranker"] if role == "all" else [role]
+        say = (lambda m: None) if as_json else (lambda m: click.echo(f"ragd: {m}", err=True))
+        rows = convert_models(models_cfg, roles, [Path(c) for c in calibration], force=force, progress=say)
+    except RagdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json({"converted": rows})
+        return
+    for r in rows:
+        took = f"converted in {r['seconds']} s" if r["converted"] else "already converted"
+        samples = f", {r['calibration_samples']} calibration samples" if r["calibration_samples"] else ""
+        click.echo(f"{r['role']}: {r['model']} -> OpenVINO {r['precision']} ({took}{samples}): {r['folder']}")
+
+
 # -- eval -------------------------------------------------------------------------------
 def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
     from ragd.errors import UsageError
@@ -367,6 +406,8 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--reranker", default=None, help="Reranker for --rerank (default: models.reranker).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default=None,
               help="Model precision (default: models.precision); the cached index keeps what it was built with.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default=None,
+              help="What runs the models (default: models.backend).")
 @click.option("--mode", type=click.Choice(["dense", "sparse", "lexical", "hybrid"]), default=None,
               help="Retrievers to use (default: search.mode).")
 @click.option("--fusion", type=click.Choice(["weighted", "rrf"]), default=None,
@@ -379,8 +420,8 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @config_option
 @json_option
 def eval_command(
-    dataset: Path, embedder: str | None, reranker: str | None, precision: str | None, mode: str | None,
-    fusion: str | None,
+    dataset: Path, embedder: str | None, reranker: str | None, precision: str | None, backend: str | None,
+    mode: str | None, fusion: str | None,
     weights: tuple[str, ...], rerank: bool, cache_dir: Path | None, config_file: str | None, as_json: bool,
 ) -> None:
     """Score retrieval on DATASET, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv):
@@ -400,6 +441,8 @@ def eval_command(
             overrides["reranker"] = reranker
         if precision is not None:
             overrides["precision"] = precision
+        if backend is not None:
+            overrides["backend"] = backend
         if overrides:
             cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **overrides))
         parsed = _parse_weights(weights)

@@ -47,6 +47,8 @@ class ModelsConfig:
     precision: str = "auto"
     batch_size: int = 16
     multi_vector: bool = False
+    backend: str = "auto"
+    cache_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ RULES: Mapping[str, Rule] = {
     "models.fallback": Rule(choices=("minilm", "none")),
     "models.device": Rule(choices=("auto", "cpu", "cuda")),
     "models.precision": Rule(choices=("auto", "fp32", "fp16", "bf16", "int8")),
+    "models.backend": Rule(choices=("auto", "torch", "openvino")),
+    "models.cache_dir": Rule(empty_ok=True),
     "models.batch_size": Rule(low=1, high=1024),
     "chunking.max_tokens": Rule(low=16, high=8192),
     "chunking.overlap_tokens": Rule(low=0, half_of="max_tokens"),

@@ -7,8 +7,11 @@ reranking off, and every reason is kept in ``LoadedModels.degraded`` so callers 
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ragd.errors import ModelLoadError, ModelNotFoundError
 from ragd.models.base import Embedder, Embeddings, LoadedModels, Reranker
@@ -29,7 +32,16 @@ __all__ = [
 ]
 
 
-def load_embedder(location: ModelLocation, cfg: ModelsConfig) -> Embedder:
+def cache_dir(cfg: ModelsConfig) -> Path:
+    """Where converted models are kept: ``models.cache_dir``, else ``$XDG_CACHE_HOME/ragd``."""
+    from ragd.models.openvino import default_cache_dir
+
+    return Path(os.path.expanduser(cfg.cache_dir)).absolute() if cfg.cache_dir else default_cache_dir()
+
+
+def load_embedder(
+    location: ModelLocation, cfg: ModelsConfig, calibration: Sequence[Path] = (), **extra: Any
+) -> Embedder:
     from ragd.models.flag import FlagEmbedder
 
     return FlagEmbedder(
@@ -39,15 +51,22 @@ def load_embedder(location: ModelLocation, cfg: ModelsConfig) -> Embedder:
         precision=cfg.precision,
         batch_size=cfg.batch_size,
         multi_vector=cfg.multi_vector,
+        backend=cfg.backend,
+        cache_dir=cache_dir(cfg),
+        calibration=calibration,
+        **extra,
     )
 
 
-def load_reranker(location: ModelLocation, cfg: ModelsConfig) -> Reranker:
+def load_reranker(
+    location: ModelLocation, cfg: ModelsConfig, calibration: Sequence[Path] = (), **extra: Any
+) -> Reranker:
     from ragd.models.flag import FlagCrossEncoder
 
     return FlagCrossEncoder(
         location.require(), model_fingerprint(location), device=cfg.device, precision=cfg.precision,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size, backend=cfg.backend, cache_dir=cache_dir(cfg), calibration=calibration,
+        **extra,
     )
 
 
@@ -81,3 +100,37 @@ def load_models(cfg: ModelsConfig, *, rerank: bool = True, warn: bool = True) ->
         for reason in degraded:
             print(f"ragd: degraded: {reason}", file=sys.stderr)
     return LoadedModels(embedder=embedder, reranker=reranker, degraded=degraded)
+
+
+def convert_models(
+    cfg: ModelsConfig, roles: Sequence[str], calibration: Sequence[Path] = (), *, force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Convert (and for int8 quantise) the configured models for the OpenVINO backend now,
+    instead of on first use; with ``force`` or ``calibration`` even when a conversion is cached.
+    Returns one description per role (model, precision, folder, seconds, calibration samples)."""
+    import time
+
+    from ragd.errors import UsageError
+
+    out: list[dict[str, Any]] = []
+    started = time.time()
+    for role in roles:
+        setting = cfg.embedder if role == "embedder" else cfg.reranker
+        if setting == "none":
+            continue
+        load = load_embedder if role == "embedder" else load_reranker
+        model = load(resolve_model(setting), cfg, calibration, force_convert=force or bool(calibration),
+                     progress=progress)
+        runner = getattr(model, "_runner", None)
+        if runner is None:
+            raise UsageError(
+                f"{role} {setting}: runs on {getattr(model, 'backend', 'torch')}, not OpenVINO; nothing to convert "
+                "(set models.backend = \"openvino\" or \"auto\" on a CPU)"
+            )
+        meta = runner.location.meta() or {}
+        out.append({"role": role, "model": setting, "precision": getattr(model, "precision", ""),
+                    "folder": str(runner.location.folder), "converted": meta.get("created", 0) >= started,
+                    "seconds": meta.get("seconds"),
+                    "calibration_samples": meta.get("calibration_samples"), "openvino": meta.get("openvino")})
+    return out

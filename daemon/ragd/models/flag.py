@@ -3,11 +3,13 @@ bge-reranker cross-encoder. Heavy imports happen here and nowhere else."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +70,51 @@ def int8_available() -> bool:
     return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn"))
 
 
-def resolve_precision(precision: str, device: str) -> tuple[str, list[str]]:
+def resolve_backend(backend: str, device: str) -> tuple[str, list[str]]:
+    """What runs the transformers: ``openvino`` (converted once, CPU only) or ``torch``
+    (FlagEmbedding's modules: the reference, and the GPU path). ``auto`` is OpenVINO on the
+    CPU when it is installed, torch on a GPU."""
+    from ragd.models import openvino as ovb
+
+    notes: list[str] = []
+    gpu = device.startswith("cuda")
+    if backend == "auto":
+        return ("openvino" if not gpu and ovb.available() else "torch"), notes
+    if backend == "openvino" and gpu:
+        notes.append("backend openvino runs on the CPU only; using torch on the GPU")
+        return "torch", notes
+    if backend == "openvino" and not ovb.available():
+        notes.append("backend openvino: the openvino package is not installed; using torch")
+        return "torch", notes
+    return backend, notes
+
+
+# What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
+# accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md: static int8
+# for the embedder; for the reranker int8 weights with fp32 arithmetic ("w8"), because static
+# int8 agreed with fp32 at Spearman 0.97 on long passages (full-size random reranker), below
+# the 0.98 gate, while w8 agreed at 0.996 in a quarter of fp32's weight memory.
+OPENVINO_AUTO_PRECISION = {"embedder": "int8", "reranker": "w8"}
+
+
+def resolve_precision(precision: str, device: str, backend: str = "torch", role: str = "embedder") -> tuple[
+        str, list[str]]:
     """The precision a model runs in on ``device`` (fp32 / fp16 / bf16 / int8), and notes when
     the setting cannot be met. On a GPU FlagEmbedding's fp16/bf16 switches apply; on the CPU
-    ragd's fast path runs fp32, bf16 autocast or dynamic int8."""
+    ragd's fast path runs fp32, bf16 or int8 (OpenVINO static int8, or torch dynamic int8)."""
     notes: list[str] = []
     gpu = device.startswith("cuda")
     if precision == "auto":
-        precision = "fp16" if gpu else CPU_AUTO_PRECISION
+        if gpu:
+            precision = "fp16"
+        elif backend == "openvino":
+            precision = OPENVINO_AUTO_PRECISION[role]
+        else:
+            precision = CPU_AUTO_PRECISION
     if precision == "int8" and gpu:
         notes.append("precision int8 runs on the CPU only; using fp16 on the GPU")
         precision = "fp16"
-    if precision == "int8" and not int8_available():
+    if precision == "int8" and backend == "torch" and not int8_available():
         notes.append("precision int8 needs torch's x86/fbgemm quantised kernels; using fp32")
         precision = "fp32"
     if precision == "fp16" and not gpu:
@@ -88,6 +123,14 @@ def resolve_precision(precision: str, device: str) -> tuple[str, list[str]]:
     if precision == "bf16" and not gpu and not cpu_has_bf16():
         notes.append("precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX), expect it to be slow")
     return precision, notes
+
+
+def model_id_for(model_id: str, precision: str, backend: str) -> str:
+    """Vectors from a reduced precision differ from fp32 ones: they get their own embeddings
+    in the catalog instead of mixing with fp32 document vectors."""
+    if precision not in ("int8", "bf16"):
+        return model_id
+    return f"{model_id}+{'ov-' if backend == 'openvino' else ''}{precision}"
 
 
 def precision_flags(precision: str, device: str) -> tuple[dict[str, bool], list[str]]:
@@ -123,21 +166,76 @@ def autocast(mode: str, device: str) -> Any:
     return contextlib.nullcontext()
 
 
-def budget_batches(lengths: Sequence[int], max_items: int, budget: int = TOKEN_BUDGET) -> list[list[int]]:
-    """Indices grouped longest first so that each batch's padded size (items x longest)
-    stays within ``budget`` tokens and ``max_items`` items (a longer input goes alone)."""
+# OpenVINO: batches pad to a multiple of this many tokens, so shapes repeat and the compiled
+# kernels for a shape are reused (a new shape costs ~10% more on its first run).
+SHAPE_STEP = 16
+# OpenVINO runs even one 128-token text near full speed, so a batch only takes texts whose
+# padding wastes at most this fraction of its tokens.
+MAX_PADDING_WASTE = 0.08
+
+
+def budget_batches(
+    lengths: Sequence[int], max_items: int, budget: int = TOKEN_BUDGET, max_waste: float | None = None,
+    step: int = 1,
+) -> list[list[int]]:
+    """Indices grouped longest first so that each batch's padded size (items x longest, rounded
+    up to ``step``) stays within ``budget`` tokens and ``max_items`` items (a longer input goes
+    alone), and, with ``max_waste``, padding is at most that fraction of the batch's tokens."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and ((len(current) + 1) * longest > budget or len(current) >= max_items):
+        longest = -(-(lengths[current[0]] if current else lengths[i]) // step) * step
+        padded = (len(current) + 1) * longest
+        if current and (padded > budget or len(current) >= max_items
+                        or (max_waste is not None and 1 - (real + lengths[i]) / padded > max_waste)):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(i)
+        real += lengths[i]
     if current:
         batches.append(current)
     return batches
+
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(f"ragd: {message}", file=sys.stderr, flush=True)
+
+
+def openvino_runner(
+    module: Any,
+    role: str,
+    folder: Path,
+    model_id: str,
+    precision: str,
+    cache_dir: Path | None,
+    calibration: Callable[[], list[dict[str, np.ndarray]]],
+    progress: Progress | None,
+    *,
+    force: bool = False,
+) -> Any:
+    """The cached OpenVINO model for ``module`` (converted first when missing or stale)."""
+    from ragd.models import openvino as ovb
+
+    kind = precision if precision in ("int8", "w8") else "float"  # fp32 and bf16 compile the same float model
+    location = ovb.ir_location(cache_dir or ovb.default_cache_dir(), folder, model_id, role, kind)
+    if force or not location.is_current():
+        say = progress or _stderr
+        say(f"{role} {model_id.split('@')[0]}: converting to OpenVINO {kind}, once "
+            f"(a few minutes for a full-size model; cached in {location.folder})")
+        try:
+            ovb.convert(module, role, location, calibration() if kind == "int8" else None, say)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot convert the {role} to OpenVINO: {exc}") from exc
+    return ovb.Runner(location, precision)
 
 
 def declared_pooling(folder: Path) -> str:
@@ -187,15 +285,18 @@ class FlagEmbedder:
         precision: str = "auto",
         batch_size: int = 16,
         multi_vector: bool = False,
+        backend: str = "auto",
+        cache_dir: Path | None = None,
+        calibration: Sequence[Path] = (),
+        progress: Progress | None = None,
+        force_convert: bool = False,
     ) -> None:
         _quiet_imports()
-        self.model_id = model_id
         self.device = pick_device(device)
-        self.precision, self.notes = resolve_precision(precision, self.device)
-        if self.precision in ("int8", "bf16"):
-            # Vectors from a reduced precision differ from fp32 ones: they get their own
-            # embeddings in the catalog instead of mixing with fp32 document vectors.
-            self.model_id = f"{model_id}+{self.precision}"
+        self.backend, self.notes = resolve_backend(backend, self.device)
+        self.precision, notes = resolve_precision(precision, self.device, self.backend, "embedder")
+        self.notes += notes
+        self.model_id = model_id_for(model_id, self.precision, self.backend)
         flags, _ = precision_flags(precision, self.device)
         self.batch_size = batch_size
         self.m3 = is_m3_folder(folder)
@@ -229,13 +330,42 @@ class FlagEmbedder:
             model.float()
         model.to(self.device)
         model.eval()
-        if self.precision == "int8":
-            quantize_int8(model.model if self.m3 else model)  # the encoder; M3's small heads stay fp32
+        self._encoder: Any = model.model if self.m3 else model  # the transformer; M3's heads are on ``model``
         self._unused = self._unused_token_ids()
         self.input_limit = declared_max_length(folder, self.tokenizer)
         special = len(self.tokenizer("", add_special_tokens=True)["input_ids"])
         self.max_tokens = self.input_limit - special
+        self._runner: Any = None
+        if self.backend == "openvino":
+            self._runner = openvino_runner(
+                self._encoder, "embedder", folder, model_id, self.precision, cache_dir,
+                lambda: self._calibration(calibration), progress, force=force_convert,
+            )
+            self._encoder = None  # the converted model replaces it: free the float weights
+            if self.m3:
+                self._model.model.model = None
+            else:
+                self._model.model = None
+            gc.collect()
+        elif self.precision == "int8":
+            quantize_int8(self._encoder)  # M3's small heads stay fp32
         self.dim = int(self._encode(["dimension probe"], self.input_limit).dense.shape[1])
+
+    def _calibration(self, paths: Sequence[Path]) -> list[dict[str, np.ndarray]]:
+        """Calibration inputs: texts cut to ``CALIBRATION_MAX_TOKENS`` tokens, one per sample."""
+        from ragd.models import openvino as ovb
+
+        texts = ovb.calibration_texts_from(paths) if paths else ovb.builtin_calibration_texts()
+        if not texts:
+            raise ModelLoadError("calibration: no paragraphs of at least 100 characters found")
+        samples = []
+        limit = min(self.input_limit, ovb.CALIBRATION_MAX_TOKENS)
+        for text in ovb.pick_samples(texts, ovb.CALIBRATION_SAMPLES):
+            with self._tok_lock:
+                enc = self.tokenizer(text, truncation=True, max_length=limit, return_tensors="np")
+            samples.append({"input_ids": enc["input_ids"].astype(np.int64),
+                            "attention_mask": enc["attention_mask"].astype(np.int64)})
+        return samples
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
@@ -271,27 +401,34 @@ class FlagEmbedder:
         sparse_out: list[SparseWeights] = [{} for _ in texts]
         colbert_out: list[FloatArray | None] = [None] * len(texts)
         model = self._model.model
-        for idx in budget_batches([len(x) for x in all_ids], self.batch_size):
+        ov = self._runner is not None
+        for idx in budget_batches([len(x) for x in all_ids], self.batch_size, max_waste=MAX_PADDING_WASTE if ov
+                                  else None, step=SHAPE_STEP if ov else 1):
             with self._tok_lock:
                 enc = self.tokenizer.pad(
                     {"input_ids": [all_ids[i] for i in idx],
                      "attention_mask": [encoded["attention_mask"][i] for i in idx]},
-                    padding=True, return_tensors="pt",
+                    padding=True, return_tensors="pt", pad_to_multiple_of=SHAPE_STEP if ov else None,
                 ).to(self.device)
             with torch.inference_mode(), autocast(self.precision, self.device):
-                if self.m3:
-                    out = model(
-                        enc, return_dense=True, return_sparse=True, return_colbert_vecs=self.multi_vector
-                    )
-                    dense = out["dense_vecs"]
+                mask = enc["attention_mask"]
+                if self._runner is not None:
+                    hidden = torch.from_numpy(self._runner(enc["input_ids"].numpy(), mask.numpy()))
                 else:
-                    hidden = model(**enc, return_dict=True).last_hidden_state
-                    dense = self._model.pooling(hidden, enc["attention_mask"])
+                    hidden = self._encoder(**enc, return_dict=True).last_hidden_state
+                if self.m3:
+                    # FlagEmbedding's M3 heads on the hidden states, as its forward() applies them.
+                    dense = model._dense_embedding(hidden, mask)
+                    sparse_vecs = model._sparse_embedding(hidden, enc["input_ids"], return_embedding=False)
+                    if self.multi_vector:
+                        colbert_vecs = torch.nn.functional.normalize(model._colbert_embedding(hidden, mask), dim=-1)
+                else:
+                    dense = self._model.pooling(hidden, mask)
                 dense = torch.nn.functional.normalize(dense.float(), dim=-1).cpu().numpy()
                 for row, i in enumerate(idx):
                     dense_out[i] = dense[row]
                 if self.m3:
-                    weights = out["sparse_vecs"].squeeze(-1).float().cpu().numpy()
+                    weights = sparse_vecs.squeeze(-1).float().cpu().numpy()
                     for row, i in enumerate(idx):
                         lex: SparseWeights = {}
                         for tok, w in zip(all_ids[i], weights[row].tolist(), strict=False):
@@ -299,7 +436,7 @@ class FlagEmbedder:
                                 lex[tok] = float(w)
                         sparse_out[i] = lex
                 if self.multi_vector:
-                    vecs = out["colbert_vecs"].float().cpu().numpy()
+                    vecs = colbert_vecs.float().cpu().numpy()
                     for row, i in enumerate(idx):
                         colbert_out[i] = vecs[row, : len(all_ids[i]) - 1]
         dense_matrix = np.stack([d for d in dense_out if d is not None]).astype(np.float32)
@@ -332,12 +469,24 @@ class FlagCrossEncoder:
     """
 
     def __init__(
-        self, folder: Path, model_id: str, device: str = "auto", precision: str = "auto", batch_size: int = 16
+        self,
+        folder: Path,
+        model_id: str,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 16,
+        backend: str = "auto",
+        cache_dir: Path | None = None,
+        calibration: Sequence[Path] = (),
+        progress: Progress | None = None,
+        force_convert: bool = False,
     ) -> None:
         _quiet_imports()
         self.model_id = model_id
         self.device = pick_device(device)
-        self.precision, self.notes = resolve_precision(precision, self.device)
+        self.backend, self.notes = resolve_backend(backend, self.device)
+        self.precision, notes = resolve_precision(precision, self.device, self.backend, "reranker")
+        self.notes += notes
         flags, _ = precision_flags(precision, self.device)
         self.batch_size = batch_size
         try:
@@ -355,11 +504,49 @@ class FlagCrossEncoder:
         self.max_length = min(512, declared_max_length(folder, self.tokenizer))
         self.query_max_length = self.max_length * 3 // 4
         self.own_loop = not self.device.startswith("cuda")
+        self._runner: Any = None
         if self.own_loop:
             model = self._model.model
             model.float().to(self.device).eval()
-            if self.precision == "int8":
+            if self.backend == "openvino":
+                self._runner = openvino_runner(
+                    model, "reranker", folder, model_id, self.precision, cache_dir,
+                    lambda: self._calibration(calibration), progress, force=force_convert,
+                )
+                self._model.model = None  # the converted model replaces it: free the float weights
+                gc.collect()
+            elif self.precision == "int8":
                 quantize_int8(model.base_model)  # the encoder; the classification head stays fp32
+
+    def _calibration(self, paths: Sequence[Path]) -> list[dict[str, np.ndarray]]:
+        """Calibration pairs built the way ``score`` builds its inputs: a question-like first
+        sentence of one text with its own text (relevant) or another text (not relevant)."""
+        from ragd.models import openvino as ovb
+
+        texts = ovb.calibration_texts_from(paths) if paths else ovb.builtin_calibration_texts()
+        if len(texts) < 2:
+            raise ModelLoadError("calibration: fewer than two paragraphs of at least 100 characters found")
+        picked = ovb.pick_samples(texts, ovb.CALIBRATION_SAMPLES)
+        samples = []
+        for n, text in enumerate(picked):
+            query = " ".join(re.split(r"(?<=[.!?。！？])\s*", text, maxsplit=1)[0].split()[:24])
+            passage = text if n % 2 == 0 else picked[(n + len(picked) // 2) % len(picked)]
+            ids = self._pair_inputs(query, [passage], max_length=min(self.max_length, ovb.CALIBRATION_MAX_TOKENS))[0]
+            arr = np.asarray([ids], dtype=np.int64)
+            samples.append({"input_ids": arr, "attention_mask": np.ones_like(arr)})
+        return samples
+
+    def _pair_inputs(self, query: str, passages: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """``<s> query </s></s> passage </s>`` token ids: query cut to 3/4 of ``max_length``,
+        passage cut to what is left (FlagReranker's rules)."""
+        tok = self.tokenizer
+        limit = max_length or self.max_length
+        with self._tok_lock:
+            q_ids = tok(query, add_special_tokens=False, truncation=True,
+                        max_length=limit * 3 // 4)["input_ids"]
+            room = max(1, limit - len(q_ids) - tok.num_special_tokens_to_add(pair=True))
+            p_ids = tok(list(passages), add_special_tokens=False)["input_ids"]
+        return [tok.build_inputs_with_special_tokens(q_ids, ids[:room]) for ids in p_ids]
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character span of each of the reranker's tokens in ``text`` (no special tokens)."""
@@ -380,20 +567,21 @@ class FlagCrossEncoder:
             return [float(s) for s in scores]
         import torch
 
-        tok = self.tokenizer
-        with self._tok_lock:
-            q_ids = tok(query, add_special_tokens=False, truncation=True,
-                        max_length=self.query_max_length)["input_ids"]
-            room = max(1, self.max_length - len(q_ids) - tok.num_special_tokens_to_add(pair=True))
-            p_ids = tok(list(passages), add_special_tokens=False)["input_ids"]
-        inputs = [tok.build_inputs_with_special_tokens(q_ids, ids[:room]) for ids in p_ids]
+        inputs = self._pair_inputs(query, passages)
         out = [0.0] * len(inputs)
-        for idx in budget_batches([len(x) for x in inputs], self.batch_size):
+        ov = self._runner is not None
+        for idx in budget_batches([len(x) for x in inputs], self.batch_size, max_waste=MAX_PADDING_WASTE if ov
+                                  else None, step=SHAPE_STEP if ov else 1):
             with self._tok_lock:
-                enc = tok.pad({"input_ids": [inputs[i] for i in idx]}, padding=True,
-                              return_tensors="pt").to(self.device)
-            with torch.inference_mode(), autocast(self.precision, self.device):
-                logits = self._model.model(**enc, return_dict=True).logits.view(-1).float()
+                enc = self.tokenizer.pad({"input_ids": [inputs[i] for i in idx]}, padding=True, return_tensors="pt",
+                                         pad_to_multiple_of=SHAPE_STEP if ov else None)
+            if self._runner is not None:
+                logits = torch.from_numpy(
+                    self._runner(enc["input_ids"].numpy(), enc["attention_mask"].numpy())).view(-1).float()
+            else:
+                enc = enc.to(self.device)
+                with torch.inference_mode(), autocast(self.precision, self.device):
+                    logits = self._model.model(**enc, return_dict=True).logits.view(-1).float()
             for i, v in zip(idx, torch.sigmoid(logits).tolist(), strict=True):
                 out[i] = float(v)
         return out
