@@ -130,3 +130,34 @@ def test_reduced_precision_gets_its_own_model_id(tiny_models: dict[str, Path]) -
     """bf16/int8 vectors differ from fp32 ones; they must not share cached embeddings."""
     assert FlagEmbedder(tiny_models["m3"], "tiny", precision="bf16", backend="torch").model_id == "tiny+bf16"
     assert FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="torch").model_id == "tiny"
+
+
+def test_models_load_once_when_two_threads_ask(make_config: Any, monkeypatch: pytest.MonkeyPatch,
+                                               loaded_tiny: Any) -> None:
+    """A Status call while the daemon loads (a first start converts models for minutes) must
+    wait for that load, not start a second one beside it."""
+    import threading
+    import time
+
+    import ragd.models
+    from ragd.engine import Engine
+
+    calls: list[int] = []
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        time.sleep(0.3)
+        return loaded_tiny
+
+    monkeypatch.setattr(ragd.models, "load_models", slow_load)
+    engine = Engine(make_config())
+    try:
+        got: list[Any] = []
+        threads = [threading.Thread(target=lambda: got.append(engine.models)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1 and len(got) == 3 and all(g is loaded_tiny for g in got)
+    finally:
+        engine.close()

@@ -75,6 +75,9 @@ class Engine:
         self._vectors: VectorIndex | None = None
         self._model_key: int | None = None
         self.gate = ModelGate()
+        # One load at a time: a second thread asking for the models while they load (e.g. a
+        # Status call during a first-start conversion) waits instead of loading them again.
+        self._models_lock = threading.Lock()
 
     def reader(self) -> Engine:
         """Another catalog connection sharing this engine's models, vectors and gate, for a
@@ -89,9 +92,11 @@ class Engine:
     @property
     def models(self) -> LoadedModels:
         if self._models is None:
-            from ragd.models import load_models
+            with self._models_lock:
+                if self._models is None:
+                    from ragd.models import load_models
 
-            self._models = load_models(self.config.models, rerank=self._want_reranker)
+                    self._models = load_models(self.config.models, rerank=self._want_reranker)
         return self._models
 
     @property

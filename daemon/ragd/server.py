@@ -515,7 +515,7 @@ class Daemon:
         chunks = 0
         models = ragd_pb2.Models()
         degraded: list[str] = []
-        if self.engine is not None:
+        if self.engine is not None and serving:  # while loading, the engine is not ready to read
             cat = self.reader().catalog
             stats = cat.root_stats()
             chunks = cat.count_chunks()
