@@ -203,6 +203,14 @@ def budget_batches(
     return batches
 
 
+def backend_batches(lengths: Sequence[int], max_items: int, *, openvino: bool) -> list[list[int]]:
+    """``budget_batches`` as each backend wants them: torch within ``TOKEN_BUDGET``; OpenVINO
+    in small, little-padded batches of shapes rounded to ``SHAPE_STEP`` (see above)."""
+    if openvino:
+        return budget_batches(lengths, max_items, OPENVINO_TOKEN_BUDGET, max_waste=MAX_PADDING_WASTE, step=SHAPE_STEP)
+    return budget_batches(lengths, max_items)
+
+
 Progress = Callable[[str], None]
 
 
@@ -405,15 +413,13 @@ class FlagEmbedder:
         sparse_out: list[SparseWeights] = [{} for _ in texts]
         colbert_out: list[FloatArray | None] = [None] * len(texts)
         model = self._model.model
-        ov = self._runner is not None
-        for idx in budget_batches([len(x) for x in all_ids], self.batch_size,
-                                  OPENVINO_TOKEN_BUDGET if ov else TOKEN_BUDGET,
-                                  max_waste=MAX_PADDING_WASTE if ov else None, step=SHAPE_STEP if ov else 1):
+        step = SHAPE_STEP if self._runner is not None else None
+        for idx in backend_batches([len(x) for x in all_ids], self.batch_size, openvino=step is not None):
             with self._tok_lock:
                 enc = self.tokenizer.pad(
                     {"input_ids": [all_ids[i] for i in idx],
                      "attention_mask": [encoded["attention_mask"][i] for i in idx]},
-                    padding=True, return_tensors="pt", pad_to_multiple_of=SHAPE_STEP if ov else None,
+                    padding=True, return_tensors="pt", pad_to_multiple_of=step,
                 ).to(self.device)
             with torch.inference_mode(), autocast(self.precision, self.device):
                 mask = enc["attention_mask"]
@@ -574,13 +580,11 @@ class FlagCrossEncoder:
 
         inputs = self._pair_inputs(query, passages)
         out = [0.0] * len(inputs)
-        ov = self._runner is not None
-        for idx in budget_batches([len(x) for x in inputs], self.batch_size,
-                                  OPENVINO_TOKEN_BUDGET if ov else TOKEN_BUDGET,
-                                  max_waste=MAX_PADDING_WASTE if ov else None, step=SHAPE_STEP if ov else 1):
+        step = SHAPE_STEP if self._runner is not None else None
+        for idx in backend_batches([len(x) for x in inputs], self.batch_size, openvino=step is not None):
             with self._tok_lock:
                 enc = self.tokenizer.pad({"input_ids": [inputs[i] for i in idx]}, padding=True, return_tensors="pt",
-                                         pad_to_multiple_of=SHAPE_STEP if ov else None)
+                                         pad_to_multiple_of=step)
             if self._runner is not None:
                 logits = torch.from_numpy(
                     self._runner(enc["input_ids"].numpy(), enc["attention_mask"].numpy())).view(-1).float()
