@@ -98,6 +98,170 @@ def test_int8_vectors_get_their_own_model_id(tiny_models: dict[str, Path], ov_ca
     np.testing.assert_allclose(np.linalg.norm(dense, axis=1), 1.0, atol=1e-5)
 
 
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path``."""
+    target, total, inside = os.path.realpath(path), 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+                inside = len(fields) == 6 and fields[5] == target
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+def test_release_file_pages(tmp_path: Path) -> None:
+    """Resident pages of a read-only mapping are dropped; the data reads back the same."""
+    import mmap
+
+    path = tmp_path / "weights.bin"
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    with open(path, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapped, dtype=np.uint8)
+    assert int(view.sum()) == int(data.sum())  # every page touched
+    assert _mapped_kb(path) >= 8 << 10
+    assert ovb.release_file_pages(path) >= 8 << 20
+    assert _mapped_kb(path) == 0
+    assert int(view.sum()) == int(data.sum())
+    del view
+    mapped.close()
+
+
+def test_int8_word_embeddings_stay_int8(tiny_models: dict[str, Path], ov_cache: Path) -> None:
+    """Compiled with quantised activations, OpenVINO turns an int8 word-embedding matrix back
+    into float32 (1 GB for BGE-M3): int8 models look the rows up outside, from an int8 table
+    with one scale per row, and the compiled model holds no vocabulary-sized matrix."""
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache)
+    runner = emb._runner
+    vocab = len(emb.tokenizer)
+    table = np.load(runner.location.folder / "embeddings.npy", mmap_mode="r")
+    assert table.dtype == np.int8 and table.shape[0] >= vocab
+    assert runner.location.meta()["word_embeddings"].startswith("int8")
+    big = [op.get_friendly_name() for op in runner._compiled.get_runtime_model().get_ordered_ops()
+           for port in op.inputs() if port.get_partial_shape().is_static and port.get_shape() and
+           port.get_shape()[0] == table.shape[0]]
+    assert big == []
+    # The lookup is the float table rounded per row: each value within half a step.
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(tiny_models["m3"] / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    ids = np.array([[0, 5, 17, 2]])
+    scales = np.load(runner.location.folder / "embedding_scales.npy")
+    diff = np.abs(runner._words(ids) - weights[name][ids])
+    assert (diff <= scales[ids][..., None] / 2 + 1e-7).all()
+    # After the warm-up run on every stream the model file's mapped pages were handed back
+    # (at this size its small constants, read in place, are most of the file).
+    assert runner.released_bytes > 0
+    # and the float model (w8 as well) keeps its own lookup inside.
+    w8 = FlagEmbedder(tiny_models["m3"], "tiny", precision="w8", backend="openvino", cache_dir=ov_cache)
+    assert w8._runner._words is None
+
+
+class _Request:
+    """An infer request whose run ends when the test says so."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.finish = threading.Event()
+        self.started = threading.Event()
+        self.runs = 0
+
+    def infer(self, inputs: object) -> None:
+        self.runs += 1
+        self.started.set()
+        assert self.finish.wait(10)
+        self.finish.clear()
+
+
+def test_scheduler_puts_searches_first() -> None:
+    """Indexing batches use every core until a search comes; then they leave one core free
+    for searches (for ``RESERVE_S``), and wait while a search waits for a slot."""
+    import threading
+
+    sched = ovb.Scheduler(2)
+    sched.RESERVE_S = 2.0
+
+    def start(req: _Request, foreground: bool) -> threading.Thread:
+        t = threading.Thread(target=sched.run, args=(req, {}, foreground), daemon=True)
+        t.start()
+        return t
+
+    def done(req: _Request, t: threading.Thread) -> None:
+        req.finish.set()
+        t.join(5)
+        assert not t.is_alive()
+
+    a, b = _Request(), _Request()
+    ta, tb = start(a, False), start(b, False)
+    assert a.started.wait(5) and b.started.wait(5)  # no search yet: both cores index
+    q = _Request()
+    tq = start(q, True)
+    time.sleep(0.1)
+    assert not q.started.is_set() and sched.foreground_waits == 1  # every core busy
+    c = _Request()
+    tc = start(c, False)  # queued behind the waiting search
+    done(a, ta)
+    assert q.started.wait(5)
+    time.sleep(0.1)
+    assert not c.started.is_set()  # the search took the free core
+    done(q, tq)
+    time.sleep(0.1)
+    # A search ran just now: indexing keeps one core free, so c waits while b runs ...
+    assert not c.started.is_set()
+    q2 = _Request()
+    tq2 = start(q2, True)
+    assert q2.started.wait(5)  # ... and the next search finds it at once
+    assert sched.foreground_waits == 1
+    done(q2, tq2)
+    # After RESERVE_S without searches, indexing takes every core again.
+    assert c.started.wait(5)
+    assert b.started.is_set() and tb.is_alive()
+    done(b, tb)
+    done(c, tc)
+    # One core: indexing is never starved.
+    single = ovb.Scheduler(1)
+    single.run(_finished(), {}, True)
+    single.run(_finished(), {}, False)
+
+
+def _finished() -> _Request:
+    req = _Request()
+    req.finish.set()
+    return req
+
+
+def test_searches_run_beside_indexing_and_results_stay_right(
+    tiny_models: dict[str, Path], ov_cache: Path
+) -> None:
+    """Real OpenVINO requests: queries embedded while the writer's batches run side by side
+    on every stream give the same vectors, and so do the documents."""
+    import threading
+
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache,
+                       batch_size=1)
+    assert emb.schedules_itself and emb.parallel >= 1
+    texts = [f"{'rivers carry sediment to the sea ' * (4 + n % 9)} {n}" for n in range(60)]
+    expected = emb.embed_documents(texts)
+    query = emb.embed_query("sediment").dense
+    got: list[Any] = []
+    writer = threading.Thread(target=lambda: got.extend(emb.embed_documents(texts) for _ in range(3)))
+    writer.start()
+    queries = 0
+    while writer.is_alive():
+        np.testing.assert_allclose(emb.embed_query("sediment").dense, query, atol=1e-6)
+        queries += 1
+    writer.join()
+    assert queries > 0 and len(got) == 3
+    for out in got:
+        np.testing.assert_allclose(out.dense, expected.dense, atol=1e-6)
+        assert out.sparse == expected.sparse
+
+
 def test_conversion_is_cached_and_redone_when_the_weights_change(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

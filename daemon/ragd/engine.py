@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 class ModelGate:
     """Serialises use of the models, searches first: an indexing batch waits while any
-    search is waiting, so a query never queues behind more than the batch in hand."""
+    search is waiting, so a query never queues behind more than the batch in hand.
+
+    Models that schedule themselves (``schedules_itself``: the OpenVINO backend, where the
+    indexing batches leave a core free for searches) pass through."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -35,7 +38,10 @@ class ModelGate:
         self._waiting = 0
 
     @contextlib.contextmanager
-    def foreground(self) -> Iterator[None]:
+    def foreground(self, model: object = None) -> Iterator[None]:
+        if getattr(model, "schedules_itself", False):
+            yield
+            return
         with self._cond:
             self._waiting += 1
             while self._busy:
@@ -50,7 +56,10 @@ class ModelGate:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
-    def background(self) -> Iterator[None]:
+    def background(self, model: object = None) -> Iterator[None]:
+        if getattr(model, "schedules_itself", False):
+            yield
+            return
         with self._cond:
             while self._busy or self._waiting:
                 self._cond.wait()

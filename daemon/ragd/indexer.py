@@ -308,7 +308,7 @@ class Indexer:
         files_left = len(batch)
         for start in range(0, len(order), group):
             part = order[start : start + group]
-            with self.engine.gate.background():  # a waiting search goes first
+            with self.engine.gate.background(self.embedder):  # a waiting search goes first
                 emb = self.embedder.embed_documents([c.text for c in part])
             for i, c in enumerate(part):
                 out.append(NewEmbedding(

@@ -287,7 +287,8 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     if "dense" in use or "sparse" in use or "colbert" in use:
         t = time.perf_counter()
         # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
-        # it (inference does not change the model); the long reranker calls use the gate.
+        # it (inference does not change the model; on OpenVINO it takes a core from the batch);
+        # the long reranker calls use the gate.
         qemb = models.embedder.embed_query(q)
         timings["embed_ms"] = _ms(t)
     check()
@@ -386,13 +387,15 @@ def _remember_pace(reranker: Any, pace: float) -> bool:
 
 
 def prime_rerank_pace(reranker: Any, tokens: int) -> float | None:
-    """Score one passage of about ``tokens`` tokens (the window limit, so the estimate errs
-    long) and remember the pace, so the first search with a deadline sizes its batches by a
-    measurement instead of overshooting while it takes one. Returns seconds per passage."""
+    """Score passages of about ``tokens`` tokens (the window limit, so the estimate errs
+    long), as many as the reranker runs side by side, and remember the pace, so the first
+    search with a deadline sizes its batches by a measurement instead of overshooting while
+    it takes one. Returns seconds per passage."""
     passage = " ".join(["the"] * max(1, tokens))  # one token per word in these vocabularies
+    n = max(1, int(getattr(reranker, "parallel", 1)))
     started = time.monotonic()
-    reranker.score("warm-up query", [passage])
-    pace = time.monotonic() - started
+    reranker.score("warm-up query", [passage] * n)
+    pace = (time.monotonic() - started) / n
     return pace if _remember_pace(reranker, pace) else None
 
 
@@ -400,28 +403,32 @@ def _rerank(
     engine: Engine, reranker: Any, query: str, head: list[tuple[int, float]], rows: Mapping[int, Any],
     deadline: float | None, check: Callable[[], None],
 ) -> dict[int, float]:
-    """Rerank ``head`` in retrieval order. With a deadline, go in batches of at most 4 sized
-    by the measured pace (one passage first when nothing is known yet) and stop before a
-    batch that would not finish in time."""
+    """Rerank ``head`` in retrieval order. With a deadline, go in rounds sized by the measured
+    pace (one round first when nothing is known yet) and stop before a round that would not
+    finish in time. A round is as many passages as the reranker runs side by side (one per
+    core on OpenVINO: they take about as long as one); batches hold at most 4 passages or
+    one round."""
     scores: dict[int, float] = {}
     try:
         pace: float | None = _RERANK_PACE.get(reranker)
     except TypeError:  # not weak-referenceable: measure within this search only
         pace = None
     limit = engine.config.search.rerank_max_tokens
+    per_round = max(1, int(getattr(reranker, "parallel", 1)))
     i = 0
     while i < len(head):
         check()
         n = len(head) - i
         if deadline is not None:
             if pace is None:
-                n = 1
+                n = min(n, per_round)
             else:
-                n = min(n, 4, int((deadline - time.monotonic()) / pace))
+                rounds = int((deadline - time.monotonic()) / (pace * per_round))
+                n = min(n, max(4, per_round), rounds * per_round)
                 if n < 1:
                     break
         part = head[i : i + n]
-        with engine.gate.foreground():
+        with engine.gate.foreground(reranker):
             started = time.monotonic()
             values = reranker.score(query, [rerank_text(reranker, query, rows[cid].text, limit) for cid, _ in part])
             took = (time.monotonic() - started) / len(part)

@@ -4,12 +4,14 @@ bge-reranker cross-encoder. Heavy imports happen here and nowhere else."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +215,42 @@ def backend_batches(lengths: Sequence[int], max_items: int, *, openvino: bool) -
 
 Progress = Callable[[str], None]
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model",
+                   "vocab.txt", "added_tokens.json")
+
+
+class SharedTokenizer:
+    """A tokenizer with the lock that guards it: a fast tokenizer raises "Already borrowed"
+    when two threads use it at once (the daemon's writer chunks while a search embeds its
+    query)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.lock = threading.Lock()
+
+
+_tokenizers: weakref.WeakValueDictionary[str, SharedTokenizer] = weakref.WeakValueDictionary()
+_tokenizers_lock = threading.Lock()
+
+
+def shared_tokenizer(folder: Path, loaded: Any) -> SharedTokenizer:
+    """One tokenizer object for model folders whose tokenizer files are identical (BGE-M3 and
+    bge-reranker-v2-m3 share XLM-R's: ~140 MB each in memory); ``loaded`` is this folder's own,
+    kept when no other folder has the same files."""
+    digest = hashlib.blake2b(type(loaded).__name__.encode(), digest_size=16)
+    for name in TOKENIZER_FILES:
+        try:
+            data = (folder / name).read_bytes()
+        except OSError:
+            continue
+        digest.update(name.encode() + b"\0" + data)
+    key = digest.hexdigest()
+    with _tokenizers_lock:
+        shared = _tokenizers.get(key)
+        if shared is None:
+            shared = _tokenizers[key] = SharedTokenizer(loaded)
+        return shared
+
 
 def _stderr(message: str) -> None:
     import sys
@@ -229,10 +267,13 @@ def openvino_runner(
     cache_dir: Path | None,
     calibration: Callable[[], list[dict[str, np.ndarray]]],
     progress: Progress | None,
+    release: Callable[[], None],
     *,
     force: bool = False,
 ) -> Any:
-    """The cached OpenVINO model for ``module`` (converted first when missing or stale)."""
+    """The cached OpenVINO model for ``module`` (converted first when missing or stale).
+    ``release`` drops the caller's references to ``module`` once it is no longer needed,
+    before the converted model is compiled, so its float weights are freed first."""
     from ragd.models import openvino as ovb
 
     kind = precision if precision in ("int8", "w8") else "float"  # fp32 and bf16 compile the same float model
@@ -247,6 +288,10 @@ def openvino_runner(
             raise
         except Exception as exc:
             raise ModelLoadError(f"cannot convert the {role} to OpenVINO: {exc}") from exc
+    del module
+    release()
+    gc.collect()
+    ovb.return_freed_memory()
     return ovb.Runner(location, precision)
 
 
@@ -286,7 +331,23 @@ def is_m3_folder(folder: Path) -> bool:
     return (folder / "colbert_linear.pt").is_file() and (folder / "sparse_linear.pt").is_file()
 
 
-class FlagEmbedder:
+class _RunsOn:
+    """What the search path asks of a model about how it runs."""
+
+    _runner: Any
+
+    @property
+    def schedules_itself(self) -> bool:
+        """On OpenVINO the process's ``Scheduler`` puts searches first (``ModelGate`` is not needed)."""
+        return self._runner is not None
+
+    @property
+    def parallel(self) -> int:
+        """Batches run side by side (one per core on OpenVINO)."""
+        return int(self._runner.streams) if self._runner is not None else 1
+
+
+class FlagEmbedder(_RunsOn):
     """BGE-M3 (dense + lexical weights, optional multi-vector) or a dense-only encoder."""
 
     def __init__(
@@ -333,10 +394,9 @@ class FlagEmbedder:
                 )
         except Exception as exc:
             raise ModelLoadError(f"cannot load embedder from {folder}: {exc}") from exc
-        self.tokenizer = self._model.tokenizer
-        # A fast tokenizer raises "Already borrowed" when two threads use it at once (the
-        # daemon's writer chunks while a search embeds its query): one lock guards it.
-        self._tok_lock = threading.Lock()
+        self._shared = shared_tokenizer(folder, self._model.tokenizer)
+        self.tokenizer = self._model.tokenizer = self._shared.tokenizer
+        self._tok_lock = self._shared.lock
         model = self._model.model
         if self.device == "cpu":
             model.float()
@@ -349,16 +409,17 @@ class FlagEmbedder:
         self.max_tokens = self.input_limit - special
         self._runner: Any = None
         if self.backend == "openvino":
+            def release() -> None:  # the converted model replaces the float weights
+                self._encoder = None
+                if self.m3:
+                    self._model.model.model = None
+                else:
+                    self._model.model = None
+
             self._runner = openvino_runner(
                 self._encoder, "embedder", folder, model_id, self.precision, cache_dir,
-                lambda: self._calibration(calibration), progress, force=force_convert,
+                lambda: self._calibration(calibration), progress, release, force=force_convert,
             )
-            self._encoder = None  # the converted model replaces it: free the float weights
-            if self.m3:
-                self._model.model.model = None
-            else:
-                self._model.model = None
-            gc.collect()
         elif self.precision == "int8":
             quantize_int8(self._encoder)  # M3's small heads stay fp32
         self.dim = int(self._encode(["dimension probe"], self.input_limit).dense.shape[1])
@@ -394,7 +455,7 @@ class FlagEmbedder:
                 ids.add(int(self.tokenizer.convert_tokens_to_ids(token)))
         return ids
 
-    def _encode(self, texts: list[str], max_length: int) -> Embeddings:
+    def _encode(self, texts: list[str], max_length: int, foreground: bool = True) -> Embeddings:
         """Encode with FlagEmbedding's modules, tokenising once and batching by token budget.
 
         Same modules and post-processing as FlagEmbedding's ``encode`` (pooling, L2
@@ -403,6 +464,8 @@ class FlagEmbedder:
         first batch twice to probe the batch size), texts are never truncated silently, and
         batches hold inputs of similar length within ``TOKEN_BUDGET`` padded tokens (at most
         ``batch_size`` texts). ``self.precision`` picks fp32, bf16 autocast or int8 weights.
+        On OpenVINO the batches run side by side, one per core, ``foreground`` ones (queries)
+        before background ones (the writer's documents).
         """
         import torch
 
@@ -414,19 +477,28 @@ class FlagEmbedder:
         colbert_out: list[FloatArray | None] = [None] * len(texts)
         model = self._model.model
         step = SHAPE_STEP if self._runner is not None else None
-        for idx in backend_batches([len(x) for x in all_ids], self.batch_size, openvino=step is not None):
-            with self._tok_lock:
-                enc = self.tokenizer.pad(
-                    {"input_ids": [all_ids[i] for i in idx],
-                     "attention_mask": [encoded["attention_mask"][i] for i in idx]},
-                    padding=True, return_tensors="pt", pad_to_multiple_of=step,
-                ).to(self.device)
+        batches = backend_batches([len(x) for x in all_ids], self.batch_size, openvino=step is not None)
+        with self._tok_lock:
+            padded = [self.tokenizer.pad(
+                {"input_ids": [all_ids[i] for i in idx], "attention_mask": [encoded["attention_mask"][i] for i in idx]},
+                padding=True, return_tensors="pt", pad_to_multiple_of=step,
+            ) for idx in batches]
+
+        def hidden_states() -> Iterator[tuple[int, Any]]:
+            if self._runner is not None:
+                for n, out in self._runner.map(
+                        [(enc["input_ids"].numpy(), enc["attention_mask"].numpy()) for enc in padded], foreground):
+                    yield n, torch.from_numpy(out)
+                return
+            for n, enc in enumerate(padded):
+                with torch.inference_mode(), autocast(self.precision, self.device):
+                    yield n, self._encoder(**enc.to(self.device), return_dict=True).last_hidden_state
+
+        for n, hidden in hidden_states():
+            idx = batches[n]
+            enc = padded[n].to(self.device)
             with torch.inference_mode(), autocast(self.precision, self.device):
                 mask = enc["attention_mask"]
-                if self._runner is not None:
-                    hidden = torch.from_numpy(self._runner(enc["input_ids"].numpy(), mask.numpy()))
-                else:
-                    hidden = self._encoder(**enc, return_dict=True).last_hidden_state
                 if self.m3:
                     # FlagEmbedding's M3 heads on the hidden states, as its forward() applies them.
                     dense = model._dense_embedding(hidden, mask)
@@ -460,7 +532,7 @@ class FlagEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> Embeddings:
         if not texts:
             return Embeddings(dense=np.zeros((0, self.dim), dtype=np.float32))
-        return self._encode(list(texts), self.input_limit)
+        return self._encode(list(texts), self.input_limit, foreground=False)
 
     def embed_query(self, text: str) -> Embeddings:
         n = self.count_tokens([text])[0]
@@ -469,7 +541,7 @@ class FlagEmbedder:
         return self._encode([text], self.input_limit)
 
 
-class FlagCrossEncoder:
+class FlagCrossEncoder(_RunsOn):
     """bge-reranker style cross-encoder: FlagEmbedding's FlagReranker modules.
 
     On a GPU scores come from ``FlagReranker.compute_score`` (the reference). On the CPU ragd
@@ -508,26 +580,25 @@ class FlagCrossEncoder:
             )
         except Exception as exc:
             raise ModelLoadError(f"cannot load reranker from {folder}: {exc}") from exc
-        self.tokenizer = self._model.tokenizer
-        # A fast tokenizer raises "Already borrowed" when two threads use it at once (the
-        # daemon's writer chunks while a search embeds its query): one lock guards it.
-        self._tok_lock = threading.Lock()
+        self._shared = shared_tokenizer(folder, self._model.tokenizer)
+        self.tokenizer = self._model.tokenizer = self._shared.tokenizer
+        self._tok_lock = self._shared.lock
         self.max_length = min(512, declared_max_length(folder, self.tokenizer))
         self.query_max_length = self.max_length * 3 // 4
         self.own_loop = not self.device.startswith("cuda")
         self._runner: Any = None
         if self.own_loop:
-            model = self._model.model
-            model.float().to(self.device).eval()
+            self._model.model.float().to(self.device).eval()
             if self.backend == "openvino":
+                def release() -> None:  # the converted model replaces the float weights
+                    self._model.model = None
+
                 self._runner = openvino_runner(
-                    model, "reranker", folder, model_id, self.precision, cache_dir,
-                    lambda: self._calibration(calibration), progress, force=force_convert,
+                    self._model.model, "reranker", folder, model_id, self.precision, cache_dir,
+                    lambda: self._calibration(calibration), progress, release, force=force_convert,
                 )
-                self._model.model = None  # the converted model replaces it: free the float weights
-                gc.collect()
             elif self.precision == "int8":
-                quantize_int8(model.base_model)  # the encoder; the classification head stays fp32
+                quantize_int8(self._model.model.base_model)  # the encoder; the classification head stays fp32
 
     def _calibration(self, paths: Sequence[Path]) -> list[dict[str, np.ndarray]]:
         """Calibration pairs built the way ``score`` builds its inputs: a question-like first
@@ -581,17 +652,24 @@ class FlagCrossEncoder:
         inputs = self._pair_inputs(query, passages)
         out = [0.0] * len(inputs)
         step = SHAPE_STEP if self._runner is not None else None
-        for idx in backend_batches([len(x) for x in inputs], self.batch_size, openvino=step is not None):
-            with self._tok_lock:
-                enc = self.tokenizer.pad({"input_ids": [inputs[i] for i in idx]}, padding=True, return_tensors="pt",
-                                         pad_to_multiple_of=step)
-            if self._runner is not None:
-                logits = torch.from_numpy(
-                    self._runner(enc["input_ids"].numpy(), enc["attention_mask"].numpy())).view(-1).float()
-            else:
-                enc = enc.to(self.device)
-                with torch.inference_mode(), autocast(self.precision, self.device):
-                    logits = self._model.model(**enc, return_dict=True).logits.view(-1).float()
-            for i, v in zip(idx, torch.sigmoid(logits).tolist(), strict=True):
+        batches = backend_batches([len(x) for x in inputs], self.batch_size, openvino=step is not None)
+        with self._tok_lock:
+            padded = [self.tokenizer.pad({"input_ids": [inputs[i] for i in idx]}, padding=True, return_tensors="pt",
+                                         pad_to_multiple_of=step) for idx in batches]
+        if self._runner is not None:
+            # Side by side, one batch per core; a search's pairs go before indexing batches.
+            results: Iterator[tuple[int, Any]] = (
+                (n, torch.from_numpy(logits)) for n, logits in self._runner.map(
+                    [(enc["input_ids"].numpy(), enc["attention_mask"].numpy()) for enc in padded], foreground=True))
+        else:
+            results = ((n, self._torch_logits(enc)) for n, enc in enumerate(padded))
+        for n, logits in results:
+            for i, v in zip(batches[n], torch.sigmoid(logits.view(-1).float()).tolist(), strict=True):
                 out[i] = float(v)
         return out
+
+    def _torch_logits(self, enc: Any) -> Any:
+        import torch
+
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            return self._model.model(**enc.to(self.device), return_dict=True).logits

@@ -40,7 +40,7 @@ from ragd.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 # Bump when conversion or quantisation changes: cached models from older recipes are redone.
-RECIPE = {"embedder": 1, "reranker": 2}
+RECIPE = {"embedder": 2, "reranker": 3}
 # Calibration: single paragraphs cut to 256 tokens. Samples running paragraphs together up to
 # 512 tokens were tried and agreed worse with float32 on long inputs (reranker rank agreement on
 # 300-500-token passages 0.943 against 0.968), as wider ranges quantise the common values coarser.
@@ -214,9 +214,10 @@ def pick_samples(texts: Sequence[str], n: int) -> list[str]:
 # ---------------------------------------------------------------- conversion
 
 
-def _traceable(model: Any, output: str) -> Any:
+def _traceable(model: Any, output: str, embeds: bool = False) -> Any:
     """``model`` wrapped so tracing sees ``(input_ids, attention_mask) -> model(...).<output>``:
-    ``last_hidden_state`` for the embedder's transformer, ``logits`` for the reranker."""
+    ``last_hidden_state`` for the embedder's transformer, ``logits`` for the reranker; with
+    ``embeds``, ``(inputs_embeds, attention_mask)`` (the word embeddings looked up outside)."""
     import torch
 
     class Traceable(torch.nn.Module):
@@ -227,7 +228,50 @@ def _traceable(model: Any, output: str) -> Any:
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             return getattr(self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True), output)
 
-    return Traceable().eval()
+    class TraceableEmbeds(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, inputs_embeds: Any, attention_mask: Any) -> Any:
+            return getattr(self.m(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), output)
+
+    return (TraceableEmbeds() if embeds else Traceable()).eval()
+
+
+class WordTable:
+    """The word-embedding matrix in int8 (symmetric, one scale per row), looked up outside
+    OpenVINO for int8 models.
+
+    In a statically quantised model OpenVINO's CPU plugin folds the int8 word-embedding
+    matrix back to float32 when compiling (1 GB for BGE-M3's 250,002 x 1,024; weight-only
+    compressed models keep it int8, but a model with quantised activations does not, however
+    the table is stored). Kept here as two ``.npy`` files read through a memory map, only the
+    rows of tokens in use are in memory; the lookup is the same per-row int8 rounding NNCF
+    applies to the table when it stays inside."""
+
+    FILES = ("embeddings.npy", "embedding_scales.npy")
+
+    def __init__(self, folder: Path) -> None:
+        self.table = np.load(folder / self.FILES[0], mmap_mode="r")
+        self.scales = np.load(folder / self.FILES[1])
+
+    @staticmethod
+    def save(weight: np.ndarray, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        w = np.asarray(weight, dtype=np.float32)
+        scales = np.abs(w).max(axis=1) / 127.0
+        scales[scales == 0] = 1.0
+        table = np.clip(np.rint(w / scales[:, None]), -127, 127).astype(np.int8)
+        np.save(folder / WordTable.FILES[0], table)
+        np.save(folder / WordTable.FILES[1], scales.astype(np.float32))
+        return table, scales.astype(np.float32)
+
+    @staticmethod
+    def lookup_in(table: np.ndarray, scales: np.ndarray, input_ids: np.ndarray) -> np.ndarray:
+        return table[input_ids].astype(np.float32) * scales[input_ids][..., None]
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.lookup_in(self.table, self.scales, input_ids)
 
 
 # Operations kept in float when quantising: the first transformer layer (its input, the
@@ -251,61 +295,36 @@ def convert(
     progress: Progress | None = None,
 ) -> IRLocation:
     """Trace ``module`` (a HF encoder for the embedder, a sequence classifier for the
-    reranker), quantise it when ``location.precision == "int8"`` and save it atomically."""
+    reranker), quantise it when ``location.precision == "int8"`` and save it atomically:
+    written to a temporary folder that replaces the old one only when complete."""
     block_telemetry()
     import openvino as ov
-    import torch
 
+    if location.precision == "int8" and not calibration:
+        raise ModelLoadError("int8 conversion needs calibration text")
     say = progress or (lambda _m: None)
     started = time.monotonic()
-    wrapped = _traceable(module, "last_hidden_state" if role == "embedder" else "logits")
-    example = {
-        "input_ids": torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long),
-        "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long),
-    }
-    say(f"converting the {role} to OpenVINO")
-    dyn = ov.PartialShape([-1, -1])
-    with torch.inference_mode(), _quiet():
-        model = ov.convert_model(
-            wrapped, example_input=example,
-            input=[("input_ids", dyn, ov.Type.i64), ("attention_mask", dyn, ov.Type.i64)],
-        )
-    detail: dict[str, Any] = {}
-    if location.precision == "w8":
-        import nncf
-
-        say(f"compressing the {role}'s weights to int8")
-        with _quiet():
-            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-        detail = {"weights": "int8, asymmetric per channel; fp32 arithmetic"}
-    elif location.precision == "int8":
-        if not calibration:
-            raise ModelLoadError("int8 conversion needs calibration text")
-        import nncf
-
-        ignored = _float_ops(model, role)
-        say(f"quantising the {role} to int8 on {len(calibration)} calibration samples")
-        with _quiet():
-            model = nncf.quantize(
-                model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
-                subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-            )
-        detail = {"calibration_samples": len(calibration), "float_matmuls": len(ignored)}
     parent = location.folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{location.folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-    meta = {
-        "model_id": location.model_id, "role": role, "precision": location.precision, "recipe": RECIPE[role],
-        "source": str(location.source), "sources": _source_files(location.source),
-        "openvino": ov.get_version(), "created": time.time(), "seconds": round(time.monotonic() - started, 1), **detail,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        model, detail = _build(module, role, location.precision, calibration, tmp, say)
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        del model
+        meta = {
+            "model_id": location.model_id, "role": role, "precision": location.precision, "recipe": RECIPE[role],
+            "source": str(location.source), "sources": _source_files(location.source), "openvino": ov.get_version(),
+            "created": time.time(), "seconds": round(time.monotonic() - started, 1), **detail,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = parent / f".{location.folder.name}.old-{os.getpid()}"
     if location.folder.exists():
         location.folder.rename(old)
@@ -313,6 +332,59 @@ def convert(
     shutil.rmtree(old, ignore_errors=True)
     say(f"saved the {role} in {location.folder} ({meta['seconds']} s)")
     return location
+
+
+def _build(
+    module: Any, role: str, precision: str, calibration: Sequence[dict[str, np.ndarray]] | None, folder: Path,
+    say: Progress,
+) -> tuple[Any, dict[str, Any]]:
+    """The OpenVINO model for ``precision`` (side files, the int8 ``WordTable``, go to ``folder``)."""
+    import openvino as ov
+    import torch
+
+    # int8: the word embeddings are looked up outside the model (``WordTable``), so the
+    # model takes ``inputs_embeds`` and calibrates on the same int8-rounded embeddings.
+    outside = precision == "int8"
+    wrapped = _traceable(module, "last_hidden_state" if role == "embedder" else "logits", embeds=outside)
+    ids = torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long)
+    example = {"attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)}
+    dyn = ov.PartialShape([-1, -1])
+    if outside:
+        table, scales = WordTable.save(module.get_input_embeddings().weight.detach().float().cpu().numpy(), folder)
+        example["inputs_embeds"] = torch.from_numpy(WordTable.lookup_in(table, scales, ids.numpy()))
+        inputs = [("inputs_embeds", ov.PartialShape([-1, -1, table.shape[1]]), ov.Type.f32),
+                  ("attention_mask", dyn, ov.Type.i64)]
+        calibration = [{"inputs_embeds": WordTable.lookup_in(table, scales, c["input_ids"]),
+                        "attention_mask": c["attention_mask"]} for c in calibration or ()]
+        del table
+    else:
+        example["input_ids"] = ids
+        inputs = [("input_ids", dyn, ov.Type.i64), ("attention_mask", dyn, ov.Type.i64)]
+    say(f"converting the {role} to OpenVINO")
+    with torch.inference_mode(), _quiet():
+        model = ov.convert_model(wrapped, example_input=example, input=inputs)
+    detail: dict[str, Any] = {}
+    if precision == "w8":
+        import nncf
+
+        say(f"compressing the {role}'s weights to int8")
+        with _quiet():
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        detail["weights"] = "int8, asymmetric per channel; fp32 arithmetic"
+    elif precision == "int8":
+        import nncf
+
+        assert calibration, "checked by convert()"
+        ignored = _float_ops(model, role)
+        say(f"quantising the {role} to int8 on {len(calibration)} calibration samples")
+        with _quiet():
+            model = nncf.quantize(
+                model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            )
+        detail.update(word_embeddings="int8 per row, looked up outside the model",
+                      calibration_samples=len(calibration), float_matmuls=len(ignored))
+    return model, detail
 
 
 @contextlib.contextmanager
@@ -337,30 +409,164 @@ def _quiet() -> Iterator[None]:
 # ---------------------------------------------------------------- inference
 
 
-class Runner:
-    """A converted model compiled once for the CPU; calls from any thread.
+def cpu_cores() -> int:
+    """Physical cores this process may run on (its affinity set, e.g. a container's CPU
+    limit; hyper-threads of one core count once, as OpenVINO schedules on physical cores)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
 
-    One compiled model serves the writer and the searches alike: a second one per thread count
-    (as torch's per-thread setting gives) measured +1.6 GB for the full-size embedder, most of it
-    the float32 word-embedding matrix copied again. Searches still go first: the daemon's
-    ``ModelGate`` lets a search wait for at most the indexing batch in hand. The source
+
+class Scheduler:
+    """Inference slots shared by every converted model in the process, one per core, with
+    searches first.
+
+    Each compiled model has one single-threaded stream per core, so batches run side by side
+    (two streams of one thread each measured ~1,000-1,050 tokens/s for the full-size int8
+    embedder here, one stream of two threads 890-930) and a search's query or rerank pair can
+    have a core of its own. Background work (the writer's embedding batches) takes a slot
+    only while no foreground work waits, and leaves one slot free for searches while
+    searches are coming (one ran in the last ``RESERVE_S`` seconds); otherwise it uses every
+    core. So the first search of a burst waits for at most the end of one batch on one core,
+    and the searches after it find a free core.
+
+    Not done: cancelling the background request in hand. OpenVINO 2026.4 stops a cancelled
+    request within milliseconds, but about one in a hundred runs after a cancellation then
+    failed the CPU plugin's shape checks (``Eltwise shape infer ... mismatch``)."""
+
+    RESERVE_S = 10.0
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self._cond = threading.Condition()
+        self._running = 0
+        self._waiting = 0  # foreground jobs waiting for a slot
+        self._last_foreground = -float("inf")
+        self.foreground_waits = 0  # foreground jobs that found no free slot
+
+    def _background_room(self) -> int:
+        recent = time.monotonic() - self._last_foreground < self.RESERVE_S
+        return self.slots - (1 if recent and self.slots > 1 else 0)
+
+    def run(self, request: Any, inputs: dict[str, np.ndarray], foreground: bool) -> None:
+        """Run ``inputs`` on ``request`` when a slot is free for it."""
+        with self._cond:
+            if foreground:
+                self._last_foreground = time.monotonic()
+                self._waiting += 1
+                if self._running >= self.slots:
+                    self.foreground_waits += 1
+                try:
+                    while self._running >= self.slots:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            else:
+                while self._waiting or self._running >= self._background_room():
+                    # Re-checked at least once a second: the reserve lapses with time.
+                    self._cond.wait(timeout=1.0)
+            self._running += 1
+        try:
+            request.infer(inputs)
+        finally:
+            with self._cond:
+                self._running -= 1
+                if foreground:
+                    self._last_foreground = time.monotonic()
+                self._cond.notify_all()
+
+
+WARM_UP_TOKENS = 16
+MADV_DONTNEED = 4
+
+
+def release_file_pages(path: Path) -> int:
+    """Drop this process's resident pages of ``path``'s read-only mappings, and the file's
+    clean pages from the page cache; returns the bytes of mappings released. Only for files
+    whose mapped pages are no longer read (they would be read from the file again)."""
+    import ctypes
+
+    target = os.path.realpath(path)
+    released = 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            maps = fh.read().splitlines()
+    except (OSError, AttributeError):  # not Linux: nothing to release
+        return 0
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target and "w" not in fields[1]:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+                released += end - start
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return released
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed inside the C heap back to the system (glibc's ``malloc_trim``):
+    after a float model is dropped, its freed blocks would otherwise stay in the process."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+_scheduler: Scheduler | None = None
+_scheduler_lock = threading.Lock()
+
+
+def scheduler() -> Scheduler:
+    """The process's scheduler (one slot per core)."""
+    global _scheduler
+    with _scheduler_lock:
+        if _scheduler is None:
+            _scheduler = Scheduler(cpu_cores())
+        return _scheduler
+
+
+Inputs = dict[str, np.ndarray]
+
+
+class Runner:
+    """A converted model compiled once for the CPU, one single-threaded stream per core; calls
+    from any thread, batches side by side through the process's ``Scheduler``.
+
+    One compiled model serves the writer and the searches alike: the streams share its
+    weights (a second compiled model measured +1.6 GB for the full-size embedder, most of it
+    the float32 word-embedding matrix copied again; a second stream +70 MB). The source
     ``ov.Model`` is released after compiling, so its memory-mapped file pages can go too."""
 
-    def __init__(self, location: IRLocation, precision: str, threads: int | None = None) -> None:
+    def __init__(self, location: IRLocation, precision: str, streams: int | None = None) -> None:
         block_telemetry()
         import openvino as ov
 
         self.location = location
         self.precision = precision
+        self.scheduler = scheduler()
+        n = streams or self.scheduler.slots
         core = ov.Core()
-        # Threads: OpenVINO's default is every physical core (not the calling thread's torch
-        # setting, which the daemon's writer lowers).
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         try:
             model = core.read_model(str(location.xml))
             self._compiled = core.compile_model(model, "CPU", {
-                **config,
-                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": n,
+                "INFERENCE_NUM_THREADS": n,  # one thread per stream
                 "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                 # No on-the-fly int8 activations for int8 weights ("w8"): faster, but rank
                 # agreement of the random full-size reranker with fp32 fell to 0.93.
@@ -369,12 +575,84 @@ class Runner:
         except Exception as exc:
             raise ModelLoadError(f"cannot load the converted model {location.xml}: {exc}") from exc
         del model
-        self._local = threading.local()
+        names = {n for port in self._compiled.inputs for n in port.get_names()}
+        self._words = WordTable(location.folder) if "inputs_embeds" in names else None
+        self.streams = int(self._compiled.get_property("NUM_STREAMS"))
+        self.scheduler.slots = min(self.scheduler.slots, self.streams)
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+        # A first run on every stream makes OpenVINO lay the weights out for its kernels (in
+        # its own memory, shared by the streams); after that the mapped model file is not
+        # read again, so its pages are handed back (~330 MB for the full-size int8 embedder,
+        # ~260 MB for the w8 reranker; read again from the file if ever needed).
+        ids = np.zeros((1, WARM_UP_TOKENS), dtype=np.int64)
+        for _ in self.map([(ids, np.ones_like(ids))] * self.streams, foreground=False):
+            pass
+        self.released_bytes = release_file_pages(location.folder / "model.bin")
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
-        request.infer({"input_ids": input_ids.astype(np.int64, copy=False),
-                       "attention_mask": attention_mask.astype(np.int64, copy=False)})
-        return np.array(request.get_output_tensor(0).data, copy=True)
+    def _inputs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Inputs:
+        mask = attention_mask.astype(np.int64, copy=False)
+        if self._words is not None:
+            return {"inputs_embeds": self._words(input_ids), "attention_mask": mask}
+        return {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": mask}
+
+    def _request(self) -> Any:
+        with self._lock:
+            return self._free.pop() if self._free else self._compiled.create_infer_request()
+
+    def _run_one(self, inputs: Inputs, foreground: bool) -> np.ndarray:
+        request = self._request()
+        self.scheduler.run(request, inputs, foreground)
+        out = np.array(request.get_output_tensor(0).data, copy=True)
+        with self._lock:
+            self._free.append(request)
+        return out
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, foreground: bool = True) -> np.ndarray:
+        return self._run_one(self._inputs(input_ids, attention_mask), foreground)
+
+    def map(
+        self, batches: Sequence[tuple[np.ndarray, np.ndarray]], foreground: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Run every (input_ids, attention_mask) batch, up to one per stream at a time; yields
+        (position, output) as batches finish, so the caller post-processes one batch while
+        the next ones run."""
+        if len(batches) == 1 or self.streams == 1:
+            for n, (ids, mask) in enumerate(batches):
+                yield n, self(ids, mask, foreground)
+            return
+        import queue
+
+        done: queue.Queue[tuple[int, np.ndarray | BaseException]] = queue.Queue()
+        todo = iter(range(len(batches)))
+        todo_lock = threading.Lock()
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                with todo_lock:
+                    n = next(todo, None)
+                if n is None:
+                    return
+                try:
+                    done.put((n, self._run_one(self._inputs(*batches[n]), foreground)))
+                except BaseException as exc:  # handed to the caller's thread
+                    done.put((n, exc))
+                    return
+
+        workers = [threading.Thread(target=work, name="ragd-openvino", daemon=True)
+                   for _ in range(min(self.streams, len(batches)))]
+        for w in workers:
+            w.start()
+        try:
+            for _ in range(len(batches)):
+                n, out = done.get()
+                if isinstance(out, BaseException):
+                    raise out
+                yield n, out
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+
+
