@@ -179,7 +179,7 @@ class _Request:
 
 
 def test_scheduler_puts_searches_first() -> None:
-    """Indexing batches use every core until a search comes; then they leave one core free
+    """Indexing batches use every slot until a search comes; then they leave one slot free
     for searches (for ``RESERVE_S``), and wait while a search waits for a slot."""
     import threading
 
@@ -198,20 +198,20 @@ def test_scheduler_puts_searches_first() -> None:
 
     a, b = _Request(), _Request()
     ta, tb = start(a, False), start(b, False)
-    assert a.started.wait(5) and b.started.wait(5)  # no search yet: both cores index
+    assert a.started.wait(5) and b.started.wait(5)  # no search yet: both slots index
     q = _Request()
     tq = start(q, True)
     time.sleep(0.1)
-    assert not q.started.is_set() and sched.foreground_waits == 1  # every core busy
+    assert not q.started.is_set() and sched.foreground_waits == 1  # every slot busy
     c = _Request()
     tc = start(c, False)  # queued behind the waiting search
     done(a, ta)
     assert q.started.wait(5)
     time.sleep(0.1)
-    assert not c.started.is_set()  # the search took the free core
+    assert not c.started.is_set()  # the search took the free slot
     done(q, tq)
     time.sleep(0.1)
-    # A search ran just now: indexing keeps one core free, so c waits while b runs ...
+    # A search ran just now: indexing keeps one slot free, so c waits while b runs ...
     assert not c.started.is_set()
     q2 = _Request()
     tq2 = start(q2, True)
@@ -223,10 +223,31 @@ def test_scheduler_puts_searches_first() -> None:
     assert b.started.is_set() and tb.is_alive()
     done(b, tb)
     done(c, tc)
-    # One core: indexing is never starved.
+    # One slot (the default: one stream on every core): indexing pauses for RESERVE_S after
+    # a search, then goes on.
     single = ovb.Scheduler(1)
+    single.RESERVE_S = 0.3
     single.run(_finished(), {}, True)
+    started = time.monotonic()
     single.run(_finished(), {}, False)
+    assert 0.25 <= time.monotonic() - started < 5
+    # Searches one after another slow indexing down but do not stop it.
+    stop = threading.Event()
+
+    def searches() -> None:
+        while not stop.is_set():
+            single.run(_finished(), {}, True)
+            time.sleep(0.01)
+
+    t_search = threading.Thread(target=searches, daemon=True)
+    t_search.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    single.run(_finished(), {}, False)
+    waited = time.monotonic() - started
+    stop.set()
+    t_search.join(5)
+    assert waited < 3, waited
 
 
 def _finished() -> _Request:
@@ -236,19 +257,21 @@ def _finished() -> _Request:
 
 
 def test_searches_run_beside_indexing_and_results_stay_right(
-    tiny_models: dict[str, Path], ov_cache: Path
+    tiny_models: dict[str, Path], ov_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Real OpenVINO requests: queries embedded while the writer's batches run side by side
-    on every stream give the same vectors, and so do the documents."""
+    """Real OpenVINO requests: queries embedded while the writer embeds documents give the
+    same vectors, and so do the documents."""
     import threading
 
     emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache,
                        batch_size=1)
     assert emb.schedules_itself and emb.parallel >= 1
-    texts = [f"{'rivers carry sediment to the sea ' * (4 + n % 9)} {n}" for n in range(60)]
+    texts = [f"{'rivers carry sediment to the sea ' * (4 + n % 9)} {n}" for n in range(24)]
     expected = emb.embed_documents(texts)
     query = emb.embed_query("sediment").dense
     got: list[Any] = []
+    # Queries one after another: each indexing batch waits out the reserve (short here).
+    monkeypatch.setattr(emb._runner.scheduler, "RESERVE_S", 0.02)
     writer = threading.Thread(target=lambda: got.extend(emb.embed_documents(texts) for _ in range(3)))
     writer.start()
     queries = 0

@@ -427,23 +427,25 @@ def cpu_cores() -> int:
 
 
 class Scheduler:
-    """Inference slots shared by every converted model in the process, one per core, with
-    searches first.
+    """Inference slots shared by every converted model in the process (one per stream of a
+    compiled model, ``STREAMS``), with searches first.
 
-    Each compiled model has one single-threaded stream per core, so batches run side by side
-    (two streams of one thread each measured ~1,000-1,050 tokens/s for the full-size int8
-    embedder here, one stream of two threads 890-930) and a search's query or rerank pair can
-    have a core of its own. Background work (the writer's embedding batches) takes a slot
-    only while no foreground work waits, and leaves one slot free for searches while
-    searches are coming (one ran in the last ``RESERVE_S`` seconds); otherwise it uses every
-    core. So the first search of a burst waits for at most the end of one batch on one core,
-    and the searches after it find a free core.
+    Background work (the writer's embedding batches) takes a slot only while no foreground
+    work (a search's query embedding or rerank pairs) waits, and while searches are coming
+    (one ended less than ``RESERVE_S`` seconds ago) it leaves one slot free, for at most
+    ``RESERVE_S`` per batch: with a single stream it pauses. So the first search of a burst
+    waits for at most the indexing batch in hand (<= 512 tokens, ~0.5 s on this 2-core CPU),
+    the searches right after it find the slot free, and indexing still takes a batch every
+    ``RESERVE_S`` under a constant stream of searches.
 
     Not done: cancelling the background request in hand. OpenVINO 2026.4 stops a cancelled
     request within milliseconds, but about one in a hundred runs after a cancellation then
     failed the CPU plugin's shape checks (``Eltwise shape infer ... mismatch``)."""
 
-    RESERVE_S = 10.0
+    # Long enough to cover the gap between one search and the next of a burst (a client's
+    # round trip), short enough that a note written while an agent polls search is indexed
+    # without a noticeable delay.
+    RESERVE_S = 0.5
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
@@ -453,15 +455,22 @@ class Scheduler:
         self._last_foreground = -float("inf")
         self.foreground_waits = 0  # foreground jobs that found no free slot
 
-    def _background_room(self) -> int:
-        recent = time.monotonic() - self._last_foreground < self.RESERVE_S
-        return self.slots - (1 if recent and self.slots > 1 else 0)
+    def _background_wait(self, since: float) -> float | None:
+        """Seconds background work waiting since ``since`` must wait before it may look again;
+        None: it may start. The reserve holds a background job back for at most ``RESERVE_S``,
+        so searches coming one after another slow indexing down but never stop it."""
+        if self._waiting:
+            return 1.0
+        reserve_left = min(self._last_foreground, since) + self.RESERVE_S - time.monotonic()
+        room = self.slots - (1 if reserve_left > 0 else 0)
+        if self._running < room:
+            return None
+        return max(0.01, reserve_left) if self._running < self.slots else 1.0
 
     def run(self, request: Any, inputs: dict[str, np.ndarray], foreground: bool) -> None:
         """Run ``inputs`` on ``request`` when a slot is free for it."""
         with self._cond:
             if foreground:
-                self._last_foreground = time.monotonic()
                 self._waiting += 1
                 if self._running >= self.slots:
                     self.foreground_waits += 1
@@ -471,9 +480,9 @@ class Scheduler:
                 finally:
                     self._waiting -= 1
             else:
-                while self._waiting or self._running >= self._background_room():
-                    # Re-checked at least once a second: the reserve lapses with time.
-                    self._cond.wait(timeout=1.0)
+                since = time.monotonic()
+                while (pause := self._background_wait(since)) is not None:
+                    self._cond.wait(timeout=pause)
             self._running += 1
         try:
             request.infer(inputs)
@@ -533,40 +542,47 @@ _scheduler_lock = threading.Lock()
 
 
 def scheduler() -> Scheduler:
-    """The process's scheduler (one slot per core)."""
+    """The process's scheduler (a slot per stream)."""
     global _scheduler
     with _scheduler_lock:
         if _scheduler is None:
-            _scheduler = Scheduler(cpu_cores())
+            _scheduler = Scheduler(STREAMS)
         return _scheduler
 
 
 Inputs = dict[str, np.ndarray]
 
 
+# Streams per compiled model. One stream using every core measured best here: a short query
+# embeds in ~40 ms and a 352-token rerank passage in ~1.2 s (the deadline path needs both
+# short), against ~68 ms and ~2.3 s on one of two single-threaded streams, and throughput is
+# the same (1,026 tokens/s at 2 x 256 either way).
+STREAMS = 1
+
+
 class Runner:
-    """A converted model compiled once for the CPU, one single-threaded stream per core; calls
-    from any thread, batches side by side through the process's ``Scheduler``.
+    """A converted model compiled once for the CPU (``STREAMS`` streams sharing every core);
+    calls from any thread, batches through the process's ``Scheduler``.
 
-    One compiled model serves the writer and the searches alike: the streams share its
-    weights (a second compiled model measured +1.6 GB for the full-size embedder, most of it
-    the float32 word-embedding matrix copied again; a second stream +70 MB). The source
-    ``ov.Model`` is released after compiling, so its memory-mapped file pages can go too."""
+    One compiled model serves the writer and the searches alike (a second compiled model
+    measured +1.6 GB for the full-size embedder; a second stream of the same one +70 MB).
+    The source ``ov.Model`` is released after compiling, so its memory-mapped file pages can
+    go too."""
 
-    def __init__(self, location: IRLocation, precision: str, streams: int | None = None) -> None:
+    def __init__(self, location: IRLocation, precision: str, streams: int = STREAMS) -> None:
         block_telemetry()
         import openvino as ov
 
         self.location = location
         self.precision = precision
         self.scheduler = scheduler()
-        n = streams or self.scheduler.slots
+        n = streams
         core = ov.Core()
         try:
             model = core.read_model(str(location.xml))
             self._compiled = core.compile_model(model, "CPU", {
                 "NUM_STREAMS": n,
-                "INFERENCE_NUM_THREADS": n,  # one thread per stream
+                "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
                 "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                 # No on-the-fly int8 activations for int8 weights ("w8"): faster, but rank
                 # agreement of the random full-size reranker with fp32 fell to 0.93.
@@ -614,10 +630,10 @@ class Runner:
     def map(
         self, batches: Sequence[tuple[np.ndarray, np.ndarray]], foreground: bool
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Run every (input_ids, attention_mask) batch, up to one per stream at a time; yields
-        (position, output) as batches finish, so the caller post-processes one batch while
-        the next ones run."""
-        if len(batches) == 1 or self.streams == 1:
+        """Run every (input_ids, attention_mask) batch, one per stream at a time plus one
+        waiting; yields (position, output) as batches finish, so the caller post-processes
+        one batch while the next one runs."""
+        if len(batches) == 1:
             for n, (ids, mask) in enumerate(batches):
                 yield n, self(ids, mask, foreground)
             return
@@ -641,7 +657,7 @@ class Runner:
                     return
 
         workers = [threading.Thread(target=work, name="ragd-openvino", daemon=True)
-                   for _ in range(min(self.streams, len(batches)))]
+                   for _ in range(min(self.streams + 1, len(batches)))]
         for w in workers:
             w.start()
         try:
