@@ -307,6 +307,13 @@ def test_conversion_is_cached_and_redone_when_the_weights_change(
     FlagEmbedder(folder, "tiny", precision="fp32", backend="openvino", cache_dir=cache, progress=messages.append)
     assert any("converting" in m for m in messages) and loc.meta()["created"] > created
     assert [p.name for p in loc.folder.parent.iterdir()] == [loc.folder.name]  # no temporary leftovers
+    # A conversion by an older recipe is removed once the current one is saved.
+    stale = loc.folder.parent / f"embedder-float-r{ovb.RECIPE['embedder'] - 1}"
+    shutil.copytree(loc.folder, stale)
+    other = loc.folder.parent / "embedder-int8-r1"  # another precision: kept
+    other.mkdir()
+    FlagEmbedder(folder, "tiny", precision="fp32", backend="openvino", cache_dir=cache, force_convert=True)
+    assert not stale.exists() and other.is_dir() and loc.is_current()
 
 
 def test_a_failed_conversion_keeps_the_cached_model(

@@ -130,6 +130,17 @@ def ir_location(cache_dir: Path, source: Path, model_id: str, role: str, precisi
     return IRLocation(folder=folder, role=role, precision=precision, source=source, model_id=model_id)
 
 
+def _older_recipes(location: IRLocation) -> list[Path]:
+    """Conversions of the same model, role and precision by an older recipe (replaced)."""
+    stem = location.folder.name.rsplit("-r", 1)[0]
+    found = []
+    for path in location.folder.parent.glob(f"{stem}-r*"):
+        recipe = path.name[len(stem) + 2:]
+        if path.is_dir() and recipe.isdigit() and int(recipe) < RECIPE[location.role]:
+            found.append(path)
+    return found
+
+
 # ---------------------------------------------------------------- calibration text
 
 _STDLIB_MODULES = (
@@ -330,6 +341,8 @@ def convert(
         location.folder.rename(old)
     tmp.rename(location.folder)
     shutil.rmtree(old, ignore_errors=True)
+    for older in _older_recipes(location):
+        shutil.rmtree(older, ignore_errors=True)
     say(f"saved the {role} in {location.folder} ({meta['seconds']} s)")
     return location
 
