@@ -291,7 +291,6 @@ def openvino_runner(
     del module
     release()
     gc.collect()
-    ovb.return_freed_memory()
     return ovb.Runner(location, precision)
 
 
@@ -332,9 +331,13 @@ def is_m3_folder(folder: Path) -> bool:
 
 
 class _RunsOn:
-    """What the search path asks of a model about how it runs."""
+    """How a model's batches are formed and run, by torch or by its OpenVINO ``Runner``."""
 
     _runner: Any
+    _tok_lock: threading.Lock
+    tokenizer: Any
+    batch_size: int
+    device: str
 
     @property
     def schedules_itself(self) -> bool:
@@ -343,8 +346,33 @@ class _RunsOn:
 
     @property
     def parallel(self) -> int:
-        """Batches run side by side (one per core on OpenVINO)."""
+        """Batches run side by side (the OpenVINO model's streams; 1 with torch)."""
         return int(self._runner.streams) if self._runner is not None else 1
+
+    def _padded_batches(self, ids: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[Any]]:
+        """Positions of ``ids`` grouped as the backend wants them, and each group padded (to
+        a multiple of ``SHAPE_STEP`` on OpenVINO) with its attention mask, on the device."""
+        step = SHAPE_STEP if self._runner is not None else None
+        batches = backend_batches([len(x) for x in ids], self.batch_size, openvino=step is not None)
+        with self._tok_lock:
+            padded = [self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt",
+                                         pad_to_multiple_of=step).to(self.device) for idx in batches]
+        return batches, padded
+
+    def _outputs(
+        self, padded: Sequence[Any], foreground: bool, forward: Callable[[Any], Any]
+    ) -> Iterator[tuple[int, Any]]:
+        """(position, output tensor) of each padded batch: the OpenVINO model's, queued with
+        the scheduler's priority (``foreground`` for searches), or ``forward(batch)`` with torch."""
+        import torch
+
+        if self._runner is None:
+            for n, enc in enumerate(padded):
+                yield n, forward(enc)
+            return
+        for n, out in self._runner.map(
+                [(enc["input_ids"].numpy(), enc["attention_mask"].numpy()) for enc in padded], foreground):
+            yield n, torch.from_numpy(out)
 
 
 class FlagEmbedder(_RunsOn):
@@ -464,8 +492,8 @@ class FlagEmbedder(_RunsOn):
         first batch twice to probe the batch size), texts are never truncated silently, and
         batches hold inputs of similar length within ``TOKEN_BUDGET`` padded tokens (at most
         ``batch_size`` texts). ``self.precision`` picks fp32, bf16 autocast or int8 weights.
-        On OpenVINO the batches run side by side, one per core, ``foreground`` ones (queries)
-        before background ones (the writer's documents).
+        On OpenVINO ``foreground`` batches (queries) go before background ones (the writer's
+        documents).
         """
         import torch
 
@@ -476,27 +504,10 @@ class FlagEmbedder(_RunsOn):
         sparse_out: list[SparseWeights] = [{} for _ in texts]
         colbert_out: list[FloatArray | None] = [None] * len(texts)
         model = self._model.model
-        step = SHAPE_STEP if self._runner is not None else None
-        batches = backend_batches([len(x) for x in all_ids], self.batch_size, openvino=step is not None)
-        with self._tok_lock:
-            padded = [self.tokenizer.pad(
-                {"input_ids": [all_ids[i] for i in idx], "attention_mask": [encoded["attention_mask"][i] for i in idx]},
-                padding=True, return_tensors="pt", pad_to_multiple_of=step,
-            ) for idx in batches]
-
-        def hidden_states() -> Iterator[tuple[int, Any]]:
-            if self._runner is not None:
-                for n, out in self._runner.map(
-                        [(enc["input_ids"].numpy(), enc["attention_mask"].numpy()) for enc in padded], foreground):
-                    yield n, torch.from_numpy(out)
-                return
-            for n, enc in enumerate(padded):
-                with torch.inference_mode(), autocast(self.precision, self.device):
-                    yield n, self._encoder(**enc.to(self.device), return_dict=True).last_hidden_state
-
-        for n, hidden in hidden_states():
+        batches, padded = self._padded_batches(all_ids)
+        for n, hidden in self._outputs(padded, foreground, self._torch_hidden):
             idx = batches[n]
-            enc = padded[n].to(self.device)
+            enc = padded[n]
             with torch.inference_mode(), autocast(self.precision, self.device):
                 mask = enc["attention_mask"]
                 if self.m3:
@@ -528,6 +539,12 @@ class FlagEmbedder(_RunsOn):
             sparse=sparse_out if self.m3 else None,
             colbert=[c for c in colbert_out if c is not None] if self.multi_vector else None,
         )
+
+    def _torch_hidden(self, enc: Any) -> Any:
+        import torch
+
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            return self._encoder(**enc, return_dict=True).last_hidden_state
 
     def embed_documents(self, texts: Sequence[str]) -> Embeddings:
         if not texts:
@@ -651,19 +668,9 @@ class FlagCrossEncoder(_RunsOn):
 
         inputs = self._pair_inputs(query, passages)
         out = [0.0] * len(inputs)
-        step = SHAPE_STEP if self._runner is not None else None
-        batches = backend_batches([len(x) for x in inputs], self.batch_size, openvino=step is not None)
-        with self._tok_lock:
-            padded = [self.tokenizer.pad({"input_ids": [inputs[i] for i in idx]}, padding=True, return_tensors="pt",
-                                         pad_to_multiple_of=step) for idx in batches]
-        if self._runner is not None:
-            # Side by side, one batch per core; a search's pairs go before indexing batches.
-            results: Iterator[tuple[int, Any]] = (
-                (n, torch.from_numpy(logits)) for n, logits in self._runner.map(
-                    [(enc["input_ids"].numpy(), enc["attention_mask"].numpy()) for enc in padded], foreground=True))
-        else:
-            results = ((n, self._torch_logits(enc)) for n, enc in enumerate(padded))
-        for n, logits in results:
+        batches, padded = self._padded_batches(inputs)
+        # A search's pairs go before indexing batches.
+        for n, logits in self._outputs(padded, True, self._torch_logits):
             for i, v in zip(batches[n], torch.sigmoid(logits.view(-1).float()).tolist(), strict=True):
                 out[i] = float(v)
         return out
@@ -672,4 +679,4 @@ class FlagCrossEncoder(_RunsOn):
         import torch
 
         with torch.inference_mode(), autocast(self.precision, self.device):
-            return self._model.model(**enc.to(self.device), return_dict=True).logits
+            return self._model.model(**enc, return_dict=True).logits

@@ -541,15 +541,6 @@ def release_file_pages(path: Path) -> int:
     return released
 
 
-def return_freed_memory() -> None:
-    """Hand memory freed inside the C heap back to the system (glibc's ``malloc_trim``):
-    after a float model is dropped, its freed blocks would otherwise stay in the process."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
 _scheduler: Scheduler | None = None
 _scheduler_lock = threading.Lock()
 
@@ -589,12 +580,11 @@ class Runner:
         self.location = location
         self.precision = precision
         self.scheduler = scheduler()
-        n = streams
         core = ov.Core()
         try:
             model = core.read_model(str(location.xml))
             self._compiled = core.compile_model(model, "CPU", {
-                "NUM_STREAMS": n,
+                "NUM_STREAMS": streams,
                 "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
                 "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                 # No on-the-fly int8 activations for int8 weights ("w8"): faster, but rank
@@ -647,8 +637,7 @@ class Runner:
         waiting; yields (position, output) as batches finish, so the caller post-processes
         one batch while the next one runs."""
         if len(batches) == 1:
-            for n, (ids, mask) in enumerate(batches):
-                yield n, self(ids, mask, foreground)
+            yield 0, self(*batches[0], foreground)
             return
         import queue
 
