@@ -46,6 +46,27 @@ def test_backend_and_precision_resolution() -> None:
     assert resolve_precision("auto", "cuda", "torch", "embedder")[0] == "fp16"
 
 
+def test_float_arithmetic_follows_precision_role_and_cpu() -> None:
+    """The int8 embedder computes its float parts in bf16 only where the CPU has native bf16;
+    the reranker in f32 whatever its precision."""
+
+    class Core:
+        def __init__(self, caps: list[str]) -> None:
+            self.caps = caps
+
+        def get_property(self, device: str, name: str) -> list[str]:
+            assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return self.caps
+
+    with_bf16, without = Core(["FP32", "BF16", "INT8"]), Core(["FP32", "INT8"])
+    assert ovb.float_arithmetic("int8", "embedder", with_bf16) == "bf16"
+    assert ovb.float_arithmetic("int8", "embedder", without) == "f32"
+    for precision in ("int8", "w8", "fp32"):
+        assert ovb.float_arithmetic(precision, "reranker", with_bf16) == "f32"
+    assert ovb.float_arithmetic("fp32", "embedder", with_bf16) == "f32"
+    assert ovb.float_arithmetic("bf16", "embedder", without) == "bf16"
+
+
 def test_telemetry_is_blocked() -> None:
     """OpenVINO's converter and NNCF send usage statistics by default; ragd makes their
     telemetry module unimportable, so both use their stubs (checked outside pytest, which
@@ -365,6 +386,7 @@ def test_cli_models_convert(make_config: Callable[..., Any], tmp_path: Path) -> 
     assert [r["role"] for r in first] == ["embedder", "reranker"]
     assert all(r["converted"] and r["precision"] == "int8" and Path(r["folder"], "model.xml").is_file()
                for r in first)
+    assert first[1]["arithmetic"] == "f32" and first[0]["arithmetic"] in ("f32", "bf16")
     again = run("--json")
     assert [r["converted"] for r in again] == [False, False]
     notes = tmp_path / "notes"
@@ -390,7 +412,8 @@ def test_dense_gate_on_real_minilm(ov_cache: Path) -> None:
                         batch_size=64)
     assert (fast.backend, fast.precision) == ("openvino", "int8")
     cosine = np.sum(ref.embed_documents(texts).dense * fast.embed_documents(texts).dense, axis=1)
-    print(f"openvino int8 mean cosine {cosine.mean():.5f} min {cosine.min():.5f}")
+    print(f"openvino int8 ({fast._runner.arithmetic} float parts) mean cosine {cosine.mean():.5f} "
+          f"min {cosine.min():.5f}")
     assert float(cosine.mean()) >= 0.995, float(cosine.mean())
 
 

@@ -164,3 +164,49 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> No
     scores = _rerank(engine, reranker, "q", head, rows, started + 0.35, lambda: None)
     assert time.monotonic() - started <= 0.385
     assert 2 <= len(scores) <= 3 and reranker.calls[1] > 1
+
+
+def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hybrid search starts BM25 on a side thread (its own catalog connection) before the
+    query is embedded, and sparse retrieval beside the dense stage; the answer is the same
+    whether the side stage ends first or last (the embedding held back until BM25 started)."""
+    import threading
+
+    from ragd.store.catalog import Catalog
+
+    engine, root = indexed
+    in_line = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
+    started = threading.Event()
+    seen: dict[str, Any] = {}
+    lexical, sparse = Catalog.lexical_search, Catalog.sparse_search
+
+    def lexical_search(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        seen["lexical"] = (threading.current_thread().name, self is engine.catalog)
+        started.set()
+        return lexical(self, *args, **kwargs)
+
+    def sparse_search(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        seen["sparse"] = (threading.current_thread().name, self is engine.catalog)
+        return sparse(self, *args, **kwargs)
+
+    embedder = engine.models.embedder
+    embed_query = embedder.embed_query
+
+    def slow_embed_query(text: str) -> Any:
+        seen["lexical_before_embedding"] = started.wait(timeout=10)  # in line, it would never start
+        return embed_query(text)
+
+    monkeypatch.setattr(Catalog, "lexical_search", lexical_search)
+    monkeypatch.setattr(Catalog, "sparse_search", sparse_search)
+    monkeypatch.setattr(embedder, "embed_query", slow_embed_query)
+    beside = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
+    assert seen["lexical_before_embedding"] is True
+    for stage in ("lexical", "sparse"):
+        thread, main_connection = seen[stage]
+        assert thread.startswith("ragd-search") and not main_connection, (stage, seen[stage])
+    assert [(h.chunk_id, h.score) for h in beside.hits] == [(h.chunk_id, h.score) for h in in_line.hits]
+    assert {"lexical_ms", "sparse_ms"} <= set(beside.timings)
+    prefixed = search(engine, "river deltas", SearchOptions(rerank=False, path_prefix=str(root / "rivers")))
+    assert prefixed.hits and all(h.path.startswith(str(root / "rivers")) for h in prefixed.hits)
+    engine.close()
+    assert engine._side is None and not engine._side_catalogs

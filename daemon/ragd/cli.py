@@ -381,7 +381,8 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
     for r in rows:
         took = f"converted in {r['seconds']} s" if r["converted"] else "already converted"
         samples = f", {r['calibration_samples']} calibration samples" if r["calibration_samples"] else ""
-        click.echo(f"{r['role']}: {r['model']} -> OpenVINO {r['precision']} ({took}{samples}): {r['folder']}")
+        click.echo(f"{r['role']}: {r['model']} -> OpenVINO {r['precision']}, float operations in {r['arithmetic']} "
+                   f"({took}{samples}): {r['folder']}")
 
 
 # -- eval -------------------------------------------------------------------------------

@@ -7,14 +7,15 @@ the models with the reasons they are degraded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ragd.errors import RagdError
 from ragd.models.base import LoadedModels
@@ -23,6 +24,8 @@ from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
     from ragd.config import Config
+
+T = TypeVar("T")
 
 
 class ModelGate:
@@ -87,6 +90,9 @@ class Engine:
         # One load at a time: a second thread asking for the models while they load (e.g. a
         # Status call during a first-start conversion) waits instead of loading them again.
         self._models_lock = threading.Lock()
+        self._side: concurrent.futures.ThreadPoolExecutor | None = None
+        self._side_catalogs: list[Catalog] = []
+        self._side_local = threading.local()
 
     def reader(self) -> Engine:
         """Another catalog connection sharing this engine's models, vectors and gate, for a
@@ -165,7 +171,33 @@ class Engine:
         finally:
             os.close(fd)
 
+    # -- search stages beside each other ------------------------------------------------
+    SIDE_THREADS = 2
+
+    def beside(self, fn: Callable[[Catalog], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` on one of this engine's side threads, with that thread's own catalog
+        connection (SQLite reads run in parallel on separate connections): a search's
+        full-text and sparse stages run there while its query is embedded and its dense
+        stage runs. Each is a single-threaded SQLite scan, so on a CPU with cores to spare the
+        stages overlap instead of adding up."""
+        if self._side is None:
+            self._side = concurrent.futures.ThreadPoolExecutor(self.SIDE_THREADS, thread_name_prefix="ragd-search")
+        return self._side.submit(self._on_side, fn)
+
+    def _on_side(self, fn: Callable[[Catalog], T]) -> T:
+        catalog = getattr(self._side_local, "catalog", None)
+        if catalog is None:
+            catalog = self._side_local.catalog = Catalog(self.catalog.path)
+            self._side_catalogs.append(catalog)
+        return fn(catalog)
+
     def close(self) -> None:
+        if self._side is not None:
+            self._side.shutdown(wait=True)
+            self._side = None
+        for catalog in self._side_catalogs:
+            catalog.close()
+        self._side_catalogs.clear()
         self.catalog.close()
 
     def __enter__(self) -> Engine:

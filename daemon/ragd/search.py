@@ -26,6 +26,7 @@ from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, RagdError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
 from ragd.models.base import FloatArray
+from ragd.store.catalog import Catalog
 from ragd.window import rerank_text
 
 MAX_K = 1000
@@ -283,8 +284,26 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
 
     pool = max(cfg.retrieve, candidates, k)
     signals: dict[str, dict[int, float]] = {}
+    embeds = "dense" in use or "sparse" in use or "colbert" in use
+
+    # Full-text and sparse retrieval are single-threaded SQLite scans on their own
+    # connections (Engine.beside): full-text starts now, beside the query embedding, and
+    # sparse as soon as the embedding is there, beside the dense stage.
+    def lexical_stage(catalog: Catalog) -> tuple[list[tuple[int, float]], float]:
+        started = time.perf_counter()
+        return catalog.lexical_search(q, pool, prefix), _ms(started)
+
+    def sparse_stage(weights: Any) -> Callable[[Catalog], tuple[list[tuple[str, float]], dict[str, list[int]], float]]:
+        def run(catalog: Catalog) -> tuple[list[tuple[str, float]], dict[str, list[int]], float]:
+            started = time.perf_counter()
+            by_hash = catalog.sparse_search(engine.model_key, weights, pool)
+            return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
+        return run
+
+    lexical_job = engine.beside(lexical_stage) if "lexical" in use and embeds else None
+    sparse_job = None
     qemb = None
-    if "dense" in use or "sparse" in use or "colbert" in use:
+    if embeds:
         t = time.perf_counter()
         # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
         # it (inference does not change the model; on OpenVINO it takes a core from the batch);
@@ -295,28 +314,26 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     filtered = prefix is not None or (filters is not None and filters.active)
     allowed = _allowed_ids(engine, prefix, filters) if filtered else None
     allowed_set = None if allowed is None else set(allowed.tolist())
+    if qemb is not None and qemb.sparse is not None and "sparse" in use:
+        sparse_job = engine.beside(sparse_stage(qemb.sparse[0]))
     if qemb is not None and "dense" in use:
         t = time.perf_counter()
         signals["dense"] = dict(vectors.search(qemb.dense[0], pool, allowed))
         timings["dense_ms"] = _ms(t)
 
-    if qemb is not None and qemb.sparse is not None and "sparse" in use:
-        t = time.perf_counter()
-        by_hash = engine.catalog.sparse_search(engine.model_key, qemb.sparse[0], pool)
-        ids = engine.catalog.chunk_ids_by_hash([h for h, _ in by_hash])
+    if sparse_job is not None:
+        by_hash, ids, timings["sparse_ms"] = sparse_job.result()
         sparse: dict[int, float] = {}
         for h, s in by_hash:
             for cid in ids.get(h, []):
                 if allowed_set is None or cid in allowed_set:
                     sparse[cid] = s
         signals["sparse"] = sparse
-        timings["sparse_ms"] = _ms(t)
 
     if "lexical" in use:
-        t = time.perf_counter()
-        lexical_hits = engine.catalog.lexical_search(q, pool, prefix)
+        lexical_hits, timings["lexical_ms"] = (lexical_job.result() if lexical_job is not None
+                                               else lexical_stage(engine.catalog))
         signals["lexical"] = {c: v for c, v in lexical_hits if allowed_set is None or c in allowed_set}
-        timings["lexical_ms"] = _ms(t)
 
     t = time.perf_counter()
     fused = fuse(signals, use, fusion, cfg.rrf_k)

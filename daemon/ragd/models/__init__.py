@@ -108,7 +108,8 @@ def convert_models(
 ) -> list[dict[str, Any]]:
     """Convert (and for int8 quantise) the configured models for the OpenVINO backend now,
     instead of on first use; with ``force`` or ``calibration`` even when a conversion is cached.
-    Returns one description per role (model, precision, folder, seconds, calibration samples)."""
+    Returns one description per role (model, precision, what its float operations compute in,
+    folder, seconds, calibration samples)."""
     import time
 
     from ragd.errors import UsageError
@@ -130,7 +131,8 @@ def convert_models(
             )
         meta = runner.location.meta() or {}
         out.append({"role": role, "model": setting, "precision": getattr(model, "precision", ""),
-                    "folder": str(runner.location.folder), "converted": meta.get("created", 0) >= started,
+                    "arithmetic": runner.arithmetic, "folder": str(runner.location.folder),
+                    "converted": meta.get("created", 0) >= started,
                     "seconds": meta.get("seconds"),
                     "calibration_samples": meta.get("calibration_samples"), "openvino": meta.get("openvino")})
     return out
