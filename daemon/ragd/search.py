@@ -293,12 +293,12 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
         started = time.perf_counter()
         return catalog.lexical_search(q, pool, prefix), _ms(started)
 
-    def sparse_stage(weights: Any) -> Callable[[Catalog], tuple[list[tuple[str, float]], dict[str, list[int]], float]]:
-        def run(catalog: Catalog) -> tuple[list[tuple[str, float]], dict[str, list[int]], float]:
-            started = time.perf_counter()
-            by_hash = catalog.sparse_search(engine.model_key, weights, pool)
-            return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
-        return run
+    def sparse_stage(
+        catalog: Catalog, model: int, weights: Any
+    ) -> tuple[list[tuple[str, float]], dict[str, list[int]], float]:
+        started = time.perf_counter()
+        by_hash = catalog.sparse_search(model, weights, pool)
+        return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
 
     lexical_job = engine.beside(lexical_stage) if "lexical" in use and embeds else None
     sparse_job = None
@@ -315,7 +315,9 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     allowed = _allowed_ids(engine, prefix, filters) if filtered else None
     allowed_set = None if allowed is None else set(allowed.tolist())
     if qemb is not None and qemb.sparse is not None and "sparse" in use:
-        sparse_job = engine.beside(sparse_stage(qemb.sparse[0]))
+        # The model key is looked up here: the side thread touches only its own connection.
+        model, lexical_weights = engine.model_key, qemb.sparse[0]
+        sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, model, lexical_weights))
     if qemb is not None and "dense" in use:
         t = time.perf_counter()
         signals["dense"] = dict(vectors.search(qemb.dense[0], pool, allowed))
