@@ -45,7 +45,7 @@ NOTES = {
 def daemon_factory(tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: Any) -> Iterator[Callable[..., Any]]:
     started: list[Daemon] = []
 
-    def start(**sections: Any) -> tuple[Daemon, Any, Path]:
+    def start(engine_factory: Callable[[Any], Engine] | None = None, **sections: Any) -> tuple[Daemon, Any, Path]:
         notes = tmp_path / "notes"
         if not notes.exists():
             write_tree(notes, NOTES)
@@ -61,8 +61,8 @@ def daemon_factory(tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: An
             data[key] = {**data.get(key, {}), **value}
         cfg = parse_config(data, source=tmp_path / "config.toml")
         daemon = Daemon(cfg)
-        daemon.start(engine_factory=lambda c: Engine(c, models=loaded_tiny))
         started.append(daemon)
+        daemon.start(engine_factory=engine_factory or (lambda c: Engine(c, models=loaded_tiny)))
         client = ragd_client.Client(address=f"unix://{daemon.socket}", timeout=30)
         return daemon, client, notes
 
@@ -238,6 +238,62 @@ def _health(client: Any) -> str | None:
     except ragd_client.RagdClientError:
         return None
 
+
+def test_calls_while_the_daemon_loads_wait_and_indexing_works_after(
+    daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, loaded_tiny: Any, tmp_path: Path
+) -> None:
+    """`ragd serve` answers on its socket while it still loads (a first start converts the
+    models for a minute); searches and AddRoot calls made then wait for the load, and the
+    writer indexes normally afterwards: nothing they did on the way may break the catalog
+    (such calls once registered the model a second time, on the writer's connection, and
+    every indexing batch then failed its foreign key)."""
+    import threading
+
+    import ragd.models
+
+    release = threading.Event()
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return loaded_tiny
+
+    monkeypatch.setattr(ragd.models, "load_models", slow_load)
+    box: dict[str, Any] = {}
+    starter = threading.Thread(target=lambda: box.setdefault("started", daemon_factory(engine_factory=Engine)))
+    starter.start()
+    sock = tmp_path / "run" / "ragd.sock"
+    try:
+        wait_for(sock.exists, what="the socket while the models load")
+        client = ragd_client.Client(address=f"unix://{sock}", timeout=60)
+        assert client.health() == "NOT_SERVING"
+        extra = tmp_path / "extra"
+        write_tree(extra, {"heron.md": "# Herons\n\nGrey herons nest in colonies high in tall trees.\n"})
+        outcomes: list[tuple[str, Any]] = []
+
+        def call(fn: Callable[[], Any]) -> None:
+            try:
+                outcomes.append(("ok", fn()))
+            except ragd_client.RagdClientError as exc:
+                outcomes.append((type(exc).__name__, exc.details))
+
+        calls = [threading.Thread(target=call, args=(lambda: client.search("glaciers", k=1, rerank=False),))
+                 for _ in range(3)]
+        calls.append(threading.Thread(target=call, args=(lambda: client.add_root(str(extra)),)))
+        for t in calls:
+            t.start()
+        time.sleep(0.5)
+        assert all(t.is_alive() for t in calls), outcomes  # waiting for the load
+    finally:
+        release.set()
+        starter.join(60)
+    for t in calls:
+        t.join(60)
+    # each search either found something or was told the first scan is still running
+    assert len(outcomes) == 4 and all(kind in ("ok", "FailedPrecondition") for kind, _ in outcomes), outcomes
+    st = wait_for(lambda: idle(client), what="the index after the load")
+    assert (st.files_indexed, st.files_failed) == (3, 0)
+    assert top_path(client, "Grey herons nest in colonies") == str(extra / "heron.md")
+    assert top_path(client, "Sourdough bread needs a starter") == str(tmp_path / "notes" / "beta.txt")
 
 def test_cli_talks_to_the_daemon(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
     import json

@@ -163,6 +163,96 @@ def test_models_load_once_when_two_threads_ask(make_config: Any, monkeypatch: py
         engine.close()
 
 
+def test_readers_made_while_the_engine_loads_wait_for_that_load(make_config: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               loaded_tiny: Any) -> None:
+    """Searches and AddRoot calls arriving while the daemon still loads each ask the engine
+    for a reader; they must wait for the one load and share its vectors and model key, not
+    register the model or build the vectors again on the engine's own connection (two
+    threads there once rolled back each other's insert of the model row, and every
+    indexing batch then failed its foreign key)."""
+    import threading
+    import time
+
+    import ragd.models
+    from ragd.engine import Engine
+
+    release = threading.Event()
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return loaded_tiny
+
+    monkeypatch.setattr(ragd.models, "load_models", slow_load)
+    engine = Engine(make_config())
+    readers: list[Engine] = []
+    errors: list[BaseException] = []
+
+    def ask(fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # reported below with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(lambda: readers.append(engine.reader()),)) for _ in range(6)]
+    threads.append(threading.Thread(target=ask, args=(lambda: engine.vectors,)))  # the daemon's own load
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        release.set()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        assert len(readers) == 6
+        key = engine.model_key
+        rows = engine.catalog.db.execute("SELECT id, name FROM models").fetchall()
+        assert rows == [(key, loaded_tiny.embedder.model_id)]
+        assert all(r.model_key == key and r.vectors is engine.vectors for r in readers)
+        assert all(r.catalog is not engine.catalog for r in readers)
+    finally:
+        release.set()
+        for r in readers:
+            r.close()
+        engine.close()
+
+
+def test_model_and_root_registration_is_one_row_across_connections(tmp_path: Path) -> None:
+    """Two processes (the daemon and a CLI search beside it) may register the same model or
+    root at the same moment: each gets the one row, neither fails."""
+    import threading
+
+    from ragd.store.catalog import Catalog
+
+    def register(cat: Catalog, start: threading.Barrier, got: list[tuple[int, int]],
+                 errors: list[BaseException]) -> None:
+        try:
+            start.wait()
+            got.append((cat.model_key("bge-m3", 1024), cat.add_root("/notes")))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    for attempt in range(5):
+        path = tmp_path / f"catalog-{attempt}.db"
+        Catalog(path).close()
+        catalogs = [Catalog(path) for _ in range(4)]
+        start = threading.Barrier(len(catalogs))
+        got: list[tuple[int, int]] = []
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=register, args=(c, start, got, errors)) for c in catalogs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        try:
+            assert not errors, errors
+            assert len(set(got)) == 1 and len(got) == len(catalogs)
+            assert catalogs[0].db.execute("SELECT count(*) FROM models").fetchone()[0] == 1
+            assert catalogs[0].db.execute("SELECT count(*) FROM roots").fetchone()[0] == 1
+        finally:
+            for c in catalogs:
+                c.close()
+
+
 def test_models_with_the_same_tokenizer_files_share_one_tokenizer(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -87,19 +87,25 @@ class Engine:
         self._vectors: VectorIndex | None = None
         self._model_key: int | None = None
         self.gate = ModelGate()
-        # One load at a time: a second thread asking for the models while they load (e.g. a
-        # Status call during a first-start conversion) waits instead of loading them again.
-        self._models_lock = threading.Lock()
+        # One load at a time: a thread asking for the models, the vectors or the model key while
+        # another loads them (e.g. a Search or Status call during a first-start conversion) waits
+        # for that load instead of starting its own on the same SQLite connection.
+        self._load_lock = threading.RLock()
         self._side: concurrent.futures.ThreadPoolExecutor | None = None
         self._side_catalogs: list[Catalog] = []
         self._side_local = threading.local()
 
     def reader(self) -> Engine:
         """Another catalog connection sharing this engine's models, vectors and gate, for a
-        thread that searches while this one writes (SQLite WAL lets readers run alongside)."""
-        other = Engine(self.config, self.models, rerank=self._want_reranker)
-        other._vectors = self.vectors
-        other._model_key = self.model_key
+        thread that searches while this one writes (SQLite WAL lets readers run alongside).
+
+        Loads this engine first (or waits for the load in progress): once loaded, nothing
+        here touches this engine's connection, which belongs to its writer."""
+        with self._load_lock:
+            models, vectors, key = self.models, self.vectors, self.model_key
+        other = Engine(self.config, models, rerank=self._want_reranker)
+        other._vectors = vectors
+        other._model_key = key
         other.gate = self.gate
         return other
 
@@ -107,7 +113,7 @@ class Engine:
     @property
     def models(self) -> LoadedModels:
         if self._models is None:
-            with self._models_lock:
+            with self._load_lock:
                 if self._models is None:
                     from ragd.models import load_models
 
@@ -117,8 +123,10 @@ class Engine:
     @property
     def model_key(self) -> int:
         if self._model_key is None:
-            emb = self.models.embedder
-            self._model_key = self.catalog.model_key(emb.model_id, emb.dim)
+            with self._load_lock:
+                if self._model_key is None:
+                    emb = self.models.embedder
+                    self._model_key = self.catalog.model_key(emb.model_id, emb.dim)
         return self._model_key
 
     # -- vectors ----------------------------------------------------------------------
@@ -130,15 +138,19 @@ class Engine:
     def vectors(self) -> VectorIndex:
         """The FAISS index for the current embedder: the snapshot if current, else rebuilt."""
         if self._vectors is None:
-            emb = self.models.embedder
-            generation = self.catalog.generation()
-            index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim)
-            if index is None or index.count != self.catalog.count_embedded_chunks(self.model_key):
-                index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
-                self._vectors = index
-                self.save_vectors()
-            self._vectors = index
+            with self._load_lock:
+                if self._vectors is None:
+                    self._vectors = self._load_vectors()
         return self._vectors
+
+    def _load_vectors(self) -> VectorIndex:
+        emb = self.models.embedder
+        generation = self.catalog.generation()
+        index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim)
+        if index is None or index.count != self.catalog.count_embedded_chunks(self.model_key):
+            index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
+            index.save(self._snapshot_path(), self.catalog.generation(), emb.model_id)
+        return index
 
     def rebuild_vectors(self) -> None:
         """Rebuild the FAISS cache from the catalog, in place (readers see the new contents)."""

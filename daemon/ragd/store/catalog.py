@@ -270,23 +270,28 @@ class Catalog:
 
     # -- models -----------------------------------------------------------------------
     def model_key(self, name: str, dim: int) -> int:
+        """The id of model ``name``, registered on first use (insert-if-absent, then read back,
+        in one transaction): another process (a CLI search beside the daemon) may register it
+        at the same moment, and both get the one row."""
         row = self.db.execute("SELECT id, dim FROM models WHERE name = ?", [name]).fetchone()
-        if row is not None:
-            if int(row[1]) != dim:
-                raise StoreError(f"model {name} was stored with dimension {row[1]}, now reports {dim}")
-            return int(row[0])
-        with self.db.atomic():
-            cur = self.db.execute("INSERT INTO models(name, dim) VALUES (?, ?)", [name, dim])
-        return int(cur.lastrowid or 0)
+        if row is None:
+            with self.db.atomic():
+                self.db.execute("INSERT OR IGNORE INTO models(name, dim) VALUES (?, ?)", [name, dim])
+                row = self.db.execute("SELECT id, dim FROM models WHERE name = ?", [name]).fetchone()
+        key, stored = row
+        if int(stored) != dim:
+            raise StoreError(f"model {name} was stored with dimension {stored}, now reports {dim}")
+        return int(key)
 
     # -- roots ------------------------------------------------------------------------
     def add_root(self, path: str) -> int:
+        """The id of root ``path``, registered if new (insert-if-absent, as ``model_key``)."""
         row = self.db.execute("SELECT id FROM roots WHERE path = ?", [path]).fetchone()
         if row is not None:
             return int(row[0])
         with self.db.atomic():
-            cur = self.db.execute("INSERT INTO roots(path, added_at) VALUES (?, ?)", [path, time.time()])
-        return int(cur.lastrowid or 0)
+            self.db.execute("INSERT OR IGNORE INTO roots(path, added_at) VALUES (?, ?)", [path, time.time()])
+            return int(self.db.execute("SELECT id FROM roots WHERE path = ?", [path]).fetchone()[0])
 
     def roots(self) -> dict[str, int]:
         return {str(p): int(i) for i, p in self.db.execute("SELECT id, path FROM roots ORDER BY path")}
