@@ -169,15 +169,21 @@ def test_bad_requests_get_invalid_argument(daemon_factory: Callable[..., Any], t
 
 
 def test_roots_api(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
-    _, client, notes = daemon_factory()
+    daemon, client, notes = daemon_factory()
     extra = tmp_path / "extra"
     write_tree(extra, {"e.txt": "Comets have tails of gas and dust pointing away from the sun.\n"})
     root = client.add_root(str(extra))
     assert root.path == str(extra) and not root.configured
     assert {r.path for r in client.roots()} == {str(notes), str(extra)}
     wait_for(lambda: top_path(client, "Comets have tails of gas and dust") == str(extra / "e.txt"), what="new root")
+    mirror = daemon.engine.sparse
+    assert mirror is not None
+    wait_for(lambda: mirror.count == 3, what="three chunks in the sparse mirror")
     assert client.remove_root(str(extra)) == 1
-    assert all(h.path != str(extra / "e.txt") for h in client.search("Comets tails", k=10, rerank=False).hits)
+    assert mirror.count == 2  # the removed root's chunk left the sparse mirror with its embedding
+    for mode in ("hybrid", "sparse"):
+        hits = client.search("Comets tails", k=10, rerank=False, mode=mode).hits
+        assert all(h.path != str(extra / "e.txt") for h in hits), mode
     with pytest.raises(ragd_client.FailedPrecondition):
         client.remove_root(str(notes))
     assert client.reindex() == 1

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import write_tree
+from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, UsageError
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, fuse, normalise, search, snippet
@@ -178,16 +179,16 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
     in_line = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
     started = threading.Event()
     seen: dict[str, Any] = {}
-    lexical, sparse = Catalog.lexical_search, Catalog.sparse_search
+    lexical, chunk_ids_by_hash = Catalog.lexical_search, Catalog.chunk_ids_by_hash
 
     def lexical_search(self: Catalog, *args: Any, **kwargs: Any) -> Any:
         seen["lexical"] = (threading.current_thread().name, self is engine.catalog)
         started.set()
         return lexical(self, *args, **kwargs)
 
-    def sparse_search(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+    def sparse_chunk_ids(self: Catalog, *args: Any, **kwargs: Any) -> Any:  # the end of the sparse stage
         seen["sparse"] = (threading.current_thread().name, self is engine.catalog)
-        return sparse(self, *args, **kwargs)
+        return chunk_ids_by_hash(self, *args, **kwargs)
 
     embedder = engine.models.embedder
     embed_query = embedder.embed_query
@@ -197,7 +198,7 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
         return embed_query(text)
 
     monkeypatch.setattr(Catalog, "lexical_search", lexical_search)
-    monkeypatch.setattr(Catalog, "sparse_search", sparse_search)
+    monkeypatch.setattr(Catalog, "chunk_ids_by_hash", sparse_chunk_ids)
     monkeypatch.setattr(embedder, "embed_query", slow_embed_query)
     beside = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
     assert seen["lexical_before_embedding"] is True
@@ -210,3 +211,49 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
     assert prefixed.hits and all(h.path.startswith(str(root / "rivers")) for h in prefixed.hits)
     engine.close()
     assert engine._side is None and not engine._side_catalogs
+
+
+def test_sparse_retrieval_reads_a_memory_mirror_the_indexer_keeps_current(indexed: Any) -> None:
+    """Sparse retrieval sums the in-memory mirror of the catalog's sparse weights: it
+    answers as the catalog's own sum does, takes a new file's chunks when the batch commits,
+    forgets deleted ones at garbage collection, and a fresh engine builds the same from disk."""
+    engine, root = indexed
+    mirror = engine.sparse
+    assert mirror is not None
+    model = engine.model_key
+    stored = engine.catalog.db.execute("SELECT count(*) FROM embeddings WHERE model = ? AND sparse IS NOT NULL",
+                                       [model]).fetchone()[0]
+    assert mirror.count == stored > 0
+
+    def same_as_catalog(text: str) -> None:
+        weights = engine.models.embedder.embed_query(text).sparse[0]
+        got, want = mirror.search(weights, 20), engine.catalog.sparse_search(model, weights, 20)
+        assert [h for h, _ in got] == [h for h, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-6)
+
+    for text in ("sourdough bread starter", "river deltas and sediment", "glaciers"):
+        same_as_catalog(text)
+
+    (root / "quokka.md").write_text("# Quokkas\n\nQuokkas hop around Rottnest Island near Perth.\n", encoding="utf-8")
+    index_paths(engine, [root])
+    assert engine.sparse is mirror and mirror.count == stored + 1  # kept current, not rebuilt
+    top = search(engine, "Quokkas hop around Rottnest Island", SearchOptions(mode="sparse", rerank=False)).hits
+    assert top[0].path == str(root / "quokka.md")
+    same_as_catalog("Quokkas hop around Rottnest Island")
+
+    (root / "quokka.md").unlink()
+    index_paths(engine, [root])
+    assert mirror.count == stored
+    after = search(engine, "Quokkas hop around Rottnest Island", SearchOptions(mode="sparse", rerank=False)).hits
+    assert all(h.path != str(root / "quokka.md") for h in after)
+
+    fresh = engine.reader()
+    rebuilt = Engine(engine.config, engine.models)
+    try:
+        assert fresh.sparse is mirror
+        weights = engine.models.embedder.embed_query("sourdough bread starter").sparse[0]
+        assert rebuilt.sparse is not None and rebuilt.sparse is not mirror
+        assert rebuilt.sparse.search(weights, 20) == pytest.approx(mirror.search(weights, 20))
+    finally:
+        fresh.close()
+        rebuilt.close()

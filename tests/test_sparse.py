@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ragd.store import catalog as catalog_module
@@ -140,3 +141,119 @@ def test_falls_back_to_the_exhaustive_sum_when_pruning_does_not_pay(tmp_path: Pa
         fell_back += stats.get("exhaustive", 0)
     assert fell_back > 0
     catalog.close()
+
+
+# -- the in-memory mirror (ragd.store.sparse) -------------------------------------------
+def _docs(n: int, seed: int) -> dict[str, dict[int, float]]:
+    rng = random.Random(seed)
+    out: dict[str, dict[int, float]] = {}
+    for _ in range(n):
+        toks = {min(int(rng.paretovariate(0.8)), 3000) for _ in range(40)}
+        # float32-exact weights: the mirror keeps float32, as the model produces
+        out[f"{rng.getrandbits(128):032x}"] = {t: float(np.float32(rng.uniform(0.02, 0.36))) for t in toks}
+    return out
+
+
+def _mirror_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    assert len(got) == len(want)
+    for (_, a), (_, b) in zip(got, want, strict=True):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    cut = want[-1][1] if want else 0.0
+    assert {h for h, s in got if s > cut + 1e-9} == {h for h, s in want if s > cut + 1e-9}
+
+
+def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mirror answers as summing every posting does (same chunks, scores, tie order by
+    hash) from its base, from a delta of later additions, after replacing and removing
+    hashes, and after merging the delta into the base."""
+    from ragd.store import sparse as sparse_module
+    from ragd.store.sparse import SparseIndex, arrays
+
+    monkeypatch.setattr(sparse_module, "COMPACT_MIN", 1 << 40)  # merge only when told below
+    docs = _docs(2000, seed=11)
+    index = SparseIndex()
+    index.add((h, *arrays(d)) for h, d in list(docs.items())[:1500])
+    index.compact()
+    index.add((h, *arrays(d)) for h, d in list(docs.items())[1500:])  # a delta beside the base
+    live = dict(docs)
+    assert index.count == 2000 and len(index._view.delta[0]) > 0
+    queries = _queries(30, seed=4)
+    for q in queries:
+        for limit in (1, 10, 100):
+            _mirror_same(index.search(q, limit), _brute(live, q, limit))
+
+    gone = sorted(live)[::4]
+    index.remove(gone)
+    for h in gone:
+        del live[h]
+    replaced = sorted(live)[::7]
+    fresh = _docs(len(replaced), seed=12)
+    for h, d in zip(replaced, fresh.values(), strict=True):
+        live[h] = d
+    index.add((h, *arrays(live[h])) for h in replaced)
+    index.remove(["not-a-hash"])  # unknown hashes are ignored
+    assert index.count == len(live)
+    for q in queries:
+        _mirror_same(index.search(q, 50), _brute(live, q, 50))
+
+    index.compact()
+    assert len(index._view.delta[0]) == 0 and index.postings == sum(len(d) for d in live.values())
+    for q in queries:
+        _mirror_same(index.search(q, 50), _brute(live, q, 50))
+    # ties are broken by hash, as the SQL sum orders them
+    tie = SparseIndex()
+    tie.add([("b", np.array([5], np.int32), np.array([0.5], np.float32)),
+             ("a", np.array([5], np.int32), np.array([0.5], np.float32)),
+             ("c", np.array([5, 6], np.int32), np.array([0.5, 0.1], np.float32))])
+    assert tie.search({5: 1.0, 6: 1.0}, 2) == [("c", pytest.approx(0.6)), ("a", 0.5)]
+    assert tie.search({7: 1.0}, 5) == [] and tie.search({}, 5) == [] and SparseIndex().search({5: 1.0}, 3) == []
+
+
+def test_memory_mirror_compacts_itself_when_the_delta_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragd.store import sparse as sparse_module
+    from ragd.store.sparse import SparseIndex, arrays
+
+    monkeypatch.setattr(sparse_module, "COMPACT_MIN", 1000)
+    docs = _docs(600, seed=21)
+    index = SparseIndex()
+    items = list(docs.items())
+    for start in range(0, len(items), 20):  # indexing batches
+        index.add((h, *arrays(d)) for h, d in items[start : start + 20])
+    assert len(index._view.delta[0]) < max(1000, sparse_module.COMPACT_FRACTION * len(index._view.base_slot)) + 20 * 40
+    assert len(index._view.base_slot) > 0
+    for q in _queries(20, seed=22):
+        _mirror_same(index.search(q, 20), _brute(docs, q, 20))
+
+
+def test_catalog_without_sparse_blobs_is_migrated_and_the_mirror_built_from_it(tmp_path: Path) -> None:
+    """Embeddings written before ``embeddings.sparse`` existed get their blobs from the
+    postings on open; the mirror built from the catalog then equals the SQL sum."""
+    from ragd.store.catalog import NewEmbedding
+    from ragd.store.sparse import SparseIndex
+
+    path = tmp_path / "catalog.db"
+    catalog = Catalog(path)
+    model = catalog.model_key("m", 4)
+    other = catalog.model_key("other", 4)
+    docs = _docs(700, seed=31)
+    catalog.apply(model, [NewEmbedding(h, np.ones(4, np.float32) / 2, d) for h, d in docs.items()], [])
+    catalog.apply(other, [NewEmbedding(h, np.ones(4, np.float32) / 2, {1: 0.9}) for h in list(docs)[:50]], [])
+    built = SparseIndex.build(catalog.sparse_rows(model))
+    assert built.count == len(docs)
+    # what a catalog written by a ragd without the blob column looks like
+    with catalog.db.conn:
+        catalog.db.conn.execute("UPDATE embeddings SET sparse = NULL")
+        catalog.db.conn.execute("DELETE FROM meta WHERE key = 'sparse_blobs_version'")
+    catalog.close()
+
+    reopened = Catalog(path)
+    migrated = SparseIndex.build(reopened.sparse_rows(model))
+    assert migrated.count == len(docs) and migrated.postings == sum(len(d) for d in docs.values())
+    assert SparseIndex.build(reopened.sparse_rows(other)).search({1: 1.0}, 100)[0][1] == pytest.approx(0.9)
+    for q in _queries(20, seed=32):
+        want = reopened._sparse_exhaustive(model, q, 25, {}, None)
+        _mirror_same(migrated.search(q, 25), want)
+        _mirror_same(built.search(q, 25), want)
+    reopened.close()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ragd.errors import RagdError
 from ragd.models.base import LoadedModels
 from ragd.store.catalog import Catalog
+from ragd.store.sparse import SparseIndex
 from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class Engine:
         self._want_reranker = rerank
         self.catalog = Catalog(self.data_dir / "catalog.db")
         self._vectors: VectorIndex | None = None
+        self._sparse: SparseIndex | None = None
         self._model_key: int | None = None
         self.gate = ModelGate()
         # One load at a time: a thread asking for the models, the vectors or the model key while
@@ -102,10 +104,11 @@ class Engine:
         Loads this engine first (or waits for the load in progress): once loaded, nothing
         here touches this engine's connection, which belongs to its writer."""
         with self._load_lock:
-            models, vectors, key = self.models, self.vectors, self.model_key
+            models, vectors, key, sparse = self.models, self.vectors, self.model_key, self.sparse
         other = Engine(self.config, models, rerank=self._want_reranker)
         other._vectors = vectors
         other._model_key = key
+        other._sparse = sparse
         other.gate = self.gate
         return other
 
@@ -151,6 +154,21 @@ class Engine:
             index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
             index.save(self._snapshot_path(), self.catalog.generation(), emb.model_id)
         return index
+
+    @property
+    def sparse(self) -> SparseIndex | None:
+        """The in-memory mirror of the embedder's sparse weights (None for an embedder
+        without them), built from the catalog on first use."""
+        if self._sparse is None and self.models.embedder.has_sparse:
+            with self._load_lock:
+                if self._sparse is None:
+                    self._sparse = SparseIndex.build(self.catalog.sparse_rows(self.model_key))
+        return self._sparse
+
+    @property
+    def loaded_sparse(self) -> SparseIndex | None:
+        """The mirror if it was built (the writer keeps it current; else nothing to do)."""
+        return self._sparse
 
     def rebuild_vectors(self) -> None:
         """Rebuild the FAISS cache from the catalog, in place (readers see the new contents)."""

@@ -27,6 +27,7 @@ from ragd.errors import IndexEmptyError, RagdError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
 from ragd.models.base import FloatArray
 from ragd.store.catalog import Catalog
+from ragd.store.sparse import SparseIndex
 from ragd.window import rerank_text
 
 MAX_K = 1000
@@ -286,18 +287,19 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     signals: dict[str, dict[int, float]] = {}
     embeds = "dense" in use or "sparse" in use or "colbert" in use
 
-    # Full-text and sparse retrieval are single-threaded SQLite scans on their own
-    # connections (Engine.beside): full-text starts now, beside the query embedding, and
-    # sparse as soon as the embedding is there, beside the dense stage.
+    # Full-text retrieval is a single-threaded SQLite scan on its own connection
+    # (Engine.beside): it starts now, beside the query embedding. Sparse retrieval (numpy over
+    # the in-memory mirror, then the hashes' chunk ids from SQLite) starts as soon as the
+    # embedding is there, beside the dense stage.
     def lexical_stage(catalog: Catalog) -> tuple[list[tuple[int, float]], float]:
         started = time.perf_counter()
         return catalog.lexical_search(q, pool, prefix), _ms(started)
 
     def sparse_stage(
-        catalog: Catalog, model: int, weights: Any
+        catalog: Catalog, index: SparseIndex, weights: Any
     ) -> tuple[list[tuple[str, float]], dict[str, list[int]], float]:
         started = time.perf_counter()
-        by_hash = catalog.sparse_search(model, weights, pool)
+        by_hash = index.search(weights, pool)
         return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
 
     lexical_job = engine.beside(lexical_stage) if "lexical" in use and embeds else None
@@ -314,10 +316,12 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     filtered = prefix is not None or (filters is not None and filters.active)
     allowed = _allowed_ids(engine, prefix, filters) if filtered else None
     allowed_set = None if allowed is None else set(allowed.tolist())
-    if qemb is not None and qemb.sparse is not None and "sparse" in use:
-        # The model key is looked up here: the side thread touches only its own connection.
-        model, lexical_weights = engine.model_key, qemb.sparse[0]
-        sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, model, lexical_weights))
+    sparse_index = engine.sparse if qemb is not None and qemb.sparse is not None and "sparse" in use else None
+    if sparse_index is not None and qemb is not None and qemb.sparse is not None:
+        # The mirror is fetched here (built on first use through this engine's connection):
+        # the side thread touches only its own connection.
+        lexical_weights = qemb.sparse[0]
+        sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, sparse_index, lexical_weights))
     if qemb is not None and "dense" in use:
         t = time.perf_counter()
         signals["dense"] = dict(vectors.search(qemb.dense[0], pool, allowed))

@@ -486,7 +486,9 @@ class Daemon:
             files = len(catalog.files_under(root))
             ids = catalog.remove_root(root)
             self.engine.vectors.remove(ids)
-            catalog.collect_garbage()
+            gone = catalog.collect_garbage()
+            if self.engine.loaded_sparse is not None:
+                self.engine.loaded_sparse.remove(gone)
             self.engine.save_vectors()
         self._extra_roots.discard(root)
         return files
@@ -602,7 +604,7 @@ class Daemon:
             self._servers.append(tcp)
         self.engine = (engine_factory or (lambda c: Engine(c)))(cfg)
         self._exit.enter_context(self.engine.writer())
-        _ = self.engine.models, self.engine.vectors  # load now, while NOT_SERVING
+        _ = self.engine.models, self.engine.vectors, self.engine.sparse  # load now, while NOT_SERVING
         if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
             prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens)
         self.queue.recover()

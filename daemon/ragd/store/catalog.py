@@ -21,8 +21,11 @@ import sqlite_utils
 from ragd import lexical
 from ragd.errors import StoreError
 from ragd.models.base import FloatArray, SparseWeights
+from ragd.store.sparse import encode as encode_sparse
 
 SCHEMA_VERSION = 1
+SPARSE_BLOBS_VERSION = "1"
+"""Stored in the catalog once every embedding row carries its sparse weights as a blob."""
 SPARSE_STATS_VERSION = "1"
 """Stored in the catalog once ``sparse_stats`` holds every posting list's bounds."""
 SPARSE_PRUNE_BUDGET = 0.2
@@ -73,6 +76,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
     chunk_hash TEXT NOT NULL,
     dense BLOB NOT NULL,           -- float32, L2-normalised
     colbert BLOB,                  -- float16 (tokens x dim), only with models.multi_vector
+    sparse BLOB,                   -- lexical weights (ragd.store.sparse.encode), for the in-memory mirror
     UNIQUE (model, chunk_hash)
 );
 CREATE TABLE IF NOT EXISTS sparse (
@@ -217,6 +221,37 @@ class Catalog:
             )
         self._ensure_lexical()
         self._ensure_sparse_stats()
+        self._ensure_sparse_blobs()
+
+    def _ensure_sparse_blobs(self) -> None:
+        """Give every embedding of a catalog made before ``embeddings.sparse`` existed its
+        weights as a blob (the in-memory mirror is built from them): once, one pass over the
+        postings grouped by chunk (SQLite sorts them; ~1 min for 100k chunks)."""
+        if self._meta("sparse_blobs_version") == SPARSE_BLOBS_VERSION:
+            return
+        with self.db.atomic():
+            columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(embeddings)")}
+            if "sparse" not in columns:
+                self.db.execute("ALTER TABLE embeddings ADD COLUMN sparse BLOB")
+            if self._meta("sparse_blobs_version") == SPARSE_BLOBS_VERSION:  # another process did it
+                return
+            cur = self.db.execute("SELECT model, chunk_hash, token, weight FROM sparse ORDER BY model, chunk_hash")
+            key: tuple[int, str] | None = None
+            weights: dict[int, float] = {}
+
+            def flush() -> None:
+                if key is not None:
+                    self.db.execute("UPDATE embeddings SET sparse = ? WHERE model = ? AND chunk_hash = ?",
+                                    [encode_sparse(weights), key[0], key[1]])
+
+            while rows := cur.fetchmany(4096):
+                for model, chunk_hash, token, weight in rows:
+                    if key != (model, chunk_hash):
+                        flush()
+                        key, weights = (int(model), str(chunk_hash)), {}
+                    weights[int(token)] = float(weight)
+            flush()
+            self._set_meta("sparse_blobs_version", SPARSE_BLOBS_VERSION)
 
     def _ensure_sparse_stats(self) -> None:
         """Fill ``sparse_stats`` from the postings in a catalog made before it existed (its
@@ -417,8 +452,10 @@ class Catalog:
             for emb in embeddings:
                 colbert = None if emb.colbert is None else emb.colbert.astype(np.float16).tobytes()
                 self.db.execute(
-                    "INSERT OR IGNORE INTO embeddings(model, chunk_hash, dense, colbert) VALUES (?, ?, ?, ?)",
-                    [model, emb.chunk_hash, np.ascontiguousarray(emb.dense, dtype=np.float32).tobytes(), colbert],
+                    "INSERT OR IGNORE INTO embeddings(model, chunk_hash, dense, colbert, sparse)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [model, emb.chunk_hash, np.ascontiguousarray(emb.dense, dtype=np.float32).tobytes(), colbert,
+                     None if emb.sparse is None else encode_sparse(emb.sparse)],
                 )
                 if emb.sparse:
                     self.db.conn.executemany(
@@ -475,15 +512,26 @@ class Catalog:
         )
         return [int(r[0]) for r in rows]
 
-    def collect_garbage(self) -> int:
-        """Drop embeddings and sparse weights no chunk refers to any more; returns how many."""
+    def collect_garbage(self) -> list[str]:
+        """Drop embeddings and sparse weights no chunk refers to any more; returns their chunk
+        hashes (for the in-memory caches keyed by hash)."""
         with self.db.atomic():
-            cur = self.db.execute(
-                "DELETE FROM embeddings WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)"
-            )
-            removed = cur.rowcount
+            gone = [str(r[0]) for r in self.db.execute(
+                "SELECT DISTINCT chunk_hash FROM embeddings WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)"
+            )]
+            self.db.execute("DELETE FROM embeddings WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)")
             self.db.execute("DELETE FROM sparse WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)")
-        return int(removed)
+        return gone
+
+    def sparse_rows(self, model: int) -> Iterator[tuple[str, bytes]]:
+        """(chunk hash, encoded sparse weights) of every embedding of ``model``: what
+        ``SparseIndex.build`` reads. Embeddings no chunk uses yet are included: a chunk may
+        take one up again (it is then not embedded again) before garbage collection."""
+        cur = self.db.execute("SELECT chunk_hash, sparse FROM embeddings WHERE model = ? AND sparse IS NOT NULL",
+                              [model])
+        while rows := cur.fetchmany(4096):
+            for h, blob in rows:
+                yield str(h), bytes(blob)
 
     # -- reads for search -------------------------------------------------------------
     def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
