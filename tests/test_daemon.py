@@ -181,7 +181,7 @@ def test_roots_api(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
     wait_for(lambda: mirror.count == 3, what="three chunks in the sparse mirror")
     assert client.remove_root(str(extra)) == 1
     assert mirror.count == 2  # the removed root's chunk left the sparse mirror with its embedding
-    for mode in ("hybrid", "sparse"):
+    for mode in ("hybrid", "sparse", "lexical"):
         hits = client.search("Comets tails", k=10, rerank=False, mode=mode).hits
         assert all(h.path != str(extra / "e.txt") for h in hits), mode
     with pytest.raises(ragd_client.FailedPrecondition):

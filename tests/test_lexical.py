@@ -208,3 +208,64 @@ def test_cli_eval_json_and_errors(tmp_path: Path, tiny_models: dict[str, Path]) 
     assert bad.exit_code == 2 and "not a BEIR folder" in bad.stderr
     bad = runner.invoke(main, ["eval", str(folder), "--weight", "lexical", "--config", str(cfg)])
     assert bad.exit_code == 2 and "SIGNAL=NUMBER" in bad.stderr
+
+
+def _corpus_file(catalog: Catalog, root: int, name: str, texts: list[str]) -> Any:
+    from ragd.store.catalog import FileUpdate, NewChunk
+
+    chunks = tuple(NewChunk(t, 1, 1, (), len(t.split()), f"{name}-{i}-{hash(t)}") for i, t in enumerate(texts))
+    return FileUpdate(root, f"/c/{name}", 1, 1, name, "indexed", chunks=chunks)
+
+
+def test_bm25_mirror_scores_as_fts5_does(tmp_path: Path) -> None:
+    """Full-text search reads an in-memory BM25 mirror; it must rank and score as FTS5's
+    bm25() does on the same rows, through additions (a delta), replaced and deleted chunks,
+    and a merge; with English (stemmed, stopwords), Chinese bigrams, repeated terms and a
+    chunk with no terms at all."""
+    import random
+
+    from ragd.store.sparse import LexicalIndex
+
+    rng = random.Random(5)
+    words = [f"w{i}" for i in range(400)] + ["the", "of", "rivers", "running", "签名密钥", "钥", "café"]
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+
+    def text() -> str:
+        return " ".join(rng.choices(words, weights, k=rng.randint(1, 60)))
+
+    catalog = Catalog(tmp_path / "catalog.db")
+    root = catalog.add_root("/c")
+    files = {f"f{i}": [text() for _ in range(rng.randint(1, 4))] for i in range(150)}
+    files["empty"] = ["!!! ... ???"]  # a chunk with no term: a row of length 0, counted in N
+    catalog.apply(0, [], [_corpus_file(catalog, root, n, t) for n, t in files.items()])
+    mirror = LexicalIndex.build(catalog.lexical_rows())
+    queries = [text() for _ in range(25)] + ["rivers running", "签名密钥 w3", "w1 w1 w1", "café the", "the of"]
+
+    def check(limit: int) -> None:
+        for q in queries:
+            want = catalog.lexical_search(q, limit)
+            got = mirror.search(terms(q), limit)
+            assert len(got) == len(want), q
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-9), q
+            cut = want[-1][1] if want else 0.0
+            assert {c for c, s in got if s > cut + 1e-9} == {c for c, s in want if s > cut + 1e-9}, q
+
+    check(10)
+    check(1000)
+    # later batches: new files (the delta), a file rewritten, a file deleted
+    more = {f"g{i}": [text()] for i in range(40)}
+    result = catalog.apply(0, [], [_corpus_file(catalog, root, n, t) for n, t in more.items()]
+                           + [_corpus_file(catalog, root, "f1", [text(), text()])],
+                           deleted_paths=["/c/f2", "/c/f3"])
+    mirror.remove(result.removed_ids)
+    mirror.add_terms(result.terms.items())
+    assert len(mirror._view.delta[0]) > 0
+    check(10)
+    check(1000)
+    assert mirror.count == catalog.count_chunks()
+    mirror.compact()
+    assert len(mirror._view.delta[0]) == 0
+    check(50)
+    assert mirror.search(["unknownterm"], 5) == [] and mirror.search([], 5) == []
+    assert LexicalIndex().search(["w1"], 5) == []
+    catalog.close()

@@ -168,23 +168,30 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> No
 
 
 def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hybrid search starts BM25 on a side thread (its own catalog connection) before the
-    query is embedded, and sparse retrieval beside the dense stage; the answer is the same
-    whether the side stage ends first or last (the embedding held back until BM25 started)."""
+    """Hybrid search starts BM25 on a side thread before the query is embedded, and sparse
+    retrieval beside the dense stage, each reading SQLite through the thread's own catalog
+    connection; the answer is the same whether the side stage ends first or last (the
+    embedding held back until BM25 started)."""
     import threading
 
     from ragd.store.catalog import Catalog
+    from ragd.store.sparse import LexicalIndex
 
     engine, root = indexed
     in_line = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
     started = threading.Event()
     seen: dict[str, Any] = {}
-    lexical, chunk_ids_by_hash = Catalog.lexical_search, Catalog.chunk_ids_by_hash
+    lexical, chunk_ids_by_hash = LexicalIndex.search, Catalog.chunk_ids_by_hash
+    fts5 = Catalog.lexical_search
 
-    def lexical_search(self: Catalog, *args: Any, **kwargs: Any) -> Any:
-        seen["lexical"] = (threading.current_thread().name, self is engine.catalog)
+    def lexical_search(self: LexicalIndex, *args: Any, **kwargs: Any) -> Any:
+        seen["lexical"] = (threading.current_thread().name, False)
         started.set()
         return lexical(self, *args, **kwargs)
+
+    def fts5_search(self: Catalog, *args: Any, **kwargs: Any) -> Any:  # with a path prefix
+        seen["fts5"] = (threading.current_thread().name, self is engine.catalog)
+        return fts5(self, *args, **kwargs)
 
     def sparse_chunk_ids(self: Catalog, *args: Any, **kwargs: Any) -> Any:  # the end of the sparse stage
         seen["sparse"] = (threading.current_thread().name, self is engine.catalog)
@@ -197,7 +204,8 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
         seen["lexical_before_embedding"] = started.wait(timeout=10)  # in line, it would never start
         return embed_query(text)
 
-    monkeypatch.setattr(Catalog, "lexical_search", lexical_search)
+    monkeypatch.setattr(LexicalIndex, "search", lexical_search)
+    monkeypatch.setattr(Catalog, "lexical_search", fts5_search)
     monkeypatch.setattr(Catalog, "chunk_ids_by_hash", sparse_chunk_ids)
     monkeypatch.setattr(embedder, "embed_query", slow_embed_query)
     beside = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
@@ -209,6 +217,7 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
     assert {"lexical_ms", "sparse_ms"} <= set(beside.timings)
     prefixed = search(engine, "river deltas", SearchOptions(rerank=False, path_prefix=str(root / "rivers")))
     assert prefixed.hits and all(h.path.startswith(str(root / "rivers")) for h in prefixed.hits)
+    assert seen["fts5"][0].startswith("ragd-search") and not seen["fts5"][1]
     engine.close()
     assert engine._side is None and not engine._side_catalogs
 
@@ -216,7 +225,8 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
 def test_sparse_retrieval_reads_a_memory_mirror_the_indexer_keeps_current(indexed: Any) -> None:
     """Sparse retrieval sums the in-memory mirror of the catalog's sparse weights: it
     answers as the catalog's own sum does, takes a new file's chunks when the batch commits,
-    forgets deleted ones at garbage collection, and a fresh engine builds the same from disk."""
+    forgets deleted ones at garbage collection, and a fresh engine builds the same from disk.
+    The BM25 mirror follows the same batches."""
     engine, root = indexed
     mirror = engine.sparse
     assert mirror is not None
@@ -237,15 +247,18 @@ def test_sparse_retrieval_reads_a_memory_mirror_the_indexer_keeps_current(indexe
     (root / "quokka.md").write_text("# Quokkas\n\nQuokkas hop around Rottnest Island near Perth.\n", encoding="utf-8")
     index_paths(engine, [root])
     assert engine.sparse is mirror and mirror.count == stored + 1  # kept current, not rebuilt
-    top = search(engine, "Quokkas hop around Rottnest Island", SearchOptions(mode="sparse", rerank=False)).hits
-    assert top[0].path == str(root / "quokka.md")
+    for mode in ("sparse", "lexical"):  # the BM25 mirror follows the same batches
+        top = search(engine, "Quokkas hop around Rottnest Island", SearchOptions(mode=mode, rerank=False)).hits
+        assert top[0].path == str(root / "quokka.md"), mode
     same_as_catalog("Quokkas hop around Rottnest Island")
 
     (root / "quokka.md").unlink()
     index_paths(engine, [root])
     assert mirror.count == stored
-    after = search(engine, "Quokkas hop around Rottnest Island", SearchOptions(mode="sparse", rerank=False)).hits
-    assert all(h.path != str(root / "quokka.md") for h in after)
+    for mode in ("sparse", "lexical"):
+        after = search(engine, "Quokkas hop around Rottnest Island", SearchOptions(mode=mode, rerank=False)).hits
+        assert all(h.path != str(root / "quokka.md") for h in after), mode
+    assert engine.lexical.count == engine.catalog.count_chunks()
 
     fresh = engine.reader()
     rebuilt = Engine(engine.config, engine.models)
@@ -257,3 +270,38 @@ def test_sparse_retrieval_reads_a_memory_mirror_the_indexer_keeps_current(indexe
     finally:
         fresh.close()
         rebuilt.close()
+
+
+def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: Any) -> None:
+    """After an indexing run the mirrors' sizes are checked against the catalog; one that
+    lost track is rebuilt, in place (the daemon's readers hold the same objects)."""
+    engine, root = indexed
+    lexical, sparse = engine.lexical, engine.sparse
+    assert sparse is not None
+    some_chunk = next(iter(lexical._slots))
+    lexical.remove([some_chunk])
+    sparse.remove([next(iter(sparse._slots))])
+    assert engine.check_mirrors() == ["lexical", "sparse"]
+    assert engine.lexical is lexical and engine.sparse is sparse
+    assert lexical.count == engine.catalog.count_chunks()
+    assert sparse.count == engine.catalog.count_sparse(engine.model_key)
+    assert engine.check_mirrors() == []
+    hits = search(engine, "Sourdough bread needs a starter", SearchOptions(mode="lexical", rerank=False)).hits
+    assert hits[0].path == str(root / "bread.txt")
+    lexical.remove([some_chunk])
+    index_paths(engine, [root])  # the run ends with the check
+    assert lexical.count == engine.catalog.count_chunks()
+
+
+def test_without_mirrors_a_search_asks_sqlite_and_answers_the_same(indexed: Any) -> None:
+    """A one-shot search in a process of its own (`ragd search` with no daemon) builds no
+    mirror: sparse and full-text retrieval ask SQLite, with the same hits and scores."""
+    engine, _ = indexed
+    with Engine(engine.config, engine.models, mirrors=False) as plain:
+        for mode in ("hybrid", "sparse", "lexical"):
+            for query in ("river deltas and sediment", "sourdough starter", "glaciers climate"):
+                a = search(engine, query, SearchOptions(mode=mode, rerank=False)).hits
+                b = search(plain, query, SearchOptions(mode=mode, rerank=False)).hits
+                assert [h.chunk_id for h in a] == [h.chunk_id for h in b], (mode, query)
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-6), (mode, query)
+        assert plain._sparse is None and plain._lexical is None

@@ -270,7 +270,7 @@ def _search_local(
     from ragd.search import SearchOptions
     from ragd.search import search as run_search
 
-    with Engine(cfg, rerank=rerank) as engine:
+    with Engine(cfg, rerank=rerank, mirrors=False) as engine:  # one query: SQLite, no mirrors to build
         result = run_search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
                                                          path_prefix=prefix))
     return result.to_json()

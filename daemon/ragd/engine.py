@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ragd.errors import RagdError
 from ragd.models.base import LoadedModels
 from ragd.store.catalog import Catalog
-from ragd.store.sparse import SparseIndex
+from ragd.store.sparse import LexicalIndex, SparseIndex
 from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -79,14 +79,20 @@ class ModelGate:
 class Engine:
     """Index state for ``config.data_dir``; models are loaded on first use."""
 
-    def __init__(self, config: Config, models: LoadedModels | None = None, *, rerank: bool = True) -> None:
+    def __init__(self, config: Config, models: LoadedModels | None = None, *, rerank: bool = True,
+                 mirrors: bool = True) -> None:
         self.config = config
+        # Searches read in-memory mirrors of the sparse weights and the full-text rows, built
+        # on first use (seconds for a large index); a one-shot search in a process of its own
+        # asks SQLite instead (mirrors=False).
+        self.mirrors = mirrors
         self.data_dir = config.data_dir
         self._models = models
         self._want_reranker = rerank
         self.catalog = Catalog(self.data_dir / "catalog.db")
         self._vectors: VectorIndex | None = None
         self._sparse: SparseIndex | None = None
+        self._lexical: LexicalIndex | None = None
         self._model_key: int | None = None
         self.gate = ModelGate()
         # One load at a time: a thread asking for the models, the vectors or the model key while
@@ -104,11 +110,13 @@ class Engine:
         Loads this engine first (or waits for the load in progress): once loaded, nothing
         here touches this engine's connection, which belongs to its writer."""
         with self._load_lock:
-            models, vectors, key, sparse = self.models, self.vectors, self.model_key, self.sparse
+            models, vectors, key = self.models, self.vectors, self.model_key
+            sparse, lexical = self.sparse, self.lexical
         other = Engine(self.config, models, rerank=self._want_reranker)
         other._vectors = vectors
         other._model_key = key
         other._sparse = sparse
+        other._lexical = lexical
         other.gate = self.gate
         return other
 
@@ -169,6 +177,40 @@ class Engine:
     def loaded_sparse(self) -> SparseIndex | None:
         """The mirror if it was built (the writer keeps it current; else nothing to do)."""
         return self._sparse
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The in-memory BM25 mirror of the catalog's full-text rows, built on first use."""
+        if self._lexical is None:
+            with self._load_lock:
+                if self._lexical is None:
+                    self._lexical = LexicalIndex.build(self.catalog.lexical_rows())
+        return self._lexical
+
+    @property
+    def loaded_lexical(self) -> LexicalIndex | None:
+        """The BM25 mirror if it was built (the writer keeps it current; else nothing to do)."""
+        return self._lexical
+
+    def check_mirrors(self) -> list[str]:
+        """Rebuild an in-memory mirror whose size disagrees with the catalog (a stale cache is
+        rebuilt, never served); returns the names of those rebuilt."""
+        rebuilt: list[str] = []
+        with self._load_lock:
+            # replaced in place: the daemon's readers hold these objects
+            if self._lexical is not None and self._lexical.count != self.catalog.count_chunks():
+                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows()))
+                rebuilt.append("lexical")
+            if self._sparse is not None and self._sparse.count != self.catalog.count_sparse(self.model_key):
+                self._sparse.replace(SparseIndex.build(self.catalog.sparse_rows(self.model_key)))
+                rebuilt.append("sparse")
+        return rebuilt
+
+    def forget_chunks(self, ids: list[int]) -> None:
+        """Chunks left the catalog: drop them from the caches keyed by chunk id."""
+        self.vectors.remove(ids)
+        if self._lexical is not None:
+            self._lexical.remove(ids)
 
     def rebuild_vectors(self) -> None:
         """Rebuild the FAISS cache from the catalog, in place (readers see the new contents)."""

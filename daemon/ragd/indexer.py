@@ -192,6 +192,7 @@ class Indexer:
             engine.loaded_sparse.remove(gone)
         if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
             engine.rebuild_vectors()  # a stale cache is rebuilt, never served
+        engine.check_mirrors()
         engine.save_vectors()
 
     def _index_scope(self, scope: Scope, report: IndexReport) -> None:
@@ -211,7 +212,7 @@ class Indexer:
         gone = [p for p in known if p not in seen]
         if gone:
             result = catalog.apply(self.engine.model_key, [], [], deleted_paths=gone)
-            self.engine.vectors.remove(result.removed_ids)
+            self.engine.forget_chunks(result.removed_ids)
             report.files_removed += len(gone)
         if self.progress is not None:
             self.progress.total(len(todo))
@@ -298,7 +299,9 @@ class Indexer:
             engine.loaded_sparse.add((e.chunk_hash, *sparse_arrays(e.sparse)) for e in new_embeddings
                                      if e.sparse is not None)
         vectors = engine.vectors
-        vectors.remove(result.removed_ids)
+        engine.forget_chunks(result.removed_ids)
+        if engine.loaded_lexical is not None:
+            engine.loaded_lexical.add_terms(result.terms.items())
         if result.added:
             fresh = {e.chunk_hash: e.dense for e in new_embeddings}
             missing = [h for _, h in result.added if h not in fresh]

@@ -25,6 +25,7 @@ import numpy as np
 from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, RagdError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
+from ragd.lexical import terms as query_terms
 from ragd.models.base import FloatArray
 from ragd.store.catalog import Catalog
 from ragd.store.sparse import SparseIndex
@@ -287,19 +288,27 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     signals: dict[str, dict[int, float]] = {}
     embeds = "dense" in use or "sparse" in use or "colbert" in use
 
-    # Full-text retrieval is a single-threaded SQLite scan on its own connection
-    # (Engine.beside): it starts now, beside the query embedding. Sparse retrieval (numpy over
-    # the in-memory mirror, then the hashes' chunk ids from SQLite) starts as soon as the
-    # embedding is there, beside the dense stage.
+    # Full-text retrieval (BM25 over the in-memory mirror; FTS5 in SQLite, on the side
+    # thread's own connection, for a path prefix) starts now, beside the query embedding
+    # (Engine.beside). Sparse retrieval (the in-memory mirror, then the hashes' chunk ids from
+    # SQLite) starts as soon as the embedding is there, beside the dense stage. The mirrors
+    # are fetched here: built on first use through this engine's own connection.
+    bm25 = engine.lexical if "lexical" in use and prefix is None and engine.mirrors else None
+
     def lexical_stage(catalog: Catalog) -> tuple[list[tuple[int, float]], float]:
         started = time.perf_counter()
+        if bm25 is not None:
+            return bm25.search(query_terms(q), pool), _ms(started)
         return catalog.lexical_search(q, pool, prefix), _ms(started)
 
     def sparse_stage(
-        catalog: Catalog, index: SparseIndex, weights: Any
+        catalog: Catalog, index: SparseIndex | int, weights: Any
     ) -> tuple[list[tuple[str, float]], dict[str, list[int]], float]:
         started = time.perf_counter()
-        by_hash = index.search(weights, pool)
+        if isinstance(index, int):  # no mirror: the catalog's pruned sum, for this model key
+            by_hash = catalog.sparse_search(index, weights, pool)
+        else:
+            by_hash = index.search(weights, pool)
         return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
 
     lexical_job = engine.beside(lexical_stage) if "lexical" in use and embeds else None
@@ -316,10 +325,10 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     filtered = prefix is not None or (filters is not None and filters.active)
     allowed = _allowed_ids(engine, prefix, filters) if filtered else None
     allowed_set = None if allowed is None else set(allowed.tolist())
-    sparse_index = engine.sparse if qemb is not None and qemb.sparse is not None and "sparse" in use else None
-    if sparse_index is not None and qemb is not None and qemb.sparse is not None:
-        # The mirror is fetched here (built on first use through this engine's connection):
-        # the side thread touches only its own connection.
+    if qemb is not None and qemb.sparse is not None and "sparse" in use:
+        # The mirror (or, without mirrors, the model key) is fetched here, built on first use
+        # through this engine's connection: the side thread touches only its own connection.
+        sparse_index = (engine.sparse if engine.mirrors else None) or engine.model_key
         lexical_weights = qemb.sparse[0]
         sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, sparse_index, lexical_weights))
     if qemb is not None and "dense" in use:

@@ -485,7 +485,7 @@ class Daemon:
             catalog = self.engine.catalog
             files = len(catalog.files_under(root))
             ids = catalog.remove_root(root)
-            self.engine.vectors.remove(ids)
+            self.engine.forget_chunks(ids)
             gone = catalog.collect_garbage()
             if self.engine.loaded_sparse is not None:
                 self.engine.loaded_sparse.remove(gone)
@@ -604,7 +604,7 @@ class Daemon:
             self._servers.append(tcp)
         self.engine = (engine_factory or (lambda c: Engine(c)))(cfg)
         self._exit.enter_context(self.engine.writer())
-        _ = self.engine.models, self.engine.vectors, self.engine.sparse  # load now, while NOT_SERVING
+        _ = self.engine.models, self.engine.vectors, self.engine.sparse, self.engine.lexical  # load now
         if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
             prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens)
         self.queue.recover()

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,7 @@ class BatchResult:
 
     removed_ids: list[int]
     added: list[tuple[int, str]]  # (chunk id, content hash)
+    terms: dict[int, str] = field(default_factory=dict)  # chunk id -> its full-text terms, as stored
 
 
 class Catalog:
@@ -498,9 +499,8 @@ class Catalog:
                          json.dumps(list(ch.heading), ensure_ascii=False), ch.token_count, ch.content_hash],
                     )
                     chunk_id = int(cur.lastrowid or 0)
-                    self.db.execute(
-                        "INSERT INTO lexical(rowid, terms) VALUES (?, ?)", [chunk_id, lexical.document_terms(ch.text)]
-                    )
+                    terms = result.terms[chunk_id] = lexical.document_terms(ch.text)
+                    self.db.execute("INSERT INTO lexical(rowid, terms) VALUES (?, ?)", [chunk_id, terms])
                     result.added.append((chunk_id, ch.content_hash))
             if embeddings or deleted_paths or result.removed_ids or result.added:
                 self._bump()
@@ -522,6 +522,19 @@ class Catalog:
             self.db.execute("DELETE FROM embeddings WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)")
             self.db.execute("DELETE FROM sparse WHERE chunk_hash NOT IN (SELECT content_hash FROM chunks)")
         return gone
+
+    def lexical_rows(self) -> Iterator[tuple[int, str]]:
+        """(chunk id, full-text terms as stored) of every chunk: what ``LexicalIndex.build``
+        reads."""
+        cur = self.db.execute("SELECT rowid, terms FROM lexical")
+        while rows := cur.fetchmany(4096):
+            for chunk_id, terms in rows:
+                yield int(chunk_id), str(terms)
+
+    def count_sparse(self, model: int) -> int:
+        """Embeddings of ``model`` with sparse weights (what the sparse mirror holds)."""
+        return int(self.db.execute("SELECT count(*) FROM embeddings WHERE model = ? AND sparse IS NOT NULL",
+                                   [model]).fetchone()[0])
 
     def sparse_rows(self, model: int) -> Iterator[tuple[str, bytes]]:
         """(chunk hash, encoded sparse weights) of every embedding of ``model``: what

@@ -1,9 +1,11 @@
-"""Sparse (BGE-M3 lexical) retrieval in memory: a mirror of one model's sparse weights, summed
-in numpy. Like FAISS for the dense vectors it is a cache of the catalog, never the only copy:
-built at load from the per-embedding blobs (``Catalog.sparse_rows``) and kept current by the
-writer (``add`` after each committed batch, ``remove`` after garbage collection).
+"""Posting lists in memory, summed in numpy: ``SparseIndex`` mirrors one model's BGE-M3
+lexical weights (keyed by chunk hash), ``LexicalIndex`` the full-text terms for BM25 (keyed by
+chunk id). Like FAISS for the dense vectors each is a cache of the catalog, never the only
+copy: built at load (``Catalog.sparse_rows`` blobs, ``Catalog.lexical_rows``) and kept current
+by the writer (added after each committed batch, removed with their chunks or at garbage
+collection).
 
-Layout: every posting (token, slot, weight), a slot per chunk hash. The base part is sorted by
+Layout (``Postings``): every posting (token, slot, weight), a slot per key. The base part is sorted by
 token, so a token's postings are one slice (``ptr``); postings added since are appended to a
 delta, scanned whole per query with a token table, and merged into the base (one sort) once
 they pass a twentieth of it. A query's score for a chunk is FlagEmbedding's lexical matching
@@ -16,8 +18,10 @@ posting (int32 slot, float32 weight), ~1.4 KB for a chunk of 180 distinct tokens
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +57,10 @@ def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
 class _View:
     """What one search reads: replaced as a whole by compaction, so never seen half-built."""
 
-    hashes: list[str]  # slot -> chunk hash (only appended to until the next compaction)
-    keys: np.ndarray  # the base's distinct tokens, sorted (int32)
-    ptr: np.ndarray  # keys[i]'s postings are base_slot/base_weight[ptr[i]:ptr[i + 1]] (int64)
+    keys: list[Any]  # slot -> key (chunk hash or chunk id; only appended to until the next compaction)
+    values: np.ndarray  # slot -> a float the scoring may use (BM25: the chunk's length), float64
+    tokens: np.ndarray  # the base's distinct tokens, sorted (int32)
+    ptr: np.ndarray  # tokens[i]'s postings are base_slot/base_weight[ptr[i]:ptr[i + 1]] (int64)
     base_slot: np.ndarray  # int32
     base_weight: np.ndarray  # float32
     delta: tuple[np.ndarray, np.ndarray, np.ndarray]  # (token, slot, weight), unsorted
@@ -65,35 +70,38 @@ _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
 
 
-class SparseIndex:
-    """The sparse weights of every live chunk hash of one model, searchable in memory.
+@dataclass(frozen=True)
+class _Gathered:
+    """The postings of a query's tokens, from the base and the delta, live slots only."""
+
+    slots: np.ndarray  # int32
+    weights: np.ndarray  # float32
+    query_token: np.ndarray  # index into the query's tokens, per posting
+    view: _View
+    n: int  # slots below n are named in view.keys
+
+
+class Postings:
+    """Posting lists (token -> slots with a weight each), a slot per key, in memory.
 
     One writer (``add``, ``remove``, ``compact``; serialised by a lock) and any number of
-    concurrent ``search`` calls, which take the current view under a short lock and compute
+    concurrent searches, which take the current view under a short lock and compute
     without it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards swapping _view / _alive
         self._write = threading.Lock()  # one mutation at a time
-        self._view = _View([], _EMPTY_I32, np.zeros(1, dtype=np.int64), _EMPTY_I32, _EMPTY_F32,
+        self._view = _View([], np.zeros(0), _EMPTY_I32, np.zeros(1, dtype=np.int64), _EMPTY_I32, _EMPTY_F32,
                            (_EMPTY_I32, _EMPTY_I32, _EMPTY_F32))
-        self._slots: dict[str, int] = {}  # live hash -> slot
+        self._slots: dict[Any, int] = {}  # live key -> slot
         self._alive = np.zeros(0, dtype=bool)  # slot -> still live
         self._dead_postings = 0
         self._sizes: dict[int, int] = {}  # slot -> postings (for counting dead ones)
 
-    @classmethod
-    def build(cls, rows: Iterable[tuple[str, bytes]]) -> SparseIndex:
-        """From ``(chunk hash, encoded weights)`` rows (``Catalog.sparse_rows``)."""
-        index = cls()
-        index.add(((h, *decode(blob)) for h, blob in rows), compact=False)
-        index.compact()
-        return index
-
     # -- size ---------------------------------------------------------------------------
     @property
     def count(self) -> int:
-        """Live chunk hashes."""
+        """Live keys."""
         return len(self._slots)
 
     @property
@@ -105,52 +113,60 @@ class SparseIndex:
     @property
     def nbytes(self) -> int:
         view = self._view
-        return sum(a.nbytes for a in (view.keys, view.ptr, view.base_slot, view.base_weight, *view.delta))
+        return sum(a.nbytes for a in (view.values, view.tokens, view.ptr, view.base_slot, view.base_weight,
+                                      *view.delta))
 
     # -- writes -------------------------------------------------------------------------
-    def add(self, items: Iterable[tuple[str, np.ndarray, np.ndarray]], *, compact: bool = True) -> None:
-        """Add (or replace) chunk hashes with their (tokens, weights); ``compact=False``
-        leaves the merge to the caller."""
+    def add(self, items: Iterable[tuple[Any, np.ndarray, np.ndarray]], *, values: Iterable[float] = (),
+            compact: bool = True) -> None:
+        """Add (or replace) keys with their (tokens, weights), and their ``values`` in the
+        same order when the scoring uses them; ``compact=False`` leaves the merge to the
+        caller."""
         with self._write:
             view = self._view
             tokens: list[np.ndarray] = []
             slots: list[np.ndarray] = []
             weights: list[np.ndarray] = []
-            new_hashes: list[str] = []
+            new_keys: list[Any] = []
             replaced: list[int] = []
-            next_slot = len(view.hashes)
-            for h, tok, w in items:
-                old = self._slots.get(h)
+            next_slot = len(view.keys)
+            for key, tok, w in items:
+                old = self._slots.get(key)
                 if old is not None:
                     replaced.append(old)
-                slot = next_slot + len(new_hashes)
-                new_hashes.append(h)
-                self._slots[h] = slot
+                slot = next_slot + len(new_keys)
+                new_keys.append(key)
+                self._slots[key] = slot
                 self._sizes[slot] = len(tok)
                 tokens.append(np.asarray(tok, dtype=np.int32))
                 weights.append(np.asarray(w, dtype=np.float32))
                 slots.append(np.full(len(tok), slot, dtype=np.int32))
-            if not new_hashes:
+            if not new_keys:
                 return
-            alive = np.concatenate([self._alive, np.ones(len(new_hashes), dtype=bool)])
+            new_values = np.fromiter(values, dtype=np.float64)
+            if len(new_values) not in (0, len(new_keys)):
+                raise ValueError(f"{len(new_values)} values for {len(new_keys)} keys")
+            alive = np.concatenate([self._alive, np.ones(len(new_keys), dtype=bool)])
             for old in replaced:
                 alive[old] = False
                 self._dead_postings += self._sizes.pop(old, 0)
             old_tokens, old_slots, old_weights = view.delta
             delta = (np.concatenate([old_tokens, *tokens]), np.concatenate([old_slots, *slots]),
                      np.concatenate([old_weights, *weights]))
+            all_values = np.concatenate([view.values, new_values if len(new_values) else np.zeros(len(new_keys))])
             with self._lock:
-                view.hashes.extend(new_hashes)
+                view.keys.extend(new_keys)
                 self._alive = alive
-                self._view = _View(view.hashes, view.keys, view.ptr, view.base_slot, view.base_weight, delta)
+                self._view = _View(view.keys, all_values, view.tokens, view.ptr, view.base_slot, view.base_weight,
+                                   delta)
             if compact and self._should_compact():
                 self._compact_locked()
 
-    def remove(self, hashes: Iterable[str]) -> None:
-        """Forget chunk hashes (unknown ones are ignored)."""
+    def remove(self, keys: Iterable[Any]) -> None:
+        """Forget keys (unknown ones are ignored)."""
         with self._write:
-            for h in hashes:
-                slot = self._slots.pop(h, None)
+            for key in keys:
+                slot = self._slots.pop(key, None)
                 if slot is not None:
                     self._alive[slot] = False
                     self._dead_postings += self._sizes.pop(slot, 0)
@@ -158,7 +174,7 @@ class SparseIndex:
                 self._compact_locked()
 
     def compact(self) -> None:
-        """Merge the delta into the base and drop the postings of removed hashes."""
+        """Merge the delta into the base and drop the postings of removed keys."""
         with self._write:
             self._compact_locked()
 
@@ -170,75 +186,212 @@ class SparseIndex:
 
     def _compact_locked(self) -> None:
         view, alive = self._view, self._alive
-        tokens = np.concatenate([np.repeat(view.keys, np.diff(view.ptr)), view.delta[0]])
+        tokens = np.concatenate([np.repeat(view.tokens, np.diff(view.ptr)), view.delta[0]])
         slots = np.concatenate([view.base_slot, view.delta[1]])
         weights = np.concatenate([view.base_weight, view.delta[2]])
         live = np.flatnonzero(alive)
-        if len(live) < len(alive):  # drop the removed hashes' postings, renumber the slots
+        values = view.values[: len(alive)]
+        if len(live) < len(alive):  # drop the removed keys' postings, renumber the slots
             keep = alive[slots]
             renumber = np.full(len(alive), -1, dtype=np.int32)
             renumber[live] = np.arange(len(live), dtype=np.int32)
             tokens, slots, weights = tokens[keep], renumber[slots[keep]], weights[keep]
-            hashes = [view.hashes[i] for i in live.tolist()]
+            keys = [view.keys[i] for i in live.tolist()]
+            values = values[live]
             sizes = {int(renumber[s]): n for s, n in self._sizes.items() if alive[s]}
         else:
-            hashes, sizes = list(view.hashes), dict(self._sizes)
+            keys, sizes = list(view.keys), dict(self._sizes)
         order = np.argsort(tokens, kind="stable")  # stable: a list keeps its slot order
-        tokens, slots, weights = tokens[order], slots[order], weights[order]
-        starts = np.flatnonzero(np.diff(tokens)) + 1 if len(tokens) else np.zeros(0, dtype=np.int64)
-        keys = tokens[np.concatenate([[0], starts])] if len(tokens) else _EMPTY_I32
-        ptr = np.concatenate([[0], starts, [len(tokens)]]).astype(np.int64) if len(tokens) else np.zeros(1, np.int64)
+        self._install(keys, values, tokens[order], slots[order], weights[order], sizes)
+
+    def _install(self, keys: list[Any], values: np.ndarray, tokens: np.ndarray, slots: np.ndarray,
+                 weights: np.ndarray, sizes: dict[int, int]) -> None:
+        """Make postings sorted by token (then slot) the base, with no delta and every key
+        live. The caller holds the write lock."""
+        if len(tokens):
+            starts = np.flatnonzero(np.diff(tokens)) + 1
+            distinct = tokens[np.concatenate([[0], starts])].astype(np.int32)
+            ptr = np.concatenate([[0], starts, [len(tokens)]]).astype(np.int64)
+        else:
+            distinct, ptr = _EMPTY_I32, np.zeros(1, dtype=np.int64)
         with self._lock:
-            self._view = _View(hashes, keys.astype(np.int32), ptr, slots, weights.astype(np.float32),
-                               (_EMPTY_I32, _EMPTY_I32, _EMPTY_F32))
-            self._alive = np.ones(len(hashes), dtype=bool)
-        self._slots = {h: i for i, h in enumerate(hashes)}
+            self._view = _View(keys, np.asarray(values, dtype=np.float64), distinct, ptr,
+                               slots.astype(np.int32), weights.astype(np.float32), (_EMPTY_I32, _EMPTY_I32, _EMPTY_F32))
+            self._alive = np.ones(len(keys), dtype=bool)
+        self._slots = {k: i for i, k in enumerate(keys)}
         self._sizes = sizes
         self._dead_postings = 0
 
+    def replace(self, other: Postings) -> None:
+        """Take over ``other``'s contents in place, so every holder of this object sees them."""
+        with self._write:
+            with self._lock:
+                self._view, self._alive = other._view, other._alive
+                self._take_extra(other)
+            self._slots, self._sizes, self._dead_postings = other._slots, other._sizes, other._dead_postings
+
+    def _take_extra(self, other: Postings) -> None:
+        """What a subclass keeps beside the postings, taken over by ``replace``."""
+
     # -- reads --------------------------------------------------------------------------
+    def _gather(self, q_tokens: np.ndarray) -> _Gathered:
+        """Every live posting of the query's tokens (int64, distinct)."""
+        with self._lock:  # slots below n are named in view.keys and covered by alive
+            view, alive = self._view, self._alive
+            n = len(alive)
+        slot_parts: list[np.ndarray] = []
+        weight_parts: list[np.ndarray] = []
+        which_parts: list[np.ndarray] = []
+        if len(view.tokens):
+            at = np.searchsorted(view.tokens, q_tokens)
+            present = at < len(view.tokens)
+            present[present] = view.tokens[at[present]] == q_tokens[present]
+            for qi, i in zip(np.flatnonzero(present).tolist(), at[present].tolist(), strict=True):
+                lo, hi = int(view.ptr[i]), int(view.ptr[i + 1])
+                slot_parts.append(view.base_slot[lo:hi])
+                weight_parts.append(view.base_weight[lo:hi])
+                which_parts.append(np.full(hi - lo, qi, dtype=np.int32))
+        d_tokens, d_slots, d_weights = view.delta
+        if len(d_tokens):
+            hit = np.isin(d_tokens, q_tokens, kind="table")
+            if hit.any():
+                order = np.argsort(q_tokens)
+                slot_parts.append(d_slots[hit])
+                weight_parts.append(d_weights[hit])
+                which_parts.append(order[np.searchsorted(q_tokens[order], d_tokens[hit])].astype(np.int32))
+        if not slot_parts:
+            return _Gathered(_EMPTY_I32, _EMPTY_F32, _EMPTY_I32, view, n)
+        slots = np.concatenate(slot_parts)
+        weights = np.concatenate(weight_parts)
+        which = np.concatenate(which_parts)
+        live = alive[slots]
+        if not live.all():
+            slots, weights, which = slots[live], weights[live], which[live]
+        return _Gathered(slots, weights, which, view, n)
+
+    @staticmethod
+    def _best(got: _Gathered, contributions: np.ndarray, limit: int) -> list[tuple[Any, float]]:
+        """The ``limit`` keys with the highest summed contributions, best first, ties by key;
+        every key with a posting among the gathered ones is a candidate."""
+        if not len(got.slots):
+            return []
+        scores = np.bincount(got.slots, weights=contributions, minlength=got.n)
+        seen = np.zeros(got.n, dtype=bool)
+        seen[got.slots] = True
+        candidates = np.flatnonzero(seen)
+        if len(candidates) > limit:
+            values = scores[candidates]
+            cut = values[np.argpartition(-values, limit - 1)[:limit]].min()
+            candidates = candidates[values >= cut]  # ties at the cut are settled by key below
+        ranked = sorted(((got.view.keys[i], float(scores[i])) for i in candidates.tolist()),
+                        key=lambda ks: (-ks[1], ks[0]))
+        return ranked[:limit]
+
+
+class SparseIndex(Postings):
+    """The sparse weights of every live chunk hash of one model, searchable in memory."""
+
+    @classmethod
+    def build(cls, rows: Iterable[tuple[str, bytes]]) -> SparseIndex:
+        """From ``(chunk hash, encoded weights)`` rows (``Catalog.sparse_rows``)."""
+        index = cls()
+        index.add(((h, *decode(blob)) for h, blob in rows), compact=False)
+        index.compact()
+        return index
+
     def search(self, weights: SparseWeights, limit: int) -> list[tuple[str, float]]:
         """The ``limit`` chunk hashes with the highest lexical matching score (the sum over
         shared tokens of query weight x document weight), best first, ties by hash; every
         chunk sharing a token with the query is a candidate (as in the catalog's SQL sum)."""
         if not weights or limit <= 0:
             return []
-        with self._lock:  # slots below n are named in view.hashes and covered by alive
-            view, alive = self._view, self._alive
-            n = len(alive)
         q_tokens = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
         q_weights = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
-        slot_parts: list[np.ndarray] = []
-        score_parts: list[np.ndarray] = []
-        if len(view.keys):
-            at = np.searchsorted(view.keys, q_tokens)
-            present = at < len(view.keys)
-            present[present] = view.keys[at[present]] == q_tokens[present]
-            for i, qw in zip(at[present].tolist(), q_weights[present].tolist(), strict=True):
-                lo, hi = int(view.ptr[i]), int(view.ptr[i + 1])
-                slot_parts.append(view.base_slot[lo:hi])
-                score_parts.append(np.multiply(view.base_weight[lo:hi], qw, dtype=np.float64))
-        d_tokens, d_slots, d_weights = view.delta
-        if len(d_tokens):
-            hit = np.isin(d_tokens, q_tokens, kind="table")
-            if hit.any():
-                order = np.argsort(q_tokens)
-                sorted_tokens = q_tokens[order]
-                tok = d_tokens[hit]
-                slot_parts.append(d_slots[hit])
-                score_parts.append(d_weights[hit] * q_weights[order][np.searchsorted(sorted_tokens, tok)])
-        if not slot_parts:
+        got = self._gather(q_tokens)
+        return self._best(got, got.weights * q_weights[got.query_token], limit)
+
+
+class LexicalIndex(Postings):
+    """BM25 over the chunks' full-text terms (``ragd.lexical``), computed as SQLite FTS5's
+    ``bm25()`` computes it for the catalog's ``lexical`` table (k1 1.2, b 0.75; idf
+    ln((N - n + 0.5) / (n + 0.5)), at least 1e-6; a chunk's length is its number of terms,
+    the average over every chunk), so it answers as ``Catalog.lexical_search`` does. Keys are
+    chunk ids, tokens are term ids from a vocabulary that only grows, weights are term
+    counts, and each slot's value is the chunk's length. 6-8 bytes a (chunk, distinct term)
+    pair plus the vocabulary."""
+
+    K1 = 1.2
+    B = 0.75
+
+    def __init__(self) -> None:
+        super().__init__()
+        # term -> id; a missing term gets the next id on lookup (``vocab[w]``)
+        self._vocab: defaultdict[str, int] = defaultdict()
+        self._vocab.default_factory = self._vocab.__len__
+
+    @classmethod
+    def build(cls, rows: Iterable[tuple[int, str]]) -> LexicalIndex:
+        """From ``(chunk id, stored terms)`` rows (``Catalog.lexical_rows``), in bulk: every
+        (term, chunk) pair is counted by one sort of term x chunk keys, which also leaves
+        the postings in the order the base keeps them."""
+        index = cls()
+        lookup = index._vocab.__getitem__
+        keys: list[int] = []
+        lengths: list[int] = []
+        ids: list[int] = []
+        for chunk_id, text in rows:
+            words = text.split()
+            keys.append(chunk_id)
+            lengths.append(len(words))
+            ids.extend(map(lookup, words))
+        if not ids:
+            index.add_terms(zip(keys, [""] * len(keys), strict=True))
+            return index
+        n = len(keys)
+        doc = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        pairs, counts = np.unique(np.asarray(ids, dtype=np.int64) * n + doc, return_counts=True)
+        slots = pairs % n
+        sizes = dict(enumerate(np.bincount(slots, minlength=n).tolist()))
+        with index._write:  # already in the base's order: no sort
+            index._install(keys, np.asarray(lengths, dtype=np.float64), pairs // n, slots, counts, sizes)
+        return index
+
+    def _take_extra(self, other: Postings) -> None:
+        assert isinstance(other, LexicalIndex)
+        self._vocab = other._vocab  # a term's id must mean what the taken postings mean by it
+
+    def add_terms(self, rows: Iterable[tuple[int, str]], *, compact: bool = True) -> None:
+        """Add (or replace) chunks with their terms as stored (``lexical.document_terms``:
+        space-separated, which is how FTS5 splits them)."""
+        lookup = self._vocab.__getitem__
+        items: list[tuple[int, np.ndarray, np.ndarray]] = []
+        lengths: list[int] = []
+        for chunk_id, text in rows:
+            words = text.split()
+            ids = np.fromiter(map(lookup, words), dtype=np.int32, count=len(words))
+            distinct, counts = np.unique(ids, return_counts=True)
+            items.append((chunk_id, distinct, counts.astype(np.float32)))
+            lengths.append(len(words))
+        self.add(items, values=lengths, compact=compact)
+
+    def search(self, terms: Iterable[str], limit: int) -> list[tuple[int, float]]:
+        """The ``limit`` chunk ids with the best BM25 score for any of ``terms`` (the
+        query's, from ``lexical.terms``), best first (ties by id), as positive scores."""
+        ids = [self._vocab.get(t) for t in dict.fromkeys(terms)]
+        known = [i for i in ids if i is not None]
+        if not known or limit <= 0:
             return []
-        slots = np.concatenate(slot_parts)
-        scores = np.bincount(slots, weights=np.concatenate(score_parts), minlength=n)
-        seen = np.zeros(n, dtype=bool)
-        seen[slots] = True
-        seen &= alive[:n]
-        candidates = np.flatnonzero(seen)
-        if len(candidates) > limit:
-            values = scores[candidates]
-            cut = values[np.argpartition(-values, limit - 1)[:limit]].min()
-            candidates = candidates[values >= cut]  # ties at the cut are settled by hash below
-        ranked = sorted(((view.hashes[i], float(scores[i])) for i in candidates.tolist()),
-                        key=lambda hs: (-hs[1], hs[0]))
-        return ranked[:limit]
+        got = self._gather(np.array(known, dtype=np.int64))
+        if not len(got.slots):
+            return []
+        with self._lock:
+            alive = self._alive[: got.n].copy()
+        lengths = got.view.values[: got.n]
+        rows = int(np.count_nonzero(alive))
+        average = float(lengths[alive].sum()) / rows if rows else 1.0
+        df = np.bincount(got.query_token, minlength=len(known)).astype(np.float64)
+        idf = np.log((rows - df + 0.5) / (df + 0.5))
+        idf[idf <= 0] = 1e-6
+        tf = got.weights.astype(np.float64)
+        norm = self.K1 * (1 - self.B + self.B * lengths[got.slots] / (average or 1.0))
+        return self._best(got, idf[got.query_token] * tf * (self.K1 + 1) / (tf + norm), limit)
