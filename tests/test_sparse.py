@@ -257,3 +257,30 @@ def test_catalog_without_sparse_blobs_is_migrated_and_the_mirror_built_from_it(t
         _mirror_same(migrated.search(q, 25), want)
         _mirror_same(built.search(q, 25), want)
     reopened.close()
+
+
+def test_a_catalog_upgraded_by_another_process_is_a_clear_error(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one process holds the write lock (upgrading a large catalog takes minutes), a
+    second one opening the catalog gets a message that says so, not a raw SQLite error."""
+    import sqlite3
+
+    from ragd.errors import StoreError
+
+    path = tmp_path / "catalog.db"
+    catalog = Catalog(path)
+    with catalog.db.conn:
+        catalog.db.conn.execute("DELETE FROM meta WHERE key = 'sparse_blobs_version'")
+    catalog.close()
+    holder = sqlite3.connect(str(path))
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(catalog_module, "BUSY_TIMEOUT_S", 0.2)
+    try:
+        with pytest.raises(StoreError, match="being upgraded by another ragd process"):
+            Catalog(path)
+    finally:
+        holder.rollback()
+        holder.close()
+    reopened = Catalog(path)  # and once the lock is gone, the upgrade runs
+    assert reopened._meta("sparse_blobs_version") == catalog_module.SPARSE_BLOBS_VERSION
+    reopened.close()

@@ -24,6 +24,8 @@ from ragd.models.base import FloatArray, SparseWeights
 from ragd.store.sparse import encode as encode_sparse
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+"""How long a connection waits for another one's write lock before failing."""
 SPARSE_BLOBS_VERSION = "1"
 """Stored in the catalog once every embedding row carries its sparse weights as a blob."""
 SPARSE_STATS_VERSION = "1"
@@ -201,7 +203,7 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             self.db = sqlite_utils.Database(conn)
             self.db.enable_wal()
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -220,9 +222,18 @@ class Catalog:
                 f"{path} has catalog schema {version}, this ragd reads {SCHEMA_VERSION}: "
                 "move the data folder away and index again"
             )
-        self._ensure_lexical()
-        self._ensure_sparse_stats()
-        self._ensure_sparse_blobs()
+        try:
+            self._ensure_lexical()
+            self._ensure_sparse_stats()
+            self._ensure_sparse_blobs()
+        except sqlite3.OperationalError as exc:
+            self.db.close()
+            if "locked" in str(exc):
+                raise StoreError(
+                    f"{path} is being upgraded by another ragd process (a one-time step that takes "
+                    "minutes for a large index): try again when it has finished"
+                ) from exc
+            raise StoreError(f"cannot upgrade the catalog {path}: {exc}") from exc
 
     def _ensure_sparse_blobs(self) -> None:
         """Give every embedding of a catalog made before ``embeddings.sparse`` existed its
