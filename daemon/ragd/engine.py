@@ -13,14 +13,15 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ragd.errors import RagdError
 from ragd.models.base import LoadedModels
-from ragd.store.catalog import Catalog
+from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
 from ragd.store.sparse import LexicalIndex, SparseIndex
+from ragd.store.sparse import arrays as sparse_arrays
 from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -174,22 +175,12 @@ class Engine:
         return self._sparse
 
     @property
-    def loaded_sparse(self) -> SparseIndex | None:
-        """The mirror if it was built (the writer keeps it current; else nothing to do)."""
-        return self._sparse
-
-    @property
     def lexical(self) -> LexicalIndex:
         """The in-memory BM25 mirror of the catalog's full-text rows, built on first use."""
         if self._lexical is None:
             with self._load_lock:
                 if self._lexical is None:
                     self._lexical = LexicalIndex.build(self.catalog.lexical_rows())
-        return self._lexical
-
-    @property
-    def loaded_lexical(self) -> LexicalIndex | None:
-        """The BM25 mirror if it was built (the writer keeps it current; else nothing to do)."""
         return self._lexical
 
     def check_mirrors(self) -> list[str]:
@@ -211,6 +202,21 @@ class Engine:
         self.vectors.remove(ids)
         if self._lexical is not None:
             self._lexical.remove(ids)
+
+    def batch_written(self, embeddings: Sequence[NewEmbedding], result: BatchResult) -> None:
+        """A batch committed (``Catalog.apply``): the in-memory mirrors that are built follow
+        it (the chunks it removed, its new embeddings' sparse weights, its chunks' terms)."""
+        self.forget_chunks(result.removed_ids)
+        if self._sparse is not None:
+            self._sparse.add((e.chunk_hash, *sparse_arrays(e.sparse)) for e in embeddings if e.sparse is not None)
+        if self._lexical is not None:
+            self._lexical.add_terms(result.terms.items())
+
+    def collect_garbage(self) -> None:
+        """Drop embeddings no chunk uses any more, from the catalog and the sparse mirror."""
+        gone = self.catalog.collect_garbage()
+        if self._sparse is not None:
+            self._sparse.remove(gone)
 
     def rebuild_vectors(self) -> None:
         """Rebuild the FAISS cache from the catalog, in place (readers see the new contents)."""

@@ -28,7 +28,6 @@ from ragd.errors import ExtractError, UsageError
 from ragd.extract import extract
 from ragd.paths import PathFilter
 from ragd.store.catalog import FileRow, FileUpdate, NewChunk, NewEmbedding
-from ragd.store.sparse import arrays as sparse_arrays
 
 
 def content_hash(data: bytes) -> str:
@@ -187,9 +186,7 @@ class Indexer:
             if self.should_stop():
                 break
             self._index_scope(scope, report)
-        gone = engine.catalog.collect_garbage()
-        if engine.loaded_sparse is not None:
-            engine.loaded_sparse.remove(gone)
+        engine.collect_garbage()
         if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
             engine.rebuild_vectors()  # a stale cache is rebuilt, never served
         engine.check_mirrors()
@@ -295,13 +292,8 @@ class Indexer:
         report.tokens_embedded += sum(c.token_count for c in todo.values())
         report.chunks_reused += len(chunks) - len(new_embeddings)
         result = engine.catalog.apply(model, new_embeddings, [p.update for p in batch])
-        if engine.loaded_sparse is not None:
-            engine.loaded_sparse.add((e.chunk_hash, *sparse_arrays(e.sparse)) for e in new_embeddings
-                                     if e.sparse is not None)
         vectors = engine.vectors
-        engine.forget_chunks(result.removed_ids)
-        if engine.loaded_lexical is not None:
-            engine.loaded_lexical.add_terms(result.terms.items())
+        engine.batch_written(new_embeddings, result)
         if result.added:
             fresh = {e.chunk_hash: e.dense for e in new_embeddings}
             missing = [h for _, h in result.added if h not in fresh]

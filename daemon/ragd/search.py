@@ -328,7 +328,8 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
     if qemb is not None and qemb.sparse is not None and "sparse" in use:
         # The mirror (or, without mirrors, the model key) is fetched here, built on first use
         # through this engine's connection: the side thread touches only its own connection.
-        sparse_index = (engine.sparse if engine.mirrors else None) or engine.model_key
+        mirror = engine.sparse if engine.mirrors else None
+        sparse_index: SparseIndex | int = mirror if mirror is not None else engine.model_key
         lexical_weights = qemb.sparse[0]
         sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, sparse_index, lexical_weights))
     if qemb is not None and "dense" in use:

@@ -486,9 +486,7 @@ class Daemon:
             files = len(catalog.files_under(root))
             ids = catalog.remove_root(root)
             self.engine.forget_chunks(ids)
-            gone = catalog.collect_garbage()
-            if self.engine.loaded_sparse is not None:
-                self.engine.loaded_sparse.remove(gone)
+            self.engine.collect_garbage()
             self.engine.save_vectors()
         self._extra_roots.discard(root)
         return files
