@@ -430,10 +430,12 @@ def test_rerank_gate_on_random_reranker(tiny_models: dict[str, Path], ov_cache: 
     rho = spearmanr(reference, fast.score(query, texts)).statistic
     print(f"openvino {fast.precision} reranker Spearman {rho:.4f}")
     assert rho >= 0.98, rho
-    # Static int8 (precision = "int8" explicitly) is faster but measured 0.979 here and 0.968 on
-    # long passages with the full-size random reranker: held to a floor, kept out of auto.
+    # Static int8 (precision = "int8" explicitly) is faster. With activation ranges from the
+    # calibration's min/max it measures 0.993 here (0.978 with NNCF's default ranges), but 0.972
+    # on long passages with the full-size random reranker: it passes here and stays out of auto.
     int8 = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", backend="openvino",
                             cache_dir=ov_cache, batch_size=64)
+    assert int8._runner.location.meta()["activation_ranges"] == "minmax"
     rho8 = spearmanr(reference, int8.score(query, texts)).statistic
     print(f"openvino int8 reranker Spearman {rho8:.4f}")
-    assert rho8 >= 0.95, rho8
+    assert rho8 >= 0.98, rho8
