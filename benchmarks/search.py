@@ -185,7 +185,7 @@ def ensure_index(engine: Any, size: int) -> float:
             log(f"[{size}] {part[-1] + 1:,} / {size:,} chunks written, {time.monotonic() - started:.0f} s")
     if have_chunks:  # embeddings for another embedder id: the cache follows the catalog
         engine.rebuild_vectors()
-    engine.save_vectors()
+    (engine.save_snapshots if hasattr(engine, "save_snapshots") else engine.save_vectors)()  # older ragd
     return time.monotonic() - started
 
 

@@ -272,6 +272,54 @@ def test_sparse_retrieval_reads_a_memory_mirror_the_indexer_keeps_current(indexe
         rebuilt.close()
 
 
+def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
+    indexed: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer snapshots the mirrors with the catalog generation they hold; an engine
+    started on the same data folder loads them instead of building, answers the same, and
+    builds again when the catalog has moved on or a snapshot is damaged."""
+    from ragd.store.sparse import LexicalIndex, SparseIndex
+
+    engine, root = indexed
+    sparse, lexical = engine.sparse, engine.lexical  # built (and saved) on first use
+    assert sparse is not None
+    (root / "quokka.md").write_text("# Quokkas\n\nQuokkas hop around Rottnest Island near Perth.\n", encoding="utf-8")
+    index_paths(engine, [root])  # the run ends by saving the snapshots
+    sparse_path, _ = engine._mirror_snapshot("sparse")
+    lexical_path, _ = engine._mirror_snapshot("lexical")
+    assert sparse_path.is_file() and lexical_path.is_file()
+
+    builds: list[str] = []
+    for kind in (SparseIndex, LexicalIndex):
+        real = kind.build.__func__  # type: ignore[attr-defined]
+        monkeypatch.setattr(kind, "build", classmethod(lambda cls, rows, real=real: builds.append(cls.__name__)
+                                                       or real(cls, rows)))
+    queries = ("Quokkas hop around Rottnest Island", "sourdough bread starter", "river deltas and sediment")
+
+    def answers(e: Engine) -> list[list[int]]:
+        return [[h.chunk_id for h in search(e, q, SearchOptions(mode=mode, rerank=False)).hits]
+                for q in queries for mode in ("sparse", "lexical", "hybrid")]
+
+    with Engine(engine.config, engine.models) as restarted:
+        assert restarted.sparse is not None and restarted.sparse.count == sparse.count
+        assert restarted.lexical.count == lexical.count
+        assert builds == []  # loaded, not built
+        assert answers(restarted) == answers(engine)
+
+    (root / "quokka.md").unlink()  # the catalog moves on; this engine's snapshots are not saved
+    with Engine(engine.config, engine.models) as other:
+        index_paths(other, [root])
+    with Engine(engine.config, engine.models) as later:
+        assert later.sparse is not None and later.lexical is not None
+        assert builds == ["SparseIndex", "LexicalIndex"]  # the old snapshots were stale
+        assert later.lexical.count == later.catalog.count_chunks()
+    builds.clear()
+    lexical_path.write_bytes(b"not a snapshot")
+    with Engine(engine.config, engine.models) as damaged:
+        assert damaged.sparse is not None and damaged.lexical.count == damaged.catalog.count_chunks()
+        assert builds == ["LexicalIndex"]
+
+
 def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: Any) -> None:
     """After an indexing run the mirrors' sizes are checked against the catalog; one that
     lost track is rebuilt, in place (the daemon's readers hold the same objects)."""

@@ -284,3 +284,62 @@ def test_a_catalog_upgraded_by_another_process_is_a_clear_error(tmp_path: Path,
     reopened = Catalog(path)  # and once the lock is gone, the upgrade runs
     assert reopened._meta("sparse_blobs_version") == catalog_module.SPARSE_BLOBS_VERSION
     reopened.close()
+
+
+def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``save`` writes base, delta and removed keys as they are; ``load`` gives back a mirror
+    that answers, counts and keeps changing as the original does, and nothing (so the caller
+    builds) for another generation, another label, a damaged file or no file."""
+    from ragd.store import sparse as sparse_module
+    from ragd.store.sparse import LexicalIndex, SparseIndex, arrays
+
+    monkeypatch.setattr(sparse_module, "COMPACT_MIN", 1 << 40)  # keep a delta and dead postings
+    docs = _docs(900, seed=31)
+    items = list(docs.items())
+    index = SparseIndex()
+    index.add((h, *arrays(d)) for h, d in items[:600])
+    index.compact()
+    index.add((h, *arrays(d)) for h, d in items[600:])
+    index.remove([h for h, _ in items[::5]])
+    replaced = _docs(40, seed=32)
+    index.add((h, *arrays(d)) for (h, _), d in zip(items[1::9], replaced.values(), strict=False))
+    assert len(index._view.delta[0]) > 0 and index._dead_postings > 0
+    path = tmp_path / "m.sparse.npz"
+    index.save(path, 7, "m3")
+    loaded = SparseIndex.load(path, 7, "m3")
+    assert loaded is not None
+    assert (loaded.count, loaded.postings, loaded._dead_postings) == (index.count, index.postings, index._dead_postings)
+    queries = _queries(20, seed=33)
+    for q in queries:
+        assert loaded.search(q, 30) == index.search(q, 30)
+    more = list(_docs(50, seed=34).items())
+    for m in (index, loaded):  # both keep changing the same way
+        m.add((h, *arrays(d)) for h, d in more)
+        m.remove([h for h, _ in items[2::11]])
+        m.compact()
+    assert loaded.count == index.count and loaded.postings == index.postings
+    for q in queries:
+        assert loaded.search(q, 30) == index.search(q, 30)
+
+    assert SparseIndex.load(path, 8, "m3") is None  # the catalog moved on
+    assert SparseIndex.load(path, 7, "other-model") is None
+    assert LexicalIndex.load(path, 7, "m3") is None  # another kind of mirror
+    assert SparseIndex.load(tmp_path / "missing.npz", 7, "m3") is None
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert SparseIndex.load(damaged, 7, "m3") is None
+
+    # the BM25 mirror keeps its vocabulary: term ids mean the same after loading
+    lex = LexicalIndex.build([(1, "heron nest river"), (2, "bread starter flour bread"), (3, "river delta")])
+    lex.add_terms([(4, "heron fishing river river")])
+    lex.remove([3])
+    lex.save(tmp_path / "lexical.npz", 3, "lexical")
+    back = LexicalIndex.load(tmp_path / "lexical.npz", 3, "lexical")
+    assert back is not None and back.count == 3
+    for terms in (["heron"], ["river", "bread"], ["delta"], ["unknown"]):
+        assert back.search(terms, 5) == lex.search(terms, 5)
+    for m in (lex, back):
+        m.add_terms([(5, "sourdough bread heron")])
+    assert back.search(["bread", "heron"], 5) == lex.search(["bread", "heron"], 5)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ragd.errors import RagdError
 from ragd.models.base import LoadedModels
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
-from ragd.store.sparse import LexicalIndex, SparseIndex
+from ragd.store.sparse import LexicalIndex, Postings, SparseIndex
 from ragd.store.sparse import arrays as sparse_arrays
 from ragd.store.vectors import VectorIndex
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ragd.config import Config
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Postings)
 
 
 class ModelGate:
@@ -94,6 +95,7 @@ class Engine:
         self._vectors: VectorIndex | None = None
         self._sparse: SparseIndex | None = None
         self._lexical: LexicalIndex | None = None
+        self._mirrors_saved: dict[str, int] = {}  # mirror -> catalog generation of its snapshot
         self._model_key: int | None = None
         self.gate = ModelGate()
         # One load at a time: a thread asking for the models, the vectors or the model key while
@@ -171,7 +173,9 @@ class Engine:
         if self._sparse is None and self.models.embedder.has_sparse:
             with self._load_lock:
                 if self._sparse is None:
-                    self._sparse = SparseIndex.build(self.catalog.sparse_rows(self.model_key))
+                    self._sparse = self._load_mirror(
+                        SparseIndex, "sparse", lambda: self.catalog.count_sparse(self.model_key),
+                        lambda: SparseIndex.build(self.catalog.sparse_rows(self.model_key)))
         return self._sparse
 
     @property
@@ -180,8 +184,29 @@ class Engine:
         if self._lexical is None:
             with self._load_lock:
                 if self._lexical is None:
-                    self._lexical = LexicalIndex.build(self.catalog.lexical_rows())
+                    self._lexical = self._load_mirror(
+                        LexicalIndex, "lexical", self.catalog.count_chunks,
+                        lambda: LexicalIndex.build(self.catalog.lexical_rows()))
         return self._lexical
+
+    def _mirror_snapshot(self, name: str) -> tuple[Path, str]:
+        """Where the snapshot of mirror ``name`` lives and what it is labelled with (the sparse
+        weights belong to one embedder; the full-text rows to none)."""
+        if name == "sparse":
+            return self._snapshot_path().with_suffix(".sparse.npz"), self.models.embedder.model_id
+        return self.data_dir / "vectors" / "lexical.npz", "lexical"
+
+    def _load_mirror(self, kind: type[M], name: str, count: Callable[[], int], build: Callable[[], M]) -> M:
+        """The snapshot of mirror ``name`` when it holds the catalog's current generation (and
+        as many keys), else built from the catalog and saved."""
+        path, label = self._mirror_snapshot(name)
+        generation = self.catalog.generation()
+        index = kind.load(path, generation, label)
+        if index is None or index.count != count():
+            index = build()
+            index.save(path, generation, label)
+        self._mirrors_saved[name] = generation
+        return index
 
     def check_mirrors(self) -> list[str]:
         """Rebuild an in-memory mirror whose size disagrees with the catalog (a stale cache is
@@ -195,6 +220,8 @@ class Engine:
             if self._sparse is not None and self._sparse.count != self.catalog.count_sparse(self.model_key):
                 self._sparse.replace(SparseIndex.build(self.catalog.sparse_rows(self.model_key)))
                 rebuilt.append("sparse")
+            for name in rebuilt:  # a snapshot of the same generation may hold the same error
+                self._mirrors_saved.pop(name, None)
         return rebuilt
 
     def forget_chunks(self, ids: list[int]) -> None:
@@ -230,6 +257,18 @@ class Engine:
     def save_vectors(self) -> None:
         if self._vectors is not None:
             self._vectors.save(self._snapshot_path(), self.catalog.generation(), self.models.embedder.model_id)
+
+    def save_snapshots(self) -> None:
+        """Snapshot the caches that are loaded (FAISS; a mirror when the catalog changed since
+        it was loaded or last saved, or it was rebuilt), for a fast next start. The writer
+        calls it, with every committed change already applied to the caches."""
+        self.save_vectors()
+        generation = self.catalog.generation()
+        for name, mirror in (("sparse", self._sparse), ("lexical", self._lexical)):
+            if mirror is not None and self._mirrors_saved.get(name) != generation:
+                path, label = self._mirror_snapshot(name)
+                mirror.save(path, generation, label)
+                self._mirrors_saved[name] = generation
 
     # -- writers ----------------------------------------------------------------------
     @contextlib.contextmanager

@@ -190,7 +190,7 @@ class Indexer:
         if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
             engine.rebuild_vectors()  # a stale cache is rebuilt, never served
         engine.check_mirrors()
-        engine.save_vectors()
+        engine.save_snapshots()
 
     def _index_scope(self, scope: Scope, report: IndexReport) -> None:
         catalog = self.engine.catalog

@@ -487,7 +487,7 @@ class Daemon:
             ids = catalog.remove_root(root)
             self.engine.forget_chunks(ids)
             self.engine.collect_garbage()
-            self.engine.save_vectors()
+            self.engine.save_snapshots()
         self._extra_roots.discard(root)
         return files
 
@@ -698,7 +698,7 @@ class Daemon:
                     r.close()
         if self.engine is not None:
             with contextlib.suppress(Exception):
-                self.engine.save_vectors()
+                self.engine.save_snapshots()
             self.engine.close()
         self._exit.close()
         self.queue.close()

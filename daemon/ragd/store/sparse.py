@@ -13,19 +13,28 @@ score, the sum over shared tokens of query weight x document weight: one ``np.bi
 the query tokens' postings, O(P) for P postings, ~10x cheaper a posting than SQLite summing
 them and ~30x cheaper than handling them in Python (benchmarks/README.md). Memory: 8 bytes a
 posting (int32 slot, float32 weight), ~1.4 KB for a chunk of 180 distinct tokens.
+
+Snapshots (``save`` / ``load``): the arrays as they are, base, delta and live slots, in one
+``.npz`` written atomically, with the catalog generation they mirror; the daemon loads a
+current one at start instead of building (seconds for a large index) and builds when it is
+missing, stale or unreadable.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 
 from ragd.models.base import SparseWeights
+from ragd.store.vectors import atomic_write
 
 COMPACT_FRACTION = 0.05
 """The delta (plus removed hashes' postings) is merged into the base once it holds this
@@ -33,6 +42,7 @@ fraction of the base's postings... (a merge sorts every posting: ~3 s for 18M, 1
 about once per 5k chunks embedded, which takes the embedder the better part of an hour)"""
 COMPACT_MIN = 1 << 18
 """...and at least this many (scanning a delta costs ~2 ms a query per 1M postings)."""
+SNAPSHOT_VERSION = 1
 
 
 def arrays(weights: SparseWeights) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +243,77 @@ class Postings:
     def _take_extra(self, other: Postings) -> None:
         """What a subclass keeps beside the postings, taken over by ``replace``."""
 
+    # -- snapshots ----------------------------------------------------------------------
+    def save(self, path: Path, generation: int, label: str) -> None:
+        """Write the postings as they are (no merge) to ``path``, atomically, recording the
+        catalog ``generation`` and the ``label`` (what they mirror) that ``load`` must match."""
+        with self._write:
+            view, alive = self._view, self._alive
+            meta = {"version": SNAPSHOT_VERSION, "kind": type(self).__name__, "generation": generation,
+                    "label": label}
+            arrays: dict[str, Any] = {
+                "meta": np.asarray(json.dumps(meta)), "keys": np.asarray(view.keys[: len(alive)]),
+                "values": view.values[: len(alive)], "tokens": view.tokens, "ptr": view.ptr,
+                "base_slot": view.base_slot, "base_weight": view.base_weight, "delta_token": view.delta[0],
+                "delta_slot": view.delta[1], "delta_weight": view.delta[2], "alive": alive,
+                **self._extra_arrays(),
+            }
+
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+
+            atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: Path, generation: int, label: str) -> Self | None:
+        """The snapshot at ``path`` if it mirrors exactly ``generation`` of ``label``, else None
+        (missing, stale, written by another version or unreadable)."""
+        want = {"version": SNAPSHOT_VERSION, "kind": cls.__name__, "generation": generation, "label": label}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if json.loads(str(data["meta"])) != want:
+                    return None
+                arrays = {name: data[name] for name in data.files}
+            index = cls()
+            index._restore(arrays)
+        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):
+            return None
+        return index
+
+    def _restore(self, a: dict[str, np.ndarray]) -> None:
+        keys = a["keys"].tolist()
+        alive = a["alive"].astype(bool)
+        delta = (a["delta_token"].astype(np.int32), a["delta_slot"].astype(np.int32),
+                 a["delta_weight"].astype(np.float32))
+        view = _View(keys, a["values"].astype(np.float64), a["tokens"].astype(np.int32), a["ptr"].astype(np.int64),
+                     a["base_slot"].astype(np.int32), a["base_weight"].astype(np.float32), delta)
+        n = len(keys)
+        slots = np.concatenate([view.base_slot, delta[1]])
+        shapes_agree = (
+            len(alive) == len(view.values) == n and len(view.ptr) == len(view.tokens) + 1
+            and view.ptr[-1] == len(view.base_slot) == len(view.base_weight)
+            and len(delta[0]) == len(delta[1]) == len(delta[2])
+        )
+        if not shapes_agree or (len(slots) and not 0 <= slots.min() <= slots.max() < n):
+            raise ValueError("inconsistent snapshot")
+        sizes = np.bincount(slots, minlength=n)
+        live = np.flatnonzero(alive)
+        self._view, self._alive = view, alive
+        self._slots = {keys[i]: i for i in live.tolist()}
+        if len(self._slots) != len(live):
+            raise ValueError("a key is live in two slots")
+        self._sizes = dict(zip(live.tolist(), sizes[live].tolist(), strict=True))
+        self._dead_postings = int(sizes[~alive].sum())
+        self._restore_extra(a)
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        """What a subclass keeps beside the postings, for a snapshot."""
+        return {}
+
+    def _restore_extra(self, arrays: dict[str, np.ndarray]) -> None:
+        """Read back what ``_extra_arrays`` saved."""
+
     # -- reads --------------------------------------------------------------------------
     def _gather(self, q_tokens: np.ndarray) -> _Gathered:
         """Every live posting of the query's tokens (int64, distinct)."""
@@ -359,6 +440,14 @@ class LexicalIndex(Postings):
     def _take_extra(self, other: Postings) -> None:
         assert isinstance(other, LexicalIndex)
         self._vocab = other._vocab  # a term's id must mean what the taken postings mean by it
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {"vocab": np.asarray(list(self._vocab), dtype=str)}  # in id order: ids are insertion order
+
+    def _restore_extra(self, arrays: dict[str, np.ndarray]) -> None:
+        self._vocab.update((term, i) for i, term in enumerate(arrays["vocab"].tolist()))
+        if len(self._vocab) != len(arrays["vocab"]):
+            raise ValueError("a term twice in the vocabulary")
 
     def add_terms(self, rows: Iterable[tuple[int, str]], *, compact: bool = True) -> None:
         """Add (or replace) chunks with their terms as stored (``lexical.document_terms``:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ragd.store.catalog import Catalog
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)``, fsync the result and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -104,9 +104,9 @@ class VectorIndex:
         import faiss
 
         with self._lock:
-            _atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+            atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
             meta = {"generation": generation, "model": model, "count": self.count, "dim": self.dim}
-        _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path, generation: int, model: str, dim: int) -> VectorIndex | None:
