@@ -320,6 +320,34 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
         assert builds == ["LexicalIndex"]
 
 
+def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
+    indexed: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk or a read-only data folder: the mirrors are built and searched as ever, a
+    warning says the snapshot was not saved, and the next save tries again."""
+    import errno
+
+    from ragd.store.sparse import Postings
+
+    engine, root = indexed
+    real_save = Postings.save
+
+    def full_disk(self: Postings, path: Path, generation: int, label: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Postings, "save", full_disk)
+    with caplog.at_level("WARNING", logger="ragd.engine"):
+        assert engine.lexical.count == engine.catalog.count_chunks()
+        assert engine.sparse is not None
+        hits = search(engine, "Sourdough bread needs a starter", SearchOptions(mode="hybrid", rerank=False)).hits
+    assert hits[0].path == str(root / "bread.txt")
+    assert "cannot save the lexical mirror's snapshot" in caplog.text and "No space left" in caplog.text
+    assert not engine._mirror_snapshot("lexical")[0].exists()
+    monkeypatch.setattr(Postings, "save", real_save)
+    engine.save_snapshots()  # the catalog did not change, but this generation was never saved
+    assert engine._mirror_snapshot("lexical")[0].is_file() and engine._mirror_snapshot("sparse")[0].is_file()
+
+
 def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: Any) -> None:
     """After an indexing run the mirrors' sizes are checked against the catalog; one that
     lost track is rebuilt, in place (the daemon's readers hold the same objects)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import threading
@@ -26,6 +27,8 @@ from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
     from ragd.config import Config
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Postings)
@@ -202,11 +205,25 @@ class Engine:
         path, label = self._mirror_snapshot(name)
         generation = self.catalog.generation()
         index = kind.load(path, generation, label)
-        if index is None or index.count != count():
-            index = build()
-            index.save(path, generation, label)
-        self._mirrors_saved[name] = generation
+        if index is not None and index.count == count():
+            self._mirrors_saved[name] = generation
+            return index
+        index = build()
+        self._save_mirror(name, index, generation)
         return index
+
+    def _save_mirror(self, name: str, mirror: Postings, generation: int) -> bool:
+        """Snapshot one mirror; a snapshot that cannot be written (a full disk, a read-only
+        data folder) is only a slower next start, so it is logged, not raised."""
+        path, label = self._mirror_snapshot(name)
+        try:
+            mirror.save(path, generation, label)
+        except OSError as exc:
+            log.warning("cannot save the %s mirror's snapshot %s (%s); the next start builds it again",
+                        name, path, exc)
+            return False
+        self._mirrors_saved[name] = generation
+        return True
 
     def check_mirrors(self) -> list[str]:
         """Rebuild an in-memory mirror whose size disagrees with the catalog (a stale cache is
@@ -266,9 +283,7 @@ class Engine:
         generation = self.catalog.generation()
         for name, mirror in (("sparse", self._sparse), ("lexical", self._lexical)):
             if mirror is not None and self._mirrors_saved.get(name) != generation:
-                path, label = self._mirror_snapshot(name)
-                mirror.save(path, generation, label)
-                self._mirrors_saved[name] = generation
+                self._save_mirror(name, mirror, generation)
 
     # -- writers ----------------------------------------------------------------------
     @contextlib.contextmanager
