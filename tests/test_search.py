@@ -348,6 +348,33 @@ def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
     assert engine._mirror_snapshot("lexical")[0].is_file() and engine._mirror_snapshot("sparse")[0].is_file()
 
 
+def test_a_vector_snapshot_that_cannot_be_written_costs_only_a_slower_start(
+    indexed: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Likewise for FAISS: the index is rebuilt and searched, and an indexing run completes
+    with every batch committed, with a warning instead of an error."""
+    import errno
+
+    from ragd.store.vectors import VectorIndex
+
+    engine, root = indexed
+
+    def full_disk(self: VectorIndex, path: Path, generation: int, model: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(VectorIndex, "save", full_disk)
+    engine._snapshot_path().unlink()  # the next engine must rebuild (and try to save)
+    with caplog.at_level("WARNING", logger="ragd.engine"), Engine(engine.config, engine.models) as fresh:
+        assert fresh.vectors.count == fresh.catalog.count_embedded_chunks(fresh.model_key)
+        hits = search(fresh, "Sourdough bread needs a starter", SearchOptions(mode="dense", rerank=False)).hits
+        assert hits[0].path == str(root / "bread.txt")
+        (root / "quokka.md").write_text("# Quokkas\n\nQuokkas hop around Rottnest Island.\n", encoding="utf-8")
+        report = index_paths(fresh, [root])
+        assert report.files_failed == 0 and report.files_indexed == 1
+        assert fresh.catalog.files_under(str(root / "quokka.md"))
+    assert "cannot save the vector snapshot" in caplog.text and "No space left" in caplog.text
+
+
 def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: Any) -> None:
     """After an indexing run the mirrors' sizes are checked against the catalog; one that
     lost track is rebuilt, in place (the daemon's readers hold the same objects)."""

@@ -166,7 +166,7 @@ class Engine:
         index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim)
         if index is None or index.count != self.catalog.count_embedded_chunks(self.model_key):
             index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
-            index.save(self._snapshot_path(), self.catalog.generation(), emb.model_id)
+            self._save_vectors(index)
         return index
 
     @property
@@ -273,7 +273,16 @@ class Engine:
 
     def save_vectors(self) -> None:
         if self._vectors is not None:
-            self._vectors.save(self._snapshot_path(), self.catalog.generation(), self.models.embedder.model_id)
+            self._save_vectors(self._vectors)
+
+    def _save_vectors(self, index: VectorIndex) -> None:
+        """Snapshot FAISS; one that cannot be written (a full disk, a read-only data folder)
+        only makes the next start rebuild it, so it is logged, not raised."""
+        path = self._snapshot_path()
+        try:
+            index.save(path, self.catalog.generation(), self.models.embedder.model_id)
+        except OSError as exc:
+            log.warning("cannot save the vector snapshot %s (%s); the next start rebuilds it", path, exc)
 
     def save_snapshots(self) -> None:
         """Snapshot the caches that are loaded (FAISS; a mirror when the catalog changed since
