@@ -176,9 +176,7 @@ class Engine:
         if self._sparse is None and self.models.embedder.has_sparse:
             with self._load_lock:
                 if self._sparse is None:
-                    self._sparse = self._load_mirror(
-                        SparseIndex, "sparse", lambda: self.catalog.count_sparse(self.model_key),
-                        lambda: SparseIndex.build(self.catalog.sparse_rows(self.model_key)))
+                    self._sparse = self._load_mirror(SparseIndex, "sparse")
         return self._sparse
 
     @property
@@ -187,9 +185,7 @@ class Engine:
         if self._lexical is None:
             with self._load_lock:
                 if self._lexical is None:
-                    self._lexical = self._load_mirror(
-                        LexicalIndex, "lexical", self.catalog.count_chunks,
-                        lambda: LexicalIndex.build(self.catalog.lexical_rows()))
+                    self._lexical = self._load_mirror(LexicalIndex, "lexical")
         return self._lexical
 
     def _mirror_snapshot(self, name: str) -> tuple[Path, str]:
@@ -199,20 +195,29 @@ class Engine:
             return self._snapshot_path().with_suffix(".sparse.npz"), self.models.embedder.model_id
         return self.data_dir / "vectors" / "lexical.npz", "lexical"
 
-    def _load_mirror(self, kind: type[M], name: str, count: Callable[[], int], build: Callable[[], M]) -> M:
+    def _mirror_source(self, name: str) -> tuple[int, Callable[[], Postings]]:
+        """How many keys the catalog holds for mirror ``name``, and how to build it from there."""
+        if name == "sparse":
+            key = self.model_key
+            return self.catalog.count_sparse(key), lambda: SparseIndex.build(self.catalog.sparse_rows(key))
+        return self.catalog.count_chunks(), lambda: LexicalIndex.build(self.catalog.lexical_rows())
+
+    def _load_mirror(self, kind: type[M], name: str) -> M:
         """The snapshot of mirror ``name`` when it holds the catalog's current generation (and
         as many keys), else built from the catalog and saved."""
         path, label = self._mirror_snapshot(name)
         generation = self.catalog.generation()
         index = kind.load(path, generation, label)
-        if index is not None and index.count == count():
+        count, build = self._mirror_source(name)
+        if index is not None and index.count == count:
             self._mirrors_saved[name] = generation
             return index
-        index = build()
-        self._save_mirror(name, index, generation)
-        return index
+        built = build()
+        assert isinstance(built, kind)
+        self._save_mirror(name, built, generation)
+        return built
 
-    def _save_mirror(self, name: str, mirror: Postings, generation: int) -> bool:
+    def _save_mirror(self, name: str, mirror: Postings, generation: int) -> None:
         """Snapshot one mirror; a snapshot that cannot be written (a full disk, a read-only
         data folder) is only a slower next start, so it is logged, not raised."""
         path, label = self._mirror_snapshot(name)
@@ -221,24 +226,22 @@ class Engine:
         except OSError as exc:
             log.warning("cannot save the %s mirror's snapshot %s (%s); the next start builds it again",
                         name, path, exc)
-            return False
+            return
         self._mirrors_saved[name] = generation
-        return True
 
     def check_mirrors(self) -> list[str]:
         """Rebuild an in-memory mirror whose size disagrees with the catalog (a stale cache is
         rebuilt, never served); returns the names of those rebuilt."""
         rebuilt: list[str] = []
         with self._load_lock:
-            # replaced in place: the daemon's readers hold these objects
-            if self._lexical is not None and self._lexical.count != self.catalog.count_chunks():
-                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows()))
-                rebuilt.append("lexical")
-            if self._sparse is not None and self._sparse.count != self.catalog.count_sparse(self.model_key):
-                self._sparse.replace(SparseIndex.build(self.catalog.sparse_rows(self.model_key)))
-                rebuilt.append("sparse")
-            for name in rebuilt:  # a snapshot of the same generation may hold the same error
-                self._mirrors_saved.pop(name, None)
+            for name, mirror in (("lexical", self._lexical), ("sparse", self._sparse)):
+                if mirror is None:
+                    continue
+                count, build = self._mirror_source(name)
+                if mirror.count != count:
+                    mirror.replace(build())  # in place: the daemon's readers hold this object
+                    rebuilt.append(name)
+                    self._mirrors_saved.pop(name, None)  # a snapshot of this generation may hold the same error
         return rebuilt
 
     def forget_chunks(self, ids: list[int]) -> None:
