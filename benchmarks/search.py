@@ -1,6 +1,7 @@
 """Search latency benchmark: ``ragd.search.search`` end to end (query embedding included) on
 indexes of 10k and 100k chunks, without reranking (hybrid and dense-only) and with reranking
-of the top 20 (with and without a 2 s deadline).
+of the top 20 (with and without a 2 s deadline; with the deadline also without narrowing the
+rerank window, i.e. `search.rerank_min_tokens` = `rerank_max_tokens`).
 
     .venv/bin/python benchmarks/search.py [--json] [--sizes 10000,100000] [--queries 30]
                                           [--rerank-queries 3] [--precision auto|fp32|bf16|int8]
@@ -39,6 +40,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,7 @@ def run_config(engine: Any, qs: list[str], make_options: Any) -> dict[str, Any]:
     walls: list[float] = []
     stages: dict[str, list[float]] = {}
     reranked: list[int] = []
+    windows: list[int] = []
     for q in qs:
         opts = make_options()
         t = time.perf_counter()
@@ -204,6 +207,7 @@ def run_config(engine: Any, qs: list[str], make_options: Any) -> dict[str, Any]:
         for key, value in result.timings.items():
             stages.setdefault(key, []).append(value)
         reranked.append(result.reranked)
+        windows.append(getattr(result, "rerank_window", 0))  # older ragd: no narrowing
     out: dict[str, Any] = {
         "queries": len(walls),
         "p50_ms": round(percentile(walls, 0.5), 1),
@@ -212,6 +216,7 @@ def run_config(engine: Any, qs: list[str], make_options: Any) -> dict[str, Any]:
     }
     if any(reranked):
         out["reranked_mean"] = round(statistics.mean(reranked), 1)
+        out["rerank_windows"] = windows
     return out
 
 
@@ -294,6 +299,15 @@ def main() -> int:
             per["hybrid_rerank20_deadline2s"] = run_config(
                 engine, rq, lambda: SearchOptions(k=10, candidates=20, rerank=True, mode="hybrid",
                                                   deadline=time.monotonic() + 2.0))
+            if hasattr(engine.config.search, "rerank_min_tokens"):
+                log(f"[{size}] hybrid, rerank top 20, 2 s deadline, whole windows only (no narrowing)")
+                narrowing = engine.config
+                engine.config = replace(narrowing, search=replace(
+                    narrowing.search, rerank_min_tokens=narrowing.search.rerank_max_tokens))
+                per["hybrid_rerank20_deadline2s_no_narrowing"] = run_config(
+                    engine, rq, lambda: SearchOptions(k=10, candidates=20, rerank=True, mode="hybrid",
+                                                      deadline=time.monotonic() + 2.0))
+                engine.config = narrowing
         per["synthetic_query_lexical_weights"] = bool(stand_in and stand_in.replaced)
         per["load_average_end"] = round(os.getloadavg()[0], 2)
         result["sizes"][str(size)] = per
@@ -307,11 +321,14 @@ def main() -> int:
     print(f"{result['machine']['cpu']}, {result['machine']['cores']} cores; embedder precision "
           f"{result['precision']}, backend {result['backend']}; load {result['load_average']}")
     for size, per in result["sizes"].items():
-        for name in ("hybrid", "dense", "hybrid_rerank20", "hybrid_rerank20_deadline2s"):
+        for name in ("hybrid", "dense", "hybrid_rerank20", "hybrid_rerank20_deadline2s",
+                     "hybrid_rerank20_deadline2s_no_narrowing"):
             if name in per:
                 r = per[name]
                 st = ", ".join(f"{k[:-3]} {v}" for k, v in r["stages_p50_ms"].items())
-                print(f"{size:>7} {name:28} p50 {r['p50_ms']:>8} ms  p95 {r['p95_ms']:>8} ms  ({st})")
+                rr = (f"; {r['reranked_mean']} reranked, windows {r['rerank_windows']}"
+                      if "reranked_mean" in r else "")
+                print(f"{size:>7} {name:40} p50 {r['p50_ms']:>8} ms  p95 {r['p95_ms']:>8} ms  ({st}{rr})")
     return 0
 
 

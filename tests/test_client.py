@@ -88,6 +88,7 @@ def _response(stage: Any) -> pb.SearchResponse:
         timings_ms={"total_ms": 12.5, "embed_ms": 3.0},
         candidates=50,
         reranked=2 if reranked else 0,
+        rerank_window=96 if reranked else 0,
         models=pb.Models(embedder="bge-m3", reranker="bge-reranker-v2-m3" if reranked else ""),
         degraded=[] if reranked else ["reranker not loaded"],
     )
@@ -249,7 +250,7 @@ def test_search_maps_the_response(client: Client) -> None:
     result = client.search("crash safety")
     assert result.query == "crash safety"
     assert result.stage == "reranked"
-    assert (result.candidates, result.reranked) == (50, 2)
+    assert (result.candidates, result.reranked, result.rerank_window) == (50, 2, 96)
     assert result.timings == {"embed_ms": 3.0, "total_ms": 12.5}
     assert result.models.embedder == "bge-m3" and result.models.reranker == "bge-reranker-v2-m3"
     assert result.degraded == []
@@ -267,6 +268,7 @@ def test_search_maps_the_response(client: Client) -> None:
     assert list(data["hits"][0]) == HIT_KEYS
     assert data["hits"][0]["rerank_score"] == 0.9 and data["hits"][0]["page"] is None
     assert data["stage"] == "reranked" and data["models"] == {"embedder": "bge-m3", "reranker": "bge-reranker-v2-m3"}
+    assert data["rerank_window"] == 96
 
     retrieval = client.search("crash safety", rerank=False)
     assert retrieval.stage == "retrieval"

@@ -128,6 +128,21 @@ def test_live_changes_are_searchable(daemon_factory: Callable[..., Any]) -> None
     assert result.models["embedder"] if isinstance(result.models, dict) else result.models
 
 
+def test_a_search_says_which_window_the_reranker_read(tmp_path: Path, daemon_factory: Callable[..., Any]) -> None:
+    """A chunk longer than search.rerank_max_tokens is reranked on its window, and the
+    response says so; chunks read whole say 0."""
+    notes = tmp_path / "notes"
+    write_tree(notes, {**NOTES, "herons.md": "Herons wade in shallow water. " * 4
+                       + "Grey herons nest in tall trees beside lakes and rivers, in colonies. " * 3})
+    _, client, _ = daemon_factory(search={"rerank_max_tokens": 16, "rerank_min_tokens": 16})
+    wait_for(lambda: idle(client), what="initial index")
+    result = client.search("where do grey herons nest", k=3, candidates=30)
+    assert result.reranked >= 2 and result.rerank_window == 16
+    assert result.to_dict()["rerank_window"] == 16
+    result = client.search("where do grey herons nest", k=3, candidates=30, rerank=False)
+    assert result.reranked == 0 and result.rerank_window == 0
+
+
 def test_overflow_triggers_a_reconcile_scan(daemon_factory: Callable[..., Any]) -> None:
     daemon, client, notes = daemon_factory()
     wait_for(lambda: idle(client), what="initial index")

@@ -39,7 +39,7 @@ def test_search_returns_hits_with_every_field(indexed: Any) -> None:
         assert hit.start_line >= 1 and hit.end_line >= hit.start_line
         assert hit.rerank_score is not None and hit.score == hit.rerank_score
         assert hit.snippet
-    assert result.reranked == 4
+    assert result.reranked == 4 and result.rerank_window == 0  # short files, read whole
     scores = [h.rerank_score for h in result.hits]
     assert scores == sorted(scores, reverse=True)
     assert {"embed_ms", "dense_ms", "sparse_ms", "fuse_ms", "rerank_ms", "total_ms"} <= set(result.timings)
@@ -47,6 +47,7 @@ def test_search_returns_hits_with_every_field(indexed: Any) -> None:
     data = result.to_json()
     assert set(data["hits"][0]) >= {"path", "start_line", "end_line", "heading", "snippet", "score",
                                     "retrieval_score", "rerank_score"}
+    assert data["rerank_window"] == result.rerank_window
 
 
 def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
@@ -104,19 +105,23 @@ def test_snippet_centres_on_query_words() -> None:
 
 
 class _SlowReranker:
-    """Takes ``per_passage`` seconds per passage, like a CPU cross-encoder."""
+    """Takes ``per_token`` seconds per token of each query-passage pair (the query's and the
+    passage's words plus 4 special tokens), like a CPU cross-encoder; records what it read."""
 
     model_id = "slow"
 
-    def __init__(self, per_passage: float) -> None:
-        self.per_passage = per_passage
+    def __init__(self, per_token: float) -> None:
+        self.per_token = per_token
         self.calls: list[int] = []
+        self.read: list[str] = []
 
     def score(self, query: str, passages: list[str]) -> list[float]:
         import time
 
         self.calls.append(len(passages))
-        time.sleep(self.per_passage * len(passages))
+        self.read.extend(passages)
+        q = len(self.token_offsets(query))
+        time.sleep(self.per_token * sum(q + len(self.token_offsets(p)) + 4 for p in passages))
         return [1.0] * len(passages)
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -132,19 +137,20 @@ def test_rerank_deadline_is_met_even_on_the_first_search(indexed: Any) -> None:
     from ragd.search import _rerank
 
     engine, _ = indexed
-    reranker = _SlowReranker(0.1)
+    reranker = _SlowReranker(0.1 / 8)  # "q" + "passage number i" + 4: 0.1 s a passage
     head = [(i, 1.0) for i in range(20)]
     rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
     for _ in range(2):
         started = time.monotonic()
-        scores = _rerank(engine, reranker, "q", head, rows, started + 0.5, lambda: None)
+        reranked = _rerank(engine, reranker, "q", head, rows, started + 0.5, lambda: None)
         took = time.monotonic() - started
         assert took <= 0.55, took
-        assert 3 <= len(scores) <= 5
-        assert list(scores) == list(range(len(scores)))  # in retrieval order
+        assert 3 <= len(reranked.scores) <= 5
+        assert list(reranked.scores) == list(range(len(reranked.scores)))  # in retrieval order
+        assert reranked.window == 0  # short passages, read whole
     assert reranker.calls[0] == 1 and max(reranker.calls) <= 4
-    scores = _rerank(engine, reranker, "q", head, rows, None, lambda: None)
-    assert len(scores) == 20 and reranker.calls[-1] == 20
+    reranked = _rerank(engine, reranker, "q", head, rows, None, lambda: None)
+    assert len(reranked.scores) == 20 and reranker.calls[-1] == 20
 
 
 def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> None:
@@ -156,15 +162,84 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> No
     from ragd.search import _rerank, prime_rerank_pace
 
     engine, _ = indexed
-    reranker = _SlowReranker(0.1)
-    pace = prime_rerank_pace(reranker, 16)
-    assert pace is not None and pace >= 0.1
+    reranker = _SlowReranker(0.1 / 8)
+    pace = prime_rerank_pace(reranker, 16, 4)
+    assert pace is not None and pace >= reranker.per_token and reranker.calls == [1, 1]
     head = [(i, 1.0) for i in range(20)]
     rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
     started = time.monotonic()
-    scores = _rerank(engine, reranker, "q", head, rows, started + 0.35, lambda: None)
+    reranked = _rerank(engine, reranker, "q", head, rows, started + 0.35, lambda: None)
     assert time.monotonic() - started <= 0.385
-    assert 2 <= len(scores) <= 3 and reranker.calls[1] > 1
+    assert 2 <= len(reranked.scores) <= 3 and reranker.calls[2] > 1
+
+
+LONG = [" ".join([f"filler{i}x{j}" for j in range(90)] + ["the heron nests in reeds."]
+                 + [f"tail{i}x{j}" for j in range(110)]) for i in range(20)]
+
+
+def _with_search(engine: Any, **search: Any) -> Any:
+    """``engine`` as ``_rerank`` sees it, with other search settings."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(search=replace(engine.config.search, **search)), gate=engine.gate)
+
+
+def test_a_deadline_narrows_the_window_so_every_candidate_is_reranked(indexed: Any) -> None:
+    """20 passages of 205 words, ~0.1 s each read whole, and 1 s: one narrower window for all
+    (still around the sentence with the query's words) reranks all 20 on time; with the
+    narrowing floor at the full window, only the first ~9 are reranked, also on time."""
+    import time
+    from types import SimpleNamespace
+
+    from ragd.search import _rerank, prime_rerank_pace
+
+    engine, _ = indexed
+    head = [(i, 1.0) for i in range(20)]
+    rows = {i: SimpleNamespace(text=t) for i, t in enumerate(LONG)}
+    query = "where does the heron nest"
+    narrow = _with_search(engine, rerank_min_tokens=32)
+    reranker = _SlowReranker(0.0005)
+    prime_rerank_pace(reranker, 352, 32)
+    reranker.read.clear()
+    started = time.monotonic()
+    reranked = _rerank(narrow, reranker, query, head, rows, started + 1.0, lambda: None)
+    took = time.monotonic() - started
+    assert took <= 1.0, took
+    assert len(reranked.scores) == 20
+    assert 32 <= reranked.window < 205 - 20  # narrower than the passages
+    assert len(reranker.read) == 20
+    for passage in reranker.read:
+        assert len(passage.split()) <= reranked.window and "the heron nests in reeds." in passage
+    reranker.read.clear()
+    whole = _with_search(engine, rerank_min_tokens=352)
+    started = time.monotonic()
+    reranked = _rerank(whole, reranker, query, head, rows, started + 1.0, lambda: None)
+    assert time.monotonic() - started <= 1.0
+    assert 6 <= len(reranked.scores) <= 10 and reranked.window == 0  # read whole
+    assert all(p in LONG for p in reranker.read)
+    reranker.read.clear()
+    reranked = _rerank(narrow, reranker, query, head[:3], rows, None, lambda: None)  # no deadline: whole
+    assert reranked.window == 0 and reranker.read == LONG[:3]
+    reranked = _rerank(_with_search(engine, rerank_max_tokens=100), reranker, query, head[:3], rows, None,
+                       lambda: None)
+    assert reranked.window == 100 and all(len(p.split()) == 100 for p in reranker.read[3:])
+
+
+def test_the_window_fits_the_budget() -> None:
+    from ragd.search import PAIR_EXTRA_TOKENS, fit_window
+
+    lengths = [500, 300, 100, 40]
+    q = 6
+
+    def cost(w: int) -> int:
+        return sum(q + PAIR_EXTRA_TOKENS + min(n, w) for n in lengths)
+
+    assert fit_window(lengths, q, cost(500), 16, 352) == 352  # everything fits at the limit
+    for budget in (cost(352) - 1, cost(200), cost(200) + 1, cost(120), cost(64) + 50):
+        w = fit_window(lengths, q, budget, 16, 352)
+        assert cost(w) <= budget < cost(w + 1)
+    assert fit_window(lengths, q, cost(16) - 1, 16, 352) == 16  # nothing fits: the floor
 
 
 def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,8 +192,9 @@ def search(
         click.echo(f"   {scores}")
         click.echo(f"   {hit['snippet']}")
     t = data["timings"]
+    window = f" in {data['rerank_window']}-token windows" if data.get("rerank_window") and data["reranked"] else ""
     click.echo(
-        f"({len(data['hits'])} hits, {data['reranked']} reranked, {t.get('total_ms', 0):.0f} ms: "
+        f"({len(data['hits'])} hits, {data['reranked']} reranked{window}, {t.get('total_ms', 0):.0f} ms: "
         + ", ".join(f"{k_[:-3]} {v:.0f}" for k_, v in t.items() if k_ != "total_ms") + ")",
         err=True,
     )

@@ -75,6 +75,7 @@ class SearchConfig:
     rrf_k: int = 60
     snippet_chars: int = 300
     rerank_max_tokens: int = 352
+    rerank_min_tokens: int = 128
     colbert_weight: float = 1.0
     colbert_candidates: int = 100
 
@@ -165,6 +166,7 @@ RULES: Mapping[str, Rule] = {
     "search.rrf_k": Rule(low=1, high=10000),
     "search.snippet_chars": Rule(low=20, high=10000),
     "search.rerank_max_tokens": Rule(low=16, high=8192),
+    "search.rerank_min_tokens": Rule(low=16, high=8192),
     "search.colbert_weight": Rule(low=0),
     "search.colbert_candidates": Rule(low=1, high=1000),
     "indexing.max_file_bytes": Rule(low=1),

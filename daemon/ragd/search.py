@@ -29,7 +29,7 @@ from ragd.lexical import terms as query_terms
 from ragd.models.base import FloatArray
 from ragd.store.catalog import Catalog
 from ragd.store.sparse import SparseIndex
-from ragd.window import rerank_text
+from ragd.window import best_window
 
 MAX_K = 1000
 MAX_CANDIDATES = 1000
@@ -80,6 +80,7 @@ class SearchResult:
     degraded: list[str]
     candidates: int
     reranked: int
+    rerank_window: int = 0  # the window (tokens) that cut at least one reranked passage; 0 = all read whole
 
     def to_json(self, with_text: bool = False) -> dict[str, Any]:
         hits = []
@@ -96,6 +97,7 @@ class SearchResult:
             "degraded": self.degraded,
             "candidates": self.candidates,
             "reranked": self.reranked,
+            "rerank_window": self.rerank_window,
         }
 
 
@@ -373,7 +375,7 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
 
     reranker = models.reranker if want_rerank else None
 
-    def result(order: list[tuple[int, float]], rerank_scores: dict[int, float]) -> SearchResult:
+    def result(order: list[tuple[int, float]], rerank_scores: dict[int, float], window: int = 0) -> SearchResult:
         hits = []
         for cid, retrieval in order[:k]:
             row = rows[cid]
@@ -390,24 +392,31 @@ def search(engine: Engine, query: str, options: SearchOptions | None = None) -> 
             models={"embedder": models.embedder.model_id,
                     "reranker": reranker.model_id if reranker and rerank_scores else None},
             degraded=list(models.degraded), candidates=len(fused), reranked=len(rerank_scores),
+            rerank_window=window,
         )
 
     rerank_scores: dict[int, float] = {}
+    window = 0
     if reranker is not None and top:
         check()
         if opts.on_retrieval is not None:
             opts.on_retrieval(result(top, {}))
         t = time.perf_counter()
-        rerank_scores = _rerank(engine, reranker, q, top[:candidates], rows, opts.deadline, check)
+        reranked = _rerank(engine, reranker, q, top[:candidates], rows, opts.deadline, check)
+        rerank_scores, window = reranked.scores, reranked.window
         timings["rerank_ms"] = _ms(t)
         reranked_part = sorted((cs for cs in top if cs[0] in rerank_scores), key=lambda cs: -rerank_scores[cs[0]])
         top = reranked_part + [cs for cs in top if cs[0] not in rerank_scores]
-    return result(top, rerank_scores)
+    return result(top, rerank_scores, window)
 
 
-# Seconds per reranked passage, per reranker, measured by earlier searches: a search with a
-# deadline sizes even its first batch by it instead of finding out after the deadline.
+# Seconds per unit of reranker input, per reranker, measured by earlier searches: a search
+# with a deadline sizes even its first batch, and its window, by it instead of finding out
+# after the deadline. The unit is a token of the query-passage pair for a reranker that says
+# where its tokens fall (``token_offsets``), else a passage.
 _RERANK_PACE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+PAIR_EXTRA_TOKENS = 4  # <s> query </s></s> passage </s>
+FIT_SHARE = 0.9  # of the time left that the window and each batch plan to use (the rest absorbs the pace's noise)
 
 
 def _remember_pace(reranker: Any, pace: float) -> bool:
@@ -419,34 +428,93 @@ def _remember_pace(reranker: Any, pace: float) -> bool:
     return True
 
 
-def prime_rerank_pace(reranker: Any, tokens: int) -> float | None:
-    """Score passages of about ``tokens`` tokens (the window limit, so the estimate errs
-    long), as many as the reranker runs side by side, and remember the pace, so the first
-    search with a deadline sizes its batches by a measurement instead of overshooting while
-    it takes one. Returns seconds per passage."""
-    passage = " ".join(["the"] * max(1, tokens))  # one token per word in these vocabularies
+def prime_rerank_pace(reranker: Any, *lengths: int) -> float | None:
+    """Score passages of each of ``lengths`` tokens (the window's limits), as many at a time
+    as the reranker runs side by side, and remember the slowest pace, so the first search
+    with a deadline sizes its window and batches by a measurement instead of overshooting
+    while it takes one (short inputs cost a little more per token: ~1.4 ms against ~1.15 at
+    352 tokens for the int8 bge-reranker-v2-m3 architecture on 2 cores). Returns the pace
+    (seconds per pair token, or per passage for a reranker without ``token_offsets``)."""
+    query = "warm-up query"
     n = max(1, int(getattr(reranker, "parallel", 1)))
-    started = time.monotonic()
-    reranker.score("warm-up query", [passage] * n)
-    pace = (time.monotonic() - started) / n
+    offsets = getattr(reranker, "token_offsets", None)
+    pace = 0.0
+    for length in sorted(set(lengths)) or [1]:
+        passage = " ".join(["the"] * max(1, length))  # one token per word in these vocabularies
+        units = 1 if offsets is None else len(offsets(query)) + len(offsets(passage)) + PAIR_EXTRA_TOKENS
+        started = time.monotonic()
+        reranker.score(query, [passage] * n)
+        pace = max(pace, (time.monotonic() - started) / (n * units))
     return pace if _remember_pace(reranker, pace) else None
+
+
+def fit_window(lengths: Sequence[int], query_tokens: int, budget: float, low: int, high: int) -> int:
+    """The largest window in ``low..high`` tokens at which every passage (``lengths`` tokens
+    each, read up to the window, plus the query and the pair's special tokens) fits in
+    ``budget`` tokens; ``low`` when even that does not fit."""
+    def cost(window: int) -> int:
+        return sum(query_tokens + PAIR_EXTRA_TOKENS + min(n, window) for n in lengths)
+
+    if cost(high) <= budget:
+        return high
+    while low < high:  # cost grows with the window: find the largest that fits
+        mid = (low + high + 1) // 2
+        if cost(mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+@dataclass
+class Reranked:
+    scores: dict[int, float]
+    window: int  # the window that cut at least one reranked passage; 0 when every one was read whole
 
 
 def _rerank(
     engine: Engine, reranker: Any, query: str, head: list[tuple[int, float]], rows: Mapping[int, Any],
     deadline: float | None, check: Callable[[], None],
-) -> dict[int, float]:
-    """Rerank ``head`` in retrieval order. With a deadline, go in rounds sized by the measured
-    pace (one round first when nothing is known yet) and stop before a round that would not
-    finish in time. A round is as many passages as the reranker runs side by side (one per
-    core on OpenVINO: they take about as long as one); batches hold at most 4 passages or
-    one round."""
+) -> Reranked:
+    """Rerank ``head`` in retrieval order, each long passage by its best window.
+
+    With a deadline and a known pace, the window first shrinks (from
+    ``search.rerank_max_tokens`` down to ``search.rerank_min_tokens``) until every candidate
+    fits in the time left, one window for all so their scores compare; then batches go in
+    retrieval order, each sized by the measured pace to end within 90% of the time left,
+    stopping before one that would not. Without a pace yet, one round is measured first at
+    the full window. A round is as many passages as the reranker runs side by side (one per
+    stream on OpenVINO); batches hold at most 4 passages or one round."""
     scores: dict[int, float] = {}
     try:
         pace: float | None = _RERANK_PACE.get(reranker)
     except TypeError:  # not weak-referenceable: measure within this search only
         pace = None
-    limit = engine.config.search.rerank_max_tokens
+    cfg = engine.config.search
+    window = cfg.rerank_max_tokens
+    offsets = getattr(reranker, "token_offsets", None)
+    spans: dict[int, list[tuple[int, int]]] = {}
+    query_tokens = 0
+    if offsets is not None:
+        spans = {cid: offsets(rows[cid].text) for cid, _ in head}
+        query_tokens = len(offsets(query))
+        if deadline is not None and pace is not None:
+            budget = FIT_SHARE * (deadline - time.monotonic()) / pace
+            window = fit_window([len(spans[cid]) for cid, _ in head], query_tokens, budget,
+                                min(cfg.rerank_min_tokens, window), window)
+
+    def units(cid: int) -> int:
+        if offsets is None:
+            return 1
+        return query_tokens + PAIR_EXTRA_TOKENS + min(len(spans[cid]), window)
+
+    def text(cid: int) -> str:
+        full = rows[cid].text
+        if offsets is None:
+            return str(full)
+        a, b = best_window(query, full, window, lambda _text: spans[cid])
+        return str(full[a:b])
+
     per_round = max(1, int(getattr(reranker, "parallel", 1)))
     i = 0
     while i < len(head):
@@ -456,20 +524,26 @@ def _rerank(
             if pace is None:
                 n = min(n, per_round)
             else:
-                rounds = int((deadline - time.monotonic()) / (pace * per_round))
-                n = min(n, max(4, per_round), rounds * per_round)
+                left = FIT_SHARE * (deadline - time.monotonic())
+                total, n = 0, 0
+                for cid, _ in head[i : i + max(4, per_round)]:
+                    total += units(cid)
+                    if total * pace > left:
+                        break
+                    n += 1
                 if n < 1:
                     break
         part = head[i : i + n]
         with engine.gate.foreground(reranker):
             started = time.monotonic()
-            values = reranker.score(query, [rerank_text(reranker, query, rows[cid].text, limit) for cid, _ in part])
-            took = (time.monotonic() - started) / len(part)
+            values = reranker.score(query, [text(cid) for cid, _ in part])
+            took = (time.monotonic() - started) / sum(units(cid) for cid, _ in part)
         pace = took if pace is None else 0.5 * pace + 0.5 * took
         _remember_pace(reranker, pace)
         scores.update({cid: v for (cid, _), v in zip(part, values, strict=True)})
         i += n
-    return scores
+    cut = offsets is not None and any(len(spans[cid]) > window for cid in scores)
+    return Reranked(scores, window if cut else 0)
 
 
 def rank_documents(hits: Sequence[Hit]) -> list[str]:

@@ -343,7 +343,7 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
     ]
     return ragd_pb2.SearchResponse(
         stage=stage, hits=hits, timings_ms=result.timings, candidates=result.candidates,
-        reranked=result.reranked,
+        reranked=result.reranked, rerank_window=result.rerank_window,
         models=ragd_pb2.Models(embedder=result.models.get("embedder") or "",
                                reranker=result.models.get("reranker") or ""),
         degraded=result.degraded,
@@ -604,7 +604,8 @@ class Daemon:
         self._exit.enter_context(self.engine.writer())
         _ = self.engine.models, self.engine.vectors, self.engine.sparse, self.engine.lexical  # load now
         if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
-            prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens)
+            prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens,
+                              min(cfg.search.rerank_min_tokens, cfg.search.rerank_max_tokens))
         self.queue.recover()
         for root in sorted(self.engine.catalog.roots()):
             if os.path.isdir(root):

@@ -89,6 +89,7 @@ class SearchResult:
     reranked: int
     models: Models
     degraded: list[str] = field(default_factory=list)
+    rerank_window: int = 0  # the window (tokens) that cut at least one reranked passage; 0 = all read whole
 
     @classmethod
     def from_proto(cls, msg: pb.SearchResponse, query: str = "") -> SearchResult:
@@ -108,6 +109,7 @@ class SearchResult:
             reranked=msg.reranked,
             models=Models.from_proto(msg.models),
             degraded=list(msg.degraded),
+            rerank_window=msg.rerank_window,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +122,7 @@ class SearchResult:
             "degraded": list(self.degraded),
             "candidates": self.candidates,
             "reranked": self.reranked,
+            "rerank_window": self.rerank_window,
         }
 
 

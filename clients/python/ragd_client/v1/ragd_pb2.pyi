@@ -85,7 +85,7 @@ class Models(_message.Message):
     def __init__(self, embedder: _Optional[str] = ..., reranker: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("stage", "hits", "timings_ms", "candidates", "reranked", "models", "degraded")
+    __slots__ = ("stage", "hits", "timings_ms", "candidates", "reranked", "models", "degraded", "rerank_window")
     class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STAGE_UNSPECIFIED: _ClassVar[SearchResponse.Stage]
@@ -108,6 +108,7 @@ class SearchResponse(_message.Message):
     RERANKED_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    RERANK_WINDOW_FIELD_NUMBER: _ClassVar[int]
     stage: SearchResponse.Stage
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings_ms: _containers.ScalarMap[str, float]
@@ -115,7 +116,8 @@ class SearchResponse(_message.Message):
     reranked: int
     models: Models
     degraded: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, stage: _Optional[_Union[SearchResponse.Stage, str]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., candidates: _Optional[int] = ..., reranked: _Optional[int] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ...) -> None: ...
+    rerank_window: int
+    def __init__(self, stage: _Optional[_Union[SearchResponse.Stage, str]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., candidates: _Optional[int] = ..., reranked: _Optional[int] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., rerank_window: _Optional[int] = ...) -> None: ...
 
 class GetChunkRequest(_message.Message):
     __slots__ = ("chunk_id",)
