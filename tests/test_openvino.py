@@ -271,6 +271,28 @@ def test_scheduler_puts_searches_first() -> None:
     assert waited < 3, waited
 
 
+def test_a_hold_keeps_indexing_out_and_lets_searches_in() -> None:
+    """While a search holds the scheduler (reranking under a deadline), an indexing batch
+    waits even between the search's own batches; it starts once the hold ends."""
+    import threading
+
+    sched = ovb.Scheduler(1)
+    sched.RESERVE_S = 0.0
+    background = _Request()
+    with sched.hold():
+        sched.run(_finished(), {}, True)
+        t = threading.Thread(target=sched.run, args=(background, {}, False), daemon=True)
+        t.start()
+        time.sleep(0.2)
+        assert not background.started.is_set()  # no foreground work waits or runs: still held
+        sched.run(_finished(), {}, True)  # the search's next batch runs at once
+        assert not background.started.is_set()
+    assert background.started.wait(5)
+    background.finish.set()
+    t.join(5)
+    assert not t.is_alive()
+
+
 def _finished() -> _Request:
     req = _Request()
     req.finish.set()

@@ -173,6 +173,155 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> No
     assert 2 <= len(reranked.scores) <= 3 and reranker.calls[2] > 1
 
 
+class _Sleep:
+    """An inference request that takes ``seconds``; notes when it started."""
+
+    def __init__(self, seconds: float, starts: list[float] | None = None) -> None:
+        self.seconds, self.starts = seconds, starts
+
+    def infer(self, inputs: object) -> None:
+        import time
+
+        if self.starts is not None:
+            self.starts.append(time.monotonic())
+        time.sleep(self.seconds)
+
+
+class _ScheduledReranker(_SlowReranker):
+    """Like the OpenVINO reranker: prepares its inputs outside the scheduler (10 ms), then
+    runs them in one foreground request; ``hold`` is the scheduler's (or none at all)."""
+
+    schedules_itself = True
+
+    def __init__(self, per_token: float, scheduler: Any, holds: bool) -> None:
+        super().__init__(per_token)
+        self.scheduler, self.holds = scheduler, holds
+        self.spans: list[tuple[float, float]] = []
+
+    def hold(self) -> Any:
+        import contextlib
+
+        return self.scheduler.hold() if self.holds else contextlib.nullcontext()
+
+    def score(self, query: str, passages: list[str]) -> list[float]:
+        import time
+
+        time.sleep(0.01)
+        q = len(self.token_offsets(query))
+        seconds = self.per_token * sum(q + len(self.token_offsets(p)) + 4 for p in passages)
+        started = time.monotonic()
+        self.scheduler.run(_Sleep(seconds), {}, True)
+        self.spans.append((started, time.monotonic()))
+        return [1.0] * len(passages)
+
+
+def test_a_deadline_search_keeps_indexing_batches_out_between_its_rerank_batches(indexed: Any) -> None:
+    """With a deadline, an indexing batch waiting for the scheduler does not get in between
+    two rerank batches (it would make the search late by up to a batch); it runs after the
+    reranking. Without the hold it does get in."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from ragd.engine import ModelGate
+    from ragd.models.openvino import Scheduler
+    from ragd.search import _rerank, prime_rerank_pace
+
+    engine, _ = indexed
+    held = SimpleNamespace(config=engine.config, gate=ModelGate())
+    head = [(i, 1.0) for i in range(20)]
+    rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
+    crossed = []
+    for holds in (True, False):
+        scheduler = Scheduler(1)
+        scheduler.RESERVE_S = 0.0
+        reranker = _ScheduledReranker(0.1 / 8, scheduler, holds)
+        prime_rerank_pace(reranker, 16)
+        reranker.spans.clear()
+        indexing: list[float] = []
+        stop = threading.Event()
+
+        def writer(scheduler: Any = scheduler, indexing: list[float] = indexing, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                scheduler.run(_Sleep(0.03, indexing), {}, False)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        reranked = _rerank(held, reranker, "q", head, rows, started + 1.5, lambda: None)
+        assert time.monotonic() - started <= 1.5 + (0 if holds else 0.5)
+        time.sleep(0.1)
+        stop.set()
+        t.join(5)
+        spans = reranker.spans
+        assert len(spans) >= 3 and len(reranked.scores) >= 8
+        crossed.append(sum(spans[0][1] < x < spans[-1][0] for x in indexing))
+        assert indexing[-1] > spans[-1][1]  # indexing goes on after it
+    assert crossed[0] == 0 and crossed[1] >= 1, crossed
+
+
+def test_the_model_gate_holds_indexing_out_for_torch_models() -> None:
+    """The same hold for models that the engine's gate serialises (torch): searches' batches
+    go on, an indexing batch waits until the hold ends."""
+    import threading
+
+    from ragd.engine import ModelGate
+
+    gate = ModelGate()
+    started = threading.Event()
+
+    def index_batch() -> None:
+        with gate.background():
+            started.set()
+
+    with gate.hold():
+        t = threading.Thread(target=index_batch, daemon=True)
+        t.start()
+        assert not started.wait(0.2)
+        with gate.foreground():
+            pass
+        assert not started.wait(0.1)
+    assert started.wait(5)
+    t.join(5)
+
+
+def test_a_search_with_a_deadline_holds_the_models_from_its_query_embedding_to_its_rerank(
+    indexed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An indexing batch could otherwise start between the query embedding and the first
+    rerank batch and make the search late; without a deadline nothing is held."""
+    import contextlib
+    import time
+    from collections.abc import Iterator
+
+    from ragd.engine import ModelGate
+
+    engine, _ = indexed
+    events: list[str] = []
+
+    class Recording(ModelGate):
+        @contextlib.contextmanager
+        def hold(self, model: object = None) -> Iterator[None]:
+            events.append("hold")
+            with super().hold(model):
+                yield
+            events.append("release")
+
+    monkeypatch.setattr(engine, "gate", Recording())
+    models = engine.models
+    embed_query, score = models.embedder.embed_query, models.reranker.score
+    monkeypatch.setattr(models.embedder, "embed_query", lambda q: events.append("embed") or embed_query(q))
+    monkeypatch.setattr(models.reranker, "score", lambda q, ps: events.append("rerank") or score(q, ps))
+    result = search(engine, "river deltas", SearchOptions(candidates=3, deadline=time.monotonic() + 30))
+    assert result.reranked == 3
+    assert events[0] == "hold" and events[1] == "embed" and events[-1] == "release"
+    assert events.count("release") == events.count("hold") and "rerank" in events
+    events.clear()
+    search(engine, "river deltas", SearchOptions(candidates=3))
+    assert "hold" not in events and events[0] == "embed" and "rerank" in events
+
+
 LONG = [" ".join([f"filler{i}x{j}" for j in range(90)] + ["the heron nests in reeds."]
                  + [f"tail{i}x{j}" for j in range(110)]) for i in range(20)]
 

@@ -39,12 +39,31 @@ class ModelGate:
     search is waiting, so a query never queues behind more than the batch in hand.
 
     Models that schedule themselves (``schedules_itself``: the OpenVINO backend, where the
-    indexing batches leave a core free for searches) pass through."""
+    indexing batches leave a core free for searches) pass through. ``hold`` keeps indexing
+    batches out for a while (a search with a deadline, between its rerank batches)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._busy = False
         self._waiting = 0
+        self._holds = 0
+
+    @contextlib.contextmanager
+    def hold(self, model: object = None) -> Iterator[None]:
+        """While inside, indexing batches do not start (one already running finishes);
+        foreground work still takes the model batch by batch."""
+        if getattr(model, "schedules_itself", False):
+            with getattr(model, "hold", contextlib.nullcontext)():
+                yield
+            return
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify_all()
 
     @contextlib.contextmanager
     def foreground(self, model: object = None) -> Iterator[None]:
@@ -70,7 +89,7 @@ class ModelGate:
             yield
             return
         with self._cond:
-            while self._busy or self._waiting:
+            while self._busy or self._waiting or self._holds:
                 self._cond.wait()
             self._busy = True
         try:

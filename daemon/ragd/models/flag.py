@@ -3,6 +3,7 @@ bge-reranker cross-encoder. Heavy imports happen here and nowhere else."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -348,6 +349,10 @@ class _RunsOn:
     def parallel(self) -> int:
         """Batches run side by side (the OpenVINO model's streams; 1 with torch)."""
         return int(self._runner.streams) if self._runner is not None else 1
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """On OpenVINO: keep indexing batches out of the process's ``Scheduler`` while inside."""
+        return self._runner.scheduler.hold() if self._runner is not None else contextlib.nullcontext()
 
     def _padded_batches(self, ids: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[Any]]:
         """Positions of ``ids`` grouped as the backend wants them, and each group padded (to

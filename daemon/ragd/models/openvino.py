@@ -465,7 +465,9 @@ class Scheduler:
     ``RESERVE_S`` per batch: with a single stream it pauses. So the first search of a burst
     waits for at most the indexing batch in hand (<= 512 tokens, ~0.5 s on this 2-core CPU),
     the searches right after it find the slot free, and indexing still takes a batch every
-    ``RESERVE_S`` under a constant stream of searches.
+    ``RESERVE_S`` under a constant stream of searches. A search with a deadline ``hold``s the
+    slots for its reranking, so no indexing batch slips in between its rerank batches and
+    makes it late: background work waits until the hold ends (at most the search's deadline).
 
     Not done: cancelling the background request in hand. OpenVINO 2026.4 stops a cancelled
     request within milliseconds, but about one in a hundred runs after a cancellation then
@@ -481,6 +483,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._running = 0
         self._waiting = 0  # foreground jobs waiting for a slot
+        self._holds = 0  # searches holding every slot for foreground work (``hold``)
         self._last_foreground = -float("inf")
         self.foreground_waits = 0  # foreground jobs that found no free slot
 
@@ -488,13 +491,26 @@ class Scheduler:
         """Seconds background work waiting since ``since`` must wait before it may look again;
         None: it may start. The reserve holds a background job back for at most ``RESERVE_S``,
         so searches coming one after another slow indexing down but never stop it."""
-        if self._waiting:
+        if self._waiting or self._holds:
             return 1.0
         reserve_left = min(self._last_foreground, since) + self.RESERVE_S - time.monotonic()
         room = self.slots - (1 if reserve_left > 0 else 0)
         if self._running < room:
             return None
         return max(0.01, reserve_left) if self._running < self.slots else 1.0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """While inside, background work does not start (work already running finishes)."""
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._last_foreground = time.monotonic()
+                self._cond.notify_all()
 
     def run(self, request: Any, inputs: dict[str, np.ndarray], foreground: bool) -> None:
         """Run ``inputs`` on ``request`` when a slot is free for it."""
