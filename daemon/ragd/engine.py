@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ragd.errors import RagdError
-from ragd.models.base import LoadedModels
+from ragd.models.base import Holds, LoadedModels
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
 from ragd.store.sparse import LexicalIndex, Postings, SparseIndex
 from ragd.store.sparse import arrays as sparse_arrays
@@ -46,7 +46,7 @@ class ModelGate:
         self._cond = threading.Condition()
         self._busy = False
         self._waiting = 0
-        self._holds = 0
+        self._holds = Holds(self._cond)
 
     @contextlib.contextmanager
     def hold(self, model: object = None) -> Iterator[None]:
@@ -56,14 +56,8 @@ class ModelGate:
             with getattr(model, "hold", contextlib.nullcontext)():
                 yield
             return
-        with self._cond:
-            self._holds += 1
-        try:
+        with self._holds():
             yield
-        finally:
-            with self._cond:
-                self._holds -= 1
-                self._cond.notify_all()
 
     @contextlib.contextmanager
     def foreground(self, model: object = None) -> Iterator[None]:
@@ -89,7 +83,7 @@ class ModelGate:
             yield
             return
         with self._cond:
-            while self._busy or self._waiting or self._holds:
+            while self._busy or self._waiting or self._holds.count:
                 self._cond.wait()
             self._busy = True
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,3 +55,26 @@ class LoadedModels:
     embedder: Embedder
     reranker: Reranker | None
     degraded: list[str] = field(default_factory=list)
+
+
+class Holds:
+    """How many searches keep background work out (``ModelGate.hold``, ``Scheduler.hold``),
+    counted under the condition the background work waits on, which each leaving holder
+    notifies (after ``on_release``, under the same lock)."""
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self.count = 0
+
+    @contextlib.contextmanager
+    def __call__(self, on_release: Callable[[], None] | None = None) -> Iterator[None]:
+        with self._cond:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.count -= 1
+                if on_release is not None:
+                    on_release()
+                self._cond.notify_all()

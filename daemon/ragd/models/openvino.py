@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ragd.errors import ModelLoadError
+from ragd.models.base import Holds
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +484,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._running = 0
         self._waiting = 0  # foreground jobs waiting for a slot
-        self._holds = 0  # searches holding every slot for foreground work (``hold``)
+        self._holds = Holds(self._cond)  # searches holding every slot for foreground work (``hold``)
         self._last_foreground = -float("inf")
         self.foreground_waits = 0  # foreground jobs that found no free slot
 
@@ -491,7 +492,7 @@ class Scheduler:
         """Seconds background work waiting since ``since`` must wait before it may look again;
         None: it may start. The reserve holds a background job back for at most ``RESERVE_S``,
         so searches coming one after another slow indexing down but never stop it."""
-        if self._waiting or self._holds:
+        if self._waiting or self._holds.count:
             return 1.0
         reserve_left = min(self._last_foreground, since) + self.RESERVE_S - time.monotonic()
         room = self.slots - (1 if reserve_left > 0 else 0)
@@ -499,18 +500,13 @@ class Scheduler:
             return None
         return max(0.01, reserve_left) if self._running < self.slots else 1.0
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """While inside, background work does not start (work already running finishes)."""
-        with self._cond:
-            self._holds += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._holds -= 1
-                self._last_foreground = time.monotonic()
-                self._cond.notify_all()
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """While inside, background work does not start (work already running finishes);
+        afterwards it holds back as after any search."""
+        def ended() -> None:
+            self._last_foreground = time.monotonic()
+
+        return self._holds(ended)
 
     def run(self, request: Any, inputs: dict[str, np.ndarray], foreground: bool) -> None:
         """Run ``inputs`` on ``request`` when a slot is free for it."""
