@@ -68,6 +68,21 @@ def test_empty_query_and_bad_k(setup: tuple[Path, Path]) -> None:
     assert code == 2 and "k must be" in err
 
 
+def test_search_with_a_deadline(setup: tuple[Path, Path]) -> None:
+    """--deadline bounds the reranking (here ample: every candidate is reranked, whole); a
+    deadline that is not a positive number of seconds is a usage error."""
+    cfg, _ = setup
+    assert run("index", "--config", str(cfg))[0] == 0
+    code, out, _ = run("search", "Bicycles have two wheels", "--config", str(cfg), "--json", "--deadline", "60")
+    assert code == 0
+    data = json.loads(out)
+    assert data["reranked"] == min(data["candidates"], 30) > 0 and data["rerank_window"] == 0
+    assert data["hits"][0]["rerank_score"] is not None
+    for bad in ("0", "-1", "soon"):
+        code, _, err = run("search", "x", "--config", str(cfg), "--deadline", bad)
+        assert code == 2 and "--deadline" in err
+
+
 def test_search_on_empty_index(setup: tuple[Path, Path]) -> None:
     cfg, _ = setup
     code, _, err = run("search", "apples", "--config", str(cfg))

@@ -340,6 +340,10 @@ def test_cli_talks_to_the_daemon(daemon_factory: Callable[..., Any], tmp_path: P
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["hits"][0]["path"] == str(notes / "beta.txt") and "no daemon" not in out.stderr
+    out = runner.invoke(main, ["search", "Sourdough bread needs a starter", "--daemon", "--json",
+                               "--deadline", "0.001", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["reranked"] == 0  # the deadline passed before any reranking: retrieval order
 
     out = runner.invoke(main, ["roots", "ls", "--json", "--config", str(config)])
     assert json.loads(out.stdout)["roots"] == [{"path": str(notes), "configured": True}]

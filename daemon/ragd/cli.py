@@ -154,11 +154,16 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
 @click.option("--no-rerank", is_flag=True, help="Skip the reranker; rank by retrieval score.")
 @click.option("--path", "path_prefix", default=None, help="Only files whose path starts with this prefix.")
 @click.option("--daemon", "need_daemon", is_flag=True, help="Only ask the running daemon; exit 1 without one.")
+@click.option(
+    "--deadline", type=click.FloatRange(min=0, min_open=True, max=3600), default=None, metavar="SECONDS",
+    help="Answer within SECONDS: rerank as many candidates as fit (narrowing the window first). "
+         "Without a daemon the time counts from when the models are loaded.",
+)
 @config_option
 @json_option
 def search(
     query: str, k: int | None, candidates: int | None, no_rerank: bool, path_prefix: str | None,
-    need_daemon: bool, config_file: str | None, as_json: bool,
+    need_daemon: bool, deadline: float | None, config_file: str | None, as_json: bool,
 ) -> None:
     """Search the index for QUERY: through the running daemon, else in this process."""
     try:
@@ -167,11 +172,11 @@ def search(
                        cfg.search.candidates if candidates is None else candidates)
         rerank = cfg.search.rerank and not no_rerank
         prefix = _absolute_prefix(path_prefix)
-        data = _search_daemon(cfg, query, k, candidates, rerank, prefix, required=need_daemon)
+        data = _search_daemon(cfg, query, k, candidates, rerank, prefix, deadline, required=need_daemon)
         local = data is None
         if data is None:
             click.echo("ragd: no daemon answered; searching in this process (loads the models, slower)", err=True)
-            data = _search_local(cfg, query, k, candidates, rerank, prefix)
+            data = _search_local(cfg, query, k, candidates, rerank, prefix, deadline)
     except RagdError as exc:
         _fail(exc)
         return
@@ -239,7 +244,8 @@ def _socket_for(cfg: Any) -> Path:
 
 
 def _search_daemon(
-    cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None, *, required: bool
+    cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None,
+    deadline: float | None, *, required: bool,
 ) -> dict[str, Any] | None:
     """The daemon's answer as the --json object, or None when no daemon answers (and not required)."""
     from ragd.errors import UsageError
@@ -250,7 +256,8 @@ def _search_daemon(
         return None
     try:
         with _client(cfg, timeout=600.0) as client:
-            result = client.search(query, k=k or 0, candidates=candidates or 0, rerank=rerank, path_prefix=prefix)
+            result = client.search(query, k=k or 0, candidates=candidates or 0, rerank=rerank, path_prefix=prefix,
+                                   deadline=deadline)
     except DaemonUnavailable as exc:
         if required:
             raise RagdError(f"no daemon answered on {sock}: start it with `ragd serve` ({exc.details})") from exc
@@ -265,15 +272,24 @@ def _search_daemon(
 
 
 def _search_local(
-    cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None
+    cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None,
+    deadline: float | None,
 ) -> dict[str, Any]:
+    import time
+
     from ragd.engine import Engine
-    from ragd.search import SearchOptions
+    from ragd.search import SearchOptions, prime_rerank_pace
     from ragd.search import search as run_search
 
     with Engine(cfg, rerank=rerank, mirrors=False) as engine:  # one query: SQLite, no mirrors to build
+        due = None
+        if deadline is not None:
+            reranker = engine.models.reranker if rerank else None  # loads the models: not counted
+            if reranker is not None:  # what the daemon measures at start-up, at the narrowest window only
+                prime_rerank_pace(reranker, min(cfg.search.rerank_min_tokens, cfg.search.rerank_max_tokens))
+            due = time.monotonic() + deadline
         result = run_search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
-                                                         path_prefix=prefix))
+                                                         path_prefix=prefix, deadline=due))
     return result.to_json()
 
 
