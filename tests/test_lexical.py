@@ -210,6 +210,36 @@ def test_cli_eval_json_and_errors(tmp_path: Path, tiny_models: dict[str, Path]) 
     assert bad.exit_code == 2 and "SIGNAL=NUMBER" in bad.stderr
 
 
+def test_cli_eval_with_a_rerank_deadline(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """``ragd eval --rerank --deadline S`` gives every search that deadline and reports how
+    many candidates were reranked; an ample one reranks them all, a tiny one none (retrieval
+    order, the same scores as no reranking). --deadline without --rerank is a usage error."""
+    folder = _beir(tmp_path / "tiny")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[models]\nembedder = "{tiny_models["m3"]}"\n'
+                   f'reranker = "{tiny_models["reranker"]}"\nfallback = "none"\n[search]\ncandidates = 3\n',
+                   encoding="utf-8")
+    runner = CliRunner()
+
+    def run(*args: str) -> dict[str, Any]:
+        out = runner.invoke(main, ["eval", str(folder), "--json", "--config", str(cfg), *args])
+        assert out.exit_code == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    plain = run()
+    ample = run("--rerank", "--deadline", "60", "--rerank-min-tokens", "32")
+    assert ample["deadline_s"] == 60 and ample["reranked"]["mean"] == 3 and ample["reranked"]["min"] == 3
+    assert ample["reranked"]["windowed_queries"] == 0  # short documents: read whole
+    tiny = run("--rerank", "--deadline", "0.000001")
+    assert tiny["reranked"]["mean"] == 0 and tiny["ndcg@10"] == plain["ndcg@10"]
+    out = runner.invoke(main, ["eval", str(folder), "--rerank", "--deadline", "1", "--config", str(cfg)])
+    assert out.exit_code == 0 and "reranked per query: mean 3" in out.stdout and "(deadline 1 s)" in out.stdout
+    bad = runner.invoke(main, ["eval", str(folder), "--deadline", "1", "--config", str(cfg)])
+    assert bad.exit_code == 2 and "add --rerank" in bad.stderr
+    bad = runner.invoke(main, ["eval", str(folder), "--rerank", "--deadline", "0", "--config", str(cfg)])
+    assert bad.exit_code == 2 and "--deadline" in bad.stderr
+
+
 def _corpus_file(catalog: Catalog, root: int, name: str, texts: list[str]) -> Any:
     from ragd.store.catalog import FileUpdate, NewChunk
 

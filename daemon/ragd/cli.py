@@ -433,14 +433,18 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--weight", "weights", multiple=True, metavar="SIGNAL=W",
               help="Fusion weight of dense, sparse, lexical or colbert for this run; repeatable.")
 @click.option("--rerank", is_flag=True, help="Rerank the candidates with the cross-encoder.")
+@click.option("--deadline", type=click.FloatRange(min=0, min_open=True, max=3600), default=None, metavar="SECONDS",
+              help="With --rerank: give every search this deadline, as a client would (the quality a deadline keeps).")
+@click.option("--rerank-min-tokens", type=click.IntRange(16, 8192), default=None, metavar="N",
+              help="Narrowest rerank window a deadline may use (default: search.rerank_min_tokens).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where indexes are kept between runs (default: data_dir/eval).")
 @config_option
 @json_option
 def eval_command(
     dataset: Path, embedder: str | None, reranker: str | None, precision: str | None, backend: str | None,
-    mode: str | None, fusion: str | None,
-    weights: tuple[str, ...], rerank: bool, cache_dir: Path | None, config_file: str | None, as_json: bool,
+    mode: str | None, fusion: str | None, weights: tuple[str, ...], rerank: bool, deadline: float | None,
+    rerank_min_tokens: int | None, cache_dir: Path | None, config_file: str | None, as_json: bool,
 ) -> None:
     """Score retrieval on DATASET, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv):
     nDCG@10, Recall@100, MRR@10 and query latency, through the daemon's search code. The
@@ -451,6 +455,10 @@ def eval_command(
         cfg = _load(config_file)
         from ragd.evaluate import load_beir, open_eval, score_queries
 
+        if deadline is not None and not rerank:
+            from ragd.errors import UsageError
+
+            raise UsageError("--deadline bounds the reranking: add --rerank")
         load_beir(dataset)  # a clear usage error before any model loads
         overrides: dict[str, Any] = {}
         if embedder is not None:
@@ -463,12 +471,14 @@ def eval_command(
             overrides["backend"] = backend
         if overrides:
             cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **overrides))
+        if rerank_min_tokens is not None:
+            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, rerank_min_tokens=rerank_min_tokens))
         parsed = _parse_weights(weights)
         cache = cache_dir if cache_dir is not None else cfg.data_dir / "eval"
         with _RichProgress() as progress:
             index = open_eval(dataset, cfg, cache, rerank=rerank, progress=progress)
         try:
-            report = score_queries(index, rerank=rerank, mode=mode, weights=parsed, fusion=fusion)
+            report = score_queries(index, rerank=rerank, mode=mode, weights=parsed, fusion=fusion, deadline=deadline)
         finally:
             index.close()
     except RagdError as exc:
@@ -491,7 +501,13 @@ def eval_command(
         cm = report.chunk_metrics
         click.echo(f"  chunk level ({cm['queries']:.0f} queries with answer text): nDCG@10 {cm['ndcg@10']:.4f}  "
                    f"Recall@100 {cm['recall@100']:.4f}  MRR@10 {cm['mrr@10']:.4f}")
-    click.echo(f"  latency ms: p50 {lat.get('p50', 0):.1f}  p95 {lat.get('p95', 0):.1f}  max {lat.get('max', 0):.1f}")
+    click.echo(f"  latency ms: p50 {lat.get('p50', 0):.1f}  p95 {lat.get('p95', 0):.1f}  max {lat.get('max', 0):.1f}"
+               + (f" (deadline {report.deadline_s:g} s)" if report.deadline_s is not None else ""))
+    if report.reranked is not None:
+        rr = report.reranked
+        click.echo(f"  reranked per query: mean {rr['mean']:g}, min {rr['min']:g}"
+                   + (f"; {rr['windowed_queries']:g} queries read through windows (narrowest {rr['narrowest_window']:g}"
+                      " tokens)" if rr["windowed_queries"] else ""))
     click.echo(f"  index: {report.index_seconds:.1f} s, {report.tokens_embedded} tokens embedded, "
                f"{report.tokens_per_second:,.0f} tokens/s")
 

@@ -128,6 +128,8 @@ class EvalReport:
     chunks: int = 0
     tokens_embedded: int = 0
     chunk_metrics: dict[str, float] | None = None  # with answers.jsonl: chunks containing the answer
+    deadline_s: float | None = None  # each search's deadline, when one was set
+    reranked: dict[str, float] | None = None  # with a reranker: candidates reranked per query, and windows
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -141,6 +143,10 @@ class EvalReport:
         }
         if self.chunk_metrics is not None:
             out["chunk_level"] = {k: round(v, 4) for k, v in self.chunk_metrics.items()}
+        if self.deadline_s is not None:
+            out["deadline_s"] = self.deadline_s
+        if self.reranked is not None:
+            out["reranked"] = self.reranked
         return out
 
 
@@ -237,12 +243,15 @@ def _flat(text: str) -> str:
 
 def score_queries(
     index: EvalIndex, *, rerank: bool = False, mode: str | None = None, weights: Mapping[str, float] | None = None,
-    fusion: str | None = None,
+    fusion: str | None = None, deadline: float | None = None,
 ) -> EvalReport:
-    """Run every judged query through the daemon's search and score the rankings."""
+    """Run every judged query through the daemon's search and score the rankings. With
+    ``deadline`` (seconds) each search gets that deadline, as a client's would, after the
+    rerank pace is measured the way the daemon does at start-up."""
+    import dataclasses
     import time
 
-    from ragd.search import SearchOptions, search
+    from ragd.search import SearchOptions, prime_rerank_pace, search
 
     dataset, eng = index.dataset, index.engine
     cfg = eng.config.search
@@ -250,10 +259,19 @@ def score_queries(
     run: dict[str, list[str]] = {}
     chunk_run: dict[str, list[str]] = {}
     options = SearchOptions(k=3 * EVAL_DEPTH, rerank=rerank, mode=mode, weights=weights, fusion=fusion)
+    reranker = eng.models.reranker if rerank else None
+    if deadline is not None and reranker is not None:
+        prime_rerank_pace(reranker, cfg.rerank_max_tokens, min(cfg.rerank_min_tokens, cfg.rerank_max_tokens))
+    reranked: list[int] = []
+    windows: list[int] = []
     for qid, text in dataset.queries.items():
+        if deadline is not None:
+            options = dataclasses.replace(options, deadline=time.monotonic() + deadline)
         t = time.perf_counter()
         result = search(eng, text, options)
         latencies.append((time.perf_counter() - t) * 1000)
+        reranked.append(result.reranked)
+        windows.append(result.rerank_window)
         ranking: list[str] = []
         for hit in result.hits:
             doc = _doc_id(hit.path)
@@ -267,18 +285,24 @@ def score_queries(
         chunk_metrics = score_run({q: r for q, r in chunk_run.items() if q in chunk_qrels}, chunk_qrels)
         chunk_metrics["queries"] = float(len(chunk_qrels))
     models = eng.models
-    reranker = models.reranker.model_id if (rerank and models.reranker) else None
+    narrowed = [w for w in windows if w]
+    rerank_stats = None if reranker is None else {
+        "mean": round(sum(reranked) / max(1, len(reranked)), 2), "min": min(reranked, default=0),
+        "windowed_queries": len(narrowed), "narrowest_window": min(narrowed, default=0),
+    }
     used = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
             **({"colbert": cfg.colbert_weight} if getattr(models.embedder, "multi_vector", False) else {}),
             **(weights or {})}
     return EvalReport(
-        dataset=dataset.name, embedder=models.embedder.model_id, reranker=reranker,
+        dataset=dataset.name, embedder=models.embedder.model_id,
+        reranker=reranker.model_id if reranker is not None else None,
         metrics=score_run(run, dataset.qrels), queries=len(dataset.queries),
         index_seconds=index.index_seconds,
         tokens_per_second=index.tokens_embedded / index.index_seconds if index.index_seconds else 0.0,
         latency_ms=_percentiles(latencies), degraded=list(models.degraded), run=run,
         mode=mode or cfg.mode, fusion=fusion or cfg.fusion, weights=used, chunks=eng.catalog.count_chunks(),
-        tokens_embedded=index.tokens_embedded, chunk_metrics=chunk_metrics,
+        tokens_embedded=index.tokens_embedded, chunk_metrics=chunk_metrics, deadline_s=deadline,
+        reranked=rerank_stats,
     )
 
 
