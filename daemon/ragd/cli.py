@@ -197,7 +197,7 @@ def search(
         click.echo(f"   {scores}")
         click.echo(f"   {hit['snippet']}")
     t = data["timings"]
-    window = f" in {data['rerank_window']}-token windows" if data.get("rerank_window") and data["reranked"] else ""
+    window = f" in {data['rerank_window']}-token windows" if data["rerank_window"] else ""
     click.echo(
         f"({len(data['hits'])} hits, {data['reranked']} reranked{window}, {t.get('total_ms', 0):.0f} ms: "
         + ", ".join(f"{k_[:-3]} {v:.0f}" for k_, v in t.items() if k_ != "total_ms") + ")",
@@ -286,7 +286,7 @@ def _search_local(
         if deadline is not None:
             reranker = engine.models.reranker if rerank else None  # loads the models: not counted
             if reranker is not None:  # what the daemon measures at start-up, at the narrowest window only
-                prime_rerank_pace(reranker, min(cfg.search.rerank_min_tokens, cfg.search.rerank_max_tokens))
+                prime_rerank_pace(reranker, cfg.search.rerank_floor)
             due = time.monotonic() + deadline
         result = run_search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
                                                          path_prefix=prefix, deadline=due))

@@ -79,6 +79,12 @@ class SearchConfig:
     colbert_weight: float = 1.0
     colbert_candidates: int = 100
 
+    @property
+    def rerank_floor(self) -> int:
+        """The narrowest rerank window a deadline may use: ``rerank_min_tokens``, but never
+        above ``rerank_max_tokens`` (a floor at or above it turns narrowing off)."""
+        return min(self.rerank_min_tokens, self.rerank_max_tokens)
+
 
 @dataclass(frozen=True)
 class IndexingConfig:

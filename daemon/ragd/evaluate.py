@@ -261,7 +261,7 @@ def score_queries(
     options = SearchOptions(k=3 * EVAL_DEPTH, rerank=rerank, mode=mode, weights=weights, fusion=fusion)
     reranker = eng.models.reranker if rerank else None
     if deadline is not None and reranker is not None:
-        prime_rerank_pace(reranker, cfg.rerank_max_tokens, min(cfg.rerank_min_tokens, cfg.rerank_max_tokens))
+        prime_rerank_pace(reranker, cfg.rerank_max_tokens, cfg.rerank_floor)
     reranked: list[int] = []
     windows: list[int] = []
     for qid, text in dataset.queries.items():

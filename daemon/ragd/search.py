@@ -510,8 +510,7 @@ def _rerank(
         query_tokens = len(offsets(query))
         if deadline is not None and pace is not None:
             budget = FIT_SHARE * (deadline - time.monotonic()) / pace
-            window = fit_window([len(spans[cid]) for cid, _ in head], query_tokens, budget,
-                                min(cfg.rerank_min_tokens, window), window)
+            window = fit_window([len(spans[cid]) for cid, _ in head], query_tokens, budget, cfg.rerank_floor, window)
 
     def units(cid: int) -> int:
         if offsets is None:

@@ -604,8 +604,7 @@ class Daemon:
         self._exit.enter_context(self.engine.writer())
         _ = self.engine.models, self.engine.vectors, self.engine.sparse, self.engine.lexical  # load now
         if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
-            prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens,
-                              min(cfg.search.rerank_min_tokens, cfg.search.rerank_max_tokens))
+            prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens, cfg.search.rerank_floor)
         self.queue.recover()
         for root in sorted(self.engine.catalog.roots()):
             if os.path.isdir(root):
