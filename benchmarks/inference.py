@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact"
 CACHE = ROOT / ".cache" / "bench-models"
@@ -109,6 +111,7 @@ def main() -> int:
     # Agreement with the reference on these texts (random weights: a sanity check, the gate
     # on real weights is tests/test_openvino.py).
     embed_cosine = float(np.mean(np.sum(np.asarray(outputs["ref"]) * outputs["ours"], axis=1)))
+    embed_precision = ours.precision
     ours = ref = None  # type: ignore[assignment]  # free ~4 GB before the rerankers load
 
     # --- reranking ---
@@ -139,7 +142,9 @@ def main() -> int:
     rerank_spearman = float(spearmanr(outputs["ref_scores"], outputs["scores"]).statistic)
 
     result: dict[str, Any] = {
+        "machine": machine(),
         "texts": len(texts),
+        "embed_precision": embed_precision,
         "precision": rr.precision,
         "backend": rr.backend,
         "embed_load_s": round(embed_load_s, 1),
@@ -177,7 +182,9 @@ def main() -> int:
               f"{result['embed_ratio']:>8}")
         print(f"{'rerank tok/s':12}{result['baseline_rerank_tokens_per_s']:>16}{result['rerank_tokens_per_s']:>12}"
               f"{result['rerank_ratio']:>8}")
-        print(f"{result['backend']} {result['precision']}, {result['threads']} threads, "
+        isa = ", ".join(result["machine"]["isa"]) or "instruction sets unknown"
+        print(f"{result['backend']} embedder {result['embed_precision']} / reranker {result['precision']}, "
+              f"{result['threads']} threads ({isa}), "
               f"load {result['load_average']:.1f}; "
               f"{result['rerank_candidates_in_2s']} candidates of ~300 tokens fit a 2 s rerank deadline, "
               f"{result['rerank_candidates_in_2s_narrowed']} in {narrowest}-token windows")

@@ -48,6 +48,21 @@ def scifact_sentences(n: int) -> list[str]:
     return out[:n]
 
 
+def scifact_abstracts(n: int, min_words: int = 180) -> list[str]:
+    """The first ``n`` SciFact abstracts of over ``min_words`` words, title first."""
+    import json
+
+    out: list[str] = []
+    with shared_data("beir", "scifact", "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            if len(doc["text"].split()) > min_words:
+                out.append(f"{doc.get('title', '')}. {doc['text']}")
+                if len(out) >= n:
+                    break
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from ragd.models.synthetic import build_m3_embedder, build_reranker
