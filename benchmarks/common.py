@@ -25,7 +25,7 @@ def machine() -> dict[str, Any]:
     flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not flags:
+            if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 present = set(line.split(":", 1)[1].split())

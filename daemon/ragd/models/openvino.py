@@ -273,25 +273,29 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
     layers = getattr(getattr(getattr(module, "base_model", None), "encoder", None), "layer", None)
     parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
              "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
-    if not isinstance(layers, torch.nn.ModuleList) or not all(
-            _submodule(layer, part) is not None for layer in layers for part in parts):
+    def has(layer: Any, part: str) -> bool:
+        try:
+            layer.get_submodule(part)
+        except AttributeError:
+            return False
+        return True
+
+    if not isinstance(layers, torch.nn.ModuleList) or not all(has(layer, p) for layer in layers for p in parts):
         yield 0
         return
+
+    def merge_heads(x: Any) -> Any:  # (batch, heads, rows, head size) -> (batch, rows, hidden)
+        return x.transpose(1, 2).flatten(2)
 
     class Attend(torch.nn.Module):
         """The first row's attention as plain products (named ``cls_attention``, so they stay
         float; a fused attention op would be named after the layer and get int8 inputs)."""
 
-        def __init__(self, owner: Any) -> None:
-            super().__init__()
-            self.heads, self.head_size = owner.heads, owner.head_size
-
         def forward(self, q: Any, k: Any, v: Any, mask: Any) -> Any:
-            scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_size ** -0.5)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
             if mask is not None:
                 scores = scores + mask
-            out = torch.matmul(torch.softmax(scores, dim=-1), v)
-            return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.heads * self.head_size)
+            return merge_heads(torch.matmul(torch.softmax(scores, dim=-1), v))
 
     class ClsRowLayer(torch.nn.Module):
         def __init__(self, layer: Any) -> None:
@@ -306,20 +310,17 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
             self.cls_attention_output = copy.deepcopy(a.output.dense)
             self.cls_intermediate = copy.deepcopy(layer.intermediate.dense)
             self.cls_output = copy.deepcopy(layer.output.dense)
-            self.cls_attention = Attend(self)
+            self.cls_attention = Attend()
 
         def _split(self, x: Any) -> Any:
             return x.view(x.shape[0], -1, self.heads, self.head_size).transpose(1, 2)
-
-        def _attend(self, q: Any, k: Any, v: Any, mask: Any) -> Any:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.heads * self.head_size)
 
         def forward(self, hidden: Any, attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
             layer, a = self.layer, self.layer.attention
             k, v = self._split(a.self.key(hidden)), self._split(a.self.value(hidden))
             # every row, int8
-            context = self._attend(self._split(a.self.query(hidden)), k, v, attention_mask)
+            context = merge_heads(torch.nn.functional.scaled_dot_product_attention(
+                self._split(a.self.query(hidden)), k, v, attn_mask=attention_mask))
             attended = a.output.LayerNorm(a.output.dense(context) + hidden)
             rows = layer.output.LayerNorm(
                 layer.output.dense(layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended)))
@@ -343,14 +344,6 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
     finally:
         for i, layer in enumerate(originals):
             layers[i] = layer
-
-
-def _submodule(module: Any, dotted: str) -> Any:
-    for name in dotted.split("."):
-        module = getattr(module, name, None)
-        if module is None:
-            return None
-    return module
 
 
 class WordTable:
@@ -490,11 +483,10 @@ def _build(
         inputs = [("input_ids", dyn, ov.Type.i64), ("attention_mask", dyn, ov.Type.i64)]
     say(f"converting the {role} to OpenVINO")
     float_patterns = [FLOAT_OPS[role]]
-    with contextlib.ExitStack() as stack:
-        cls_layers = stack.enter_context(_cls_row_in_float(module, float_patterns)) if (
-            precision == "int8" and role == "reranker" and CLS_ROW_IN_FLOAT) else 0
-        with torch.inference_mode(), _quiet():
-            model = ov.convert_model(wrapped, example_input=example, input=inputs)
+    rewrite = (_cls_row_in_float(module, float_patterns) if (precision, role) == ("int8", "reranker")
+               and CLS_ROW_IN_FLOAT else contextlib.nullcontext(0))
+    with rewrite as cls_layers, torch.inference_mode(), _quiet():
+        model = ov.convert_model(wrapped, example_input=example, input=inputs)
     detail: dict[str, Any] = {}
     if precision == "w8":
         import nncf
@@ -525,7 +517,7 @@ def _build(
             )
         if cls_layers:
             # The first row's branch: int8 weights, float arithmetic (as "w8").
-            others = [n for n in _float_ops(model, [FLOAT_OPS[role]]) if ".cls_" not in n]
+            others = [n for n in ignored if ".cls_" not in n]
             with _quiet():
                 model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
                                               ignored_scope=nncf.IgnoredScope(names=others, validate=False))
