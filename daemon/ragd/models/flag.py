@@ -94,9 +94,10 @@ def resolve_backend(backend: str, device: str) -> tuple[str, list[str]]:
 
 # What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
 # accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md: static int8
-# for the embedder; for the reranker int8 weights with fp32 arithmetic ("w8"), because static
-# int8 agreed with fp32 at Spearman 0.97 on long passages (full-size random reranker), below
-# the 0.98 gate, while w8 agreed at 0.996 in a quarter of fp32's weight memory.
+# for the embedder; for the reranker int8 weights with fp32 arithmetic ("w8"): 0.996 rank
+# agreement with fp32 in a quarter of fp32's weight memory. Static int8 passes the gate since
+# reranker recipe 6 (0.986-0.990 on long passages, full-size random reranker) but its speed and
+# the daemon's memory with it (+250 MB for the float first row) are not yet measured on a VNNI CPU.
 OPENVINO_AUTO_PRECISION = {"embedder": "int8", "reranker": "w8"}
 
 

@@ -41,7 +41,7 @@ from ragd.models.base import Holds
 log = logging.getLogger(__name__)
 
 # Bump when conversion or quantisation changes: cached models from older recipes are redone.
-RECIPE = {"embedder": 2, "reranker": 5}
+RECIPE = {"embedder": 2, "reranker": 6}
 # Calibration: single paragraphs cut to 256 tokens. Samples running paragraphs together up to
 # 512 tokens were tried and agreed worse with float32 on long inputs (reranker rank agreement on
 # 300-500-token passages 0.943 against 0.968), as wider ranges quantise the common values coarser.
@@ -339,7 +339,7 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
     try:
         for i, layer in enumerate(originals):
             layers[i] = ClsRowLayer(layer)
-        float_ops.append(r"\.cls_")
+        float_ops.append(BRANCH_FLOAT_OPS)
         yield len(originals)
     finally:
         for i, layer in enumerate(originals):
@@ -384,7 +384,7 @@ class WordTable:
 # Operations kept in float when quantising: the first transformer layer (its input, the
 # embeddings, quantises worst: MiniLM mean cosine 0.9950 quantised, 0.9968 kept in float, calibrated
 # on docstrings) and the reranker's classification head (one token per pair, negligible time; its output is the score).
-FLOAT_OPS = {"embedder": r"layer\.0\.", "reranker": r"layer\.0\.|classifier\."}
+FLOAT_OPS = {"embedder": r"layer\.0\.", "reranker": r"layer\.0[./]|classifier\."}
 # How activation ranges are read from the calibration run, per role. "minmax": the extremes
 # seen over all samples. "default": NNCF's transformer preset (the mean of each sample's
 # extremes), which clips the values other samples reach. For the reranker min/max agreed
@@ -392,11 +392,19 @@ FLOAT_OPS = {"embedder": r"layer\.0\.", "reranker": r"layer\.0\.|classifier\."}
 # passages 0.968 -> 0.972); the embedder keeps the default, since its vectors are stored in
 # users' indexes and min/max moved real MiniLM's mean cosine only from 0.9971 to 0.9974.
 ACTIVATION_RANGES = {"embedder": "default", "reranker": "minmax"}
-# The int8 reranker computes its first row in float beside the int8 rows (``_cls_row_in_float``):
-# rank agreement with fp32 on 60 long SciFact abstracts, full-size random reranker, two claims:
-# 0.959 / 0.927 without, 0.976 / 0.972 with (Pearson 0.967 / 0.958 -> 0.986 / 0.986), for
-# ~3% more time and +250 MB of int8 weights. Recipe 5.
+# The int8 reranker computes its first row in float beside the int8 rows (``_cls_row_in_float``).
+# Rank agreement with fp32 on 60 long SciFact abstracts, full-size random reranker (Spearman):
+# 0.959 / 0.927 without the branch, 0.976 / 0.972 with it (recipe 5), 0.990 / 0.986 / 0.987 /
+# 0.988 on four claims with the keys and values it reads in float too (recipe 6). The branch
+# costs ~3% of the time and +250 MB of int8 weights.
 CLS_ROW_IN_FLOAT = True
+# What the branch keeps in float arithmetic (over int8 weights, compressed before SmoothQuant):
+# its own modules (``cls_*``) and the keys and values it attends to, i.e. every row's key and
+# value projections and the int8 path's attention, which reads the same keys. On one claim
+# (Spearman), from a model with all of them int8 but the branch's own: 0.972; the attention in
+# float 0.977; the key and value projections too 0.980 (built: 0.986); the FFN's second MatMul
+# or the last four layers instead of those did nothing; every activation in float 0.994.
+BRANCH_FLOAT_OPS = r"\.cls_|attention\.self\.(key|value)/|/aten::scaled_dot_product_attention/"
 
 
 def _float_ops(model: Any, patterns: Sequence[str]) -> list[str]:
@@ -508,6 +516,18 @@ def _build(
         if ranges == "minmax":
             advanced = AdvancedQuantizationParameters(
                 activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+        if cls_layers:
+            # The first row's branch: int8 weights, float arithmetic (as "w8"). Compressed
+            # before quantising: NNCF's SmoothQuant rescales the weights of every MatMul,
+            # ignored ones included, and int8 weights rounded after that rescaling lose the
+            # input channels it shrinks; SmoothQuant leaves compressed weights alone.
+            branch = re.compile(BRANCH_FLOAT_OPS)
+            others = [op.get_friendly_name() for op in model.get_ops()
+                      if op.get_type_name() == "MatMul" and not branch.search(op.get_friendly_name())]
+            with _quiet():
+                model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                              ignored_scope=nncf.IgnoredScope(names=others, validate=False))
+            detail["first_row_in_float_layers"] = cls_layers
         say(f"quantising the {role} to int8 on {len(calibration)} calibration samples")
         with _quiet():
             model = nncf.quantize(
@@ -515,13 +535,6 @@ def _build(
                 subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
                 advanced_parameters=advanced,
             )
-        if cls_layers:
-            # The first row's branch: int8 weights, float arithmetic (as "w8").
-            others = [n for n in ignored if ".cls_" not in n]
-            with _quiet():
-                model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                              ignored_scope=nncf.IgnoredScope(names=others, validate=False))
-            detail["first_row_in_float_layers"] = cls_layers
         detail.update(word_embeddings="int8 per row, looked up outside the model",
                       calibration_samples=len(calibration), float_matmuls=len(ignored), activation_ranges=ranges)
     return model, detail
