@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=50, help="documents in the notes folder at start")
     parser.add_argument("--deadline-searches", type=int, default=5,
                         help="reranked searches of the top 20 with a 2 s deadline, idle and while indexing")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                        help="models.precision (with --models m3: int8 runs the reranker in static int8 too)")
     args = parser.parse_args()
 
     import ragd_client
@@ -64,14 +66,15 @@ def main() -> int:
     big.mkdir()
     for i, d in enumerate(docs[: args.seeds]):
         (notes / f"seed-{i}.txt").write_text(f"{d['title']}\n{d['text']}\n", encoding="utf-8")
-    models = {"embedder": "minilm", "reranker": "none", "fallback": "none"}
+    models = {"embedder": "minilm", "reranker": "none", "fallback": "none", "precision": args.precision}
     if args.models == "m3":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from inference import build_models
 
         m3, rr = build_models()
         # Converted OpenVINO models are shared with inference.py (keyed by the model folder).
-        models = {"embedder": str(m3), "reranker": str(rr), "fallback": "none", "cache_dir": str(m3.parent)}
+        models = {"embedder": str(m3), "reranker": str(rr), "fallback": "none", "cache_dir": str(m3.parent),
+                  "precision": args.precision}
     cfg = parse_config({
         "data_dir": str(tmp / "data"), "roots": [{"path": str(notes)}, {"path": str(big)}],
         "models": models,
@@ -80,8 +83,8 @@ def main() -> int:
     daemon = Daemon(cfg)
     daemon.start()
     client = ragd_client.Client(address=f"unix://{daemon.socket}", timeout=120)
-    result: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "embedder": args.models, "debounce_ms":
-                              cfg.watch.debounce_ms}
+    result: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "embedder": args.models, "precision": args.precision,
+                              "debounce_ms": cfg.watch.debounce_ms}
     reranking = models["reranker"] != "none"
     try:
         wait_idle(client)
