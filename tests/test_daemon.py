@@ -260,22 +260,27 @@ def _health(client: Any) -> str | None:
         return None
 
 
-def test_calls_while_the_daemon_loads_wait_and_indexing_works_after(
+def test_calls_while_the_daemon_loads_and_indexing_works_after(
     daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, loaded_tiny: Any, tmp_path: Path
 ) -> None:
     """`ragd serve` answers on its socket while it still loads (a first start converts the
-    models for a minute); searches and AddRoot calls made then wait for the load, and the
-    writer indexes normally afterwards: nothing they did on the way may break the catalog
-    (such calls once registered the model a second time, on the writer's connection, and
-    every indexing batch then failed its foreign key)."""
+    models for minutes). AddRoot (`ragd roots add`, the README's first step) answers at once
+    and the root is indexed once the models are in; searches wait for the load, and a CLI call
+    that runs out of time says the daemon is loading. Nothing the calls did on the way may
+    break the catalog (such calls once registered the model a second time, on the writer's
+    connection, and every indexing batch then failed its foreign key)."""
     import threading
 
+    from click.testing import CliRunner
+
     import ragd.models
+    from ragd import cli
+    from ragd.errors import RagdError
 
     release = threading.Event()
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
+        release.wait(60)
         return loaded_tiny
 
     monkeypatch.setattr(ragd.models, "load_models", slow_load)
@@ -283,12 +288,16 @@ def test_calls_while_the_daemon_loads_wait_and_indexing_works_after(
     starter = threading.Thread(target=lambda: box.setdefault("started", daemon_factory(engine_factory=Engine)))
     starter.start()
     sock = tmp_path / "run" / "ragd.sock"
+    config = tmp_path / "cli.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[server]\nsocket = "{sock}"\n', encoding="utf-8")
+    real_client = cli._client
     try:
         wait_for(sock.exists, what="the socket while the models load")
         client = ragd_client.Client(address=f"unix://{sock}", timeout=60)
         assert client.health() == "NOT_SERVING"
-        extra = tmp_path / "extra"
+        extra, later = tmp_path / "extra", tmp_path / "later"
         write_tree(extra, {"heron.md": "# Herons\n\nGrey herons nest in colonies high in tall trees.\n"})
+        write_tree(later, {"otter.md": "# Otters\n\nSea otters float on their backs to eat urchins.\n"})
         outcomes: list[tuple[str, Any]] = []
 
         def call(fn: Callable[[], Any]) -> None:
@@ -297,24 +306,42 @@ def test_calls_while_the_daemon_loads_wait_and_indexing_works_after(
             except ragd_client.RagdClientError as exc:
                 outcomes.append((type(exc).__name__, exc.details))
 
-        calls = [threading.Thread(target=call, args=(lambda: client.search("glaciers", k=1, rerank=False),))
-                 for _ in range(3)]
-        calls.append(threading.Thread(target=call, args=(lambda: client.add_root(str(extra)),)))
-        for t in calls:
+        searches = [threading.Thread(target=call, args=(lambda: client.search("glaciers", k=1, rerank=False),))
+                    for _ in range(3)]
+        for t in searches:
             t.start()
-        time.sleep(0.5)
-        assert all(t.is_alive() for t in calls), outcomes  # waiting for the load
+        root = client.add_root(str(extra))  # answers while the models load
+        assert root.path == str(extra) and not root.configured
+        out = CliRunner().invoke(cli.main, ["roots", "add", str(later), "--config", str(config)])
+        assert out.exit_code == 0 and "added" in out.output, out.output
+        assert {r.path for r in client.roots()} >= {str(extra), str(later)}
+        time.sleep(0.3)
+        assert all(t.is_alive() for t in searches), outcomes  # waiting for the load
+        monkeypatch.setattr(cli, "_client", lambda cfg, timeout=30.0: real_client(cfg, timeout=1.0 if timeout == 30.0
+                                                                                   else timeout))
+        with pytest.raises(RagdError, match="still loading its models"):
+            cli._daemon_call(cli._load(str(config)), lambda c: c.search("glaciers", k=1, rerank=False))
+        monkeypatch.setattr(cli, "_client", real_client)
+        assert client.health() == "NOT_SERVING"
     finally:
         release.set()
         starter.join(60)
-    for t in calls:
+    for t in searches:
         t.join(60)
     # each search either found something or was told the first scan is still running
-    assert len(outcomes) == 4 and all(kind in ("ok", "FailedPrecondition") for kind, _ in outcomes), outcomes
+    assert len(outcomes) == 3 and all(kind in ("ok", "FailedPrecondition") for kind, _ in outcomes), outcomes
     st = wait_for(lambda: idle(client), what="the index after the load")
-    assert (st.files_indexed, st.files_failed) == (3, 0)
+    assert (st.files_indexed, st.files_failed) == (4, 0)
+    assert {r.path for r in st.roots if r.watching} >= {str(extra), str(later)}
     assert top_path(client, "Grey herons nest in colonies") == str(extra / "heron.md")
+    assert top_path(client, "Sea otters float on their backs") == str(later / "otter.md")
     assert top_path(client, "Sourdough bread needs a starter") == str(tmp_path / "notes" / "beta.txt")
+    # serving: a call that runs out of time (here a 1 ms one) says only that
+    monkeypatch.setattr(cli, "_client", lambda cfg, timeout=30.0: real_client(cfg, timeout=0.001 if timeout == 30.0
+                                                                               else timeout))
+    with pytest.raises(RagdError, match="did not answer in time"):
+        cli._daemon_call(cli._load(str(config)), lambda c: c.search("glaciers", k=1, rerank=False))
+
 
 def test_cli_talks_to_the_daemon(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
     import json

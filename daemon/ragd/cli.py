@@ -249,7 +249,7 @@ def _search_daemon(
 ) -> dict[str, Any] | None:
     """The daemon's answer as the --json object, or None when no daemon answers (and not required)."""
     from ragd.errors import UsageError
-    from ragd_client import DaemonUnavailable, InvalidArgument, RagdClientError
+    from ragd_client import DaemonUnavailable, DeadlineExceeded, InvalidArgument, RagdClientError
 
     sock = _socket_for(cfg)
     if not sock.exists() and not required:
@@ -264,6 +264,8 @@ def _search_daemon(
         return None
     except InvalidArgument as exc:
         raise UsageError(exc.details) from exc
+    except DeadlineExceeded as exc:
+        raise RagdError(_late(cfg, exc.details)) from exc
     except RagdClientError as exc:
         raise RagdError(exc.details) from exc
     data = result.to_dict()
@@ -528,10 +530,25 @@ def serve(config_file: str | None) -> None:
     sys.exit(code)
 
 
+def _late(cfg: Any, details: str) -> str:
+    """Why a call to the daemon ran out of time: a daemon still loading its models says so."""
+    from ragd_client import RagdClientError
+
+    try:
+        with _client(cfg, timeout=5.0) as client:
+            loading = not client.status().serving
+    except RagdClientError:
+        loading = False
+    if loading:
+        return ("the daemon is still loading its models (a first start converts them, which takes "
+                "minutes): `ragd status --watch` shows when it serves; try again then")
+    return f"the daemon did not answer in time ({details})"
+
+
 def _daemon_call(cfg: Any, call: Callable[[Any], Any]) -> Any:
     """Run ``call(client)`` against the daemon; no daemon is a one-line error, exit 1."""
     from ragd.errors import UsageError
-    from ragd_client import DaemonUnavailable, InvalidArgument, RagdClientError
+    from ragd_client import DaemonUnavailable, DeadlineExceeded, InvalidArgument, RagdClientError
 
     try:
         with _client(cfg) as client:
@@ -540,6 +557,8 @@ def _daemon_call(cfg: Any, call: Callable[[Any], Any]) -> Any:
         raise RagdError(f"no daemon answered on {_socket_for(cfg)}: start it with `ragd serve`") from exc
     except InvalidArgument as exc:
         raise UsageError(exc.details) from exc
+    except DeadlineExceeded as exc:
+        raise RagdError(_late(cfg, exc.details)) from exc
     except RagdClientError as exc:
         raise RagdError(exc.details) from exc
 

@@ -37,6 +37,7 @@ from ragd.filters import Filters
 from ragd.indexer import Indexer
 from ragd.paths import PathFilter
 from ragd.search import SearchCancelled, SearchOptions, SearchResult, prime_rerank_pace, search
+from ragd.store.catalog import Catalog
 from ragd.store.jobs import Job, JobQueue
 from ragd.watch import Watcher
 from ragd_client import default_socket_path
@@ -447,6 +448,10 @@ class Daemon:
         self._servers: list[grpc.Server] = []
         self._writer: threading.Thread | None = None
         self._extra_roots: set[str] = set()
+        # Guards _extra_roots and _roots_live: AddRoot may come while start() still loads the
+        # models; start() then watches and scans it with the others (see add_root).
+        self._roots_lock = threading.Lock()
+        self._roots_live = False
         self.engine: Engine | None = None
         self.queue = JobQueue(config.data_dir / "catalog.db")
         self.watcher = Watcher(self.queue, debounce_s=config.watch.debounce_ms / 1000, on_change=self.wake.set,
@@ -469,9 +474,23 @@ class Daemon:
         return PathFilter()
 
     def add_root(self, root: Path) -> None:
-        assert self.engine is not None
-        self.reader().catalog.add_root(str(root))
-        self._extra_roots.add(str(root))
+        """Register ``root`` at once, also while start() still loads the models (a first start
+        converts them for minutes): then it goes in the catalog through a connection of its
+        own, and start() watches and scans it with the other roots once the models are in."""
+        with self._roots_lock:
+            live = self._roots_live
+        if live:
+            self.reader().catalog.add_root(str(root))
+        else:
+            catalog = Catalog(self.config.data_dir / "catalog.db")
+            try:
+                catalog.add_root(str(root))
+            finally:
+                catalog.close()
+        with self._roots_lock:
+            self._extra_roots.add(str(root))
+            if not self._roots_live:
+                return
         if self.config.watch.enabled:
             self.watcher.watch(root, self._filter_for(root))
         self.queue.put_scan(str(root), "api")
@@ -606,15 +625,17 @@ class Daemon:
         if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
             prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens, cfg.search.rerank_floor)
         self.queue.recover()
-        for root in sorted(self.engine.catalog.roots()):
-            if os.path.isdir(root):
-                self._extra_roots.add(root)
-        for r in cfg.roots:
-            self.engine.catalog.add_root(str(r.path))
-        for root in sorted(self.root_paths()):
-            self.queue.put_scan(root, "start")
-            if cfg.watch.enabled:
-                self.watcher.watch(Path(root), self._filter_for(Path(root)))
+        with self._roots_lock:  # roots added while loading are in _extra_roots already
+            for root in sorted(self.engine.catalog.roots()):
+                if os.path.isdir(root):
+                    self._extra_roots.add(root)
+            for r in cfg.roots:
+                self.engine.catalog.add_root(str(r.path))
+            for root in sorted(self.root_paths()):
+                self.queue.put_scan(root, "start")
+                if cfg.watch.enabled:
+                    self.watcher.watch(Path(root), self._filter_for(Path(root)))
+            self._roots_live = True
         if cfg.watch.enabled:
             self.watcher.start()
         self._writer = threading.Thread(target=self._write_loop, name="ragd-writer", daemon=True)
