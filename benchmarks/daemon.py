@@ -115,6 +115,9 @@ def main() -> int:
         if reranking:
             client.search(queries[0], k=4, candidates=4, rerank=True)  # the reranker has run once
         memory: dict[str, Any] = {"idle_rss_mb": proc_status_mb("VmRSS"),
+                                  # frameworks in the process (none of them on the OpenVINO path once converted)
+                                  "idle_frameworks": sorted(m for m in ("torch", "transformers", "FlagEmbedding")
+                                                            if m in sys.modules),
                                   # file-backed pages: weights mapped from their files (only touched rows count)
                                   "idle_rss_file_mb": proc_status_mb("RssFile"),
                                   "idle_rss_anon_mb": proc_status_mb("RssAnon")}

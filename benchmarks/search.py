@@ -131,7 +131,7 @@ class LexicalStandIn:
     def embed_query(self, text: str) -> Any:
         emb = self.inner.embed_query(text)
         if emb.sparse is not None and not any(emb.sparse):
-            ids = self.inner.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.inner.tokenizer.ids([text], special=False)[0]
             rng = np.random.default_rng(sum(ord(c) for c in text))
             emb.sparse = [{int(t): float(base_weight(self.rank.get(t, len(self.rank) + 1)) * rng.uniform(0.5, 1.2))
                            for t in dict.fromkeys(ids) if t not in self.unused}]
@@ -159,7 +159,7 @@ def ensure_index(engine: Any, size: int) -> float:
     log(f"[{size}] tokenising {size} chunks")
     token_ids: list[list[int]] = []
     for i in range(0, size, 2000):
-        token_ids += embedder.tokenizer([t for _, _, t in texts[i : i + 2000]], add_special_tokens=False)["input_ids"]
+        token_ids += embedder.tokenizer.ids([t for _, _, t in texts[i : i + 2000]], special=False)
     rng = np.random.default_rng(size)
     sparse = lexical_weights(token_ids, rng) if embedder.has_sparse else [None] * size
     root_id = catalog.add_root("/bench/scifact")

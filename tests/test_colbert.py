@@ -75,7 +75,7 @@ def test_query_vectors_and_score_equal_flagembedding(tmp_path: Path, multi_engin
     q = query.colbert[0]
     ref_q = ref.encode_queries([QUERY], return_dense=False, return_sparse=False, return_colbert_vecs=True)
     theirs_q = ref_q["colbert_vecs"][0]
-    assert q.shape == theirs_q.shape == (len(emb.tokenizer(QUERY)["input_ids"]) - 1, DIM)
+    assert q.shape == theirs_q.shape == (len(emb.tokenizer.ids([QUERY])[0]) - 1, DIM)
     np.testing.assert_allclose(q, theirs_q, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
 
@@ -110,7 +110,7 @@ def test_vectors_are_float16_blobs_of_tokens_x_dim(tmp_path: Path, multi_engine:
     blobs = _blobs(engine)
     assert len(blobs) == len(DOCS)
     for text, blob in blobs:
-        tokens = len(tok(text)["input_ids"]) - 1  # every input token but CLS, with the final </s>
+        tokens = len(tok.ids([text])[0]) - 1  # every input token but CLS, with the final </s>
         assert blob is not None and len(blob) == tokens * DIM * 2
         vecs = np.frombuffer(blob, dtype=np.float16).reshape(tokens, DIM)
         np.testing.assert_allclose(np.linalg.norm(vecs.astype(np.float32), axis=1), 1.0, atol=2e-3)

@@ -110,6 +110,63 @@ def test_fp32_conversion_equals_torch(tiny_models: dict[str, Path], ov_cache: Pa
     np.testing.assert_allclose(rr.score("glaciers", texts), rr_ov.score("glaciers", texts), atol=1e-5)
 
 
+_NO_TORCH_RUN = """
+import json, sys
+from pathlib import Path
+from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
+m3, rr_folder, cache, texts = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
+emb = FlagEmbedder(m3, "tiny", device="cpu", precision="int8", backend="openvino", cache_dir=cache,
+                   multi_vector=True, progress=lambda m: print("progress:", m, file=sys.stderr))
+rr = FlagCrossEncoder(rr_folder, "tiny", device="cpu", precision="int8", backend="openvino", cache_dir=cache)
+out = emb.embed_documents(texts)
+print(json.dumps({
+    "dense": out.dense.tolist(), "sparse": [{str(k): v for k, v in s.items()} for s in out.sparse],
+    "colbert": [c.tolist() for c in out.colbert], "scores": rr.score("glaciers", texts),
+    "query": emb.embed_query("ice").dense.tolist(), "loaded": sorted(
+        m for m in ("torch", "FlagEmbedding", "transformers", "sentence_transformers") if m in sys.modules),
+}))
+"""
+
+
+def test_converted_models_run_without_torch(tiny_models: dict[str, Path], ov_cache: Path) -> None:
+    """Once converted, the OpenVINO path loads neither torch nor FlagEmbedding nor
+    transformers (~0.5 GB of the daemon's memory): the tokenizer comes from the ``tokenizers``
+    library and BGE-M3's heads and pooling are applied with numpy, computing what the process
+    that converted the models computes."""
+    texts = ["ice cores record past climate", "rivers " * 90, "冰芯记录了过去的气候", "a"]
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache,
+                       multi_vector=True)
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache)
+    a = emb.embed_documents(texts)
+    assert a.sparse is not None and a.colbert is not None
+    heads = emb._runner.location.folder / "m3_heads.npz"
+    assert heads.is_file()  # kept next to the converted model
+    heads.unlink()  # an older cache: loaded once through FlagEmbedding to write them, no new conversion
+
+    def run() -> tuple[dict[str, Any], str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CI")}
+        done = subprocess.run([sys.executable, "-c", _NO_TORCH_RUN, str(tiny_models["m3"]),
+                               str(tiny_models["reranker"]), str(ov_cache), json.dumps(texts)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    first, said = run()
+    assert heads.is_file() and "converting" not in said
+    got, said = run()
+    assert first["loaded"] != [] and got["loaded"] == [], (first["loaded"], got["loaded"])
+    assert "converting" not in said
+    for out in (first, got):
+        np.testing.assert_allclose(out["dense"], a.dense, atol=1e-5)
+        for x, y in zip(a.sparse, out["sparse"], strict=True):
+            assert {str(k) for k in x} == set(y)
+            np.testing.assert_allclose([x[k] for k in x], [y[str(k)] for k in x], atol=1e-5)
+        for x, y in zip(a.colbert, out["colbert"], strict=True):
+            np.testing.assert_allclose(x, y, atol=1e-5)
+        np.testing.assert_allclose(out["scores"], rr.score("glaciers", texts), atol=1e-6)
+        np.testing.assert_allclose(out["query"], emb.embed_query("ice").dense, atol=1e-5)
+
+
 def test_int8_vectors_get_their_own_model_id(tiny_models: dict[str, Path], ov_cache: Path) -> None:
     emb = FlagEmbedder(tiny_models["m3"], "tiny@1", precision="int8", backend="openvino", cache_dir=ov_cache)
     assert emb.model_id == "tiny@1+ov-int8"

@@ -646,10 +646,11 @@ class Daemon:
         assert self.engine is not None
         engine = self.engine
         # Indexing leaves one core to searches: torch's intra-op thread count is per thread,
-        # so this caps only the writer's batches, not the queries and reranking.
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+        # so this caps only the writer's batches, not the queries and reranking. (torch is
+        # loaded only where it runs the models; the OpenVINO path has its own Scheduler.)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         interval = self.config.watch.reconcile_interval_s
         next_reconcile = time.monotonic() + interval if interval else None
         indexer = Indexer(engine, progress=self.status_info, should_stop=self.stopping.is_set)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import os
 import re
-import threading
-import weakref
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 
 from ragd.errors import ModelLoadError, UsageError
 from ragd.models.base import Embeddings, FloatArray, SparseWeights
+from ragd.models.tokens import Tokens, load_tokens
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,23 @@ def _quiet_imports() -> None:
 
 
 def pick_device(device: str) -> str:
-    """``auto`` is CUDA when torch sees a GPU, else the CPU."""
+    """``auto`` is CUDA when torch sees a GPU, else the CPU. torch is imported only where a
+    GPU driver could be there: on the CPU the converted models run without it (~0.5 GB less
+    memory in the daemon)."""
     if device != "auto":
         return device
+    if not gpu_driver_possible():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_driver_possible() -> bool:
+    """False only where no CUDA device can be: Linux without NVIDIA's driver (nor WSL's GPU)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
 
 
 # What ``precision = "auto"`` runs on a CPU, decided by measurement (benchmarks/README.md):
@@ -216,43 +226,7 @@ def backend_batches(lengths: Sequence[int], max_items: int, *, openvino: bool) -
 
 
 Progress = Callable[[str], None]
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model",
-                   "vocab.txt", "added_tokens.json")
-
-
-class SharedTokenizer:
-    """A tokenizer with the lock that guards it: a fast tokenizer raises "Already borrowed"
-    when two threads use it at once (the daemon's writer chunks while a search embeds its
-    query)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.lock = threading.Lock()
-
-
-_tokenizers: weakref.WeakValueDictionary[str, SharedTokenizer] = weakref.WeakValueDictionary()
-_tokenizers_lock = threading.Lock()
-
-
-def shared_tokenizer(folder: Path, loaded: Any) -> SharedTokenizer:
-    """One tokenizer object for model folders whose tokenizer files are identical (BGE-M3 and
-    bge-reranker-v2-m3 share XLM-R's: ~140 MB each in memory); ``loaded`` is this folder's own,
-    kept when no other folder has the same files."""
-    digest = hashlib.blake2b(type(loaded).__name__.encode(), digest_size=16)
-    for name in TOKENIZER_FILES:
-        try:
-            data = (folder / name).read_bytes()
-        except OSError:
-            continue
-        digest.update(name.encode() + b"\0" + data)
-    key = digest.hexdigest()
-    with _tokenizers_lock:
-        shared = _tokenizers.get(key)
-        if shared is None:
-            shared = _tokenizers[key] = SharedTokenizer(loaded)
-        return shared
-
+Batch = tuple[np.ndarray, np.ndarray]  # (input ids, attention mask), padded
 
 def _stderr(message: str) -> None:
     import sys
@@ -260,40 +234,63 @@ def _stderr(message: str) -> None:
     print(f"ragd: {message}", file=sys.stderr, flush=True)
 
 
-def openvino_runner(
-    module: Any,
-    role: str,
-    folder: Path,
-    model_id: str,
-    precision: str,
-    cache_dir: Path | None,
-    calibration: Callable[[], list[dict[str, np.ndarray]]],
-    progress: Progress | None,
-    release: Callable[[], None],
-    *,
-    force: bool = False,
-) -> Any:
-    """The cached OpenVINO model for ``module`` (converted first when missing or stale).
-    ``release`` drops the caller's references to ``module`` once it is no longer needed,
-    before the converted model is compiled, so its float weights are freed first."""
+def openvino_location(role: str, folder: Path, model_id: str, precision: str, cache_dir: Path | None) -> Any:
+    """Where the converted model for ``precision`` lives (``openvino.IRLocation``)."""
     from ragd.models import openvino as ovb
 
     kind = precision if precision in ("int8", "w8") else "float"  # fp32 and bf16 compile the same float model
-    location = ovb.ir_location(cache_dir or ovb.default_cache_dir(), folder, model_id, role, kind)
-    if force or not location.is_current():
-        say = progress or _stderr
-        say(f"{role} {model_id.split('@')[0]}: converting to OpenVINO {kind}, once "
-            f"(a few minutes for a full-size model; cached in {location.folder})")
-        try:
-            ovb.convert(module, role, location, calibration() if kind == "int8" else None, say)
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"cannot convert the {role} to OpenVINO: {exc}") from exc
-    del module
-    release()
-    gc.collect()
-    return ovb.Runner(location, precision)
+    return ovb.ir_location(cache_dir or ovb.default_cache_dir(), folder, model_id, role, kind)
+
+
+def convert_once(
+    module: Any, location: Any, calibration: Callable[[], list[dict[str, np.ndarray]]], progress: Progress | None,
+) -> None:
+    """Convert ``module`` to OpenVINO into ``location``, saying so (minutes for a full-size model)."""
+    from ragd.models import openvino as ovb
+
+    say = progress or _stderr
+    say(f"{location.role} {location.model_id.split('@')[0]}: converting to OpenVINO {location.precision}, once "
+        f"(a few minutes for a full-size model; cached in {location.folder})")
+    try:
+        ovb.convert(module, location.role, location, calibration() if location.precision == "int8" else None, say)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot convert the {location.role} to OpenVINO: {exc}") from exc
+
+
+# BGE-M3's output heads, saved next to its converted model so that the OpenVINO path
+# applies them with numpy, without loading torch or FlagEmbedding.
+M3_HEADS = "m3_heads.npz"
+
+
+def save_m3_heads(model: Any, folder: Path) -> None:
+    """The sparse and ColBERT heads of FlagEmbedding's M3 ``model``, written atomically."""
+    arrays = {
+        "sparse_weight": model.sparse_linear.weight, "sparse_bias": model.sparse_linear.bias,
+        "colbert_weight": model.colbert_linear.weight, "colbert_bias": model.colbert_linear.bias,
+    }
+    tmp = folder / f".{M3_HEADS}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, pooling=np.asarray(str(model.sentence_pooling_method)),
+                 **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / M3_HEADS)
+
+
+def load_m3_heads(folder: Path) -> dict[str, np.ndarray] | None:
+    """The heads ``save_m3_heads`` wrote, or None when missing or unreadable."""
+    try:
+        with np.load(folder / M3_HEADS) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (torch's ``normalize``: norms below 1e-12 count as 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def declared_pooling(folder: Path) -> str:
@@ -333,11 +330,11 @@ def is_m3_folder(folder: Path) -> bool:
 
 
 class _RunsOn:
-    """How a model's batches are formed and run, by torch or by its OpenVINO ``Runner``."""
+    """How a model's batches are formed and run: by its OpenVINO ``Runner`` (the CPU path,
+    with no torch or FlagEmbedding in memory once converted) or by FlagEmbedding's modules."""
 
     _runner: Any
-    _tok_lock: threading.Lock
-    tokenizer: Any
+    tokenizer: Tokens
     batch_size: int
     device: str
 
@@ -355,34 +352,35 @@ class _RunsOn:
         """On OpenVINO: keep indexing batches out of the process's ``Scheduler`` while inside."""
         return self._runner.scheduler.hold() if self._runner is not None else contextlib.nullcontext()
 
-    def _padded_batches(self, ids: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[Any]]:
+    def _padded_batches(self, ids: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[Batch]]:
         """Positions of ``ids`` grouped as the backend wants them, and each group padded (to
-        a multiple of ``SHAPE_STEP`` on OpenVINO) with its attention mask, on the device."""
+        a multiple of ``SHAPE_STEP`` on OpenVINO) as (input ids, attention mask)."""
         step = SHAPE_STEP if self._runner is not None else None
         batches = backend_batches([len(x) for x in ids], self.batch_size, openvino=step is not None)
-        with self._tok_lock:
-            padded = [self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt",
-                                         pad_to_multiple_of=step).to(self.device) for idx in batches]
-        return batches, padded
+        return batches, [self.tokenizer.pad([ids[i] for i in idx], step) for idx in batches]
 
     def _outputs(
-        self, padded: Sequence[Any], foreground: bool, forward: Callable[[Any], Any]
+        self, padded: Sequence[Batch], foreground: bool, forward: Callable[[Any], Any]
     ) -> Iterator[tuple[int, Any]]:
-        """(position, output tensor) of each padded batch: the OpenVINO model's, queued with
-        the scheduler's priority (``foreground`` for searches), or ``forward(batch)`` with torch."""
+        """(position, output) of each padded batch: the OpenVINO model's (a numpy array),
+        queued with the scheduler's priority (``foreground`` for searches), or
+        ``forward({"input_ids", "attention_mask"})`` with torch (a tensor)."""
+        if self._runner is not None:
+            yield from self._runner.map(padded, foreground)
+            return
         import torch
 
-        if self._runner is None:
-            for n, enc in enumerate(padded):
-                yield n, forward(enc)
-            return
-        for n, out in self._runner.map(
-                [(enc["input_ids"].numpy(), enc["attention_mask"].numpy()) for enc in padded], foreground):
-            yield n, torch.from_numpy(out)
+        for n, (ids, mask) in enumerate(padded):
+            yield n, forward({"input_ids": torch.from_numpy(ids).to(self.device),
+                              "attention_mask": torch.from_numpy(mask).to(self.device)})
 
 
 class FlagEmbedder(_RunsOn):
-    """BGE-M3 (dense + lexical weights, optional multi-vector) or a dense-only encoder."""
+    """BGE-M3 (dense + lexical weights, optional multi-vector) or a dense-only encoder.
+
+    With the OpenVINO backend the model is converted once (FlagEmbedding's modules loaded in
+    torch for that) and afterwards runs from its converted form alone, BGE-M3's heads and the
+    pooling applied with numpy; with torch FlagEmbedding's own modules run (the reference)."""
 
     def __init__(
         self,
@@ -398,65 +396,86 @@ class FlagEmbedder(_RunsOn):
         progress: Progress | None = None,
         force_convert: bool = False,
     ) -> None:
-        _quiet_imports()
         self.device = pick_device(device)
         self.backend, self.notes = resolve_backend(backend, self.device)
         self.precision, notes = resolve_precision(precision, self.device, self.backend, "embedder")
         self.notes += notes
         self.model_id = model_id_for(model_id, self.precision, self.backend)
-        flags, _ = precision_flags(precision, self.device)
         self.batch_size = batch_size
         self.m3 = is_m3_folder(folder)
         self.multi_vector = multi_vector and self.m3
         self.has_sparse = self.m3
+        self.pooling = "cls" if self.m3 else declared_pooling(folder)
+        self._runner: Any = None
+        self._model: Any = None
+        self._encoder: Any = None
+        self._heads: dict[str, np.ndarray] | None = None
+        location = None
+        if self.backend == "openvino":
+            location = openvino_location("embedder", folder, model_id, self.precision, cache_dir)
+            converted = not force_convert and location.is_current()
+            self._heads = load_m3_heads(location.folder) if converted and self.m3 else None
+            if converted and (self._heads is not None or not self.m3):
+                self.tokenizer = load_tokens(folder)
+                self._limits(folder)
+                self._runner = self._openvino_runner(location)
+                self.dim = self._probe_dim()
+                return
+        self._load_flag(folder, precision)
+        if location is not None:  # convert (when needed), keep M3's heads, then drop the torch model
+            if force_convert or not location.is_current():
+                convert_once(self._encoder, location, lambda: self._calibration(calibration), progress)
+            if self.m3:
+                flag: Any = self._model
+                save_m3_heads(flag.model, location.folder)
+                self._heads = load_m3_heads(location.folder)
+            self._model = self._encoder = None
+            gc.collect()
+            self._runner = self._openvino_runner(location)
+        elif self.precision == "int8":
+            quantize_int8(self._encoder)  # M3's small heads stay fp32
+        self.dim = self._probe_dim()
+
+    def _load_flag(self, folder: Path, precision: str) -> None:
+        """FlagEmbedding's model in torch: the reference path, and the source of a conversion."""
+        _quiet_imports()
+        flags, _ = precision_flags(precision, self.device)
         try:
             if self.m3:
                 from FlagEmbedding import BGEM3FlagModel
 
-                self._model: Any = BGEM3FlagModel(
-                    str(folder), devices=self.device, normalize_embeddings=True, **flags
-                )
+                self._model = BGEM3FlagModel(str(folder), devices=self.device, normalize_embeddings=True, **flags)
             else:
                 from FlagEmbedding import FlagModel
 
-                self._model = FlagModel(
-                    str(folder),
-                    devices=self.device,
-                    pooling_method=declared_pooling(folder),
-                    normalize_embeddings=True,
-                    **flags,
-                )
+                self._model = FlagModel(str(folder), devices=self.device, pooling_method=self.pooling,
+                                        normalize_embeddings=True, **flags)
         except Exception as exc:
             raise ModelLoadError(f"cannot load embedder from {folder}: {exc}") from exc
-        self._shared = shared_tokenizer(folder, self._model.tokenizer)
-        self.tokenizer = self._model.tokenizer = self._shared.tokenizer
-        self._tok_lock = self._shared.lock
+        self.tokenizer = load_tokens(folder, getattr(self._model.tokenizer, "backend_tokenizer", None))
+        self._limits(folder)
         model = self._model.model
         if self.device == "cpu":
             model.float()
         model.to(self.device)
         model.eval()
-        self._encoder: Any = model.model if self.m3 else model  # the transformer; M3's heads are on ``model``
-        self._unused = self._unused_token_ids()
-        self.input_limit = declared_max_length(folder, self.tokenizer)
-        special = len(self.tokenizer("", add_special_tokens=True)["input_ids"])
-        self.max_tokens = self.input_limit - special
-        self._runner: Any = None
-        if self.backend == "openvino":
-            def release() -> None:  # the converted model replaces the float weights
-                self._encoder = None
-                if self.m3:
-                    self._model.model.model = None
-                else:
-                    self._model.model = None
+        self._encoder = model.model if self.m3 else model  # the transformer; M3's heads are on ``model``
 
-            self._runner = openvino_runner(
-                self._encoder, "embedder", folder, model_id, self.precision, cache_dir,
-                lambda: self._calibration(calibration), progress, release, force=force_convert,
-            )
-        elif self.precision == "int8":
-            quantize_int8(self._encoder)  # M3's small heads stay fp32
-        self.dim = int(self._encode(["dimension probe"], self.input_limit).dense.shape[1])
+    def _limits(self, folder: Path) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ModelLoadError(f"cannot load embedder from {folder}: pooling {self.pooling!r} is not supported "
+                                 "(cls and mean are)")
+        self._unused = self.tokenizer.unused_ids
+        self.input_limit = declared_max_length(folder, self.tokenizer)
+        self.max_tokens = self.input_limit - self.tokenizer.num_special()
+
+    def _openvino_runner(self, location: Any) -> Any:
+        from ragd.models import openvino as ovb
+
+        return ovb.Runner(location, self.precision)
+
+    def _probe_dim(self) -> int:
+        return int(self._encode(["dimension probe"], self.input_limit).dense.shape[1])
 
     def _calibration(self, paths: Sequence[Path]) -> list[dict[str, np.ndarray]]:
         """Calibration inputs: texts cut to ``CALIBRATION_MAX_TOKENS`` tokens, one per sample."""
@@ -465,86 +484,99 @@ class FlagEmbedder(_RunsOn):
         texts = ovb.calibration_texts_from(paths) if paths else ovb.builtin_calibration_texts()
         if not texts:
             raise ModelLoadError("calibration: no paragraphs of at least 100 characters found")
-        samples = []
         limit = min(self.input_limit, ovb.CALIBRATION_MAX_TOKENS)
-        for text in ovb.pick_samples(texts, ovb.CALIBRATION_SAMPLES):
-            with self._tok_lock:
-                enc = self.tokenizer(text, truncation=True, max_length=limit, return_tensors="np")
-            samples.append({"input_ids": enc["input_ids"].astype(np.int64),
-                            "attention_mask": enc["attention_mask"].astype(np.int64)})
+        samples = []
+        for ids in self.tokenizer.ids(ovb.pick_samples(texts, ovb.CALIBRATION_SAMPLES), max_length=limit):
+            arr = np.asarray([ids], dtype=np.int64)
+            samples.append({"input_ids": arr, "attention_mask": np.ones_like(arr)})
         return samples
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        with self._tok_lock:
-            ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [len(x) for x in ids]
-
-    def _unused_token_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for name in ("cls_token", "eos_token", "pad_token", "unk_token"):
-            token = self.tokenizer.special_tokens_map.get(name)
-            if token is not None:
-                ids.add(int(self.tokenizer.convert_tokens_to_ids(token)))
-        return ids
+        return [len(x) for x in self.tokenizer.ids(texts, special=False)]
 
     def _encode(self, texts: list[str], max_length: int, foreground: bool = True) -> Embeddings:
-        """Encode with FlagEmbedding's modules, tokenising once and batching by token budget.
-
-        Same modules and post-processing as FlagEmbedding's ``encode`` (pooling, L2
-        normalisation, lexical weights = max ReLU weight per token id without special tokens,
-        ColBERT vectors without CLS), but each batch is computed once (``encode`` runs its
-        first batch twice to probe the batch size), texts are never truncated silently, and
-        batches hold inputs of similar length within ``TOKEN_BUDGET`` padded tokens (at most
-        ``batch_size`` texts). ``self.precision`` picks fp32, bf16 autocast or int8 weights.
-        On OpenVINO ``foreground`` batches (queries) go before background ones (the writer's
-        documents).
+        """Tokenise once, batch by token budget, and apply FlagEmbedding's post-processing
+        (pooling, L2 normalisation, lexical weights = max ReLU weight per token id without
+        special tokens, ColBERT vectors without CLS): with numpy on the converted model's hidden
+        states, with FlagEmbedding's own modules on torch's. Unlike FlagEmbedding's ``encode``,
+        each batch is computed once (``encode`` runs its first batch twice to probe the batch
+        size), texts are never truncated silently, and batches hold inputs of similar length
+        (at most ``batch_size`` texts). On OpenVINO ``foreground`` batches (queries) go before
+        background ones (the writer's documents).
         """
-        import torch
-
-        with self._tok_lock:
-            encoded = self.tokenizer(texts, truncation=True, max_length=max_length)
-        all_ids: list[list[int]] = encoded["input_ids"]
+        all_ids = self.tokenizer.ids(texts, max_length=max_length)
         dense_out: list[FloatArray | None] = [None] * len(texts)
         sparse_out: list[SparseWeights] = [{} for _ in texts]
         colbert_out: list[FloatArray | None] = [None] * len(texts)
-        model = self._model.model
         batches, padded = self._padded_batches(all_ids)
         for n, hidden in self._outputs(padded, foreground, self._torch_hidden):
             idx = batches[n]
-            enc = padded[n]
-            with torch.inference_mode(), autocast(self.precision, self.device):
-                mask = enc["attention_mask"]
-                if self.m3:
-                    # FlagEmbedding's M3 heads on the hidden states, as its forward() applies them.
-                    dense = model._dense_embedding(hidden, mask)
-                    sparse_vecs = model._sparse_embedding(hidden, enc["input_ids"], return_embedding=False)
-                    if self.multi_vector:
-                        colbert_vecs = torch.nn.functional.normalize(model._colbert_embedding(hidden, mask), dim=-1)
-                else:
-                    dense = self._model.pooling(hidden, mask)
-                dense = torch.nn.functional.normalize(dense.float(), dim=-1).cpu().numpy()
-                for row, i in enumerate(idx):
-                    dense_out[i] = dense[row]
-                if self.m3:
-                    weights = sparse_vecs.squeeze(-1).float().cpu().numpy()
-                    for row, i in enumerate(idx):
-                        lex: SparseWeights = {}
-                        for tok, w in zip(all_ids[i], weights[row].tolist(), strict=False):
-                            if w > 0 and tok not in self._unused and w > lex.get(tok, 0.0):
-                                lex[tok] = float(w)
-                        sparse_out[i] = lex
-                if self.multi_vector:
-                    vecs = colbert_vecs.float().cpu().numpy()
-                    for row, i in enumerate(idx):
-                        colbert_out[i] = vecs[row, : len(all_ids[i]) - 1]
+            if self._runner is not None:
+                dense, weights, colbert = self._heads_numpy(hidden, *padded[n])
+            else:
+                dense, weights, colbert = self._heads_torch(hidden, *padded[n])
+            for row, i in enumerate(idx):
+                dense_out[i] = dense[row]
+                if weights is not None:
+                    lex: SparseWeights = {}
+                    for tok, w in zip(all_ids[i], weights[row].tolist(), strict=False):
+                        if w > 0 and tok not in self._unused and w > lex.get(tok, 0.0):
+                            lex[tok] = float(w)
+                    sparse_out[i] = lex
+                if colbert is not None:
+                    colbert_out[i] = colbert[row, : len(all_ids[i]) - 1]
         dense_matrix = np.stack([d for d in dense_out if d is not None]).astype(np.float32)
         return Embeddings(
             dense=dense_matrix,
             sparse=sparse_out if self.m3 else None,
             colbert=[c for c in colbert_out if c is not None] if self.multi_vector else None,
         )
+
+    def _heads_numpy(
+        self, hidden: np.ndarray, ids: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Dense vectors, token weights and ColBERT vectors from the converted model's hidden
+        states: the same arithmetic as FlagEmbedding's M3 heads and pooling."""
+        hidden = hidden.astype(np.float32, copy=False)
+        if self.pooling == "mean":
+            m = mask[:, :, None].astype(np.float32)
+            dense = (hidden * m).sum(axis=1) / m.sum(axis=1)
+        else:
+            dense = hidden[:, 0]
+        dense = l2_normalize(dense)
+        if not self.m3:
+            return dense, None, None
+        heads = self._heads
+        assert heads is not None
+        weights = np.maximum(hidden @ heads["sparse_weight"].T + heads["sparse_bias"], 0.0)[..., 0]
+        colbert = None
+        if self.multi_vector:
+            vecs = (hidden[:, 1:] @ heads["colbert_weight"].T + heads["colbert_bias"]) * mask[:, 1:, None]
+            colbert = l2_normalize(vecs.astype(np.float32))
+        return dense, weights, colbert
+
+    def _heads_torch(
+        self, hidden: Any, ids: np.ndarray, mask_np: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The same outputs through FlagEmbedding's own modules (the reference)."""
+        import torch
+
+        model = self._model.model
+        mask = torch.from_numpy(mask_np).to(self.device)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            weights = colbert = None
+            if self.m3:
+                dense = model._dense_embedding(hidden, mask)
+                sparse_vecs = model._sparse_embedding(hidden, torch.from_numpy(ids).to(self.device),
+                                                      return_embedding=False)
+                weights = sparse_vecs.squeeze(-1).float().cpu().numpy()
+                if self.multi_vector:
+                    colbert = torch.nn.functional.normalize(
+                        model._colbert_embedding(hidden, mask), dim=-1).float().cpu().numpy()
+            else:
+                dense = self._model.pooling(hidden, mask)
+            dense = torch.nn.functional.normalize(dense.float(), dim=-1).cpu().numpy()
+        return dense, weights, colbert
 
     def _torch_hidden(self, enc: Any) -> Any:
         import torch
@@ -568,10 +600,11 @@ class FlagCrossEncoder(_RunsOn):
     """bge-reranker style cross-encoder: FlagEmbedding's FlagReranker modules.
 
     On a GPU scores come from ``FlagReranker.compute_score`` (the reference). On the CPU ragd
-    runs its own loop over the same modules and the same inputs (query cut to 3/4 of
-    ``max_length`` tokens, ``<s> query </s></s> passage </s>`` with only the passage cut to
-    ``max_length``, sigmoid of the logit), tokenising once, batching by token budget and
-    running in ``self.precision`` (fp32, bf16 autocast or int8 encoder weights).
+    runs its own loop over the same inputs (query cut to 3/4 of ``max_length`` tokens,
+    ``<s> query </s></s> passage </s>`` with only the passage cut to ``max_length``, sigmoid
+    of the logit), tokenising once and batching by token budget: through the converted
+    OpenVINO model (torch and FlagEmbedding then only load to convert it, once) or
+    FlagEmbedding's modules in ``self.precision`` (fp32, bf16 autocast or int8 encoder weights).
     """
 
     def __init__(
@@ -587,41 +620,54 @@ class FlagCrossEncoder(_RunsOn):
         progress: Progress | None = None,
         force_convert: bool = False,
     ) -> None:
-        _quiet_imports()
         self.model_id = model_id
         self.device = pick_device(device)
         self.backend, self.notes = resolve_backend(backend, self.device)
         self.precision, notes = resolve_precision(precision, self.device, self.backend, "reranker")
         self.notes += notes
-        flags, _ = precision_flags(precision, self.device)
         self.batch_size = batch_size
+        self.own_loop = not self.device.startswith("cuda")
+        self._runner: Any = None
+        self._model: Any = None
+        location = None
+        if self.backend == "openvino":
+            location = openvino_location("reranker", folder, model_id, self.precision, cache_dir)
+            if not force_convert and location.is_current():
+                self.tokenizer = load_tokens(folder)
+                self._limits(folder)
+                self._runner = self._openvino_runner(location)
+                return
+        _quiet_imports()
+        flags, _ = precision_flags(precision, self.device)
         try:
             from FlagEmbedding import FlagReranker
 
-            self._model: Any = FlagReranker(
+            self._model = FlagReranker(
                 str(folder), devices=self.device, use_fp16=flags["use_fp16"], use_bf16=flags["use_bf16"]
             )
         except Exception as exc:
             raise ModelLoadError(f"cannot load reranker from {folder}: {exc}") from exc
-        self._shared = shared_tokenizer(folder, self._model.tokenizer)
-        self.tokenizer = self._model.tokenizer = self._shared.tokenizer
-        self._tok_lock = self._shared.lock
+        self.tokenizer = load_tokens(folder, getattr(self._model.tokenizer, "backend_tokenizer", None))
+        self._limits(folder)
+        if not self.own_loop:
+            return
+        self._model.model.float().to(self.device).eval()
+        if location is not None:  # convert, then drop the torch model
+            convert_once(self._model.model, location, lambda: self._calibration(calibration), progress)
+            self._model = None
+            gc.collect()
+            self._runner = self._openvino_runner(location)
+        elif self.precision == "int8":
+            quantize_int8(self._model.model.base_model)  # the encoder; the classification head stays fp32
+
+    def _limits(self, folder: Path) -> None:
         self.max_length = min(512, declared_max_length(folder, self.tokenizer))
         self.query_max_length = self.max_length * 3 // 4
-        self.own_loop = not self.device.startswith("cuda")
-        self._runner: Any = None
-        if self.own_loop:
-            self._model.model.float().to(self.device).eval()
-            if self.backend == "openvino":
-                def release() -> None:  # the converted model replaces the float weights
-                    self._model.model = None
 
-                self._runner = openvino_runner(
-                    self._model.model, "reranker", folder, model_id, self.precision, cache_dir,
-                    lambda: self._calibration(calibration), progress, release, force=force_convert,
-                )
-            elif self.precision == "int8":
-                quantize_int8(self._model.model.base_model)  # the encoder; the classification head stays fp32
+    def _openvino_runner(self, location: Any) -> Any:
+        from ragd.models import openvino as ovb
+
+        return ovb.Runner(location, self.precision)
 
     def _calibration(self, paths: Sequence[Path]) -> list[dict[str, np.ndarray]]:
         """Calibration pairs built the way ``score`` builds its inputs: a question-like first
@@ -644,20 +690,11 @@ class FlagCrossEncoder(_RunsOn):
     def _pair_inputs(self, query: str, passages: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         """``<s> query </s></s> passage </s>`` token ids: query cut to 3/4 of ``max_length``,
         passage cut to what is left (FlagReranker's rules)."""
-        tok = self.tokenizer
-        limit = max_length or self.max_length
-        with self._tok_lock:
-            q_ids = tok(query, add_special_tokens=False, truncation=True,
-                        max_length=limit * 3 // 4)["input_ids"]
-            room = max(1, limit - len(q_ids) - tok.num_special_tokens_to_add(pair=True))
-            p_ids = tok(list(passages), add_special_tokens=False)["input_ids"]
-        return [tok.build_inputs_with_special_tokens(q_ids, ids[:room]) for ids in p_ids]
+        return self.tokenizer.pairs(query, passages, max_length or self.max_length)
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character span of each of the reranker's tokens in ``text`` (no special tokens)."""
-        with self._tok_lock:
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return self.tokenizer.offsets(text)
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         if not passages:
@@ -670,14 +707,13 @@ class FlagCrossEncoder(_RunsOn):
             if isinstance(scores, float):
                 scores = [scores]
             return [float(s) for s in scores]
-        import torch
-
         inputs = self._pair_inputs(query, passages)
         out = [0.0] * len(inputs)
         batches, padded = self._padded_batches(inputs)
         # A search's pairs go before indexing batches.
         for n, logits in self._outputs(padded, True, self._torch_logits):
-            for i, v in zip(batches[n], torch.sigmoid(logits.view(-1).float()).tolist(), strict=True):
+            values = np.asarray(logits if self._runner is not None else logits.float().cpu().numpy(), dtype=np.float64)
+            for i, v in zip(batches[n], (1.0 / (1.0 + np.exp(-values.reshape(-1)))).tolist(), strict=True):
                 out[i] = float(v)
         return out
 
