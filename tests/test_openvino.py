@@ -167,6 +167,29 @@ def test_converted_models_run_without_torch(tiny_models: dict[str, Path], ov_cac
         np.testing.assert_allclose(out["query"], emb.embed_query("ice").dense, atol=1e-5)
 
 
+def test_heads_that_cannot_be_saved_are_used_from_memory(
+    tiny_models: dict[str, Path], ov_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder that cannot take BGE-M3's heads (read-only, full) does not stop the model:
+    they are used from the loaded model, and the note says the next start loads it again."""
+    import ragd.models.flag as flag
+
+    texts = ["ice cores", "冰芯"]
+    ref = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache)
+    heads = ref._runner.location.folder / flag.M3_HEADS
+    heads.unlink()
+
+    def refuse(*_args: Any) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(flag, "save_m3_heads", refuse)
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache)
+    assert not heads.exists() and any("cannot save BGE-M3's heads" in n for n in emb.notes)
+    a, b = ref.embed_documents(texts), emb.embed_documents(texts)
+    np.testing.assert_allclose(a.dense, b.dense, atol=1e-6)
+    assert a.sparse == b.sparse
+
+
 def test_int8_vectors_get_their_own_model_id(tiny_models: dict[str, Path], ov_cache: Path) -> None:
     emb = FlagEmbedder(tiny_models["m3"], "tiny@1", precision="int8", backend="openvino", cache_dir=ov_cache)
     assert emb.model_id == "tiny@1+ov-int8"

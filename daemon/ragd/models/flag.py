@@ -264,19 +264,27 @@ def convert_once(
 M3_HEADS = "m3_heads.npz"
 
 
-def save_m3_heads(model: Any, folder: Path) -> None:
-    """The sparse and ColBERT heads of FlagEmbedding's M3 ``model``, written atomically."""
+def m3_heads(model: Any) -> dict[str, np.ndarray]:
+    """The sparse and ColBERT heads of FlagEmbedding's M3 ``model`` as float32 arrays."""
     arrays = {
         "sparse_weight": model.sparse_linear.weight, "sparse_bias": model.sparse_linear.bias,
         "colbert_weight": model.colbert_linear.weight, "colbert_bias": model.colbert_linear.bias,
     }
+    return {k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
+
+
+def save_m3_heads(heads: dict[str, np.ndarray], folder: Path) -> None:
+    """``heads`` next to the converted model, written atomically."""
     tmp = folder / f".{M3_HEADS}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, pooling=np.asarray(str(model.sentence_pooling_method)),
-                 **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / M3_HEADS)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, sparse_weight=heads["sparse_weight"], sparse_bias=heads["sparse_bias"],
+                     colbert_weight=heads["colbert_weight"], colbert_bias=heads["colbert_bias"])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / M3_HEADS)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_m3_heads(folder: Path) -> dict[str, np.ndarray] | None:
@@ -427,8 +435,12 @@ class FlagEmbedder(_RunsOn):
                 convert_once(self._encoder, location, lambda: self._calibration(calibration), progress)
             if self.m3:
                 flag: Any = self._model
-                save_m3_heads(flag.model, location.folder)
-                self._heads = load_m3_heads(location.folder)
+                self._heads = m3_heads(flag.model)
+                try:
+                    save_m3_heads(self._heads, location.folder)
+                except OSError as exc:  # e.g. a read-only cache: FlagEmbedding loads again next time
+                    self.notes.append(f"cannot save BGE-M3's heads in {location.folder} ({exc}); "
+                                      "the next start loads the model through FlagEmbedding again")
             self._model = self._encoder = None
             gc.collect()
             self._runner = self._openvino_runner(location)
