@@ -345,6 +345,7 @@ class _RunsOn:
     tokenizer: Tokens
     batch_size: int
     device: str
+    precision: str
 
     @property
     def schedules_itself(self) -> bool:
@@ -359,6 +360,12 @@ class _RunsOn:
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """On OpenVINO: keep indexing batches out of the process's ``Scheduler`` while inside."""
         return self._runner.scheduler.hold() if self._runner is not None else contextlib.nullcontext()
+
+    def _openvino_runner(self, location: Any) -> Any:
+        """The converted model at ``location``, compiled (``openvino.Runner``)."""
+        from ragd.models import openvino as ovb
+
+        return ovb.Runner(location, self.precision)
 
     def _padded_batches(self, ids: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[Batch]]:
         """Positions of ``ids`` grouped as the backend wants them, and each group padded (to
@@ -480,11 +487,6 @@ class FlagEmbedder(_RunsOn):
         self._unused = self.tokenizer.unused_ids
         self.input_limit = declared_max_length(folder, self.tokenizer)
         self.max_tokens = self.input_limit - self.tokenizer.num_special()
-
-    def _openvino_runner(self, location: Any) -> Any:
-        from ragd.models import openvino as ovb
-
-        return ovb.Runner(location, self.precision)
 
     def _probe_dim(self) -> int:
         return int(self._encode(["dimension probe"], self.input_limit).dense.shape[1])
@@ -675,11 +677,6 @@ class FlagCrossEncoder(_RunsOn):
     def _limits(self, folder: Path) -> None:
         self.max_length = min(512, declared_max_length(folder, self.tokenizer))
         self.query_max_length = self.max_length * 3 // 4
-
-    def _openvino_runner(self, location: Any) -> Any:
-        from ragd.models import openvino as ovb
-
-        return ovb.Runner(location, self.precision)
 
     def _calibration(self, paths: Sequence[Path]) -> list[dict[str, np.ndarray]]:
         """Calibration pairs built the way ``score`` builds its inputs: a question-like first
