@@ -229,8 +229,6 @@ Progress = Callable[[str], None]
 Batch = tuple[np.ndarray, np.ndarray]  # (input ids, attention mask), padded
 
 def _stderr(message: str) -> None:
-    import sys
-
     print(f"ragd: {message}", file=sys.stderr, flush=True)
 
 
@@ -721,13 +719,14 @@ class FlagCrossEncoder(_RunsOn):
         batches, padded = self._padded_batches(inputs)
         # A search's pairs go before indexing batches.
         for n, logits in self._outputs(padded, True, self._torch_logits):
-            values = np.asarray(logits if self._runner is not None else logits.float().cpu().numpy(), dtype=np.float64)
-            for i, v in zip(batches[n], (1.0 / (1.0 + np.exp(-values.reshape(-1)))).tolist(), strict=True):
+            values = np.asarray(logits, dtype=np.float64).reshape(-1)
+            # The sigmoid, written so that no logit overflows exp().
+            for i, v in zip(batches[n], (0.5 * (1.0 + np.tanh(0.5 * values))).tolist(), strict=True):
                 out[i] = float(v)
         return out
 
-    def _torch_logits(self, enc: Any) -> Any:
+    def _torch_logits(self, enc: Any) -> np.ndarray:
         import torch
 
         with torch.inference_mode(), autocast(self.precision, self.device):
-            return self._model.model(**enc, return_dict=True).logits
+            return self._model.model(**enc, return_dict=True).logits.float().cpu().numpy()
