@@ -48,6 +48,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=50, help="documents in the notes folder at start")
     parser.add_argument("--deadline-searches", type=int, default=5,
                         help="reranked searches of the top 20 with a 2 s deadline, idle and while indexing")
+    parser.add_argument("--spaced", type=int, default=8,
+                        help="searches --gap apart while indexing, with and without cancelling the batch in hand")
+    parser.add_argument("--gap", type=float, default=1.0,
+                        help="seconds between spaced searches (over the scheduler's reserve: indexing resumes)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                         help="models.precision (with --models m3: int8 runs the reranker in static int8 too)")
     args = parser.parse_args()
@@ -132,6 +136,8 @@ def main() -> int:
         if reranking:
             client.search(queries[-1], k=10, candidates=12, rerank=True)  # ~ one full 4,096-token batch
             result["deadline_2s_indexing"] = deadline_searches(client, queries[-args.deadline_searches:])
+        result["spaced_while_indexing"] = compare_cancelling(
+            client, queries, args.spaced, args.deadline_searches if reranking else 0, args.gap)
         still_busy = client.status().files_pending > 0
         sampler.stop()
         memory["busy_peak_rss_mb"] = proc_status_mb("VmHWM") if reset_peak else sampler.peak_mb
@@ -148,9 +154,10 @@ def main() -> int:
         memory["models"] = {"embedder": daemon.engine.models.embedder.model_id,
                             "reranker": getattr(daemon.engine.models.reranker, "model_id", None)}
         result["memory"] = memory
-        result["search_idle_ms"] = {"p50": round(percentile(idle, 0.5), 1), "p95": round(percentile(idle, 0.95), 1)}
+        result["search_idle_ms"] = {"p50": round(percentile(idle, 0.5), 1), "p95": round(percentile(idle, 0.95), 1),
+                                    "max": round(max(idle), 1)}
         result["search_indexing_ms"] = {"p50": round(percentile(busy, 0.5), 1),
-                                        "p95": round(percentile(busy, 0.95), 1)}
+                                        "p95": round(percentile(busy, 0.95), 1), "max": round(max(busy), 1)}
         result["indexing_p50_ratio"] = round(percentile(busy, 0.5) / percentile(idle, 0.5), 2)
         result["indexing_still_running_at_end"] = still_busy
     finally:
@@ -244,6 +251,48 @@ def timed_searches(client: Any, queries: list[str]) -> list[float]:
         t = time.perf_counter()
         client.search(q, k=10, rerank=False)
         out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def compare_cancelling(client: Any, queries: list[str], plain: int, deadline: int, gap: float) -> dict[str, Any]:
+    """Searches ``gap`` seconds apart while indexing (so each finds an indexing batch running,
+    as a user's or an agent's occasional search does), alternating between the scheduler
+    cancelling the batch in hand for the search (ragd) and waiting for it (before): the same
+    daemon, the same moment of indexing. ``plain`` searches without reranking, ``deadline``
+    reranked ones of the top 20 with a 2 s deadline, in each mode."""
+    from ragd.models import openvino as ovb
+
+    sched = ovb._scheduler
+    if sched is None:
+        return {"skipped": "the models do not run on OpenVINO"}
+    modes = {"cancel": sched.CANCELS_PER_BATCH, "wait": 0}
+    out: dict[str, Any] = {"gap_s": gap}
+    for kind, count in (("plain", plain), ("deadline_2s", deadline)):
+        walls: dict[str, list[float]] = {m: [] for m in modes}
+        reranked: dict[str, list[int]] = {m: [] for m in modes}
+        indexing = {m: 0 for m in modes}
+        preempted = {m: 0 for m in modes}
+        for i in range(count * len(modes)):
+            mode = list(modes)[i % len(modes)]
+            sched.CANCELS_PER_BATCH = modes[mode]
+            time.sleep(gap)
+            indexing[mode] += client.status().files_pending > 0
+            before = sched.preemptions
+            q = queries[i % len(queries)]
+            t = time.perf_counter()
+            if kind == "plain":
+                client.search(q, k=10, rerank=False)
+            else:
+                reranked[mode].append(client.search(q, k=10, candidates=20, rerank=True, deadline=2.0).reranked)
+            walls[mode].append((time.perf_counter() - t) * 1000)
+            preempted[mode] += sched.preemptions - before
+        for m in modes:
+            if walls[m]:
+                out[f"{kind}_{m}"] = {
+                    "p50_ms": round(percentile(walls[m], 0.5), 1), "max_ms": round(max(walls[m]), 1),
+                    "searches": len(walls[m]), "while_indexing": indexing[m], "batches_cancelled": preempted[m],
+                    **({"reranked_mean": round(statistics.mean(reranked[m]), 1)} if reranked[m] else {})}
+    sched.CANCELS_PER_BATCH = modes["cancel"]
     return out
 
 

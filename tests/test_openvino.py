@@ -264,20 +264,47 @@ def test_int8_word_embeddings_stay_int8(tiny_models: dict[str, Path], ov_cache: 
 
 
 class _Request:
-    """An infer request whose run ends when the test says so."""
+    """An infer request whose run ends when the test says so (or when it is cancelled)."""
 
-    def __init__(self) -> None:
+    def __init__(self, free_runs: float = 0, child_free_runs: float = float("inf")) -> None:
         import threading
 
+        self.free_runs = free_runs  # the first runs that end at once
+        self.child_free_runs = child_free_runs  # the same for requests made from this one's model
         self.finish = threading.Event()
         self.started = threading.Event()
         self.runs = 0
+        self.cancels = 0
+        self.inputs: list[Any] = []
+        self.made: list[_Request] = []  # requests made from this one's model (``get_compiled_model``)
 
-    def infer(self, inputs: object) -> None:
+    def infer(self, inputs: Any) -> None:
+        self.start_async(inputs)
+        self.wait()
+
+    def start_async(self, inputs: Any) -> None:
         self.runs += 1
+        self.inputs.append(inputs)
         self.started.set()
-        assert self.finish.wait(10)
-        self.finish.clear()
+
+    def wait(self) -> None:
+        if self.runs > self.free_runs:
+            assert self.finish.wait(10)
+            self.finish.clear()
+        if self.cancels:
+            raise RuntimeError("Infer Request was canceled")
+
+    def cancel(self) -> None:
+        self.cancels += 1
+        self.finish.set()
+
+    def get_compiled_model(self) -> Any:
+        return self
+
+    def create_infer_request(self) -> _Request:
+        req = _Request(free_runs=self.child_free_runs)
+        self.made.append(req)
+        return req
 
 
 def test_scheduler_puts_searches_first() -> None:
@@ -374,10 +401,78 @@ def test_a_hold_keeps_indexing_out_and_lets_searches_in() -> None:
     assert not t.is_alive()
 
 
+def test_a_search_cancels_the_indexing_batch_in_hand() -> None:
+    """With one slot, a search cancels the indexing batch it finds running; the batch's model
+    runs one 1 x 1 input on a new request before the search goes, and the batch runs again
+    after it on that request. A batch cancelled ``CANCELS_PER_BATCH`` times runs to the end."""
+    import threading
+
+    sched = ovb.Scheduler(1)
+    sched.RESERVE_S = 0.0
+    inputs = {"inputs_embeds": np.ones((4, 20, 8), np.float32), "attention_mask": np.ones((4, 20), np.int64)}
+    batch = _Request()
+    returned: list[Any] = []
+    t = threading.Thread(target=lambda: returned.append(sched.run(batch, inputs, False)), daemon=True)
+    t.start()
+    assert batch.started.wait(5)
+    search = _finished()
+    started = time.monotonic()
+    sched.run(search, {"input_ids": np.ones((1, 5), np.int64)}, True)
+    assert time.monotonic() - started < 2  # did not wait for the batch (it never ends by itself)
+    t.join(5)
+    assert not t.is_alive() and sched.preemptions == 1 and batch.cancels == 1 and batch.runs == 1
+    [fresh] = batch.made
+    assert returned == [fresh] and fresh.runs == 2  # the reset, then the batch again
+    reset, again = fresh.inputs
+    assert {k: v.shape for k, v in reset.items()} == {"inputs_embeds": (1, 1, 8), "attention_mask": (1, 1)}
+    assert again is inputs
+    # A batch cancelled CANCELS_PER_BATCH times runs to the end; the search waits for it.
+    sched.CANCELS_PER_BATCH = 1
+    batch = _Request(child_free_runs=1)  # the reset ends at once, the batch's second run does not
+    t = threading.Thread(target=sched.run, args=(batch, inputs, False), daemon=True)
+    t.start()
+    assert batch.started.wait(5)
+    sched.run(_finished(), {}, True)
+    assert sched.preemptions == 2
+    [fresh] = batch.made
+    for _ in range(100):
+        if fresh.runs == 2:
+            break
+        time.sleep(0.05)
+    assert fresh.runs == 2  # running the batch again
+    search = _Request()
+    tq = threading.Thread(target=sched.run, args=(search, {}, True), daemon=True)
+    tq.start()
+    time.sleep(0.2)
+    assert not search.started.is_set() and fresh.cancels == 0 and sched.preemptions == 2
+    fresh.finish.set()
+    assert search.started.wait(5)
+    search.finish.set()
+    for thread in (t, tq):
+        thread.join(5)
+        assert not thread.is_alive()
+    # With several slots a search waits for a free one instead.
+    two = ovb.Scheduler(2)
+    busy = [_Request(), _Request()]
+    threads = [threading.Thread(target=two.run, args=(r, inputs, False), daemon=True) for r in busy]
+    for thread in threads:
+        thread.start()
+    assert all(r.started.wait(5) for r in busy)
+    search = _finished()
+    tq = threading.Thread(target=two.run, args=(search, {}, True), daemon=True)
+    tq.start()
+    time.sleep(0.2)
+    assert not search.started.is_set() and two.preemptions == 0
+    busy[0].finish.set()
+    assert search.started.wait(5)
+    busy[1].finish.set()
+    for thread in (*threads, tq):
+        thread.join(5)
+        assert not thread.is_alive()
+
+
 def _finished() -> _Request:
-    req = _Request()
-    req.finish.set()
-    return req
+    return _Request(free_runs=float("inf"))
 
 
 def test_searches_run_beside_indexing_and_results_stay_right(
@@ -407,6 +502,45 @@ def test_searches_run_beside_indexing_and_results_stay_right(
     for out in got:
         np.testing.assert_allclose(out.dense, expected.dense, atol=1e-6)
         assert out.sparse == expected.sparse
+
+
+def test_cancelled_indexing_batches_leave_the_model_right(
+    tiny_models: dict[str, Path], ov_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real OpenVINO requests: searches arriving at random moments cancel indexing batches
+    mid-run; every batch (run again) and every search still gets exactly the outputs it gets
+    alone, shapes included."""
+    import random
+    import threading
+
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache)
+    runner = emb._runner
+    assert runner is not None and runner.scheduler.slots == 1
+    rng = np.random.default_rng(3)
+    shapes = [(16, 500), (12, 333), (16, 64), (8, 480), (1, 512), (16, 200)]
+    batches = [(ids, np.ones_like(ids)) for ids in (rng.integers(5, 200, size=s) for s in shapes)]
+    queries = [(ids, np.ones_like(ids)) for ids in (rng.integers(5, 200, size=(1, n)) for n in (3, 9, 40, 2))]
+    expected = [runner(*b, foreground=False) for b in batches]
+    expected_q = [runner(*q) for q in queries]
+    before = runner.scheduler.preemptions
+    monkeypatch.setattr(runner.scheduler, "RESERVE_S", 0.02)  # indexing goes on between searches
+    got: list[tuple[int, np.ndarray]] = []
+    writer = threading.Thread(target=lambda: [got.extend(runner.map(batches, foreground=False)) for _ in range(3)])
+    pick = random.Random(5)
+    writer.start()
+    searched = 0
+    while writer.is_alive():
+        time.sleep(pick.uniform(0.0, 0.3))
+        n = searched % len(queries)
+        out = runner(*queries[n])
+        assert out.shape == expected_q[n].shape
+        np.testing.assert_allclose(out, expected_q[n], atol=1e-5)
+        searched += 1
+    writer.join()
+    assert len(got) == 3 * len(batches) and runner.scheduler.preemptions > before
+    for n, out in got:
+        assert out.shape == expected[n].shape
+        np.testing.assert_allclose(out, expected[n], atol=1e-5)
 
 
 def test_conversion_is_cached_and_redone_when_the_weights_change(

@@ -579,6 +579,21 @@ def cpu_cores() -> int:
     return max(1, len(cores))
 
 
+class _Batch:
+    """A background batch on its slot: ``cancel`` stops it as soon as it has started."""
+
+    def __init__(self, request: Any, cancels: int) -> None:
+        self.request = request
+        self.cancels = cancels  # times the batch was cancelled before this run
+        self.started = False
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.started:
+            self.request.cancel()
+
+
 class Scheduler:
     """Inference slots shared by every converted model in the process (one per stream of a
     compiled model, ``STREAMS``), with searches first.
@@ -586,21 +601,31 @@ class Scheduler:
     Background work (the writer's embedding batches) takes a slot only while no foreground
     work (a search's query embedding or rerank pairs) waits, and while searches are coming
     (one ended less than ``RESERVE_S`` seconds ago) it leaves one slot free, for at most
-    ``RESERVE_S`` per batch: with a single stream it pauses. So the first search of a burst
-    waits for at most the indexing batch in hand (<= 512 tokens, ~0.5 s on this 2-core CPU),
-    the searches right after it find the slot free, and indexing still takes a batch every
-    ``RESERVE_S`` under a constant stream of searches. A search with a deadline ``hold``s the
-    slots for its reranking, so no indexing batch slips in between its rerank batches and
-    makes it late: background work waits until the hold ends (at most the search's deadline).
+    ``RESERVE_S`` per batch: with a single stream it pauses. So the searches right after a
+    search find the slot free, and indexing still takes a batch every ``RESERVE_S`` under a
+    constant stream of searches. A search with a deadline ``hold``s the slots for its
+    reranking, so no indexing batch slips in between its rerank batches and makes it late:
+    background work waits until the hold ends (at most the search's deadline).
 
-    Not done: cancelling the background request in hand. OpenVINO 2026.4 stops a cancelled
-    request within milliseconds, but about one in a hundred runs after a cancellation then
-    failed the CPU plugin's shape checks (``Eltwise shape infer ... mismatch``)."""
+    A search that finds the single slot taken by an indexing batch cancels that batch
+    (``preemptions``), which is run again later, so it waits for milliseconds instead of the
+    whole batch (seconds on a slow CPU). Before the slot is handed over, the cancelled
+    request is dropped and the model runs one token (``_reset``): a cancelled run leaves
+    OpenVINO 2026.4's CPU graph in a state where about one later run in fifty failed its shape
+    checks (``Reshape ... Check 'inputProduct == outputProduct' failed``) or, when the request
+    was used again, returned an output of the wrong shape; after a completed run of a shape
+    no real input has (1 x 1), none did in 1,345 cancellations (stress test on the tiny
+    model, ``tests/test_openvino.py`` runs a short one). A batch is cancelled at most
+    ``CANCELS_PER_BATCH`` times, then runs to the end, so a steady stream of searches slows
+    indexing but never stops it. With several slots (streams) a cancelled run's stream
+    cannot be told apart for the reset, so there a search waits for a free slot."""
 
     # Long enough to cover the gap between one search and the next of a burst (a client's
     # round trip), short enough that a note written while an agent polls search is indexed
     # without a noticeable delay.
     RESERVE_S = 0.5
+    # An indexing batch cancelled this many times runs to the end (0: searches never cancel).
+    CANCELS_PER_BATCH = 3
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
@@ -609,7 +634,9 @@ class Scheduler:
         self._waiting = 0  # foreground jobs waiting for a slot
         self._holds = Holds(self._cond)  # searches holding every slot for foreground work (``hold``)
         self._last_foreground = -float("inf")
+        self._batches: list[_Batch] = []  # background batches on a slot
         self.foreground_waits = 0  # foreground jobs that found no free slot
+        self.preemptions = 0  # background runs cancelled for a search (and run again)
 
     def _background_wait(self, since: float) -> float | None:
         """Seconds background work waiting since ``since`` must wait before it may look again;
@@ -623,6 +650,14 @@ class Scheduler:
             return None
         return max(0.01, reserve_left) if self._running < self.slots else 1.0
 
+    def _preempt(self) -> None:
+        """Cancel the background batch on the single slot, unless it was cancelled often enough."""
+        if self.slots != 1:
+            return
+        for batch in self._batches:
+            if not batch.cancelled and batch.cancels < self.CANCELS_PER_BATCH:
+                batch.cancel()
+
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """While inside, background work does not start (work already running finishes);
         afterwards it holds back as after any search."""
@@ -631,31 +666,76 @@ class Scheduler:
 
         return self._holds(ended)
 
-    def run(self, request: Any, inputs: dict[str, np.ndarray], foreground: bool) -> None:
-        """Run ``inputs`` on ``request`` when a slot is free for it."""
-        with self._cond:
-            if foreground:
+    def run(self, request: Any, inputs: dict[str, np.ndarray], foreground: bool) -> Any:
+        """Run ``inputs`` when a slot is free for them; returns the request that holds the
+        outputs (``request``, or a new one of the same model after a cancelled run)."""
+        if foreground:
+            with self._cond:
                 self._waiting += 1
                 if self._running >= self.slots:
                     self.foreground_waits += 1
+                    self._preempt()
                 try:
                     while self._running >= self.slots:
                         self._cond.wait()
                 finally:
                     self._waiting -= 1
-            else:
-                since = time.monotonic()
+                self._running += 1
+            try:
+                request.infer(inputs)
+            finally:
+                self._release(foreground=True)
+            return request
+        since = time.monotonic()
+        cancels = 0
+        while True:
+            with self._cond:
                 while (pause := self._background_wait(since)) is not None:
                     self._cond.wait(timeout=pause)
-            self._running += 1
-        try:
-            request.infer(inputs)
-        finally:
-            with self._cond:
-                self._running -= 1
-                if foreground:
-                    self._last_foreground = time.monotonic()
-                self._cond.notify_all()
+                self._running += 1
+                batch = _Batch(request, cancels)
+                self._batches.append(batch)
+            try:
+                request.start_async(inputs)
+                with self._cond:
+                    batch.started = True
+                    if batch.cancelled:
+                        request.cancel()
+                try:
+                    request.wait()
+                    return request
+                except RuntimeError:
+                    if not batch.cancelled:
+                        raise
+                cancels += 1
+                with self._cond:
+                    self.preemptions += 1
+                request = _reset(request, inputs)  # while still on the slot
+            finally:
+                with self._cond:
+                    self._batches.remove(batch)
+                self._release(foreground=False)
+
+    def _release(self, foreground: bool) -> None:
+        with self._cond:
+            self._running -= 1
+            if foreground:
+                self._last_foreground = time.monotonic()
+            self._cond.notify_all()
+
+
+def _reset(cancelled: Any, inputs: dict[str, np.ndarray]) -> Any:
+    """A new request of ``cancelled``'s model, after one completed run of a 1 x 1 input (cut
+    from ``inputs``), which leaves the model's CPU graph consistent after a cancelled run."""
+    one = {name: np.ascontiguousarray(value[:1, :1]) for name, value in inputs.items()}
+    compiled = cancelled.get_compiled_model()
+    request = compiled.create_infer_request()
+    try:
+        request.infer(one)
+    except RuntimeError:  # none seen; once more on another request
+        request = compiled.create_infer_request()
+        request.infer(one)
+    return request
 
 
 WARM_UP_TOKENS = 16
@@ -787,8 +867,7 @@ class Runner:
             return self._free.pop() if self._free else self._compiled.create_infer_request()
 
     def _run_one(self, inputs: Inputs, foreground: bool) -> np.ndarray:
-        request = self._request()
-        self.scheduler.run(request, inputs, foreground)
+        request = self.scheduler.run(self._request(), inputs, foreground)
         out = np.array(request.get_output_tensor(0).data, copy=True)
         with self._lock:
             self._free.append(request)
