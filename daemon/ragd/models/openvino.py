@@ -608,17 +608,18 @@ class Scheduler:
     background work waits until the hold ends (at most the search's deadline).
 
     A search that finds the single slot taken by an indexing batch cancels that batch
-    (``preemptions``), which is run again later, so it waits for milliseconds instead of the
-    whole batch (seconds on a slow CPU). Before the slot is handed over, the cancelled
-    request is dropped and the model runs one token (``_reset``): a cancelled run leaves
-    OpenVINO 2026.4's CPU graph in a state where about one later run in fifty failed its shape
-    checks (``Reshape ... Check 'inputProduct == outputProduct' failed``) or, when the request
-    was used again, returned an output of the wrong shape; after a completed run of a shape
-    no real input has (1 x 1), none did in 1,345 cancellations (stress test on the tiny
-    model, ``tests/test_openvino.py`` runs a short one). A batch is cancelled at most
-    ``CANCELS_PER_BATCH`` times, then runs to the end, so a steady stream of searches slows
-    indexing but never stops it. With several slots (streams) a cancelled run's stream
-    cannot be told apart for the reset, so there a search waits for a free slot."""
+    (``preemptions``), which runs again later, so the search waits for milliseconds instead
+    of the whole batch (seconds on a slow CPU). Before the slot is handed over, the cancelled
+    request is dropped and the model runs one token on a new one (``_reset``): after a
+    cancelled run, OpenVINO 2026.4's CPU graph failed its shape checks on about one later
+    run in thirty to fifty (``Eltwise shape infer ... mismatch``), and a reused request once
+    returned an output of the wrong shape; after a completed run of a shape no real input
+    has (1 x 1), none failed after 1,860 cancellations on the tiny model and 79 on the
+    full-size BGE-M3 architecture (``benchmarks/cancel.py``; ``tests/test_openvino.py`` runs
+    a short one). A batch is cancelled at most ``CANCELS_PER_BATCH`` times, then runs to the
+    end, so a steady stream of searches slows indexing but never stops it. With several
+    slots (streams) the reset could not pick the cancelled run's stream, so there a search
+    waits for a free slot."""
 
     # Long enough to cover the gap between one search and the next of a burst (a client's
     # round trip), short enough that a note written while an agent polls search is indexed
