@@ -174,17 +174,41 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> No
 
 
 class _Sleep:
-    """An inference request that takes ``seconds``; notes when it started."""
+    """An inference request that takes ``seconds`` unless cancelled; notes when it started."""
 
     def __init__(self, seconds: float, starts: list[float] | None = None) -> None:
+        import threading
+
         self.seconds, self.starts = seconds, starts
+        self.cancelled = threading.Event()
+        self.ends = 0.0
 
     def infer(self, inputs: object) -> None:
+        self.start_async(inputs)
+        self.wait()
+
+    def start_async(self, inputs: object) -> None:
         import time
 
         if self.starts is not None:
             self.starts.append(time.monotonic())
-        time.sleep(self.seconds)
+        self.cancelled.clear()
+        self.ends = time.monotonic() + self.seconds
+
+    def wait(self) -> None:
+        import time
+
+        if self.cancelled.wait(max(0.0, self.ends - time.monotonic())):
+            raise RuntimeError("Infer Request was canceled")
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def get_compiled_model(self) -> _Sleep:
+        return self
+
+    def create_infer_request(self) -> _Sleep:
+        return _Sleep(self.seconds, self.starts)
 
 
 class _ScheduledReranker(_SlowReranker):
