@@ -580,18 +580,17 @@ def cpu_cores() -> int:
 
 
 class _Batch:
-    """A background batch on its slot: ``cancel`` stops it as soon as it has started."""
+    """A background batch on its slot. ``cancel`` stops its run from another thread (a no-op
+    on a request not running yet: the batch then runs to the end)."""
 
     def __init__(self, request: Any, cancels: int) -> None:
         self.request = request
         self.cancels = cancels  # times the batch was cancelled before this run
-        self.started = False
         self.cancelled = False
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self.started:
-            self.request.cancel()
+        self.request.cancel()
 
 
 class Scheduler:
@@ -697,13 +696,9 @@ class Scheduler:
                 batch = _Batch(request, cancels)
                 self._batches.append(batch)
             try:
-                request.start_async(inputs)
-                with self._cond:
-                    batch.started = True
-                    if batch.cancelled:
-                        request.cancel()
+                # A synchronous run as before; a search cancels it from its own thread.
                 try:
-                    request.wait()
+                    request.infer(inputs)
                     return request
                 except RuntimeError:
                     if not batch.cancelled:
