@@ -22,9 +22,10 @@ from conftest import scifact_abstracts, scifact_sentences
 from ragd.errors import ModelLoadError
 from ragd.models import openvino as ovb
 from ragd.models.flag import (
-    OPENVINO_AUTO_PRECISION,
     FlagCrossEncoder,
     FlagEmbedder,
+    model_id_for,
+    openvino_auto_precision,
     resolve_backend,
     resolve_precision,
 )
@@ -42,9 +43,31 @@ def test_backend_and_precision_resolution() -> None:
     assert resolve_backend("auto", "cuda") == ("torch", [])
     backend, notes = resolve_backend("openvino", "cuda")
     assert backend == "torch" and notes
-    assert resolve_precision("auto", "cpu", "openvino", "embedder")[0] == OPENVINO_AUTO_PRECISION["embedder"]
-    assert resolve_precision("auto", "cpu", "openvino", "reranker")[0] == OPENVINO_AUTO_PRECISION["reranker"]
+    assert resolve_precision("auto", "cpu", "openvino", "embedder")[0] == openvino_auto_precision("embedder")
+    assert resolve_precision("auto", "cpu", "openvino", "reranker")[0] == openvino_auto_precision("reranker") == "w8"
     assert resolve_precision("auto", "cuda", "torch", "embedder")[0] == "fp16"
+
+
+@pytest.mark.parametrize(("cpuinfo", "embedder"), [
+    ("flags\t\t: fpu sse2 avx fma avx2\n", "w8"),  # AVX2 only: static int8 is slower than fp32 there
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n", "int8"),
+    ("flags\t\t: fpu sse2 avx2 avx_vnni\n", "int8"),
+    ("flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_int8\n", "int8"),
+    ("Features\t: fp asimd asimddp\n", "int8"),  # not x86: flags not judged, as before
+    (None, "int8"),  # unreadable
+])
+def test_auto_embedder_runs_static_int8_only_with_int8_dot_products(
+    tmp_path: Path, cpuinfo: str | None, embedder: str
+) -> None:
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text("processor\t: 0\n" + cpuinfo)
+    assert openvino_auto_precision("embedder", path) == embedder
+    assert openvino_auto_precision("reranker", path) == "w8"
+    # w8 vectors differ from fp32 ones: they are stored under their own model id, as int8's are
+    assert model_id_for("m@1", "w8", "openvino") == "m@1+ov-w8"
+    assert model_id_for("m@1", "int8", "openvino") == "m@1+ov-int8"
+    assert model_id_for("m@1", "fp32", "openvino") == "m@1"
 
 
 def test_float_arithmetic_follows_precision_role_and_cpu() -> None:
@@ -640,16 +663,18 @@ def test_cli_models_convert(make_config: Callable[..., Any], tmp_path: Path) -> 
 # ---------------------------------------------------------------- accuracy gates (real text)
 
 
-def test_dense_gate_on_real_minilm(ov_cache: Path) -> None:
-    """OpenVINO static int8 (auto's CPU choice) against torch fp32 on the real
-    all-MiniLM-L6-v2: mean cosine of dense vectors >= 0.995 over 200 SciFact sentences."""
+@pytest.mark.parametrize("precision", ["int8", "w8"])  # what auto runs with and without int8 dot products
+def test_dense_gate_on_real_minilm(ov_cache: Path, precision: str) -> None:
+    """OpenVINO static int8 and int8 weights with fp32 arithmetic (auto's CPU choices) against
+    torch fp32 on the real all-MiniLM-L6-v2: mean cosine of dense vectors >= 0.995 over 200
+    SciFact sentences."""
     texts = scifact_sentences(200)
     ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", backend="torch", batch_size=64)
-    fast = FlagEmbedder(minilm_folder(), "minilm", precision="auto", backend="auto", cache_dir=ov_cache,
+    fast = FlagEmbedder(minilm_folder(), "minilm", precision=precision, backend="auto", cache_dir=ov_cache,
                         batch_size=64)
-    assert (fast.backend, fast.precision) == ("openvino", "int8")
+    assert (fast.backend, fast.precision) == ("openvino", precision)
     cosine = np.sum(ref.embed_documents(texts).dense * fast.embed_documents(texts).dense, axis=1)
-    print(f"openvino int8 ({fast._runner.arithmetic} float parts) mean cosine {cosine.mean():.5f} "
+    print(f"openvino {precision} ({fast._runner.arithmetic} float parts) mean cosine {cosine.mean():.5f} "
           f"min {cosine.min():.5f}")
     assert float(cosine.mean()) >= 0.995, float(cosine.mean())
 

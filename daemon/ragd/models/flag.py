@@ -102,13 +102,39 @@ def resolve_backend(backend: str, device: str) -> tuple[str, list[str]]:
     return backend, notes
 
 
-# What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
-# accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md: static int8
-# for the embedder; for the reranker int8 weights with fp32 arithmetic ("w8"): 0.996 rank
-# agreement with fp32 in a quarter of fp32's weight memory. Static int8 passes the gate since
-# reranker recipe 6 (0.986-0.990 on long passages, full-size random reranker) but its speed and
-# the daemon's memory with it (+250 MB for the float first row) are not yet measured on a VNNI CPU.
-OPENVINO_AUTO_PRECISION = {"embedder": "int8", "reranker": "w8"}
+# CPU flags of native int8 dot products: VNNI (AVX512-VNNI, AVX-VNNI) or AMX.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies int8 natively (``INT8_DOT_FLAGS``). False only for an x86 CPU
+    whose flags say so (AVX2 without VNNI); True where they cannot be read (other systems,
+    other architectures), as before this check."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                 set())
+    if "avx2" not in flags:
+        return True
+    return any(f in flags for f in INT8_DOT_FLAGS)
+
+
+def openvino_auto_precision(role: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
+    accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md.
+
+    Embedder: static int8 where the CPU has int8 dot products (VNNI or AMX: about twice
+    fp32's speed there); elsewhere int8 weights with fp32 arithmetic ("w8"), the same weight
+    memory at fp32's speed: on an AVX2-only CPU static int8 ran at 0.50-0.64 of fp32 and w8 at
+    0.95 (benchmarks/runtimes.py). Reranker: "w8" everywhere: 0.996 rank agreement with fp32
+    in a quarter of fp32's weight memory. Static int8 passes the reranker's gate since recipe 6
+    (0.986-0.990 on long passages, full-size random reranker) but its speed and the daemon's
+    memory with it (+250 MB for the float first row) are not yet measured on a VNNI CPU."""
+    if role == "embedder" and cpu_has_int8_dot(cpuinfo):
+        return "int8"
+    return "w8"
 
 
 def resolve_precision(precision: str, device: str, backend: str = "torch", role: str = "embedder") -> tuple[
@@ -122,7 +148,7 @@ def resolve_precision(precision: str, device: str, backend: str = "torch", role:
         if gpu:
             precision = "fp16"
         elif backend == "openvino":
-            precision = OPENVINO_AUTO_PRECISION[role]
+            precision = openvino_auto_precision(role)
         else:
             precision = CPU_AUTO_PRECISION
     if precision == "int8" and gpu:
@@ -142,7 +168,7 @@ def resolve_precision(precision: str, device: str, backend: str = "torch", role:
 def model_id_for(model_id: str, precision: str, backend: str) -> str:
     """Vectors from a reduced precision differ from fp32 ones: they get their own embeddings
     in the catalog instead of mixing with fp32 document vectors."""
-    if precision not in ("int8", "bf16"):
+    if precision not in ("int8", "w8", "bf16"):
         return model_id
     return f"{model_id}+{'ov-' if backend == 'openvino' else ''}{precision}"
 
