@@ -125,11 +125,12 @@ def openvino_auto_precision(role: str, cpuinfo: Path = Path("/proc/cpuinfo")) ->
     """What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
     accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md.
 
-    Embedder: static int8 where the CPU has int8 dot products (VNNI or AMX: about twice
-    fp32's speed there); elsewhere int8 weights with fp32 arithmetic ("w8"), the same weight
-    memory at fp32's speed: on an AVX2-only CPU static int8 ran at 0.50-0.64 of fp32 and w8 at
-    0.95 (benchmarks/runtimes.py). Reranker: "w8" everywhere: 0.996 rank agreement with fp32
-    in a quarter of fp32's weight memory. Static int8 passes the reranker's gate since recipe 6
+    Embedder: static int8 where the CPU has int8 dot products (VNNI or AMX: 3.6x
+    fp32 in a bare BGE-M3 forward pass there); elsewhere int8 weights with fp32 arithmetic ("w8"), the same weight
+    memory at about fp32's speed: on an AVX2-only CPU static int8 ran at 0.48-0.50 of fp32's
+    speed and w8 at 0.91-0.95 (benchmarks/runtimes.py, BGE-M3 architecture and MiniLM).
+    Reranker: "w8" everywhere: 0.996 rank agreement with fp32 in a quarter of fp32's weight
+    memory. Static int8 passes the reranker's gate since recipe 6
     (0.986-0.990 on long passages, full-size random reranker) but its speed and the daemon's
     memory with it (+250 MB for the float first row) are not yet measured on a VNNI CPU."""
     if role == "embedder" and cpu_has_int8_dot(cpuinfo):
