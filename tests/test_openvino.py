@@ -656,6 +656,15 @@ def test_cli_models_convert(make_config: Callable[..., Any], tmp_path: Path) -> 
                                        encoding="utf-8")
     recal = run("--json", "--role", "embedder", "--calibration", str(notes))
     assert len(recal) == 1 and recal[0]["converted"] and recal[0]["calibration_samples"] == 5
+    assert recal[0]["note"] is None and first[0]["note"] is None
+    # A model that is not static int8 takes no calibration, and says so instead of ignoring it
+    conf.write_text(conf.read_text(encoding="utf-8").replace('precision = "int8"', 'precision = "fp32"'),
+                    encoding="utf-8")
+    plain = CliRunner().invoke(main, ["models", "convert", "--config", str(conf), "--role", "embedder",
+                                      "--calibration", str(notes)])
+    assert plain.exit_code == 0, plain.output
+    assert "OpenVINO fp32" in plain.stdout
+    assert "--calibration applies to static int8 only; the embedder runs in fp32" in plain.stderr
     bad = CliRunner().invoke(main, ["models", "convert", "--config", str(conf), "--calibration", str(tmp_path / "no")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

@@ -371,7 +371,7 @@ def models_pull(config_file: str | None) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default=None,
               help="Override models.precision for this conversion.")
 @click.option("--calibration", type=click.Path(exists=True), multiple=True,
-              help="Text files or folders to calibrate int8 on (repeatable); default: built-in English prose.")
+              help="Text files or folders to calibrate static int8 on (repeatable); default: built-in English prose.")
 @click.option("--force", is_flag=True, help="Convert again even when a current conversion is cached.")
 @json_option
 def models_convert(config_file: str | None, role: str, precision: str | None, calibration: tuple[str, ...],
@@ -402,6 +402,8 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
         samples = f", {r['calibration_samples']} calibration samples" if r["calibration_samples"] else ""
         click.echo(f"{r['role']}: {r['model']} -> OpenVINO {r['precision']}, float operations in {r['arithmetic']} "
                    f"({took}{samples}): {r['folder']}")
+        if r["note"]:
+            click.echo(f"ragd: note: {r['note']}", err=True)
 
 
 # -- eval -------------------------------------------------------------------------------

@@ -130,7 +130,13 @@ def convert_models(
                 "(set models.backend = \"openvino\" or \"auto\" on a CPU)"
             )
         meta = runner.location.meta() or {}
-        out.append({"role": role, "model": setting, "precision": getattr(model, "precision", ""),
+        precision = getattr(model, "precision", "")
+        note = None
+        if calibration and precision != "int8":
+            note = (f"--calibration applies to static int8 only; the {role} runs in {precision}"
+                    + (" (int8 weights, fp32 arithmetic)" if precision == "w8" else "")
+                    + " (set models.precision = \"int8\" to calibrate it)")
+        out.append({"role": role, "model": setting, "precision": precision, "note": note,
                     "arithmetic": runner.arithmetic, "folder": str(runner.location.folder),
                     "converted": meta.get("created", 0) >= started,
                     "seconds": meta.get("seconds"),
