@@ -68,13 +68,23 @@ CPU_AUTO_PRECISION = "fp32"
 TOKEN_BUDGET = 4096
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``: x86 Linux); an empty
+    set where there is none (other architectures), None where it cannot be read."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                set())
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    return bool((cpu_flags() or set()) & {"avx512_bf16", "amx_bf16"})
 
 
 def int8_available() -> bool:
@@ -106,33 +116,28 @@ def resolve_backend(backend: str, device: str) -> tuple[str, list[str]]:
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+def cpu_has_int8_dot(cpuinfo: Path = CPUINFO) -> bool:
     """Whether the CPU multiplies int8 natively (``INT8_DOT_FLAGS``). False only for an x86 CPU
     whose flags say so (AVX2 without VNNI); True where they cannot be read (other systems,
     other architectures), as before this check."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return True
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
-                 set())
-    if "avx2" not in flags:
+    flags = cpu_flags(cpuinfo)
+    if not flags or "avx2" not in flags:
         return True
     return any(f in flags for f in INT8_DOT_FLAGS)
 
 
-def openvino_auto_precision(role: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+def openvino_auto_precision(role: str, cpuinfo: Path = CPUINFO) -> str:
     """What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
     accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md.
 
-    Embedder: static int8 where the CPU has int8 dot products (VNNI or AMX: 3.6x
-    fp32 in a bare BGE-M3 forward pass there); elsewhere int8 weights with fp32 arithmetic ("w8"), the same weight
-    memory at about fp32's speed: on an AVX2-only CPU static int8 ran at 0.48-0.50 of fp32's
-    speed and w8 at 0.91-0.95 (benchmarks/runtimes.py, BGE-M3 architecture and MiniLM).
-    Reranker: "w8" everywhere: 0.996 rank agreement with fp32 in a quarter of fp32's weight
-    memory. Static int8 passes the reranker's gate since recipe 6
-    (0.986-0.990 on long passages, full-size random reranker) but its speed and the daemon's
-    memory with it (+250 MB for the float first row) are not yet measured on a VNNI CPU."""
+    Embedder: static int8 where the CPU has int8 dot products (VNNI or AMX: 3.6x fp32 in a
+    bare BGE-M3 forward pass there); elsewhere int8 weights with fp32 arithmetic ("w8"), the
+    same weight memory at about fp32's speed: on an AVX2-only CPU static int8 ran at 0.48-0.50
+    of fp32's speed and w8 at 0.91-0.95 (benchmarks/runtimes.py, BGE-M3 architecture and
+    MiniLM). Reranker: "w8" everywhere: 0.996 rank agreement with fp32 in a quarter of fp32's
+    weight memory. Static int8 passes the reranker's gate since recipe 6 (0.986-0.990 on long
+    passages, full-size random reranker) but its speed and the daemon's memory with it (+250 MB
+    for the float first row) are not yet measured on a VNNI CPU."""
     if role == "embedder" and cpu_has_int8_dot(cpuinfo):
         return "int8"
     return "w8"
