@@ -548,19 +548,32 @@ def test_cancelled_indexing_batches_leave_the_model_right(
     before = runner.scheduler.preemptions
     monkeypatch.setattr(runner.scheduler, "RESERVE_S", 0.02)  # indexing goes on between searches
     got: list[tuple[int, np.ndarray]] = []
-    writer = threading.Thread(target=lambda: [got.extend(runner.map(batches, foreground=False)) for _ in range(3)])
+    stop = threading.Event()
+    rounds = 0
+
+    def write() -> None:  # rounds of indexing until the searches have cancelled enough batches
+        nonlocal rounds
+        while rounds < 3 or (not stop.is_set() and rounds < 200):
+            got.extend(runner.map(batches, foreground=False))
+            rounds += 1
+
+    writer = threading.Thread(target=write)
     pick = random.Random(5)
     writer.start()
     searched = 0
     while writer.is_alive():
-        time.sleep(pick.uniform(0.0, 0.3))
+        # Short random gaps, so searches land inside batches also on a CPU where the tiny
+        # model's batches take milliseconds.
+        time.sleep(pick.uniform(0.0, 0.02))
         n = searched % len(queries)
         out = runner(*queries[n])
         assert out.shape == expected_q[n].shape
         np.testing.assert_allclose(out, expected_q[n], atol=1e-5)
         searched += 1
+        if runner.scheduler.preemptions - before >= 5 and searched >= 20:
+            stop.set()
     writer.join()
-    assert len(got) == 3 * len(batches) and runner.scheduler.preemptions > before
+    assert len(got) == rounds * len(batches) and runner.scheduler.preemptions > before
     for n, out in got:
         assert out.shape == expected[n].shape
         np.testing.assert_allclose(out, expected[n], atol=1e-5)
