@@ -87,6 +87,12 @@ def cpu_has_bf16() -> bool:
     return bool((cpu_flags() or set()) & {"avx512_bf16", "amx_bf16"})
 
 
+def cpu_has_amx(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether the CPU has AMX tiles (``amx_bf16`` / ``amx_int8``), on which OpenVINO's int8
+    embedder with bf16 float parts computed wrong vectors (``openvino.float_arithmetic``)."""
+    return bool((cpu_flags(cpuinfo) or set()) & {"amx_bf16", "amx_int8"})
+
+
 def int8_available() -> bool:
     import torch
 
@@ -126,21 +132,30 @@ def cpu_has_int8_dot(cpuinfo: Path = CPUINFO) -> bool:
     return any(f in flags for f in INT8_DOT_FLAGS)
 
 
+def cpu_shows_int8_dot(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether the CPU's flags show int8 dot products (``INT8_DOT_FLAGS``); False where they
+    cannot be read or name none."""
+    return bool((cpu_flags(cpuinfo) or set()) & set(INT8_DOT_FLAGS))
+
+
 def openvino_auto_precision(role: str, cpuinfo: Path = CPUINFO) -> str:
     """What ``precision = "auto"`` runs with the OpenVINO backend, per role, decided by the
     accuracy gates in tests/test_openvino.py and the speed in benchmarks/README.md.
 
-    Embedder: static int8 where the CPU has int8 dot products (VNNI or AMX: 3.6x fp32 in a
-    bare BGE-M3 forward pass there); elsewhere int8 weights with fp32 arithmetic ("w8"), the
-    same weight memory at about fp32's speed: on an AVX2-only CPU static int8 ran at 0.48-0.50
-    of fp32's speed and w8 at 0.91-0.95 (benchmarks/runtimes.py, BGE-M3 architecture and
-    MiniLM). Reranker: "w8" everywhere: 0.996 rank agreement with fp32 in a quarter of fp32's
-    weight memory. Static int8 passes the reranker's gate since recipe 6 (0.986-0.990 on long
-    passages, full-size random reranker) but its speed and the daemon's memory with it (+250 MB
-    for the float first row) are not yet measured on a VNNI CPU."""
-    if role == "embedder" and cpu_has_int8_dot(cpuinfo):
-        return "int8"
-    return "w8"
+    Static int8 where the CPU multiplies int8 natively (VNNI or AMX); elsewhere int8 weights
+    with fp32 arithmetic ("w8"), the same weight memory at about fp32's speed (on an AVX2-only
+    CPU static int8 ran at 0.48-0.50 of fp32's speed and w8 at 0.91-0.95, benchmarks/runtimes.py).
+
+    Embedder: int8 is 3.6x fp32 in a bare BGE-M3 forward pass on a VNNI CPU; where the flags
+    cannot be read (other systems and architectures) it stays int8, as before this check, so
+    such an index keeps its vectors. Reranker: recipe 6's static int8 passes the rank gate
+    (0.986-0.990 on long passages, full-size random reranker) and ran at 2.5x w8 on a 2-core
+    AMX CPU (1,041 against 418 tokens/s, benchmarks/inference.py); it is chosen only where the
+    flags show VNNI or AMX, since the reranker has no stored vectors to keep and int8 without
+    those instructions is no faster."""
+    if role == "reranker":
+        return "int8" if cpu_shows_int8_dot(cpuinfo) else "w8"
+    return "int8" if cpu_has_int8_dot(cpuinfo) else "w8"
 
 
 def resolve_precision(precision: str, device: str, backend: str = "torch", role: str = "embedder") -> tuple[
@@ -171,11 +186,16 @@ def resolve_precision(precision: str, device: str, backend: str = "torch", role:
     return precision, notes
 
 
-def model_id_for(model_id: str, precision: str, backend: str) -> str:
+def model_id_for(model_id: str, precision: str, backend: str, cpuinfo: Path = CPUINFO) -> str:
     """Vectors from a reduced precision differ from fp32 ones: they get their own embeddings
-    in the catalog instead of mixing with fp32 document vectors."""
+    in the catalog instead of mixing with fp32 document vectors. On a CPU with AMX the int8
+    embedder's vectors are ``+ov-int8-f32``: earlier versions computed its float parts in bf16
+    there, which gave wrong vectors (``openvino.float_arithmetic``), and those are not mixed in
+    but embedded again."""
     if precision not in ("int8", "w8", "bf16"):
         return model_id
+    if (precision, backend) == ("int8", "openvino") and cpu_has_amx(cpuinfo):
+        return f"{model_id}+ov-int8-f32"
     return f"{model_id}+{'ov-' if backend == 'openvino' else ''}{precision}"
 
 

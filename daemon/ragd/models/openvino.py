@@ -791,17 +791,22 @@ Inputs = dict[str, np.ndarray]
 STREAMS = 1
 
 
-def float_arithmetic(precision: str, role: str, core: Any) -> str:
+def float_arithmetic(precision: str, role: str, core: Any, amx: bool = False) -> str:
     """What the operations left in float compute in: bf16 for ``bf16``, and for the int8
-    embedder on a CPU with native bf16 (AVX512-BF16 or AMX: OpenVINO then lists BF16 among its
+    embedder on a CPU with AVX512-BF16 but no AMX (OpenVINO then lists BF16 among its
     capabilities), whose float parts (the first layer, attention, normalisation) then take ~20%
     less time (full-size BGE-M3, 1 x 256 tokens: 267 ms against 334) for the same vectors (real
-    MiniLM: mean cosine to fp32 0.99711 against 0.99712); else f32. The reranker stays f32 in
-    every precision: its agreement gate fails with bf16 arithmetic (Spearman 0.27-0.34 on the
-    small random reranker, w8 and int8 alike)."""
+    MiniLM: mean cosine to fp32 0.99711 against 0.99712); else f32. With AMX (``amx``) the same
+    model in bf16 computed other vectors: real MiniLM's mean cosine to fp32 fell to 0.957 (min
+    0.54) against 0.997 with f32 float parts, while the float model alone in bf16 kept 0.99999,
+    so there the int8 embedder's float parts stay f32 (17% slower than bf16 in a paired loop on
+    the full-size random model, about as fast end to end). The
+    reranker stays f32 in every precision: its agreement gate fails with bf16 arithmetic
+    (Spearman 0.27-0.34 on the small random reranker, w8 and int8 alike)."""
     if precision == "bf16":
         return "bf16"
-    if (precision, role) == ("int8", "embedder") and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if ((precision, role) == ("int8", "embedder") and not amx
+            and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")):
         return "bf16"
     return "f32"
 
@@ -823,7 +828,9 @@ class Runner:
         self.precision = precision
         self.scheduler = scheduler()
         core = ov.Core()
-        self.arithmetic = float_arithmetic(precision, location.role, core)
+        from ragd.models.flag import cpu_has_amx
+
+        self.arithmetic = float_arithmetic(precision, location.role, core, cpu_has_amx())
         try:
             model = core.read_model(str(location.xml))
             self._compiled = core.compile_model(model, "CPU", {
