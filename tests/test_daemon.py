@@ -336,8 +336,18 @@ def test_calls_while_the_daemon_loads_and_indexing_works_after(
     assert top_path(client, "Grey herons nest in colonies") == str(extra / "heron.md")
     assert top_path(client, "Sea otters float on their backs") == str(later / "otter.md")
     assert top_path(client, "Sourdough bread needs a starter") == str(tmp_path / "notes" / "beta.txt")
-    # serving: a call that runs out of time (here a 1 ms one) says only that
-    monkeypatch.setattr(cli, "_client", lambda cfg, timeout=30.0: real_client(cfg, timeout=0.001 if timeout == 30.0
+    # serving: a call that runs out of time (a 0.2 s one against a search held for 1 s; a fast
+    # CPU answers within 1 ms) says only that
+    import ragd.server
+
+    real_search = ragd.server.search
+
+    def slow_search(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(ragd.server, "search", slow_search)
+    monkeypatch.setattr(cli, "_client", lambda cfg, timeout=30.0: real_client(cfg, timeout=0.2 if timeout == 30.0
                                                                                else timeout))
     with pytest.raises(RagdError, match="did not answer in time"):
         cli._daemon_call(cli._load(str(config)), lambda c: c.search("glaciers", k=1, rerank=False))

@@ -88,8 +88,15 @@ if sys.platform == "linux":
                 self._trouble("watch-lost", self.path)
 
         def _add_callback(self, path: bytes) -> None:
-            """watchdog skips a sub-folder it cannot watch without a word; ragd reports it once."""
-            super()._add_callback(path)
+            """A sub-folder that cannot be watched is reported once and skipped, so the rest of
+            the root stays watched. watchdog skips it without a word, except that since 7.1.1 it
+            raises when the watch limit runs out while a root is first watched, which would
+            leave the whole root unwatched."""
+            try:
+                super()._add_callback(path)
+            except OSError:
+                if path == self.path:
+                    raise
             if (path not in self._active_callbacks_by_path and path not in self._reported
                     and os.path.isdir(path) and not os.path.islink(path)):
                 self._reported.add(path)
