@@ -443,8 +443,12 @@ def prime_rerank_pace(reranker: Any, *lengths: int) -> float | None:
     as the reranker runs side by side, and remember the slowest pace, so the first search
     with a deadline sizes its window and batches by a measurement instead of overshooting
     while it takes one (short inputs cost a little more per token: ~1.4 ms against ~1.15 at
-    352 tokens for the int8 bge-reranker-v2-m3 architecture on 2 cores). Returns the pace
-    (seconds per pair token, or per passage for a reranker without ``token_offsets``)."""
+    352 tokens for the int8 bge-reranker-v2-m3 architecture on 2 cores). Each length runs
+    once before it is timed: a converted model's first run of a shape builds its kernels,
+    which made the pace ~3x too slow (int8 reranker on a 2-core AMX CPU: 3.3 ms per token
+    on the first run against 1.15 after), and the first searches then reranked too few.
+    Returns the pace (seconds per pair token, or per passage for a reranker without
+    ``token_offsets``)."""
     query = "warm-up query"
     n = max(1, int(getattr(reranker, "parallel", 1)))
     offsets = getattr(reranker, "token_offsets", None)
@@ -452,6 +456,7 @@ def prime_rerank_pace(reranker: Any, *lengths: int) -> float | None:
     for length in sorted(set(lengths)) or [1]:
         passage = " ".join(["the"] * max(1, length))  # one token per word in these vocabularies
         units = 1 if offsets is None else len(offsets(query)) + len(offsets(passage)) + PAIR_EXTRA_TOKENS
+        reranker.score(query, [passage] * n)  # the shape's first run, not timed
         started = time.monotonic()
         reranker.score(query, [passage] * n)
         pace = max(pace, (time.monotonic() - started) / (n * units))
