@@ -120,9 +120,11 @@ class _SlowReranker:
 
         self.calls.append(len(passages))
         self.read.extend(passages)
-        q = len(self.token_offsets(query))
-        time.sleep(self.per_token * sum(q + len(self.token_offsets(p)) + 4 for p in passages))
+        time.sleep(self.per_token * sum(self.pair_tokens(query, p) for p in passages))
         return [1.0] * len(passages)
+
+    def pair_tokens(self, query: str, passage: str) -> int:
+        return len(self.token_offsets(query)) + len(self.token_offsets(passage)) + 4
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
@@ -185,8 +187,7 @@ class _CompilingReranker(_SlowReranker):
     def score(self, query: str, passages: list[str]) -> list[float]:
         import time
 
-        q = len(self.token_offsets(query))
-        shape = (len(passages), max(q + len(self.token_offsets(p)) + 4 for p in passages))
+        shape = (len(passages), max(self.pair_tokens(query, p) for p in passages))
         if shape not in self.shapes:
             self.shapes.add(shape)
             time.sleep(self.compile_s)
