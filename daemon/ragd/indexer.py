@@ -28,6 +28,7 @@ from ragd.errors import ExtractError, UsageError
 from ragd.extract import extract
 from ragd.paths import PathFilter
 from ragd.store.catalog import FileRow, FileUpdate, NewChunk, NewEmbedding
+from ragd.walk import walk
 
 
 def content_hash(data: bytes) -> str:
@@ -57,6 +58,7 @@ class IndexReport:
     tokens_embedded: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    suspended: dict[str, str] = field(default_factory=dict)  # root -> why its files were kept unscanned
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,35 @@ def _resolve_scopes(engine: Engine, paths: Sequence[Path]) -> list[Scope]:
     return [scope_for(engine, root, target) for root, target in targets]
 
 
+def root_problem(root: Path | str, indexed: Callable[[], int]) -> str | None:
+    """Why ``root`` must be suspended rather than scanned, or None when it can be scanned.
+
+    A root whose folder is missing, not a folder, unreadable, or empty while ``indexed()`` (its
+    files in the catalog) is not 0 looks like an unmounted drive or share, or a folder deleted
+    or renamed: scanning it would remove all its files from the index, and a remount would
+    embed them all again. Its files are kept (and not served: see ``Daemon``) until it is back.
+    """
+    path = os.fspath(root)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "the folder is missing (deleted, renamed or unmounted)"
+    except OSError as exc:
+        return f"the folder cannot be read: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder any more"
+    try:
+        with os.scandir(path) as entries:
+            empty = next(entries, None) is None
+    except OSError as exc:
+        return f"the folder cannot be listed: {exc.strerror or exc}"
+    if empty:
+        count = indexed()
+        if count:
+            return f"the folder is empty while {count} of its files are indexed (unmounted?)"
+    return None
+
+
 def scope_for(engine: Engine, root: Path, target: Path) -> Scope:
     """The scope for ``target`` (the root or a path below it), registering the root."""
     configured = {r.path: r for r in engine.config.roots}
@@ -104,8 +135,12 @@ def scope_for(engine: Engine, root: Path, target: Path) -> Scope:
     return Scope(root, root_id, target, PathFilter(cfg.include, cfg.exclude))
 
 
-def _walk(scope: Scope) -> Iterator[tuple[Path, os.stat_result]]:
-    """Regular files under the scope that pass the filters; symlinks never lead out of the root."""
+def _walk(scope: Scope, unlisted: list[str] | None = None) -> Iterator[tuple[Path, os.stat_result]]:
+    """Regular files under the scope that pass the filters; symlinks never lead out of the root.
+
+    Any depth (``ragd.walk`` keeps its own stack). A folder that cannot be listed for a reason
+    other than being gone (no access, a path beyond PATH_MAX, an I/O error) is skipped and
+    added to ``unlisted``: its files are not known to be gone, so they must not be removed."""
     root_real = os.path.realpath(scope.root)
 
     def accept(path: Path) -> os.stat_result | None:
@@ -126,7 +161,11 @@ def _walk(scope: Scope) -> Iterator[tuple[Path, os.stat_result]]:
         if st is not None and scope.filter.accepts(rel):
             yield scope.target, st
         return
-    for dirpath, dirnames, filenames in os.walk(scope.target, followlinks=False):
+    def failed(exc: OSError) -> None:
+        if unlisted is not None and not isinstance(exc, FileNotFoundError | NotADirectoryError):
+            unlisted.append(os.fsdecode(exc.filename) if exc.filename is not None else str(scope.target))
+
+    for dirpath, dirnames, filenames in walk(str(scope.target), failed):
         base = Path(dirpath)
         rel_dir = base.relative_to(scope.root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
@@ -196,8 +235,9 @@ class Indexer:
         catalog = self.engine.catalog
         known = catalog.files_under(str(scope.target))
         seen: set[str] = set()
+        unlisted: list[str] = []
         todo: list[tuple[Path, os.stat_result, FileRow | None]] = []
-        for path, st in _walk(scope):
+        for path, st in _walk(scope, unlisted):
             key = str(path)
             seen.add(key)
             report.files_seen += 1
@@ -206,8 +246,14 @@ class Indexer:
                 report.files_unchanged += 1
                 continue
             todo.append((path, st, row))
-        gone = [p for p in known if p not in seen]
+        gone = [p for p in known if p not in seen and not any(_under(Path(p), Path(u)) for u in unlisted)]
         if gone:
+            # Checked after the walk: a root unmounted or deleted meanwhile keeps its files.
+            whole = scope.target == scope.root
+            problem = root_problem(scope.root, lambda: len(known if whole else catalog.files_under(str(scope.root))))
+            if problem is not None:
+                report.suspended[str(scope.root)] = problem
+                return
             result = catalog.apply(self.engine.model_key, [], [], deleted_paths=gone)
             self.engine.forget_chunks(result.removed_ids)
             report.files_removed += len(gone)

@@ -35,6 +35,7 @@ from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver, Obser
 
 from ragd.paths import PathFilter
 from ragd.store.jobs import JobQueue
+from ragd.walk import walk
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class WatchTroubleEvent(FileSystemEvent):
 
 if sys.platform == "linux":
     from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-    from watchdog.observers.inotify_c import InotifyFD, WatchDescriptor
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask, WatchDescriptor
+
+    _CREATE_DIR = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR)
 
     @dataclass
     class _WatchGroup(InotifyWatchGroup):
@@ -88,21 +91,66 @@ if sys.platform == "linux":
                 self._trouble("watch-lost", self.path)
 
         def _add_callback(self, path: bytes) -> None:
-            """A sub-folder that cannot be watched is reported once and skipped, so the rest of
-            the root stays watched. watchdog skips it without a word, except that since 7.1.1 it
+            """A sub-folder that cannot be watched is reported and skipped, so the rest of the
+            root stays watched. watchdog skips it without a word, except that since 7.1.1 it
             raises when the watch limit runs out while a root is first watched, which would
-            leave the whole root unwatched."""
+            leave the whole root unwatched. Only the first such folder is logged and reported (the
+            root then falls back to scans): a full watch limit may refuse thousands."""
             try:
                 super()._add_callback(path)
             except OSError:
                 if path == self.path:
                     raise
-            if (path not in self._active_callbacks_by_path and path not in self._reported
-                    and os.path.isdir(path) and not os.path.islink(path)):
-                self._reported.add(path)
-                log.warning("cannot watch %s (inotify watch limit fs.inotify.max_user_watches, or no access); "
-                            "its changes are found by reconcile scans only", os.fsdecode(path))
+            node = self._find_node_by_path(path)
+            if node is not None and node.wd >= 0:  # watchdog marks a node without a watch with wd -1
+                return
+            try:
+                unwatched = stat.S_ISDIR(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                unwatched = False  # gone meanwhile: nothing to watch
+            except OSError:
+                unwatched = True  # e.g. a path longer than PATH_MAX
+            if unwatched:
+                self._unwatched(path)
+
+        def _unwatched(self, path: bytes) -> None:
+            if path in self._reported:
+                return
+            self._reported.add(path)
+            if len(self._reported) == 1:
+                log.warning("cannot watch %s (inotify watch limit fs.inotify.max_user_watches, no access, or "
+                            "a path too long); changes there are found by scans", os.fsdecode(path))
                 self._trouble("watch-error", path)
+
+        def _add_all_callbacks(self, path: bytes) -> None:
+            """Watch ``path`` and, when recursive, every folder below it, walking with ragd's
+            iterative ``walk``: watchdog's ``os.walk`` recurses per level and fails with
+            RecursionError on a folder nested deeper than about 1,000 levels."""
+            self._add_callback(path)
+            if not (self.is_recursive and os.path.isdir(path)):
+                return
+
+            def unlisted(exc: OSError) -> None:
+                if not isinstance(exc, FileNotFoundError | NotADirectoryError) and exc.filename is not None:
+                    self._unwatched(os.fsencode(exc.filename))
+
+            for folder, dirnames, _ in walk(path, unlisted, follow_symlinks=self.follow_symlink):
+                for name in dirnames:
+                    full = os.path.join(folder, name)
+                    if self.follow_symlink or not os.path.islink(full):
+                        self._add_callback(full)
+
+        def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+            """Created events for what a new or moved-in folder already holds (its files may
+            have come before its watch), found with the iterative ``walk`` (see above)."""
+            events: list[InotifyEvent] = []
+            for folder, dirnames, filenames in walk(src_path, follow_symlinks=self.follow_symlink):
+                node = self._find_node_by_path(folder)
+                if node is None:  # not watched: its own IN_CREATE (or a scan) reports its content
+                    continue
+                events.extend(InotifyEvent(node.wd, _CREATE_DIR, 0, name) for name in dirnames)
+                events.extend(InotifyEvent(node.wd, InotifyConstants.IN_CREATE, 0, name) for name in filenames)
+            return events
 
     class _Emitter(InotifyEmitter):
         """watchdog's inotify emitter with ragd's watch group; trouble becomes a ``WatchTroubleEvent``."""
@@ -163,6 +211,10 @@ class _Root:
     last: float = 0.0
     check: bool = False  # check the watch at the next tick
     warned: bool = False  # "cannot watch" was logged; not again until it works
+    failure: str = ""  # why the root's folder cannot be watched, when it exists
+    partial: str = ""  # the first folder below the root that could not be watched
+    retry_at: float = 0.0  # a watch that failed other than by OSError is tried again then
+    next_scan: float = 0.0  # the next fallback scan while the root is not fully watched
 
 
 class _Handler(FileSystemEventHandler):
@@ -188,6 +240,7 @@ class Watcher:
         max_batch_paths: int = 1000,
         max_delay_s: float = 2.0,
         check_interval_s: float = 1.0,
+        fallback_scan_s: float = 300.0,
     ) -> None:
         self._queue = queue
         self._debounce = max(0.0, debounce_s)
@@ -196,6 +249,8 @@ class Watcher:
         self._on_change = on_change
         self._max_batch = max(1, max_batch_paths)
         self._check_interval = check_interval_s
+        self._fallback_scan = max(check_interval_s, fallback_scan_s)
+        self.on_check: Callable[[], None] | None = None  # called by the debounce thread at every check
         # _lock guards the roots and batches and is held only briefly, never around observer calls:
         # watchdog's dispatcher holds its own lock while it calls the handler, which takes _lock.
         self._lock = threading.Lock()
@@ -243,6 +298,23 @@ class Watcher:
         """Roots whose watch is not active (folder missing or not watchable); retried every check."""
         with self._lock:
             return sorted(s.root for s in self._roots.values() if s.watch is None) if self._running() else []
+
+    def trouble(self) -> dict[Path, str]:
+        """Roots not (fully) watched right now, with the reason; each falls back to a scan every
+        ``fallback_scan_s`` while its folder exists (a missing folder is watched again when back)."""
+        if not self._running():
+            return {}
+        every = f"scanned every {self._fallback_scan:.0f} s instead"
+        out: dict[Path, str] = {}
+        with self._lock:
+            for s in self._roots.values():
+                if s.watch is None:
+                    out[s.root] = f"not watched: {s.failure}; {every}" if s.failure else \
+                        "not watched: the folder is missing; watched again once it is back"
+                elif s.partial:
+                    out[s.root] = (f"some folders not watched (first: {s.partial}; the inotify watch limit "
+                                   f"fs.inotify.max_user_watches, no access, or a path too long); {every}")
+        return out
 
     def start(self) -> None:
         """Start the observer, watch every root, and start the debounce thread."""
@@ -299,6 +371,12 @@ class Watcher:
                         f" ({event.detail})" if event.detail else "")
             if event.reason == "watch-lost":
                 self._request_check(root)
+            elif event.reason == "watch-error" and event.detail:
+                with self._lock:
+                    state = self._roots.get(root)
+                    if state is not None and state.watch is not None and not state.partial:
+                        state.partial = event.detail
+                        state.next_scan = time.monotonic() + self._fallback_scan
             self._owe_scan(root, event.reason)
             return
         reason = _REASONS.get(event.event_type)
@@ -371,6 +449,8 @@ class Watcher:
                 if check:
                     next_check = time.monotonic() + self._check_interval
                     self._check_watches()
+                    if self.on_check is not None:
+                        self.on_check()
             except Exception:  # keep watching whatever happens
                 log.exception("watcher: unexpected error")
 
@@ -469,19 +549,37 @@ class Watcher:
             return list(self._roots.values())
 
     def _schedule(self, state: _Root) -> bool:
-        """Watch one root (``_obs_lock`` held); False, logged, when it cannot be watched now."""
+        """Watch one root (``_obs_lock`` held); False, logged, when it cannot be watched now.
+
+        Whatever fails costs this root its watch, never the watcher: an OSError (folder
+        missing, no access, watch limit) is retried at every check; anything else (e.g. a bug
+        met on an odd tree) only every ``fallback_scan_s``. Meanwhile the root is scanned then."""
         assert self._observer is not None
+        now = time.monotonic()
+        if now < state.retry_at:
+            return False
         try:
             st = os.stat(state.watch_path)
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(f"not a folder: {state.watch_path}")
-            state.watch = self._observer.schedule(_Handler(self, state.root), state.watch_path, recursive=True)
-        except OSError as exc:
+            watch = self._observer.schedule(_Handler(self, state.root), state.watch_path, recursive=True)
+        except Exception as exc:
+            missing = isinstance(exc, FileNotFoundError | NotADirectoryError)
+            why = f"{exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             if not state.warned:
-                log.warning("cannot watch %s: %s; retrying every %.0f s", state.root, exc, self._check_interval)
-            state.watch, state.warned = None, True
+                log.warning("cannot watch %s: %s; %s", state.root, why,
+                            f"retrying every {self._check_interval:.0f} s" if isinstance(exc, OSError)
+                            else f"it is scanned every {self._fallback_scan:.0f} s instead")
+            if not isinstance(exc, OSError):
+                state.retry_at = now + self._fallback_scan
+            with self._lock:
+                if not missing and not state.failure:
+                    state.next_scan = now + self._fallback_scan
+                state.watch, state.warned, state.failure = None, True, "" if missing else why
             return False
-        state.ident, state.warned = (st.st_dev, st.st_ino), False
+        with self._lock:
+            state.watch, state.ident, state.warned = watch, (st.st_dev, st.st_ino), False
+            state.failure, state.partial, state.retry_at = "", "", 0.0
         return True
 
     def _unschedule(self, state: _Root) -> None:
@@ -520,6 +618,18 @@ class Watcher:
                     self._queue_scan(state.root, "watch-lost")
                 if self._schedule(state):
                     self._queue_scan(state.root, "watch-restored")
+                elif state.failure:
+                    self._fallback(state)
+            for state in states:
+                if state.watch is not None and state.partial:
+                    self._fallback(state)
+
+    def _fallback(self, state: _Root) -> None:
+        """A root not fully watched (its folder exists) is scanned every ``fallback_scan_s``."""
+        now = time.monotonic()
+        if now >= state.next_scan:
+            state.next_scan = now + self._fallback_scan
+            self._queue_scan(state.root, "watch-fallback")
 
     def _restart_observer(self, states: list[_Root]) -> None:
         old = self._observer
