@@ -338,15 +338,15 @@ def test_calls_while_the_daemon_loads_and_indexing_works_after(
     assert top_path(client, "Sourdough bread needs a starter") == str(tmp_path / "notes" / "beta.txt")
     # serving: a call that runs out of time (a 0.2 s one against a search held for 1 s; a fast
     # CPU answers within 1 ms) says only that
-    import ragd.server
+    import ragd.service
 
-    real_search = ragd.server.search
+    real_search = ragd.service.search
 
     def slow_search(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.0)
         return real_search(*args, **kwargs)
 
-    monkeypatch.setattr(ragd.server, "search", slow_search)
+    monkeypatch.setattr(ragd.service, "search", slow_search)
     monkeypatch.setattr(cli, "_client", lambda cfg, timeout=30.0: real_client(cfg, timeout=0.2 if timeout == 30.0
                                                                                else timeout))
     with pytest.raises(RagdError, match="did not answer in time"):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from ragd import __version__
-from ragd.errors import RagdError
+from ragd.errors import RagdError, UsageError, outcome_for, outcome_for_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +28,7 @@ def _stderr() -> Any:
 
 def _fail(exc: RagdError) -> None:
     click.echo(f"ragd: error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+    sys.exit(outcome_for(exc).exit_status)
 
 
 def config_option(fn: F) -> F:
@@ -206,15 +206,26 @@ def search(
 
 
 def _check_request(query: str, k: int, candidates: int) -> None:
-    """The same checks as ragd.search.validate, without importing the search stack."""
-    from ragd.errors import UsageError
+    """The checks the daemon makes, before the daemon is asked (``ragd.requests`` is light)."""
+    from ragd.requests import check_counts, check_query
 
-    if not query.strip():
-        raise UsageError("query is empty: give the words to search for")
-    if not 1 <= k <= 1000:
-        raise UsageError(f"k must be from 1 to 1000, got {k}")
-    if not 1 <= candidates <= 1000:
-        raise UsageError(f"candidates must be from 1 to 1000, got {candidates}")
+    check_query(query)
+    check_counts(k, candidates)
+
+
+def _client_failure(cfg: Any, exc: Any) -> RagdError:
+    """A ragd_client error as the CLI reports it: its exit status from the daemon's error table."""
+    from ragd_client import DaemonUnavailable, DeadlineExceeded, InvalidArgument
+
+    if isinstance(exc, InvalidArgument):  # also raised by the client itself, before any call
+        return UsageError(exc.details)
+    if isinstance(exc, DaemonUnavailable):
+        return RagdError(f"no daemon answered on {_socket_for(cfg)}: start it with `ragd serve`")
+    if isinstance(exc, DeadlineExceeded):
+        return RagdError(_late(cfg, exc.details))
+    if outcome_for_code(exc.code_name).exit_status == 2:
+        return UsageError(exc.details)
+    return RagdError(exc.details)
 
 
 def _absolute_prefix(prefix: str | None) -> str | None:
@@ -248,8 +259,7 @@ def _search_daemon(
     deadline: float | None, *, required: bool,
 ) -> dict[str, Any] | None:
     """The daemon's answer as the --json object, or None when no daemon answers (and not required)."""
-    from ragd.errors import UsageError
-    from ragd_client import DaemonUnavailable, DeadlineExceeded, InvalidArgument, RagdClientError
+    from ragd_client import DaemonUnavailable, RagdClientError
 
     sock = _socket_for(cfg)
     if not sock.exists() and not required:
@@ -262,12 +272,8 @@ def _search_daemon(
         if required:
             raise RagdError(f"no daemon answered on {sock}: start it with `ragd serve` ({exc.details})") from exc
         return None
-    except InvalidArgument as exc:
-        raise UsageError(exc.details) from exc
-    except DeadlineExceeded as exc:
-        raise RagdError(_late(cfg, exc.details)) from exc
     except RagdClientError as exc:
-        raise RagdError(exc.details) from exc
+        raise _client_failure(cfg, exc) from exc
     data = result.to_dict()
     data["query"] = query.strip()
     return data
@@ -277,21 +283,10 @@ def _search_local(
     cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None,
     deadline: float | None,
 ) -> dict[str, Any]:
-    import time
+    from ragd.service import search_in_process
 
-    from ragd.engine import Engine
-    from ragd.search import SearchOptions, prime_rerank_pace
-    from ragd.search import search as run_search
-
-    with Engine(cfg, rerank=rerank, mirrors=False) as engine:  # one query: SQLite, no mirrors to build
-        due = None
-        if deadline is not None:
-            reranker = engine.models.reranker if rerank else None  # loads the models: not counted
-            if reranker is not None:  # what the daemon measures at start-up, at the narrowest window only
-                prime_rerank_pace(reranker, cfg.search.rerank_floor)
-            due = time.monotonic() + deadline
-        result = run_search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
-                                                         path_prefix=prefix, deadline=due))
+    result = search_in_process(cfg, query, k=k, candidates=candidates, rerank=rerank, path_prefix=prefix,
+                               deadline_s=deadline)
     return result.to_json()
 
 
@@ -516,6 +511,56 @@ def eval_command(
                f"{report.tokens_per_second:,.0f} tokens/s")
 
 
+# -- mcp ------------------------------------------------------------------------------
+@main.command("mcp")
+@click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP at /mcp instead of stdio.")
+@click.option("--host", default=None, help="With --http: the address to bind (default: mcp.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="With --http: the port (default: mcp.port, 8765).")
+@click.option("--address", default=None,
+              help="The daemon's address (default: server.socket, else the default socket).")
+@config_option
+def mcp_command(use_http: bool, host: str | None, port: int | None, address: str | None,
+                config_file: str | None) -> None:
+    """Serve ragd to MCP clients (assistants): tools search, get, multi_get and status, over stdio or --http."""
+    import os
+
+    from ragd.errors import ConfigError, UsageError
+
+    try:
+        cfg = _load(config_file)
+        if not use_http and (host is not None or port is not None):
+            raise UsageError("--host and --port need --http")
+        from ragd_client import normalize_address
+        from ragd_mcp import Settings, build_server, is_loopback, run_http
+
+        try:
+            target = normalize_address(address) if address is not None else "unix://" + str(_socket_for(cfg))
+        except ValueError as exc:
+            raise UsageError(f"--address: {exc}") from None
+        server = build_server(Settings(address=target, deadline_ms=cfg.mcp.deadline_ms,
+                                       max_results=cfg.mcp.max_results))
+        if not use_http:
+            try:
+                server.run("stdio")
+            except KeyboardInterrupt:
+                pass
+            return
+        bind = host or cfg.mcp.host
+        token = None
+        if not is_loopback(bind):
+            if not cfg.mcp.allow_remote:
+                raise ConfigError(f"{'--host' if host else 'mcp.host'}: {bind} is not a loopback address; set "
+                                  "mcp.allow_remote = true to serve MCP there (with the token of server.token_file)")
+            from ragd.server import load_or_create_token
+
+            token = load_or_create_token(Path(os.path.expanduser(cfg.server.token_file)) if cfg.server.token_file
+                                         else cfg.data_dir / "token")
+        run_http(server, bind, port or cfg.mcp.port, token)
+    except RagdError as exc:
+        _fail(exc)
+
+
 # -- daemon ---------------------------------------------------------------------------
 @main.command()
 @config_option
@@ -549,20 +594,13 @@ def _late(cfg: Any, details: str) -> str:
 
 def _daemon_call(cfg: Any, call: Callable[[Any], Any]) -> Any:
     """Run ``call(client)`` against the daemon; no daemon is a one-line error, exit 1."""
-    from ragd.errors import UsageError
-    from ragd_client import DaemonUnavailable, DeadlineExceeded, InvalidArgument, RagdClientError
+    from ragd_client import RagdClientError
 
     try:
         with _client(cfg) as client:
             return call(client)
-    except DaemonUnavailable as exc:
-        raise RagdError(f"no daemon answered on {_socket_for(cfg)}: start it with `ragd serve`") from exc
-    except InvalidArgument as exc:
-        raise UsageError(exc.details) from exc
-    except DeadlineExceeded as exc:
-        raise RagdError(_late(cfg, exc.details)) from exc
     except RagdClientError as exc:
-        raise RagdError(exc.details) from exc
+        raise _client_failure(cfg, exc) from exc
 
 
 def _print_status(st: dict[str, Any]) -> None:

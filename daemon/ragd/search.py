@@ -24,21 +24,14 @@ from typing import Any
 import numpy as np
 
 from ragd.engine import Engine
-from ragd.errors import IndexEmptyError, RagdError, UsageError
+from ragd.errors import CancelledError, IndexEmptyError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
 from ragd.lexical import terms as query_terms
 from ragd.models.base import FloatArray
+from ragd.requests import FUSIONS, MODES, RETRIEVERS, SIGNALS, check_counts, check_query
 from ragd.store.catalog import Catalog
 from ragd.store.sparse import SparseIndex
 from ragd.window import best_window
-
-MAX_K = 1000
-MAX_CANDIDATES = 1000
-MAX_QUERY_CHARS = 4096
-MODES = ("hybrid", "dense", "sparse", "lexical")
-FUSIONS = ("weighted", "rrf")
-SIGNALS = ("dense", "sparse", "lexical", "colbert")
-RETRIEVERS = ("dense", "sparse", "lexical")  # the signals that find candidates; colbert rescores them
 
 
 @dataclass(frozen=True)
@@ -69,6 +62,8 @@ class Hit:
     score: float
     retrieval_score: float
     rerank_score: float | None
+    page: int = 0  # first page of the chunk (1-based); 0 for formats without pages
+    end_page: int = 0  # last page
     text: str = field(repr=False, default="")
 
 
@@ -108,15 +103,8 @@ def _ms(start: float) -> float:
 
 def validate(query: str, k: int, candidates: int) -> str:
     """The stripped query, or UsageError naming what is wrong."""
-    q = query.strip()
-    if not q:
-        raise UsageError("query is empty: give the words to search for")
-    if len(q) > MAX_QUERY_CHARS:
-        raise UsageError(f"query is too long: {len(q)} characters, at most {MAX_QUERY_CHARS}")
-    if not 1 <= k <= MAX_K:
-        raise UsageError(f"k must be from 1 to {MAX_K}, got {k}")
-    if not 1 <= candidates <= MAX_CANDIDATES:
-        raise UsageError(f"candidates must be from 1 to {MAX_CANDIDATES}, got {candidates}")
+    q = check_query(query)
+    check_counts(k, candidates)
     return q
 
 
@@ -244,7 +232,7 @@ def _allowed_ids(engine: Engine, prefix: str | None, filters: Filters | None = N
     return np.array(engine.catalog.chunk_ids_under(prefix), dtype=np.int64)
 
 
-class SearchCancelled(RagdError):
+class SearchCancelled(CancelledError):
     """The caller went away or its deadline passed before the answer was ready."""
 
 
@@ -394,7 +382,8 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
                 chunk_id=cid, path=row.path, start_line=row.start_line, end_line=row.end_line,
                 heading=list(row.heading), snippet=snippet(row.text, q, cfg.snippet_chars),
                 score=round(rr if rr is not None else retrieval, 6), retrieval_score=round(retrieval, 6),
-                rerank_score=None if rr is None else round(rr, 6), text=row.text,
+                rerank_score=None if rr is None else round(rr, 6), page=row.page, end_page=row.end_page,
+                text=row.text,
             ))
         timings["total_ms"] = _ms(t_total)
         return SearchResult(

@@ -9,6 +9,8 @@ the truth and the FAISS cache follows it, so stopping at any point loses nothing
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hmac
 import ipaddress
 import logging
@@ -16,6 +18,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import threading
@@ -29,24 +32,35 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ragd import __version__
 from ragd.config import Config, ConfigError
 from ragd.engine import Engine
-from ragd.errors import IndexEmptyError, ModelLoadError, ModelNotFoundError, RagdError, UsageError
+from ragd.errors import INTERNAL, RagdError, outcome_for
 from ragd.filters import Filters
 from ragd.indexer import Indexer
 from ragd.paths import PathFilter
-from ragd.search import SearchCancelled, SearchOptions, SearchResult, prime_rerank_pace, search
+from ragd.requests import SearchRequest
+from ragd.search import SearchOptions, SearchResult, prime_rerank_pace
+from ragd.service import Service
 from ragd.store.catalog import Catalog
 from ragd.store.jobs import Job, JobQueue
 from ragd.watch import Watcher
 from ragd_client import default_socket_path
+from ragd_client.types import Root, Status
 from ragd_client.v1 import ragd_pb2, ragd_pb2_grpc
 
 log = logging.getLogger("ragd.server")
 
 SERVICES = ("ragd.v1.Search", "ragd.v1.Index")
-MAX_READ_LINES = 5000
+SNAPSHOT_DELAY_S = 60.0
+"""The daemon writes changed snapshots at most this often (and at stop), not after every edit."""
+WRITER_BACKOFF_MAX_S = 30.0
+"""The longest pause between two tries of a writer that fails for a reason outside its jobs."""
+_TRANSIENT_SQLITE = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+"""SQLite's primary result codes BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL."""
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EAGAIN,
+                               errno.EBUSY, errno.EIO, errno.ENOMEM})
+MAX_WORKERS = 256  # threads of one gRPC server at most, whatever the limits in the config say
+SPARE_WORKERS = 4
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -89,248 +103,37 @@ class WriterStatus:
             return self.chunks / elapsed, self.tokens / elapsed, self.files_done / elapsed
 
 
-# -- errors -> status codes, in one place ---------------------------------------------
-def _code_for(exc: Exception) -> grpc.StatusCode:
-    if isinstance(exc, UsageError | ConfigError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, IndexEmptyError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, SearchCancelled):
-        return grpc.StatusCode.CANCELLED
-    if isinstance(exc, ModelNotFoundError | ModelLoadError):
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.INTERNAL
-
-
-def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
-    code = _code_for(exc)
-    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, RagdError):
-        log.exception("internal error")
-    context.abort(code, str(exc))
-
-
+# -- errors -> status codes: ragd.errors.ERROR_TABLE -----------------------------------
 @contextlib.contextmanager
 def _rpc(context: grpc.ServicerContext) -> Iterator[None]:
+    """Turn an error into the call's status: a RagdError by the table, anything else INTERNAL (logged)."""
     try:
         yield
-    except RagdError as exc:
-        _abort(context, exc)
     except grpc.RpcError:
         raise
-    except Exception as exc:  # an unexpected bug: INTERNAL with the message, logged with traceback
-        if context.code() is not None or not context.is_active():
+    except Exception as exc:
+        if not isinstance(exc, RagdError) and (context.code() is not None or not context.is_active()):
             raise  # context.abort() already set the status (it raises a bare Exception)
-        _abort(context, exc)
+        outcome = outcome_for(exc)
+        if outcome is INTERNAL and not isinstance(exc, RagdError):
+            log.exception("internal error")
+        context.abort(grpc.StatusCode[outcome.grpc_code], str(exc))
 
 
-def _invalid(context: grpc.ServicerContext, field_name: str, why: str) -> None:
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: {why}")
-
-
-# -- servicers ------------------------------------------------------------------------
-class SearchServicer(ragd_pb2_grpc.SearchServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
-
-    def _options(self, req: Any, context: grpc.ServicerContext, *, rerank_default: bool | None = None) -> SearchOptions:
-        if not req.query.strip():
-            _invalid(context, "query", "must not be empty")
-        if len(req.query) > 4096:
-            _invalid(context, "query", f"at most 4096 characters, got {len(req.query)}")
-        if req.k > 1000:
-            _invalid(context, "k", f"must be from 1 to 1000 (0 = default), got {req.k}")
-        if req.candidates > 1000:
-            _invalid(context, "candidates", f"must be from 1 to 1000 (0 = default), got {req.candidates}")
-        f = req.filters
-        if f.modified_after_unix_ms < 0 or f.modified_before_unix_ms < 0:
-            _invalid(context, "filters.modified_after_unix_ms", "must not be negative")
-        filters = Filters(
+# -- proto <-> domain ---------------------------------------------------------------------
+def _search_request(req: Any) -> SearchRequest:
+    f = req.filters
+    return SearchRequest(
+        query=req.query, k=req.k, candidates=req.candidates,
+        rerank=req.rerank if req.HasField("rerank") else None,
+        filters=Filters(
             path_prefixes=tuple(f.path_prefixes), globs=tuple(f.globs), extensions=tuple(f.extensions),
             modified_after=f.modified_after_unix_ms / 1000 if f.modified_after_unix_ms else None,
             modified_before=f.modified_before_unix_ms / 1000 if f.modified_before_unix_ms else None,
             root=f.root or None,
-        )
-        if filters.root and filters.root.rstrip("/") not in self.d.root_paths():
-            _invalid(context, "filters.root", f"not a root of this daemon: {filters.root}")
-        deadline = None
-        remaining = context.time_remaining()
-        if remaining is not None:
-            deadline = time.monotonic() + remaining - 0.05
-        if req.deadline_ms:
-            own = time.monotonic() + req.deadline_ms / 1000
-            deadline = own if deadline is None else min(deadline, own)
-        from ragd.search import MODES, SIGNALS
-
-        if req.mode and req.mode not in MODES:
-            _invalid(context, "mode", f"expected one of {', '.join(MODES)}, got {req.mode!r}")
-        if req.fusion and req.fusion not in ("weighted", "rrf"):
-            _invalid(context, "fusion", f"expected weighted or rrf, got {req.fusion!r}")
-        for name, w in req.weights.items():
-            if name not in SIGNALS or not 0 <= w <= 1000:
-                _invalid(context, "weights", f"expected one of {', '.join(SIGNALS)} with a weight from 0 to 1000, "
-                                             f"got {name}={w}")
-        return SearchOptions(
-            mode=req.mode or None, fusion=req.fusion or None, weights=dict(req.weights) or None,
-            k=req.k or None, candidates=req.candidates or None,
-            rerank=req.rerank if req.HasField("rerank") else rerank_default,
-            filters=filters, deadline=deadline, cancelled=lambda: not context.is_active(),
-        )
-
-    def _search(self, query: str, opts: SearchOptions) -> SearchResult:
-        try:
-            return search(self.d.reader(), query, opts)
-        except IndexEmptyError as exc:
-            if self.d.queue.pending():
-                raise IndexEmptyError(
-                    "the index is empty: the first scan is still running (see `ragd status`)"
-                ) from exc
-            raise IndexEmptyError("the index is empty: add a root with `ragd roots add PATH`") from exc
-
-    def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
-        opts = self._options(request, context)
-        with _rpc(context):
-            result = self._search(request.query, opts)
-            stage = ragd_pb2.SearchResponse.RERANKED if result.reranked else ragd_pb2.SearchResponse.RETRIEVAL
-            return _response(result, stage)
-
-    def SearchStream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        opts = self._options(request, context)
-        stages: list[Any] = []
-        done = threading.Event()
-        failure: list[Exception] = []
-
-        def on_retrieval(partial: SearchResult) -> None:
-            stages.append(_response(partial, ragd_pb2.SearchResponse.RETRIEVAL))
-            done.set()
-
-        from dataclasses import replace
-
-        def run() -> None:
-            try:
-                final = self._search(request.query, replace(opts, on_retrieval=on_retrieval))
-                stage = ragd_pb2.SearchResponse.RERANKED if final.reranked else ragd_pb2.SearchResponse.RETRIEVAL
-                stages.append(_response(final, stage))
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                done.set()
-
-        with _rpc(context):
-            worker = threading.Thread(target=run, name="ragd-search-stream", daemon=True)
-            worker.start()
-            sent = 0
-            while True:
-                done.wait(0.05)
-                while sent < len(stages):
-                    yield stages[sent]
-                    sent += 1
-                if not worker.is_alive() and sent >= len(stages):
-                    break
-                done.clear()
-            if failure:
-                raise failure[0]
-
-    def GetChunk(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if request.chunk_id <= 0:
-            _invalid(context, "chunk_id", "must be a positive chunk id")
-        with _rpc(context):
-            rows = self.d.reader().catalog.chunks([request.chunk_id])
-            row = rows.get(request.chunk_id)
-            if row is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"chunk_id: no chunk {request.chunk_id}")
-                raise AssertionError("unreachable: abort raises")
-            return ragd_pb2.Chunk(
-                chunk_id=row.id, path=row.path, start_line=row.start_line, end_line=row.end_line,
-                heading=list(row.heading), text=row.text,
-            )
-
-    def ReadFile(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.path or not os.path.isabs(request.path):
-            _invalid(context, "path", "must be an absolute path")
-        real = os.path.realpath(request.path)
-        if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.d.root_paths(real=True)):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"path: not inside a root of this daemon: {request.path}")
-        with _rpc(context):
-            if self.d.reader().catalog.file_row(request.path) is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"path: not an indexed file: {request.path}")
-            try:
-                data = Path(real).read_bytes()
-            except OSError as exc:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"path: cannot read: {exc.strerror}")
-            from ragd.extract import extract
-
-            text = extract(Path(real), data).text
-            lines = text.split("\n")
-            if lines and lines[-1] == "":
-                lines.pop()
-            start = max(1, request.from_line)
-            count = min(request.count or MAX_READ_LINES, MAX_READ_LINES)
-            chosen = lines[start - 1 : start - 1 + count]
-            budget = self.d.config.server.max_message_bytes - 4096
-            size = 0
-            for i, line in enumerate(chosen):
-                size += len(line.encode("utf-8")) + 8
-                if size > budget:
-                    chosen = chosen[:i]
-                    break
-            return ragd_pb2.ReadFileResponse(
-                path=request.path, from_line=start, lines=chosen, total_lines=len(lines)
-            )
-
-
-class IndexServicer(ragd_pb2_grpc.IndexServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
-
-    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with _rpc(context):
-            return self.d.status()
-
-    def WatchStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        interval = max(0.05, (request.interval_ms or 500) / 1000)
-        last: Any = None
-        last_sent = 0.0
-        while context.is_active() and not self.d.stopping.is_set():
-            current = self.d.status()
-            if current != last or time.monotonic() - last_sent > 5:
-                yield current
-                last, last_sent = current, time.monotonic()
-            self.d.stopping.wait(interval)
-
-    def AddRoot(self, request: Any, context: grpc.ServicerContext) -> Any:
-        path = os.path.abspath(os.path.expanduser(request.path)) if request.path else ""
-        if not path or not os.path.isdir(path):
-            _invalid(context, "path", f"not an existing folder: {request.path!r}")
-        with _rpc(context):
-            self.d.add_root(Path(path))
-            return ragd_pb2.Root(path=path, configured=Path(path) in self.d.configured_roots())
-
-    def RemoveRoot(self, request: Any, context: grpc.ServicerContext) -> Any:
-        path = os.path.abspath(os.path.expanduser(request.path)) if request.path else ""
-        if not path or path not in self.d.root_paths():
-            context.abort(grpc.StatusCode.NOT_FOUND, f"path: not a root: {request.path!r}")
-        if Path(path) in self.d.configured_roots():
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"path: {path} is a root in the config file; remove it there and restart")
-        with _rpc(context):
-            return ragd_pb2.RemoveRootResponse(files_removed=self.d.remove_root(path))
-
-    def ListRoots(self, request: Any, context: grpc.ServicerContext) -> Any:
-        configured = self.d.configured_roots()
-        return ragd_pb2.ListRootsResponse(roots=[
-            ragd_pb2.Root(path=p, configured=Path(p) in configured) for p in sorted(self.d.root_paths())
-        ])
-
-    def Reindex(self, request: Any, context: grpc.ServicerContext) -> Any:
-        roots = sorted(self.d.root_paths())
-        if request.root:
-            wanted = os.path.abspath(os.path.expanduser(request.root))
-            if wanted not in roots:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"root: not a root: {request.root!r}")
-            roots = [wanted]
-        queued = sum(1 for r in roots if self.d.queue.put_scan(r, "api"))
-        self.d.wake.set()
-        return ragd_pb2.ReindexResponse(queued=queued)
+        ),
+        deadline_ms=req.deadline_ms, mode=req.mode, fusion=req.fusion, weights=dict(req.weights),
+    )
 
 
 def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any:
@@ -349,6 +152,146 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
                                reranker=result.models.get("reranker") or ""),
         degraded=result.degraded,
     )
+
+
+def _stage(result: SearchResult) -> Any:
+    return ragd_pb2.SearchResponse.RERANKED if result.reranked else ragd_pb2.SearchResponse.RETRIEVAL
+
+
+def _status_proto(st: Status) -> Any:
+    return ragd_pb2.StatusResponse(
+        serving=st.serving, files_indexed=st.files_indexed, files_pending=st.files_pending,
+        files_failed=st.files_failed, chunks=st.chunks,
+        roots=[ragd_pb2.RootStatus(
+            path=r.path, files_indexed=r.files_indexed, files_pending=r.files_pending, files_failed=r.files_failed,
+            failures=[ragd_pb2.FailedFile(path=f.path, status=f.status, reason=f.reason) for f in r.failures],
+            current_file=r.current_file or "", watching=r.watching,
+        ) for r in st.roots],
+        models=ragd_pb2.Models(embedder=st.models.embedder, reranker=st.models.reranker or ""),
+        degraded=st.degraded, current_file=st.current_file or "", chunks_per_second=st.throughput,
+        tokens_per_second=st.tokens_per_second, eta_seconds=-1.0 if st.eta is None else st.eta, version=st.version,
+    )
+
+
+def _root_proto(root: Root) -> Any:
+    return ragd_pb2.Root(path=root.path, configured=root.configured)
+
+
+# -- servicers: protobuf in, the service layer, protobuf out ------------------------------
+class SearchServicer(ragd_pb2_grpc.SearchServicer):
+    def __init__(self, service: Service) -> None:
+        self.s = service
+
+    def _options(self, request: Any, context: grpc.ServicerContext) -> SearchOptions:
+        return self.s.search_options(_search_request(request), call_deadline_s=context.time_remaining(),
+                                     cancelled=lambda: not context.is_active())
+
+    def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            result = self.s.search(request.query, self._options(request, context))
+            return _response(result, _stage(result))
+
+    def SearchStream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        stages: list[Any] = []
+        done = threading.Event()
+        failure: list[Exception] = []
+
+        def on_retrieval(partial: SearchResult) -> None:
+            stages.append(_response(partial, ragd_pb2.SearchResponse.RETRIEVAL))
+            done.set()
+
+        with _rpc(context):
+            opts = self._options(request, context)
+
+            def run() -> None:
+                try:
+                    final = self.s.search(request.query, opts, on_retrieval=on_retrieval)
+                    stages.append(_response(final, _stage(final)))
+                except Exception as exc:
+                    failure.append(exc)
+                finally:
+                    done.set()
+
+            worker = threading.Thread(target=run, name="ragd-search-stream", daemon=True)
+            worker.start()
+            sent = 0
+            while True:
+                done.wait(0.05)
+                while sent < len(stages):
+                    yield stages[sent]
+                    sent += 1
+                if not worker.is_alive() and sent >= len(stages):
+                    break
+                done.clear()
+            if failure:
+                raise failure[0]
+
+    def GetChunk(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            c = self.s.get_chunk(request.chunk_id)
+            return ragd_pb2.Chunk(chunk_id=c.chunk_id, path=c.path, start_line=c.start_line, end_line=c.end_line,
+                                  heading=c.heading, text=c.text, page=c.page or 0)
+
+    def ReadFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            lines = self.s.read_file(request.path, request.from_line, request.count)
+            return ragd_pb2.ReadFileResponse(path=lines.path, from_line=lines.from_line, lines=lines.lines,
+                                             total_lines=lines.total_lines)
+
+
+class IndexServicer(ragd_pb2_grpc.IndexServicer):
+    def __init__(self, service: Service, *, remote: bool = False) -> None:
+        self.s = service
+        self.remote = remote  # calls come over TCP: roots are managed only where the config allows
+
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            return _status_proto(self.s.status())
+
+    def WatchStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        interval = max(0.05, (request.interval_ms or 500) / 1000)
+        stopping = self.s.d.stopping
+        with _rpc(context), self.s.stream_slot():
+            last: Any = None
+            last_sent = 0.0
+            while context.is_active() and not stopping.is_set():
+                current = _status_proto(self.s.status())
+                if current != last or time.monotonic() - last_sent > 5:
+                    yield current
+                    last, last_sent = current, time.monotonic()
+                stopping.wait(interval)
+
+    def AddRoot(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            return _root_proto(self.s.add_root(request.path, remote=self.remote))
+
+    def RemoveRoot(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            return ragd_pb2.RemoveRootResponse(files_removed=self.s.remove_root(request.path, remote=self.remote))
+
+    def ListRoots(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            return ragd_pb2.ListRootsResponse(roots=[_root_proto(r) for r in self.s.list_roots()])
+
+    def Reindex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with _rpc(context):
+            return ragd_pb2.ReindexResponse(queued=self.s.reindex(request.root))
+
+
+def _transient(exc: BaseException) -> bool:
+    """A fault of the machine, not of the job (SQLite busy, locked, full, read-only or unable to
+    open; a full disk, a read-only or vanished file system): the writer pauses and retries the
+    jobs without counting it against them."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, sqlite3.Error) and (getattr(cur, "sqlite_errorcode", 0) & 0xFF) in _TRANSIENT_SQLITE:
+            return True
+        if isinstance(cur, OSError) and cur.errno in _TRANSIENT_ERRNOS:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 # -- auth -----------------------------------------------------------------------------
@@ -371,16 +314,21 @@ class TokenAuth(grpc.ServerInterceptor):
 
 
 def load_or_create_token(path: Path) -> str:
-    """The bearer token from a 0600 file, created with a fresh random token when missing."""
+    """The bearer token from a private file (0600, ours), created with a fresh random token
+    when missing; a token file others could read or replace is refused."""
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
+        st = path.stat()
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise ConfigError(f"{path}: server.token_file: must not be readable by others (chmod 600), mode {mode:o}")
+        if st.st_uid != os.getuid():
+            raise ConfigError(f"{path}: server.token_file: must belong to the user running ragd (uid {os.getuid()}), "
+                              f"not uid {st.st_uid}")
         token = path.read_text(encoding="utf-8").strip()
         if len(token) < 16:
             raise ConfigError(f"{path}: server.token_file: token too short (at least 16 characters)")
         return token
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -415,9 +363,21 @@ def socket_path(config: Config) -> Path:
 
 
 def _prepare_socket(path: Path) -> None:
-    """Make the folder 0700; remove a stale socket, refuse when a daemon already answers."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
+    """Give the socket a private folder; remove a stale socket, refuse when a daemon already answers.
+
+    A missing folder is created 0700. An existing one is made 0700 only when it holds nothing
+    but the socket (a folder of ragd's); one with other files (a home, /tmp) keeps its mode, the
+    socket's own 0600 guarding it, and one that others may write to (without the sticky bit
+    that keeps them from replacing the socket) is refused."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        raise RagdError(f"the socket's folder {folder} can be written by others (mode {mode:o}), who could "
+                        "replace the socket: choose another server.socket, or chmod go-w it")
+    if mode & 0o077 and st.st_uid == os.getuid() and {e.name for e in os.scandir(folder)} <= {path.name}:
+        os.chmod(folder, 0o700)
     if path.exists() or path.is_symlink():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -447,12 +407,17 @@ class Daemon:
         self._readers_lock = threading.Lock()
         self._servers: list[grpc.Server] = []
         self._writer: threading.Thread | None = None
+        self._writer_problem = ""  # why the writer cannot index now ("" when it can); see writer_problem()
+        self._writer_problem_lock = threading.Lock()
+        self.rescan = threading.Event()  # SIGHUP: the writer queues a scan of every root
         self._extra_roots: set[str] = set()
         # Guards _extra_roots and _roots_live: AddRoot may come while start() still loads the
         # models; start() then watches and scans it with the others (see add_root).
         self._roots_lock = threading.Lock()
         self._roots_live = False
         self.engine: Engine | None = None
+        self.serving = False  # what the health service reports for ""
+        self.service = Service(self)
         self.queue = JobQueue(config.data_dir / "catalog.db")
         self.watcher = Watcher(self.queue, debounce_s=config.watch.debounce_ms / 1000, on_change=self.wake.set,
                                max_batch_paths=config.watch.max_batch_paths)
@@ -522,74 +487,29 @@ class Daemon:
                 self._all_readers.append(engine)
         return engine
 
-    # status -----------------------------------------------------------------------
-    def status(self) -> Any:
-        serving = (
-            self.health._server_status.get("") == health_pb2.HealthCheckResponse.SERVING
-            if hasattr(self.health, "_server_status") else self.engine is not None
-        )
-        roots_msgs = []
-        totals = {"indexed": 0, "pending": 0, "failed": 0}
-        info = self.status_info
-        chunks = 0
-        models = ragd_pb2.Models()
-        degraded: list[str] = []
-        if self.engine is not None and serving:  # while loading, the engine is not ready to read
-            cat = self.reader().catalog
-            stats = cat.root_stats()
-            chunks = cat.count_chunks()
-            for root in sorted(self.root_paths()):
-                counts = stats.get(root, {})
-                pending = self.queue.pending(root)
-                with info.lock:
-                    if info.current_root == root:
-                        pending += max(0, info.files_todo - info.files_done)
-                    current = info.current_file if info.current_root == root else ""
-                failures = [ragd_pb2.FailedFile(path=p, status=s, reason=r) for p, s, r in cat.failed_under(root, 20)]
-                failed = counts.get("failed", 0) + counts.get("skipped", 0)
-                roots_msgs.append(ragd_pb2.RootStatus(
-                    path=root, files_indexed=counts.get("indexed", 0), files_pending=pending, files_failed=failed,
-                    failures=failures, current_file=current, watching=Path(root) in self.watcher.watching(),
-                ))
-                totals["indexed"] += counts.get("indexed", 0)
-                totals["pending"] += pending
-                totals["failed"] += failed
-            loaded = self.engine.models
-            models = ragd_pb2.Models(
-                embedder=loaded.embedder.model_id, reranker=loaded.reranker.model_id if loaded.reranker else ""
-            )
-            degraded = list(loaded.degraded)
-        chunk_rate, token_rate, file_rate = info.rates()
-        if not totals["pending"]:
-            eta = 0.0
-        else:
-            eta = totals["pending"] / file_rate if file_rate > 0 else -1.0
-        return ragd_pb2.StatusResponse(
-            serving=bool(serving), files_indexed=totals["indexed"], files_pending=totals["pending"],
-            files_failed=totals["failed"], chunks=chunks, roots=roots_msgs, models=models, degraded=degraded,
-            current_file=info.current_file if info.busy_since is not None else "",
-            chunks_per_second=round(chunk_rate, 2), tokens_per_second=round(token_rate, 1),
-            eta_seconds=round(eta, 1), version=__version__,
-        )
-
     # lifecycle ----------------------------------------------------------------------
     def _set_health(self, serving: bool) -> None:
+        self.serving = serving
         state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICES):
             self.health.set(name, state)
 
-    def _server(self, interceptors: tuple[Any, ...] = ()) -> grpc.Server:
-        limit = self.config.server.max_message_bytes
+    def _server(self, interceptors: tuple[Any, ...] = (), *, remote: bool = False) -> grpc.Server:
+        """One gRPC server. Streams hold a worker for as long as they are open, so they get
+        ``max_streams`` workers of their own beside the ``max_concurrent_rpcs`` for calls."""
+        cfg = self.config.server
+        limit = cfg.max_message_bytes
+        calls = cfg.max_concurrent_rpcs + cfg.max_streams
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=min(32, self.config.server.max_concurrent_rpcs + 4),
+            futures.ThreadPoolExecutor(max_workers=min(calls, MAX_WORKERS) + SPARE_WORKERS,
                                        thread_name_prefix="ragd-rpc"),
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=self.config.server.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=calls,
         )
-        ragd_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self), server)
-        ragd_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self), server)
+        ragd_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.service), server)
+        ragd_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self.service, remote=remote), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
 
@@ -615,7 +535,7 @@ class Daemon:
         os.chmod(self.socket, 0o600)
         self._servers.append(uds)
         if token is not None:
-            tcp = self._server((TokenAuth(token),))
+            tcp = self._server((TokenAuth(token),), remote=True)
             self.tcp_port = tcp.add_insecure_port(cfg.server.tcp)
             tcp.start()
             self._servers.append(tcp)
@@ -642,9 +562,56 @@ class Daemon:
         self._writer.start()
         self._set_health(True)
 
+    # -- the writer -----------------------------------------------------------------------
+    def writer_problem(self) -> str:
+        """Why the writer cannot index now, "" when it can: a fault it retries with backoff (a
+        lock another process holds, a full disk, a read-only catalog), or its thread ended.
+        Searches still answer from what is committed meanwhile."""
+        with self._writer_problem_lock:
+            problem = self._writer_problem
+        writer = self._writer
+        if not problem and writer is not None and not writer.is_alive() and not self.stopping.is_set():
+            return "the writer thread has ended: changes are not indexed any more (see the log); restart ragd"
+        return problem
+
+    def _writer_trouble(self, exc: BaseException, retry_in: float) -> None:
+        """The writer failed for a reason outside the job: say so (Status, the Index service's
+        health, the log once) until it works again."""
+        since = time.strftime("%H:%M:%S")
+        with self._writer_problem_lock:
+            first = not self._writer_problem
+            if not first:
+                since = self._writer_problem.rsplit("since ", 1)[-1].rstrip(")")
+            self._writer_problem = (f"indexing is paused: {type(exc).__name__}: {exc} "
+                                    f"(retrying in {retry_in:.0f} s; since {since})")
+        if first:
+            log.warning("indexing paused, retrying with backoff: %s: %s", type(exc).__name__, exc,
+                        exc_info=not _transient(exc))
+        self._set_index_health(False)
+
+    def _writer_works(self) -> None:
+        with self._writer_problem_lock:
+            was, self._writer_problem = self._writer_problem, ""
+        if was:
+            log.info("indexing resumed")
+            self._set_index_health(True)
+
+    def _set_index_health(self, ok: bool) -> None:
+        """The Index service's health follows the writer (searches keep ``""`` and Search
+        SERVING: they still answer); never SERVING while loading or stopping."""
+        if ok and (self.stopping.is_set() or not self.serving):
+            return
+        state = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set("ragd.v1.Index", state)
+
     def _write_loop(self) -> None:
+        """Take jobs, index them, mark them done; forever, whatever fails. A job's own failure
+        goes back to the queue counting an attempt; a fault of the machine (``_transient``) or
+        of the queue itself pauses the writer with backoff, the jobs in hand going back without
+        an attempt, and ``writer_problem`` says so until it works again."""
         assert self.engine is not None
         engine = self.engine
+        engine.snapshot_delay_s = SNAPSHOT_DELAY_S  # snapshots when idle, not after every edit
         # Indexing leaves one core to searches: torch's intra-op thread count is per thread,
         # so this caps only the writer's batches, not the queries and reranking. (torch is
         # loaded only where it runs the models; the OpenVINO path has its own Scheduler.)
@@ -654,26 +621,61 @@ class Daemon:
         interval = self.config.watch.reconcile_interval_s
         next_reconcile = time.monotonic() + interval if interval else None
         indexer = Indexer(engine, progress=self.status_info, should_stop=self.stopping.is_set)
+        settle: Callable[[], None] | None = None  # the queue update still owed for the jobs in hand
+        failures = 0
         while not self.stopping.is_set():
-            if next_reconcile is not None and time.monotonic() >= next_reconcile:
-                for root in self.root_paths():
-                    self.queue.put_scan(root, "periodic")
-                next_reconcile = time.monotonic() + interval
-            jobs = self.queue.take(self.config.watch.max_batch_paths)
-            if not jobs:
-                self.wake.wait(1.0)
-                self.wake.clear()
-                continue
             try:
-                with self.writer_mutex:
-                    self._run_jobs(indexer, jobs)
-                self.queue.done([j.id for j in jobs if not self.stopping.is_set()])
-                if self.stopping.is_set():
-                    self.queue.retry([j.id for j in jobs], "daemon stopped")
-            except Exception as exc:  # a failed batch is retried; the daemon keeps serving
-                log.exception("indexing batch failed")
-                self.queue.retry([j.id for j in jobs], f"{type(exc).__name__}: {exc}")
-                self.stopping.wait(1.0)
+                if settle is not None:
+                    settle()
+                    settle = None
+                if self.rescan.is_set():
+                    self.rescan.clear()
+                    for root in self.root_paths():
+                        self.queue.put_scan(root, "signal")
+                if next_reconcile is not None and time.monotonic() >= next_reconcile:
+                    for root in self.root_paths():
+                        self.queue.put_scan(root, "periodic")
+                    next_reconcile = time.monotonic() + interval
+                jobs = self.queue.take(self.config.watch.max_batch_paths)
+                if not jobs:
+                    with self.writer_mutex:
+                        engine.save_snapshots()  # a deferred snapshot, once its delay has passed
+                    self._writer_works()
+                    failures = 0
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    continue
+                ids = [j.id for j in jobs]
+                try:
+                    with self.writer_mutex:
+                        self._run_jobs(indexer, jobs)
+                except Exception as exc:
+                    why = f"{type(exc).__name__}: {exc}"
+                    if _transient(exc):
+                        settle = functools.partial(self.queue.retry, ids, why, count=False)
+                        raise
+                    log.exception("indexing batch failed")  # this job's own fault: an attempt
+                    settle = functools.partial(self.queue.retry, ids, why)
+                    settle()
+                    settle = None
+                    self.stopping.wait(1.0)
+                    continue
+                if self.stopping.is_set():  # interrupted between batches: again at the next start
+                    settle = functools.partial(self.queue.retry, ids, "daemon stopped", count=False)
+                else:
+                    settle = functools.partial(self.queue.done, ids)
+                settle()
+                settle = None
+                self._writer_works()
+                failures = 0
+            except Exception as exc:  # the writer never dies: it pauses, says why, and retries
+                failures += 1
+                delay = min(WRITER_BACKOFF_MAX_S, 0.5 * 2 ** min(failures, 8))
+                self._writer_trouble(exc, delay)
+                self.stopping.wait(delay)
+        if settle is not None:  # what is still owed; else recover() requeues it at the next start
+            with contextlib.suppress(Exception):
+                settle()
 
     def _run_jobs(self, indexer: Indexer, jobs: list[Job]) -> None:
         info = self.status_info
@@ -720,7 +722,7 @@ class Daemon:
                     r.close()
         if self.engine is not None:
             with contextlib.suppress(Exception):
-                self.engine.save_snapshots()
+                self.engine.save_snapshots(force=True)  # the deferred ones too: a fast next start
             self.engine.close()
         self._exit.close()
         self.queue.close()
@@ -729,37 +731,93 @@ class Daemon:
 
 
 def serve(config: Config, ready: Callable[[Daemon], None] | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; a second signal forces exit. Returns the exit status."""
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status.
+
+    Signals: SIGTERM/SIGINT stop cleanly (exit 0), also while the models load (``start()``
+    runs on a thread of its own so the main thread can act at once; what it left half done is
+    SQLite's to roll back, and the process ends there). A second one forces exit at once with
+    128 + the signal's number, after removing the socket. SIGHUP rescans every root (a
+    reconcile, as `ragd reindex` asks). The handlers stay after the daemon stopped, so a late
+    signal never kills the process uncleanly."""
     logging.basicConfig(level=logging.INFO, format="ragd: %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it picked
     daemon = Daemon(config)
-    signals_seen = []
+    signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: rescanning every root")
+            daemon.rescan.set()
+            daemon.wake.set()
+            return
         signals_seen.append(signum)
         if len(signals_seen) > 1:
-            os._exit(130)
+            _forced_exit(daemon, signum)
         log.info("stopping (signal %d); a second signal forces exit", signum)
         daemon.stopping.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    failure: list[BaseException] = []
+    loaded = threading.Event()
+
+    def start() -> None:
         try:
             daemon.start()
-        except BaseException:
-            daemon.stop(0)
-            raise
-        if not daemon.root_paths():
-            log.info("no roots yet: add one with `ragd roots add PATH` or [[roots]] in the config")
-        log.info("serving on unix:%s%s", daemon.socket,
-                 f" and tcp {config.server.tcp} (port {daemon.tcp_port})" if daemon.tcp_port else "")
-        if ready is not None:
-            ready(daemon)
-        while not daemon.stopping.wait(0.5):
-            pass
-        daemon.stop()
-        log.info("stopped")
-        return 0
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            loaded.set()
+
+    threading.Thread(target=start, name="ragd-start", daemon=True).start()
+    while not loaded.wait(0.2):
+        if daemon.stopping.is_set():  # a stop while the models load: leave the load behind
+            _abandon_start(daemon)
+    if failure:
+        daemon.stop(0)
+        raise failure[0]
+    if not daemon.root_paths():
+        log.info("no roots yet: add one with `ragd roots add PATH` or [[roots]] in the config")
+    log.info("serving on unix:%s%s", daemon.socket,
+             f" and tcp {config.server.tcp} (port {daemon.tcp_port})" if daemon.tcp_port else "")
+    if ready is not None:
+        ready(daemon)
+    while not daemon.stopping.wait(0.5):
+        pass
+    daemon.stop()
+    log.info("stopped")
+    return 0
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+
+
+def _forced_exit(daemon: Daemon, signum: int) -> None:
+    """A second signal: exit now (128 + its number). The batch in hand is one SQLite
+    transaction, rolled back at the next open; only the socket is worth removing first."""
+    with contextlib.suppress(OSError):
+        daemon.socket.unlink()
+    log.info("forced exit (signal %d)", signum)
+    _flush_logs()
+    os._exit(128 + signum)
+
+
+def _abandon_start(daemon: Daemon) -> None:
+    """Stop requested while ``start()`` still loads the models (minutes on a first start):
+    stop answering, remove the socket and exit 0 without waiting for the load, which may be
+    inside a conversion that cannot be interrupted. Nothing is lost: the catalog is SQLite
+    (an open transaction rolls back), a conversion writes to a temp folder first."""
+    daemon._set_health(False)
+    for server in list(daemon._servers):
+        with contextlib.suppress(Exception):
+            server.stop(0)
+    with contextlib.suppress(OSError):
+        daemon.socket.unlink()
+    log.info("stopped while loading")
+    _flush_logs()
+    os._exit(0)

@@ -14,6 +14,7 @@ Imports only grpc, protobuf and the standard library (never torch, numpy or the 
 from __future__ import annotations
 
 from ragd_client.address import default_address, default_socket_path, normalize_address
+from ragd_client.aio import AsyncClient
 from ragd_client.client import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, Client
 from ragd_client.errors import (
     DaemonUnavailable,
@@ -42,6 +43,7 @@ from ragd_client.types import (
 __all__ = [
     "CHANNEL_OPTIONS",
     "MAX_MESSAGE_BYTES",
+    "AsyncClient",
     "Chunk",
     "Client",
     "DaemonUnavailable",

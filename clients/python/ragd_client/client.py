@@ -67,6 +67,80 @@ def _strings(name: str, values: str | Iterable[str]) -> list[str]:
     return items
 
 
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The bearer-token metadata sent on every call (``token`` None: ``$RAGD_TOKEN``)."""
+    if token is None:
+        token = os.environ.get("RAGD_TOKEN", "")
+    return (("authorization", f"Bearer {token.strip()}"),) if token.strip() else ()
+
+
+def checked_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout: must be > 0 seconds or None, got {timeout}")
+    return timeout
+
+
+def search_timeout(timeout: float | None, deadline: float | None) -> float | None:
+    """The gRPC timeout of a search: the client's, stretched to cover the search deadline."""
+    if timeout is None or deadline is None:
+        return timeout
+    return max(timeout, deadline + 1.0)
+
+
+def watch_request(interval: float) -> pb.WatchStatusRequest:
+    if not math.isfinite(interval) or interval < 0:
+        raise InvalidArgument(f"interval: must be >= 0 seconds, got {interval!r}")
+    return pb.WatchStatusRequest(interval_ms=round(interval * 1000))
+
+
+def read_request(path: str, from_line: int, count: int) -> pb.ReadFileRequest:
+    return pb.ReadFileRequest(
+        path=path, from_line=_non_negative("from_line", from_line), count=_non_negative("count", count)
+    )
+
+
+def search_request(
+    query: str,
+    k: int,
+    candidates: int,
+    rerank: bool | None,
+    path_prefix: str | Iterable[str] | None,
+    globs: str | Iterable[str],
+    extensions: str | Iterable[str],
+    modified_after: float | None,
+    modified_before: float | None,
+    root: str | None,
+    deadline: float | None,
+    mode: str | None,
+    weights: Mapping[str, float] | None,
+    fusion: str | None,
+) -> pb.SearchRequest:
+    """The wire request of a search; arguments as :meth:`Client.search` takes them."""
+    if deadline is not None and (not math.isfinite(deadline) or deadline <= 0):
+        raise InvalidArgument(f"deadline: must be > 0 seconds, got {deadline!r}")
+    filters = pb.Filters(
+        path_prefixes=_strings("path_prefix", path_prefix) if path_prefix else [],
+        globs=_strings("globs", globs),
+        extensions=_strings("extensions", extensions),
+        modified_after_unix_ms=_unix_ms("modified_after", modified_after),
+        modified_before_unix_ms=_unix_ms("modified_before", modified_before),
+        root=root or "",
+    )
+    request = pb.SearchRequest(
+        query=query,
+        k=_non_negative("k", k),
+        candidates=_non_negative("candidates", candidates),
+        filters=filters,
+        deadline_ms=0 if deadline is None else max(1, round(deadline * 1000)),
+        mode=mode or "",
+        weights=dict(weights or {}),
+        fusion=fusion or "",
+    )
+    if rerank is not None:
+        request.rerank = rerank
+    return request
+
+
 class Client:
     """A connection to the ragd daemon.
 
@@ -81,14 +155,8 @@ class Client:
 
     def __init__(self, address: str | None = None, token: str | None = None, timeout: float | None = 30.0) -> None:
         self.address = default_address() if address is None else normalize_address(address)
-        if token is None:
-            token = os.environ.get("RAGD_TOKEN", "")
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token.strip()}"),) if token.strip() else ()
-        )
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout: must be > 0 seconds or None, got {timeout}")
-        self.timeout = timeout
+        self._metadata = auth_metadata(token)
+        self.timeout = checked_timeout(timeout)
         self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._search = pb_grpc.SearchStub(self._channel)
         self._index = pb_grpc.IndexStub(self._channel)
@@ -127,61 +195,14 @@ class Client:
         finally:
             call.cancel()  # a no-op once the stream has ended; stops it when the caller stops early
 
-    def _search_timeout(self, deadline: float | None) -> float | None:
-        """The gRPC timeout of a search: the client's, stretched to cover the search deadline."""
-        if self.timeout is None or deadline is None:
-            return self.timeout
-        return max(self.timeout, deadline + 1.0)
-
     # -- Search service -------------------------------------------------------------------
-    def _search_request(
-        self,
-        query: str,
-        k: int,
-        candidates: int,
-        rerank: bool | None,
-        path_prefix: str | None,
-        globs: str | Iterable[str],
-        extensions: str | Iterable[str],
-        modified_after: float | None,
-        modified_before: float | None,
-        root: str | None,
-        deadline: float | None,
-        mode: str | None,
-        weights: Mapping[str, float] | None,
-        fusion: str | None,
-    ) -> pb.SearchRequest:
-        if deadline is not None and (not math.isfinite(deadline) or deadline <= 0):
-            raise InvalidArgument(f"deadline: must be > 0 seconds, got {deadline!r}")
-        filters = pb.Filters(
-            path_prefixes=[path_prefix] if path_prefix else [],
-            globs=_strings("globs", globs),
-            extensions=_strings("extensions", extensions),
-            modified_after_unix_ms=_unix_ms("modified_after", modified_after),
-            modified_before_unix_ms=_unix_ms("modified_before", modified_before),
-            root=root or "",
-        )
-        request = pb.SearchRequest(
-            query=query,
-            k=_non_negative("k", k),
-            candidates=_non_negative("candidates", candidates),
-            filters=filters,
-            deadline_ms=0 if deadline is None else max(1, round(deadline * 1000)),
-            mode=mode or "",
-            weights=dict(weights or {}),
-            fusion=fusion or "",
-        )
-        if rerank is not None:
-            request.rerank = rerank
-        return request
-
     def search(
         self,
         query: str,
         k: int = 0,
         candidates: int = 0,
         rerank: bool | None = None,
-        path_prefix: str | None = None,
+        path_prefix: str | Iterable[str] | None = None,
         globs: str | Iterable[str] = (),
         extensions: str | Iterable[str] = (),
         modified_after: float | None = None,
@@ -197,11 +218,11 @@ class Client:
         ``globs`` (gitignore-style, relative to the root), ``extensions`` ("md" or ".md"),
         ``modified_after`` / ``modified_before`` (Unix seconds), ``root``. ``deadline``: the
         search's time budget in seconds (the daemon may skip reranking to meet it)."""
-        request = self._search_request(
+        request = search_request(
             query, k, candidates, rerank, path_prefix, globs, extensions, modified_after, modified_before, root,
             deadline, mode, weights, fusion,
         )
-        response = self._call(self._search.Search, request, self._search_timeout(deadline))
+        response = self._call(self._search.Search, request, search_timeout(self.timeout, deadline))
         return SearchResult.from_proto(response, query)
 
     def search_stream(
@@ -210,7 +231,7 @@ class Client:
         k: int = 0,
         candidates: int = 0,
         rerank: bool | None = None,
-        path_prefix: str | None = None,
+        path_prefix: str | Iterable[str] | None = None,
         globs: str | Iterable[str] = (),
         extensions: str | Iterable[str] = (),
         modified_after: float | None = None,
@@ -225,11 +246,11 @@ class Client:
         as soon as it is ready, then the reranked one (``stage == "reranked"``) when reranking
         runs. Arguments are checked at once; the call starts on the first ``next()``, and
         stopping the iteration early (or closing the iterator) cancels it."""
-        request = self._search_request(
+        request = search_request(
             query, k, candidates, rerank, path_prefix, globs, extensions, modified_after, modified_before, root,
             deadline, mode, weights, fusion,
         )
-        stream = self._stream(self._search.SearchStream, request, self._search_timeout(deadline))
+        stream = self._stream(self._search.SearchStream, request, search_timeout(self.timeout, deadline))
         return (SearchResult.from_proto(response, query) for response in stream)
 
     def get_chunk(self, chunk_id: int) -> Chunk:
@@ -239,9 +260,7 @@ class Client:
     def read_file(self, path: str, from_line: int = 1, count: int = 0) -> FileLines:
         """Lines ``from_line`` .. ``from_line + count - 1`` (1-based) of an indexed file inside a
         root; ``count`` 0 reads to the end (bounded by the daemon's limit)."""
-        request = pb.ReadFileRequest(
-            path=path, from_line=_non_negative("from_line", from_line), count=_non_negative("count", count)
-        )
+        request = read_request(path, from_line, count)
         return FileLines.from_proto(self._call(self._search.ReadFile, request))
 
     # -- Index service --------------------------------------------------------------------
@@ -252,9 +271,7 @@ class Client:
     def watch_status(self, interval: float = 0.5) -> Iterator[Status]:
         """The status now, then whenever progress changes (at most every ``interval`` seconds),
         until the caller stops iterating or the daemon ends the stream."""
-        if not math.isfinite(interval) or interval < 0:
-            raise InvalidArgument(f"interval: must be >= 0 seconds, got {interval!r}")
-        request = pb.WatchStatusRequest(interval_ms=round(interval * 1000))
+        request = watch_request(interval)
         return (Status.from_proto(response) for response in self._stream(self._index.WatchStatus, request, None))
 
     def add_root(self, path: str) -> Root:

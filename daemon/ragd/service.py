@@ -1,0 +1,300 @@
+"""The daemon's API as one library: what the gRPC servicers, the CLI and MCP all call.
+
+Requests are checked here (``ragd.requests``; a ``UsageError`` names the field), every path a
+caller names is confined to the roots, and results are domain objects (``SearchResult``, and
+the ``ragd_client.types`` records the client also returns). A transport only converts formats
+and maps errors through ``ragd.errors.ERROR_TABLE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragd import __version__
+from ragd.errors import (
+    ExtractError,
+    FailedPreconditionError,
+    IndexEmptyError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UsageError,
+)
+from ragd.filters import normalise_filters
+from ragd.requests import SearchRequest, check_path, check_search, inside, shown
+from ragd.search import SearchOptions, SearchResult, prime_rerank_pace, search
+from ragd_client.types import Chunk, FailedFile, FileLines, Models, Root, RootStatus, Status
+
+if TYPE_CHECKING:
+    from ragd.config import Config
+    from ragd.server import Daemon
+
+MAX_READ_LINES = 5000
+MESSAGE_MARGIN = 4096  # bytes of a response kept free for everything but the lines themselves
+DEADLINE_MARGIN_S = 0.05  # a call's deadline, less this, is when the search must answer
+
+
+class Service:
+    """The operations of one daemon; safe to call from many threads."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.config = daemon.config
+        self._streams = threading.BoundedSemaphore(self.config.server.max_streams)
+
+    # searching --------------------------------------------------------------------------
+    def search_options(
+        self, req: SearchRequest, *, call_deadline_s: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> SearchOptions:
+        """Check ``req`` and turn it into the search stage's options. ``call_deadline_s`` is
+        the seconds the transport's own deadline leaves (the gRPC deadline)."""
+        check_search(req)
+        filters = normalise_filters(req.filters)
+        if filters.root and filters.root.rstrip("/") not in self.d.root_paths():
+            raise UsageError(f"filters.root: not a root of this daemon: {shown(req.filters.root or '')}")
+        deadline = None
+        if call_deadline_s is not None:
+            deadline = time.monotonic() + call_deadline_s - DEADLINE_MARGIN_S
+        if req.deadline_ms:
+            own = time.monotonic() + req.deadline_ms / 1000
+            deadline = own if deadline is None else min(deadline, own)
+        return SearchOptions(
+            mode=req.mode or None, fusion=req.fusion or None, weights=dict(req.weights) or None,
+            k=req.k or None, candidates=req.candidates or None, rerank=req.rerank,
+            filters=filters, deadline=deadline, cancelled=cancelled,
+        )
+
+    def search(self, query: str, opts: SearchOptions,
+               on_retrieval: Callable[[SearchResult], None] | None = None) -> SearchResult:
+        """Run one search; an empty index says whether the first scan is still running."""
+        if on_retrieval is not None:
+            opts = replace(opts, on_retrieval=on_retrieval)
+        try:
+            return search(self.d.reader(), query, opts)
+        except IndexEmptyError as exc:
+            if self.d.queue.pending():
+                raise IndexEmptyError(
+                    "the index is empty: the first scan is still running (see `ragd status`)"
+                ) from exc
+            raise IndexEmptyError("the index is empty: add a root with `ragd roots add PATH`") from exc
+
+    # reading ----------------------------------------------------------------------------
+    def get_chunk(self, chunk_id: int) -> Chunk:
+        if chunk_id <= 0:
+            raise UsageError("chunk_id: must be a positive chunk id")
+        row = self.d.reader().catalog.chunks([chunk_id]).get(chunk_id)
+        if row is None:
+            raise NotFoundError(f"chunk_id: no chunk {chunk_id}")
+        page = getattr(row, "page", 0) or None
+        return Chunk(chunk_id=row.id, path=row.path, start_line=row.start_line, end_line=row.end_line,
+                     heading=list(row.heading), text=row.text, page=page)
+
+    def confine(self, path: str, name: str = "path") -> str:
+        """The real path of ``path`` when it lies inside a root (symlinks resolved), else
+        PermissionDeniedError."""
+        normal = check_path(name, path)
+        real = os.path.realpath(normal)
+        if not any(inside(real, r) for r in self.d.root_paths(real=True)):
+            raise PermissionDeniedError(f"{name}: not inside a root of this daemon: {shown(path)}")
+        return real
+
+    def read_file(self, path: str, from_line: int = 1, count: int = 0) -> FileLines:
+        """Lines ``from_line`` .. ``from_line + count - 1`` of an indexed file's text, numbered as
+        hits number them; bounded by ``MAX_READ_LINES`` and the message size."""
+        if from_line < 0 or count < 0:
+            raise UsageError("from_line, count: must not be negative")
+        real = self.confine(path)
+        row = self.d.reader().catalog.file_row(os.path.normpath(path))
+        if row is None and real != os.path.normpath(path):
+            row = self.d.reader().catalog.file_row(real)
+        if row is None:
+            raise NotFoundError(f"path: not an indexed file: {shown(path)}")
+        if row.status != "indexed":
+            raise FailedPreconditionError(f"path: not indexed ({row.status}: {row.error or 'no reason'}): "
+                                          f"{shown(path)}")
+        text = self._file_text(real)
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        start = max(1, from_line)
+        wanted = min(count or MAX_READ_LINES, MAX_READ_LINES)
+        chosen = lines[start - 1 : start - 1 + wanted]
+        budget = self.config.server.max_message_bytes - MESSAGE_MARGIN
+        size = 0
+        for i, line in enumerate(chosen):
+            size += len(line.encode("utf-8", "replace")) + 8
+            if size > budget:
+                chosen = chosen[:i]
+                break
+        return FileLines(path=path, from_line=start, lines=chosen, total_lines=len(lines))
+
+    def _file_text(self, real: str) -> str:
+        """The extracted text of a file that is not over the indexing size limit."""
+        from ragd.extract import extract
+
+        limit = self.config.indexing.max_file_bytes
+        try:
+            with open(real, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > limit:
+                    raise FailedPreconditionError(
+                        f"path: {size} bytes, over indexing.max_file_bytes ({limit}): not served"
+                    )
+                data = fh.read(limit + 1)
+        except OSError as exc:
+            raise NotFoundError(f"path: cannot read: {exc.strerror}") from exc
+        if len(data) > limit:
+            raise FailedPreconditionError(f"path: grew over indexing.max_file_bytes ({limit}): not served")
+        try:
+            return extract(Path(real), data).text
+        except ExtractError as exc:
+            raise FailedPreconditionError(f"path: {exc}") from exc
+
+    # roots ------------------------------------------------------------------------------
+    def add_root(self, path: str, *, remote: bool = False) -> Root:
+        """Register a folder as a root (indexed in the background). Over TCP (``remote``) only
+        with ``server.tcp_manage_roots`` and inside ``server.tcp_root_folders``; never ragd's
+        data folder or ``/``."""
+        if not path:
+            raise UsageError("path: not an existing folder: ''")
+        absolute = os.path.abspath(os.path.expanduser(check_path("path", path, relative_ok=True)))
+        if not os.path.isdir(absolute):
+            raise UsageError(f"path: not an existing folder: {shown(path)}")
+        self._check_root_allowed(absolute, remote)
+        self.d.add_root(Path(absolute))
+        return Root(path=absolute, configured=Path(absolute) in self.d.configured_roots())
+
+    def _check_root_allowed(self, absolute: str, remote: bool) -> None:
+        cfg = self.config
+        real = os.path.realpath(absolute)
+        data = os.path.realpath(cfg.data_dir)
+        if inside(real, data):
+            raise PermissionDeniedError(f"path: {shown(absolute)} is ragd's data folder or inside it")
+        if real == "/":
+            raise PermissionDeniedError("path: / cannot be a root: add the folders you want searched")
+        if not remote:
+            return
+        if not cfg.server.tcp_manage_roots:
+            raise PermissionDeniedError(
+                "path: roots cannot be changed over TCP (server.tcp_manage_roots = false); use the Unix socket"
+            )
+        allowed = [os.path.realpath(os.path.expanduser(p)) for p in cfg.server.tcp_root_folders]
+        if not any(inside(real, a) for a in allowed):
+            raise PermissionDeniedError(
+                f"path: {shown(absolute)} is not inside server.tcp_root_folders ({', '.join(allowed) or 'none'})"
+            )
+
+    def remove_root(self, path: str, *, remote: bool = False) -> int:
+        absolute = os.path.abspath(os.path.expanduser(check_path("path", path, relative_ok=True))) if path else ""
+        if not absolute or absolute not in self.d.root_paths():
+            raise NotFoundError(f"path: not a root: {shown(path)}")
+        if remote and not self.config.server.tcp_manage_roots:
+            raise PermissionDeniedError(
+                "path: roots cannot be changed over TCP (server.tcp_manage_roots = false); use the Unix socket"
+            )
+        if Path(absolute) in self.d.configured_roots():
+            raise FailedPreconditionError(f"path: {absolute} is a root in the config file; remove it there and restart")
+        return self.d.remove_root(absolute)
+
+    def list_roots(self) -> list[Root]:
+        configured = self.d.configured_roots()
+        return [Root(path=p, configured=Path(p) in configured) for p in sorted(self.d.root_paths())]
+
+    def reindex(self, root: str = "") -> int:
+        """Queue a reconcile scan of ``root`` (or of every root); returns how many were queued."""
+        roots = sorted(self.d.root_paths())
+        if root:
+            wanted = os.path.abspath(os.path.expanduser(check_path("root", root, relative_ok=True)))
+            if wanted not in roots:
+                raise NotFoundError(f"root: not a root: {shown(root)}")
+            roots = [wanted]
+        queued = sum(1 for r in roots if self.d.queue.put_scan(r, "api"))
+        self.d.wake.set()
+        return queued
+
+    # status -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stream_slot(self) -> Iterator[None]:
+        """Hold one of ``server.max_streams`` slots for a long-lived stream, or refuse."""
+        if not self._streams.acquire(blocking=False):
+            raise ResourceExhaustedError(
+                f"too many open status streams (server.max_streams = {self.config.server.max_streams})"
+            )
+        try:
+            yield
+        finally:
+            self._streams.release()
+
+    def status(self) -> Status:
+        """Files indexed / pending / failed per root, models, progress, and what is degraded."""
+        d = self.d
+        serving = d.serving
+        info = d.status_info
+        roots: list[RootStatus] = []
+        totals = {"indexed": 0, "pending": 0, "failed": 0}
+        chunks = 0
+        models = Models(embedder="", reranker=None)
+        degraded: list[str] = []
+        if d.engine is not None and serving:  # while loading, the engine is not ready to read
+            cat = d.reader().catalog
+            stats = cat.root_stats()
+            chunks = cat.count_chunks()
+            watching = set(d.watcher.watching())
+            for root in sorted(d.root_paths()):
+                counts = stats.get(root, {})
+                pending = d.queue.pending(root)
+                with info.lock:
+                    if info.current_root == root:
+                        pending += max(0, info.files_todo - info.files_done)
+                    current = info.current_file if info.current_root == root else ""
+                failures = [FailedFile(path=p, status=s, reason=r) for p, s, r in cat.failed_under(root, 20)]
+                failed = counts.get("failed", 0) + counts.get("skipped", 0)
+                roots.append(RootStatus(
+                    path=root, files_indexed=counts.get("indexed", 0), files_pending=pending, files_failed=failed,
+                    failures=failures, current_file=current or None, watching=Path(root) in watching,
+                ))
+                totals["indexed"] += counts.get("indexed", 0)
+                totals["pending"] += pending
+                totals["failed"] += failed
+            loaded = d.engine.models
+            models = Models(embedder=loaded.embedder.model_id,
+                            reranker=loaded.reranker.model_id if loaded.reranker else None)
+            degraded = list(loaded.degraded)
+        chunk_rate, token_rate, file_rate = info.rates()
+        if not totals["pending"]:
+            eta: float | None = 0.0
+        else:
+            eta = round(totals["pending"] / file_rate, 1) if file_rate > 0 else None
+        return Status(
+            serving=bool(serving), files_indexed=totals["indexed"], files_pending=totals["pending"],
+            files_failed=totals["failed"], chunks=chunks, roots=roots, models=models, degraded=degraded,
+            current_file=(info.current_file or None) if info.busy_since is not None else None,
+            throughput=round(chunk_rate, 2), eta=eta, tokens_per_second=round(token_rate, 1), version=__version__,
+        )
+
+
+def search_in_process(
+    config: Config, query: str, *, k: int | None = None, candidates: int | None = None, rerank: bool = True,
+    path_prefix: str | None = None, deadline_s: float | None = None,
+) -> SearchResult:
+    """One search without a daemon: opens the index (SQLite only, no in-memory mirrors) and
+    the models; ``deadline_s`` counts from when the models are loaded."""
+    from ragd.engine import Engine
+
+    with Engine(config, rerank=rerank, mirrors=False) as engine:
+        due = None
+        if deadline_s is not None:
+            reranker = engine.models.reranker if rerank else None  # loads the models: not counted
+            if reranker is not None:  # what the daemon measures at start-up, at the narrowest window only
+                prime_rerank_pace(reranker, config.search.rerank_floor)
+            due = time.monotonic() + deadline_s
+        return search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
+                                                   path_prefix=path_prefix, deadline=due))
