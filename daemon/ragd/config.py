@@ -95,6 +95,16 @@ class IndexingConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Limits on reading documents (PDF, Office, EPUB, e-mail, ...), each in a worker process."""
+
+    timeout_s: float = 60.0
+    memory_mb: int = 2048
+    max_unzipped_bytes: int = 500_000_000
+    max_zip_ratio: float = 200.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How ``ragd serve`` listens: a Unix socket always, TCP only when configured."""
 
@@ -103,8 +113,22 @@ class ServerConfig:
     allow_remote: bool = False
     token_file: str = ""
     max_concurrent_rpcs: int = 32
+    max_streams: int = 8
     max_message_bytes: int = 4_194_304
     shutdown_grace_s: float = 10.0
+    tcp_manage_roots: bool = False
+    tcp_root_folders: tuple[str, ...] = ("~",)
+
+
+@dataclass(frozen=True)
+class McpConfig:
+    """``ragd mcp``: the search deadline every tool call gets, and where ``--http`` listens."""
+
+    deadline_ms: int = 5000
+    max_results: int = 50
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,8 +151,10 @@ class Config:
     chunking: ChunkingConfig = ChunkingConfig()
     search: SearchConfig = SearchConfig()
     indexing: IndexingConfig = IndexingConfig()
+    extract: ExtractConfig = ExtractConfig()
     server: ServerConfig = ServerConfig()
     watch: WatchConfig = WatchConfig()
+    mcp: McpConfig = McpConfig()
     source: Path | None = None
 
 
@@ -177,15 +203,23 @@ RULES: Mapping[str, Rule] = {
     "search.colbert_candidates": Rule(low=1, high=1000),
     "indexing.max_file_bytes": Rule(low=1),
     "indexing.batch_chunks": Rule(low=1, high=100000),
+    "extract.timeout_s": Rule(low=0.1, high=86400),
+    "extract.memory_mb": Rule(low=256, high=1 << 20, zero_ok=True),
+    "extract.max_unzipped_bytes": Rule(low=1_000_000),
+    "extract.max_zip_ratio": Rule(low=10),
     "server.socket": Rule(empty_ok=True),
     "server.tcp": Rule(empty_ok=True),
     "server.token_file": Rule(empty_ok=True),
     "server.max_concurrent_rpcs": Rule(low=1, high=10000),
+    "server.max_streams": Rule(low=1, high=1000),
     "server.max_message_bytes": Rule(low=1024, high=1 << 30),
     "server.shutdown_grace_s": Rule(low=0, high=3600),
     "watch.debounce_ms": Rule(low=0, high=60000),
     "watch.reconcile_interval_s": Rule(low=60, high=604800, zero_ok=True),
     "watch.max_batch_paths": Rule(low=1, high=100000),
+    "mcp.deadline_ms": Rule(low=100, high=600000),
+    "mcp.max_results": Rule(low=1, high=1000),
+    "mcp.port": Rule(low=1, high=65535),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
 
