@@ -237,7 +237,7 @@ def test_hostile_inputs_are_tool_errors(daemon: Daemon) -> None:
     assert "limit" in messages[9] and "20" in messages[9]
     assert "'..'" in messages[10]
     assert "NUL" in messages[11]
-    assert ok(multi)["failures"][0]["error"] == "a chunk reference is \"chunk:<id>\", got 'chunk:x'"
+    assert ok(multi)["failures"][0]["error"] == "invalid request: a chunk reference is \"chunk:<id>\", got 'chunk:x'"
     assert ok(status)["serving"] is True  # the server is still up
 
 
@@ -252,8 +252,8 @@ def test_without_a_daemon_every_tool_says_to_run_ragd_serve(tmp_path: Path) -> N
         ("status", {}),
     )
     for result in results:
-        message = error(result)
-        assert f"no ragd daemon answered on {address}" in message and "`ragd serve`" in message
+        assert error(result).endswith(
+            f"daemon unavailable: no ragd daemon answered on {address}: start it with `ragd serve`")
 
 
 def free_port() -> int:
@@ -351,3 +351,12 @@ def test_http_off_loopback_needs_allow_remote_and_the_token(
                     return await body(client)
 
     assert ok(anyio.run(go))["serving"] is True
+
+
+def test_ragd_mcp_loads_no_ml_stack() -> None:
+    """`ragd mcp` starts fast: neither the CLI module nor the server pulls in models, numpy or the daemon."""
+    code = ("import sys, ragd.cli, ragd_mcp; ragd_mcp.build_server(ragd_mcp.Settings(address='unix:///x')); "
+            "print([m for m in ('torch', 'FlagEmbedding', 'transformers', 'numpy', 'faiss', 'openvino', "
+            "'ragd.models', 'ragd.server', 'ragd.engine') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -556,7 +556,10 @@ def mcp_command(use_http: bool, host: str | None, port: int | None, address: str
 
             token = load_or_create_token(Path(os.path.expanduser(cfg.server.token_file)) if cfg.server.token_file
                                          else cfg.data_dir / "token")
-        run_http(server, bind, port or cfg.mcp.port, token)
+        try:
+            run_http(server, bind, port or cfg.mcp.port, token)
+        except OSError as exc:
+            raise RagdError(f"cannot listen on {bind}:{port or cfg.mcp.port}: {exc.strerror or exc}") from None
     except RagdError as exc:
         _fail(exc)
 

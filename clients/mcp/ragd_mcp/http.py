@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 import sys
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,11 +94,14 @@ def http_app(server: MCPServer[Any], host: str, token: str | None) -> ASGIApp:
 
 
 def run_http(server: MCPServer[Any], host: str, port: int, token: str | None) -> None:
-    """Serve until interrupted (uvicorn handles SIGINT and SIGTERM)."""
+    """Serve until interrupted (uvicorn handles SIGINT and SIGTERM). A port that cannot be bound
+    raises ``OSError`` before anything is served."""
     import uvicorn
 
     app = http_app(server, host, token)
-    shown = f"[{host}]" if ":" in host else host
+    bare = host.strip("[]")
+    listener = socket.create_server((bare, port), family=socket.AF_INET6 if ":" in bare else socket.AF_INET)
+    shown = f"[{bare}]" if ":" in bare else bare
     auth = ", bearer token required" if token else ""
     print(f"ragd mcp: serving MCP on http://{shown}:{port}{PATH}{auth}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on")).run(sockets=[listener])

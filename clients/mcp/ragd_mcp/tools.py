@@ -19,17 +19,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from ragd_client import (
-    Client,
-    DaemonUnavailable,
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    RagdClientError,
-    ResourceExhausted,
-    Unauthenticated,
-)
+from ragd.errors import outcome_for_code
+from ragd_client import Client, DaemonUnavailable, InvalidArgument, RagdClientError
 from ragd_client.types import Chunk, FileLines, Hit
 from ragd_mcp.results import (
     FailedFile,
@@ -143,7 +134,7 @@ class Daemon:
             return fn(client)
         except DaemonUnavailable as exc:
             self._drop(client)
-            raise ToolError(self._unavailable(exc.details)) from None
+            raise ToolError(_labelled("UNAVAILABLE", self._unavailable(exc.details))) from None
         except RagdClientError as exc:
             raise ToolError(_explain(exc)) from None
 
@@ -161,35 +152,43 @@ class Daemon:
         return f"the ragd daemon on {address} is unavailable ({details}); if it stopped, start it with `ragd serve`"
 
 
+_HINTS = {
+    "PERMISSION_DENIED": "only files inside ragd's indexed folders can be read; `status` lists them",
+    "NOT_FOUND": "chunk ids change when a file is re-indexed: search again",
+    "DEADLINE_EXCEEDED": "the daemon may still be loading its models: `status` says when it serves",
+    "UNAUTHENTICATED": "give ragd mcp the daemon's token in $RAGD_TOKEN",
+    "RESOURCE_EXHAUSTED": "try again shortly",
+}
+
+
+def _labelled(code_name: str, message: str) -> str:
+    """``message`` after the words ragd's error table gives MCP tool errors of this gRPC code."""
+    return f"{outcome_for_code(code_name).mcp_label}: {message}"
+
+
+def invalid(message: str) -> ToolError:
+    """The tool error for a request refused before it reaches the daemon."""
+    return ToolError(_labelled("INVALID_ARGUMENT", message))
+
+
 def _explain(exc: RagdClientError) -> str:
     """A one-line tool error for a client error other than an unreachable daemon."""
-    if isinstance(exc, PermissionDenied):
-        return f"not allowed: {exc.details} (only files inside ragd's indexed folders can be read; `status` lists them)"
-    if isinstance(exc, NotFound):
-        return f"not found: {exc.details} (chunk ids change when a file is re-indexed: search again)"
-    if isinstance(exc, InvalidArgument):
-        return f"invalid request: {exc.details}"
-    if isinstance(exc, DeadlineExceeded):
-        return (f"the ragd daemon did not answer in time ({exc.details}); it may still be loading its models: "
-                "`status` says when it serves")
-    if isinstance(exc, Unauthenticated):
-        return f"not authenticated: {exc.details} (give ragd mcp the daemon's token in $RAGD_TOKEN)"
-    if isinstance(exc, ResourceExhausted):
-        return f"busy: {exc.details} (try again shortly)"
-    return str(exc)
+    code = exc.code_name or ("INVALID_ARGUMENT" if isinstance(exc, InvalidArgument) else "")
+    hint = _HINTS.get(code)
+    return _labelled(code, exc.details + (f" ({hint})" if hint else ""))
 
 
 def _path(raw: str, name: str = "path") -> str:
     """An absolute path as the daemon takes it; refuses what no indexed file can be named."""
     if "\x00" in raw:
-        raise ToolError(f"{name}: contains a NUL byte")
+        raise invalid(f"{name}: contains a NUL byte")
     path = os.path.expanduser(raw.strip())
     if not path:
-        raise ToolError(f"{name}: is empty: give an absolute path, as in a search hit's path")
+        raise invalid(f"{name}: is empty: give an absolute path, as in a search hit's path")
     if not os.path.isabs(path):
-        raise ToolError(f"{name}: must be an absolute path (as in a search hit's path), got {raw!r}")
+        raise invalid(f"{name}: must be an absolute path (as in a search hit's path), got {raw!r}")
     if ".." in path.split(os.sep):
-        raise ToolError(f"{name}: must not contain '..' components, got {raw!r}")
+        raise invalid(f"{name}: must not contain '..' components, got {raw!r}")
     return path
 
 
@@ -251,7 +250,7 @@ def _split_citation(ref: str) -> tuple[str, int | None, int | None]:
     start = int(match["start"])
     end = int(match["end"]) if match["end"] else None
     if start < 1 or (end is not None and end < start):
-        raise ToolError(f"path: a citation's lines must be start-end with 1 <= start <= end, got {ref!r}")
+        raise invalid(f"path: a citation's lines must be start-end with 1 <= start <= end, got {ref!r}")
     return match["path"], start, None if end is None else end - start + 1
 
 
@@ -288,11 +287,11 @@ class Tools:
         ] = None,
     ) -> SearchOutput:
         if not query.strip():
-            raise ToolError("query: is empty: give the words or question to search for")
+            raise invalid("query: is empty: give the words or question to search for")
         if "\x00" in query:
-            raise ToolError("query: contains a NUL byte")
+            raise invalid("query: contains a NUL byte")
         if limit > self.settings.max_results:
-            raise ToolError(f"limit: at most {self.settings.max_results} (mcp.max_results), got {limit}")
+            raise invalid(f"limit: at most {self.settings.max_results} (mcp.max_results), got {limit}")
         prefix = _path(path_prefix, "path_prefix") if path_prefix else None
         root_path = _path(root, "root") if root else None
         deadline = (deadline_ms or self.settings.deadline_ms) / 1000
@@ -323,7 +322,7 @@ class Tools:
         chunk_id: Annotated[int | None, Field(ge=0, description="A search hit's chunk_id, instead of path.")] = None,
     ) -> Passage:
         if (path is None) == (chunk_id is None):
-            raise ToolError("give either path (with from_line and count) or chunk_id")
+            raise invalid("give either path (with from_line and count) or chunk_id")
         if chunk_id is not None:
             return _chunk(self.daemon.call(lambda c: c.get_chunk(chunk_id)))
         assert path is not None
@@ -361,7 +360,7 @@ class Tools:
         if ref.startswith("chunk:"):
             number = ref.removeprefix("chunk:")
             if not number.isdigit():
-                raise ToolError(f'a chunk reference is "chunk:<id>", got {ref!r}')
+                raise invalid(f'a chunk reference is "chunk:<id>", got {ref!r}')
             return _chunk(self.daemon.call(lambda c: c.get_chunk(int(number))))
         raw, first, cited = _split_citation(ref)
         return self._read(raw, first or 1, min(cited or max_lines, max_lines))
