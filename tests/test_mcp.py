@@ -360,3 +360,25 @@ def test_ragd_mcp_loads_no_ml_stack() -> None:
             "'ragd.models', 'ragd.server', 'ragd.engine') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_search_carries_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search that names no deadline gets mcp.deadline_ms; one that names it gets its own."""
+    import ragd_mcp.tools
+
+    seen: list[dict[str, Any]] = []
+
+    class FakeClient:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def search(self, query: str, **kwargs: Any) -> ragd_client.SearchResult:
+            seen.append(kwargs)
+            return ragd_client.SearchResult(query=query, stage="retrieval", hits=[], timings={"total_ms": 1.0},
+                                            candidates=0, reranked=0, models=ragd_client.Models("e", None))
+
+    monkeypatch.setattr(ragd_mcp.tools, "Client", FakeClient)
+    server = ragd_mcp.tools.build_server(ragd_mcp.tools.Settings(address="unix:///unused", deadline_ms=3000))
+    results = calls(server, ("search", {"query": "a"}), ("search", {"query": "b", "deadline_ms": 700, "limit": 3}))
+    assert [ok(r)["query"] for r in results] == ["a", "b"]
+    assert [(s["deadline"], s["k"]) for s in seen] == [(3.0, 10), (0.7, 3)]

@@ -138,12 +138,6 @@ class Daemon:
         except RagdClientError as exc:
             raise ToolError(_explain(exc)) from None
 
-    def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
     def _unavailable(self, details: str) -> str:
         address = self.settings.address
         lowered = details.lower()
@@ -154,7 +148,8 @@ class Daemon:
 
 _HINTS = {
     "PERMISSION_DENIED": "only files inside ragd's indexed folders can be read; `status` lists them",
-    "NOT_FOUND": "chunk ids change when a file is re-indexed: search again",
+    "NOT_FOUND": "only indexed files can be read (`status` shows what is pending), and chunk ids change when a "
+                 "file is re-indexed: search again",
     "DEADLINE_EXCEEDED": "the daemon may still be loading its models: `status` says when it serves",
     "UNAUTHENTICATED": "give ragd mcp the daemon's token in $RAGD_TOKEN",
     "RESOURCE_EXHAUSTED": "try again shortly",
