@@ -17,7 +17,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -221,7 +221,18 @@ def snippet(text: str, query: str, limit: int) -> str:
     return ("…" if start > 0 else "") + out + ("…" if end < len(flat) else "")
 
 
-def _allowed_ids(engine: Engine, prefix: str | None, filters: Filters | None = None) -> np.ndarray | None:
+def _allowed_ids(engine: Engine, prefix: str | None, filters: Filters | None = None,
+                 hidden: Collection[str] = ()) -> np.ndarray | None:
+    """The chunk ids a search may return, None for all. ``hidden``: suspended roots, whose
+    files are kept while their folder is missing or unmounted but never served."""
+    if hidden:
+        f = filters if filters is not None and filters.active else Filters()
+        if prefix is not None:
+            f = replace(f, path_prefixes=(*f.path_prefixes, prefix))
+        if not f.active:
+            return np.array(engine.catalog.chunk_ids_outside_suspended(), dtype=np.int64)
+        return np.array(engine.catalog.chunk_ids_where(lambda p, r, m: r not in hidden and matches(f, p, r, m)),
+                        dtype=np.int64)
     if filters is not None and filters.active:
         if prefix is not None:
             filters = replace(filters, path_prefixes=(*filters.path_prefixes, prefix))
@@ -323,7 +334,8 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
         timings["embed_ms"] = _ms(t)
     check()
     filtered = prefix is not None or (filters is not None and filters.active)
-    allowed = _allowed_ids(engine, prefix, filters) if filtered else None
+    hidden = engine.catalog.suspended_roots()
+    allowed = _allowed_ids(engine, prefix, filters, hidden) if filtered or hidden else None
     allowed_set = None if allowed is None else set(allowed.tolist())
     if qemb is not None and qemb.sparse is not None and "sparse" in use:
         # The mirror (or, without mirrors, the model key) is fetched here, built on first use

@@ -36,7 +36,7 @@ from ragd.config import Config, ConfigError
 from ragd.engine import Engine
 from ragd.errors import INTERNAL, RagdError, outcome_for
 from ragd.filters import Filters
-from ragd.indexer import Indexer
+from ragd.indexer import Indexer, root_problem
 from ragd.paths import PathFilter
 from ragd.requests import SearchRequest
 from ragd.search import SearchOptions, SearchResult, prime_rerank_pace
@@ -415,6 +415,11 @@ class Daemon:
         # models; start() then watches and scans it with the others (see add_root).
         self._roots_lock = threading.Lock()
         self._roots_live = False
+        # Roots whose folder is missing, unreadable or suddenly empty -> why (also in the catalog):
+        # kept, unscanned and left out of searches until the folder is back. _resuming: roots
+        # whose return was noticed and whose scan is queued. Both guarded by _roots_lock.
+        self._suspended: dict[str, str] = {}
+        self._resuming: set[str] = set()
         self.engine: Engine | None = None
         self.serving = False  # what the health service reports for ""
         self.service = Service(self)
@@ -431,6 +436,52 @@ class Daemon:
     def root_paths(self, real: bool = False) -> set[str]:
         paths = {str(p) for p in self.configured_roots()} | set(self._extra_roots)
         return {os.path.realpath(p) for p in paths} if real else paths
+
+    def suspended_roots(self) -> dict[str, str]:
+        """Suspended root -> why (its folder is missing, unreadable, or empty while files of it
+        are indexed: deleted, renamed or unmounted). A suspended root stays a root (listed,
+        removable); its files stay in the index but are left out of every search, and nothing of
+        it is scanned or removed until the folder is back: then it is scanned, and only what
+        changed meanwhile is embedded again."""
+        with self._roots_lock:
+            return dict(self._suspended)
+
+    @staticmethod
+    def _problem(root: str, catalog: Catalog) -> str | None:
+        return root_problem(root, lambda: catalog.count_root_files(root))
+
+    def _suspend(self, root: str, reason: str, catalog: Catalog) -> None:
+        with self._roots_lock:
+            if root not in self.root_paths():
+                return
+            new = root not in self._suspended
+            self._suspended[root] = reason
+            self._resuming.discard(root)
+        catalog.suspend_root(root, reason)
+        if new:
+            log.warning("root %s is suspended: %s; its files are kept, not served, until the folder is back",
+                        root, reason)
+
+    def _resume(self, root: str, catalog: Catalog) -> bool:
+        """Lift a root's suspension (its folder is back); True when it was suspended."""
+        with self._roots_lock:
+            was = self._suspended.pop(root, None) is not None
+            self._resuming.discard(root)
+        if was:
+            catalog.resume_root(root)
+            log.info("root %s is back: scanning it", root)
+        return was
+
+    def _recheck_suspended(self) -> None:
+        """At the watcher's checks (every second): a suspended root whose folder is back gets a
+        scan, which resumes it. Without a watcher the reconcile scans do it."""
+        with self._roots_lock:
+            waiting = [r for r in self._suspended if r not in self._resuming]
+        for root in waiting:
+            if self._problem(root, self.reader().catalog) is None and self.queue.put_scan(root, "resumed"):
+                with self._roots_lock:
+                    self._resuming.add(root)
+                self.wake.set()
 
     def _filter_for(self, root: Path) -> PathFilter:
         for r in self.config.roots:
@@ -472,7 +523,10 @@ class Daemon:
             self.engine.forget_chunks(ids)
             self.engine.collect_garbage()
             self.engine.save_snapshots()
-        self._extra_roots.discard(root)
+        with self._roots_lock:
+            self._extra_roots.discard(root)
+            self._suspended.pop(root, None)
+            self._resuming.discard(root)
         return files
 
     # searching --------------------------------------------------------------------
@@ -545,12 +599,19 @@ class Daemon:
         if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
             prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens, cfg.search.rerank_floor)
         self.queue.recover()
+        catalog = self.engine.catalog
         with self._roots_lock:  # roots added while loading are in _extra_roots already
-            for root in sorted(self.engine.catalog.roots()):
-                if os.path.isdir(root):
-                    self._extra_roots.add(root)
+            self._extra_roots.update(catalog.roots())  # a root whose folder is gone stays a root
             for r in cfg.roots:
-                self.engine.catalog.add_root(str(r.path))
+                catalog.add_root(str(r.path))
+            self._suspended.update(catalog.suspended_roots())
+            roots = sorted(self.root_paths())
+        for root in roots:  # before SERVING: a gone root's files are never served
+            problem = self._problem(root, catalog)
+            if problem is not None:
+                self._suspend(root, problem, catalog)
+        self.watcher.on_check = self._recheck_suspended
+        with self._roots_lock:
             for root in sorted(self.root_paths()):
                 self.queue.put_scan(root, "start")
                 if cfg.watch.enabled:
@@ -685,18 +746,24 @@ class Daemon:
         for root, root_jobs in by_root.items():
             if self.stopping.is_set():
                 return
-            if root not in self.root_paths() or not os.path.isdir(root):
+            if root not in self.root_paths():
                 continue
+            catalog = indexer.engine.catalog
+            problem = self._problem(root, catalog)
+            if problem is not None:  # nothing removed: the scan once it is back covers these jobs
+                self._suspend(root, problem, catalog)
+                continue
+            scan = self._resume(root, catalog) or any(j.kind == "scan" for j in root_jobs)
             with info.lock:
                 info.current_root = root
                 info.files_todo = info.files_done = info.chunks = info.tokens = 0
                 info.busy_since = time.monotonic()
             try:
-                if any(j.kind == "scan" for j in root_jobs):
-                    indexer.run([Path(root)], lock=False)
-                else:
-                    paths = sorted({Path(j.path) for j in root_jobs if j.path})
-                    indexer.sync(Path(root), paths)
+                # sync, not run: a root that goes meanwhile is reported, not an error
+                paths = [Path(root)] if scan else sorted({Path(j.path) for j in root_jobs if j.path})
+                report = indexer.sync(Path(root), paths)
+                for gone, why in report.suspended.items():  # it went while being scanned
+                    self._suspend(gone, why, catalog)
             finally:
                 with info.lock:
                     info.current_root = info.current_file = ""

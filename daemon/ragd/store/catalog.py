@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS files (
     indexed_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_root ON files(root_id);
+-- Roots whose folder is missing, unreadable or suddenly empty (unmounted?): their files stay in
+-- the index, unscanned and not served, until the folder is back. A table of its own, created
+-- where missing, so that no schema version changes for it.
+CREATE TABLE IF NOT EXISTS suspended_roots (
+    root_id INTEGER PRIMARY KEY REFERENCES roots(id) ON DELETE CASCADE,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
@@ -357,6 +365,42 @@ class Catalog:
             self.db.execute("DELETE FROM roots WHERE path = ?", [path])
             self._bump()
         return ids
+
+    def suspend_root(self, path: str, reason: str) -> bool:
+        """Mark a registered root suspended (or update why); True when it was not suspended."""
+        with self.db.atomic():
+            row = self.db.execute("SELECT id FROM roots WHERE path = ?", [path]).fetchone()
+            if row is None:
+                return False
+            new = self.db.execute("SELECT 1 FROM suspended_roots WHERE root_id = ?", [row[0]]).fetchone() is None
+            self.db.execute(
+                "INSERT INTO suspended_roots(root_id, reason, since) VALUES (?, ?, ?) "
+                "ON CONFLICT (root_id) DO UPDATE SET reason = excluded.reason", [row[0], reason, time.time()])
+        return new
+
+    def resume_root(self, path: str) -> bool:
+        """Clear a root's suspension; True when it was suspended."""
+        with self.db.atomic():
+            cur = self.db.execute(
+                "DELETE FROM suspended_roots WHERE root_id = (SELECT id FROM roots WHERE path = ?)", [path])
+        return cur.rowcount > 0
+
+    def suspended_roots(self) -> dict[str, str]:
+        """Suspended root -> why."""
+        return {str(p): str(r) for p, r in self.db.execute(
+            "SELECT r.path, s.reason FROM suspended_roots s JOIN roots r ON r.id = s.root_id ORDER BY r.path")}
+
+    def count_root_files(self, path: str) -> int:
+        """How many files of root ``path`` the catalog holds (any status)."""
+        row = self.db.execute(
+            "SELECT count(*) FROM files f JOIN roots r ON r.id = f.root_id WHERE r.path = ?", [path]).fetchone()
+        return int(row[0])
+
+    def chunk_ids_outside_suspended(self) -> list[int]:
+        """Every chunk of a root that is not suspended: what a search without filters may return."""
+        return [int(r[0]) for r in self.db.execute(
+            "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id "
+            "WHERE f.root_id NOT IN (SELECT root_id FROM suspended_roots)")]
 
     # -- files ------------------------------------------------------------------------
     def files_under(self, prefix: str) -> dict[str, FileRow]:
