@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ragd.errors import RagdError
 from ragd.models.base import Holds, LoadedModels
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
+from ragd.store.private import private_dir, private_folder_files
 from ragd.store.sparse import LexicalIndex, Postings, SparseIndex
 from ragd.store.sparse import arrays as sparse_arrays
 from ragd.store.vectors import VectorIndex
@@ -32,6 +34,18 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Postings)
+
+
+def _zip_intact(path: Path) -> bool:
+    """Whether every member of the zip (npz) at ``path`` matches its CRC-32: numpy reads
+    arrays without checking it, so a damaged byte would otherwise be served."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 class ModelGate:
@@ -108,7 +122,14 @@ class Engine:
         self._models = models
         self._want_reranker = rerank
         self.catalog = Catalog(self.data_dir / "catalog.db")
+        # Snapshots may be older versions' 0644 files, or a killed save's temp files.
+        private_folder_files(self.data_dir / "vectors")
         self._vectors: VectorIndex | None = None
+        self._vectors_saved: int | None = None  # catalog generation of the FAISS snapshot on disk
+        # Snapshots are written at most this often (seconds; 0 = at every save_snapshots): the
+        # daemon defers them, so a one-line edit does not rewrite and fsync every snapshot.
+        self.snapshot_delay_s = 0.0
+        self._unsaved_since: float | None = None
         self._sparse: SparseIndex | None = None
         self._lexical: LexicalIndex | None = None
         self._mirrors_saved: dict[str, int] = {}  # mirror -> catalog generation of its snapshot
@@ -174,13 +195,26 @@ class Engine:
         return self._vectors
 
     def _load_vectors(self) -> VectorIndex:
+        """The snapshot when its own label and its ids agree with the catalog, else rebuilt."""
         emb = self.models.embedder
         generation = self.catalog.generation()
-        index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim)
-        if index is None or index.count != self.catalog.count_embedded_chunks(self.model_key):
+        index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim,
+                                 expect=self._catalog_ids())
+        if index is None:
             index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
             self._save_vectors(index)
+        else:
+            self._vectors_saved = generation
         return index
+
+    def _catalog_ids(self) -> tuple[int, int]:
+        """(count, sum) of the ids of the chunks that have a vector of this embedder: what the
+        FAISS cache must hold."""
+        row = self.catalog.db.execute(
+            "SELECT count(*), coalesce(sum(c.id), 0) FROM chunks c "
+            "JOIN embeddings e ON e.model = ? AND e.chunk_hash = c.content_hash", [self.model_key],
+        ).fetchone()
+        return int(row[0]), int(row[1])
 
     @property
     def sparse(self) -> SparseIndex | None:
@@ -220,7 +254,7 @@ class Engine:
         as many keys), else built from the catalog and saved."""
         path, label = self._mirror_snapshot(name)
         generation = self.catalog.generation()
-        index = kind.load(path, generation, label)
+        index = kind.load(path, generation, label) if _zip_intact(path) else None
         count, build = self._mirror_source(name)
         if index is not None and index.count == count:
             self._mirrors_saved[name] = generation
@@ -295,26 +329,50 @@ class Engine:
         """Snapshot FAISS; one that cannot be written (a full disk, a read-only data folder)
         only makes the next start rebuild it, so it is logged, not raised."""
         path = self._snapshot_path()
+        generation = self.catalog.generation()
         try:
-            index.save(path, self.catalog.generation(), self.models.embedder.model_id)
+            index.save(path, generation, self.models.embedder.model_id)
         except OSError as exc:
             log.warning("cannot save the vector snapshot %s (%s); the next start rebuilds it", path, exc)
+            return
+        self._vectors_saved = generation
 
-    def save_snapshots(self) -> None:
-        """Snapshot the caches that are loaded (FAISS; a mirror when the catalog changed since
-        it was loaded or last saved, or it was rebuilt), for a fast next start. The writer
-        calls it, with every committed change already applied to the caches."""
-        self.save_vectors()
+    def unsaved_snapshots(self) -> list[str]:
+        """The loaded caches whose snapshot on disk is older than the catalog (or missing)."""
         generation = self.catalog.generation()
+        out = ["vectors"] if self._vectors is not None and self._vectors_saved != generation else []
+        return out + [name for name, mirror in (("sparse", self._sparse), ("lexical", self._lexical))
+                      if mirror is not None and self._mirrors_saved.get(name) != generation]
+
+    def save_snapshots(self, *, force: bool = False) -> list[str]:
+        """Snapshot the loaded caches that changed since their snapshot (FAISS, the mirrors),
+        for a fast next start; returns those written. The writer calls it, with every committed
+        change already applied to the caches. With ``snapshot_delay_s`` (the daemon) a change
+        is written once that long has passed since the first unsaved one, unless ``force``:
+        a crash meanwhile costs only a rebuild from SQLite at the next start."""
+        stale = self.unsaved_snapshots()
+        if not stale:
+            self._unsaved_since = None
+            return []
+        now = time.monotonic()
+        if self._unsaved_since is None:
+            self._unsaved_since = now
+        if not force and now - self._unsaved_since < self.snapshot_delay_s:
+            return []
+        generation = self.catalog.generation()
+        if "vectors" in stale and self._vectors is not None:
+            self._save_vectors(self._vectors)
         for name, mirror in (("sparse", self._sparse), ("lexical", self._lexical)):
-            if mirror is not None and self._mirrors_saved.get(name) != generation:
+            if name in stale and mirror is not None:
                 self._save_mirror(name, mirror, generation)
+        self._unsaved_since = None if not self.unsaved_snapshots() else now
+        return stale
 
     # -- writers ----------------------------------------------------------------------
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """Hold the data folder's writer lock: one indexing process at a time."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         fd = os.open(self.data_dir / "writer.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             try:

@@ -682,6 +682,15 @@ class Daemon:
         interval = self.config.watch.reconcile_interval_s
         next_reconcile = time.monotonic() + interval if interval else None
         indexer = Indexer(engine, progress=self.status_info, should_stop=self.stopping.is_set)
+        try:
+            self._write_jobs(indexer, next_reconcile, interval)
+        finally:
+            if not self.stopping.is_set():  # ended anyway (a BaseException): health says so
+                self._set_index_health(False)
+
+    def _write_jobs(self, indexer: Indexer, next_reconcile: float | None, interval: int) -> None:
+        """The writer's loop (see ``_write_loop``)."""
+        engine = indexer.engine
         settle: Callable[[], None] | None = None  # the queue update still owed for the jobs in hand
         failures = 0
         while not self.stopping.is_set():

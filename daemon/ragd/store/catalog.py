@@ -21,6 +21,7 @@ import sqlite_utils
 from ragd import lexical
 from ragd.errors import StoreError
 from ragd.models.base import FloatArray, SparseWeights
+from ragd.store.private import private_db, private_dir
 from ragd.store.sparse import encode as encode_sparse
 
 SCHEMA_VERSION = 1
@@ -209,7 +210,8 @@ class Catalog:
     """One SQLite database file; one instance per thread of use."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # the catalog holds every document's full text: 0700 / 0600
+        private_db(path)
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             self.db = sqlite_utils.Database(conn)

@@ -15,12 +15,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ragd.errors import StoreError
+from ragd.store import catalog
+from ragd.store.private import private_db, private_dir
 
 MAX_ATTEMPTS = 5
 """A job that failed this many times is marked ``failed`` (kept, with its error) instead of retried."""
@@ -70,10 +72,12 @@ class JobQueue:
     """The ``jobs`` table; thread-safe (one connection behind a lock), every change one transaction."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(db_path.parent)
+        private_db(db_path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=catalog.BUSY_TIMEOUT_S,
+                                       isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._tx():
@@ -91,9 +95,15 @@ class JobQueue:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            with suppress(sqlite3.Error):  # an error may have ended the transaction already
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:  # a full disk or a lock at COMMIT: leave no transaction open behind
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM jobs").fetchone()
@@ -173,22 +183,23 @@ class JobQueue:
                     "(SELECT root, path FROM jobs WHERE id = ?)", [job_id])
                 db.execute("DELETE FROM jobs WHERE id = ? AND state != 'pending'", [job_id])
 
-    def retry(self, ids: Sequence[int], error: str) -> None:
+    def retry(self, ids: Sequence[int], error: str, *, count: bool = True) -> None:
         """Failed this time: back to pending at the end of the queue with attempts + 1; after
         ``MAX_ATTEMPTS`` the job is marked ``failed`` and keeps ``error``. If the same path was put
-        again meanwhile, that newer pending job stands for both."""
+        again meanwhile, that newer pending job stands for both. ``count=False`` (a stop, or a
+        fault of the machine such as a lock or a full disk, not of the job) adds no attempt."""
         if not ids:
             return
         with self._lock, self._tx() as db:
             for job_id in ids:
-                self._requeue(db, job_id, error)
+                self._requeue(db, job_id, error, count=count)
 
-    def _requeue(self, db: sqlite3.Connection, job_id: int, error: str) -> None:
+    def _requeue(self, db: sqlite3.Connection, job_id: int, error: str, *, count: bool = True) -> None:
         row = db.execute("SELECT root, path, attempts FROM jobs WHERE id = ? AND state = 'running'",
                          [job_id]).fetchone()
         if row is None:
             return
-        root, path, attempts = row[0], row[1], int(row[2]) + 1
+        root, path, attempts = row[0], row[1], int(row[2]) + (1 if count else 0)
         newer = db.execute("SELECT 1 FROM jobs WHERE root = ? AND path = ? AND state = 'pending'",
                            [root, path]).fetchone()
         if newer is not None:

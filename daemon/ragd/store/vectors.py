@@ -1,31 +1,43 @@
 """Dense vectors in FAISS: a cache of the catalog, never the only copy.
 
 ``IndexIDMap2`` over an inner-product flat index, ids = chunk ids. Snapshots are written to
-a temp file, fsynced and renamed, with a sidecar that records the catalog generation they
-contain; a missing, stale or unreadable snapshot is rebuilt from SQLite.
+a temp file, fsynced and renamed. The file itself says what it holds: a header (``MAGIC``,
+the CRC-32 of FAISS's bytes, then JSON: catalog generation, model, dimension, count and the
+sum of its ids) before FAISS's bytes, so a snapshot can never be paired with another one's
+label, and a damaged one is noticed. A missing, stale, foreign, damaged or unreadable
+snapshot is rebuilt from SQLite.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragd.models.base import FloatArray
+from ragd.store.private import private_dir
 
 if TYPE_CHECKING:
     from ragd.store.catalog import Catalog
 
+MAGIC = b"RAGD-FAISS-1\n"
+"""First bytes of a snapshot; then, little-endian, the CRC-32 of the FAISS bytes and the length
+of the JSON label (4 bytes each), the label, and FAISS's own bytes."""
+
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    """Call ``write(tmp_path)``, fsync the result and rename it over ``path``. The temp file
+    (0600, in a 0700 folder) carries the writer's pid, so a later open can tell one left by a
+    killed writer (``private.stale_temp``) from one being written."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -100,29 +112,83 @@ class VectorIndex:
             scores, ids = self._index.search(q, min(n, self.count), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
-    def save(self, path: Path, generation: int, model: str) -> None:
+    def ids(self) -> np.ndarray:
+        """The chunk ids the index holds."""
         import faiss
 
         with self._lock:
-            atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
-            meta = {"generation": generation, "model": model, "count": self.count, "dim": self.dim}
-        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def save(self, path: Path, generation: int, model: str) -> None:
+        """Snapshot to ``path`` with its label inside the same file (see the module docstring)."""
+        import faiss
+
+        with self._lock:
+            ids = self.ids()
+            meta = {"generation": generation, "model": model, "count": self.count, "dim": self.dim,
+                    "id_sum": int(ids.sum())}
+            header = json.dumps(meta).encode("utf-8")
+
+            def write(tmp: str) -> None:
+                crc = 0
+
+                def out(chunk: bytes) -> None:
+                    nonlocal crc
+                    crc = zlib.crc32(chunk, crc)
+                    fh.write(chunk)
+
+                with open(tmp, "wb") as fh:
+                    fh.write(MAGIC + struct.pack("<II", 0, len(header)) + header)
+                    faiss.write_index(self._index, faiss.PyCallbackIOWriter(out))  # type: ignore[attr-defined]
+                    fh.seek(len(MAGIC))
+                    fh.write(struct.pack("<I", crc))
+
+            atomic_write(path, write)
+        legacy = path.with_suffix(".json")  # the sidecar label of earlier versions
+        if legacy.exists():
+            legacy.unlink()
 
     @classmethod
-    def load(cls, path: Path, generation: int, model: str, dim: int) -> VectorIndex | None:
-        """The snapshot at ``path`` if it holds exactly ``generation`` of ``model``, else None."""
+    def load(cls, path: Path, generation: int, model: str, dim: int,
+             expect: tuple[int, int] | None = None) -> VectorIndex | None:
+        """The snapshot at ``path`` if its own label says it holds exactly ``generation`` of
+        ``model`` and its contents agree with the label (count and sum of ids; with ``expect``,
+        also the catalog's (count, sum of ids)), else None."""
         import faiss
 
         try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            if meta.get("generation") != generation or meta.get("model") != model or meta.get("dim") != dim:
-                return None
-            index = faiss.read_index(str(path))
-        except (OSError, ValueError, RuntimeError):
+            with open(path, "rb") as fh:
+                if fh.read(len(MAGIC)) != MAGIC:
+                    return None
+                crc, size = struct.unpack("<II", fh.read(8))
+                if size > 1 << 20:
+                    return None
+                meta = json.loads(fh.read(size).decode("utf-8"))
+                if not isinstance(meta, dict):
+                    return None
+                if meta.get("generation") != generation or meta.get("model") != model or meta.get("dim") != dim:
+                    return None
+                seen = 0
+
+                def read(n: int) -> bytes:
+                    nonlocal seen
+                    chunk = fh.read(n)
+                    seen = zlib.crc32(chunk, seen)
+                    return chunk
+
+                index = faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
+                if seen != crc or fh.read(1):  # damaged, or more than FAISS wrote
+                    return None
+        except (OSError, ValueError, RuntimeError, struct.error, UnicodeDecodeError):
             return None
-        if int(index.ntotal) != int(meta.get("count", -1)) or int(index.d) != dim:
+        if int(index.d) != dim or not hasattr(index, "id_map"):
             return None
-        return cls(dim, index)
+        loaded = cls(dim, index)
+        ids = loaded.ids()
+        found = (loaded.count, int(ids.sum()))
+        if found != (meta.get("count"), meta.get("id_sum")) or (expect is not None and found != expect):
+            return None
+        return loaded
 
     @classmethod
     def rebuild(cls, catalog: Catalog, model: int, dim: int) -> VectorIndex:

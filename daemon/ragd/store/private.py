@@ -1,0 +1,97 @@
+"""Private storage: the data folder holds the full text of every indexed document, so it is
+kept 0700 and what ragd writes in it 0600, whatever the umask. A folder or file made by an
+earlier version (0755 / 0644 under a common umask) is tightened when it is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_TEMP_NAME = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+"""A temp file of ``atomic_write``: ``<name>.<pid of the writer>.<random>.tmp``."""
+
+
+def _shared_folder(path: Path, st: os.stat_result) -> bool:
+    """A folder others rightly use too (a home, /tmp): never narrowed by ragd."""
+    if st.st_mode & stat.S_ISVTX:  # sticky: /tmp, /var/tmp
+        return True
+    home = os.path.expanduser("~")
+    return os.path.realpath(path) in {os.path.realpath(home), "/"}
+
+
+def tighten(path: Path) -> None:
+    """Take group and other permissions off ``path`` (a file or a folder of ragd's) when it is
+    ours; a folder shared with others (a home, /tmp) is left alone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077 or st.st_uid != os.getuid():
+        return
+    if stat.S_ISDIR(st.st_mode) and _shared_folder(path, st):
+        log.warning("%s is shared with others (mode %o): ragd keeps its files private but leaves the "
+                    "folder as it is; point data_dir at a folder of its own", path, mode)
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except OSError as exc:  # a read-only file system: nothing ragd can change there
+        log.warning("cannot make %s private: %s", path, exc.strerror or exc)
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` as 0700 (its missing parents as usual), or tighten it when it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tighten(path)
+
+
+def private_db(path: Path) -> None:
+    """Make SQLite database ``path`` 0600 before SQLite opens it: created empty (a valid empty
+    database) when missing, since SQLite gives its -wal and -shm files the database's mode."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+              path.with_name(path.name + "-journal")):
+        tighten(p)
+
+
+def private_folder_files(folder: Path) -> None:
+    """Tighten ``folder`` and the files directly in it, and remove temp files that a writer
+    killed mid-save left behind (those whose process is gone)."""
+    if not folder.is_dir():
+        return
+    tighten(folder)
+    for entry in folder.iterdir():
+        if entry.name.endswith(".tmp") and stale_temp(entry.name):
+            try:
+                entry.unlink()
+                log.info("removed %s, left by a save that was interrupted", entry)
+            except OSError:
+                pass
+            continue
+        if entry.is_file() and not entry.is_symlink():
+            tighten(entry)
+
+
+def stale_temp(name: str) -> bool:
+    """Whether temp file ``name`` belongs to no running process: its writer's pid is gone (or it
+    has no pid in its name, as an earlier version wrote them)."""
+    m = _TEMP_NAME.search(name)
+    if m is None:
+        return True
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
