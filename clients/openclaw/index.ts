@@ -1,0 +1,42 @@
+// The OpenClaw plugin entry: ragd as the memory engine (plugins.slots.memory = "ragd").
+import { definePluginEntry } from "openclaw/plugin-sdk/plugin-entry";
+import { RagdMemoryPlugin } from "./src/plugin.ts";
+import { type CitationsMode, createMemoryGetTool, createMemorySearchTool } from "./src/tools.ts";
+
+type ToolContext = {
+  config?: unknown;
+  runtimeConfig?: unknown;
+  getRuntimeConfig?: () => unknown;
+  workspaceDir?: string;
+  agentId?: string;
+  sessionKey?: string;
+};
+
+function citationsMode(cfg: unknown): CitationsMode {
+  const mode = (cfg as { memory?: { citations?: unknown } } | undefined)?.memory?.citations;
+  return mode === "on" || mode === "off" ? mode : "auto";
+}
+
+export default definePluginEntry({
+  id: "ragd",
+  name: "ragd memory",
+  description: "Memory search served by a local ragd daemon (hybrid retrieval, cross-encoder reranking, deadlines)",
+  kind: "memory",
+  register(api: any) {
+    const plugin = new RagdMemoryPlugin(api.pluginConfig ?? {});
+    api.registerMemoryCapability({
+      deterministicRecallToolName: "memory_search",
+      runtime: plugin.runtime(),
+    });
+    const currentConfig = (ctx: ToolContext) => ctx.getRuntimeConfig?.() ?? ctx.runtimeConfig ?? ctx.config ?? api.config;
+    const managerFor = (ctx: ToolContext) => () =>
+      plugin.manager({ cfg: currentConfig(ctx), agentId: ctx.agentId, workspaceDir: ctx.workspaceDir });
+    api.registerTool((ctx: ToolContext) => createMemorySearchTool({
+      manager: managerFor(ctx),
+      citations: () => citationsMode(currentConfig(ctx)),
+      sessionKey: ctx.sessionKey,
+    }), { names: ["memory_search"] });
+    api.registerTool((ctx: ToolContext) => createMemoryGetTool({ manager: managerFor(ctx) }), { names: ["memory_get"] });
+    api.logger?.info?.(`ragd memory: daemon ${plugin.config.address}, deadline ${plugin.config.deadlineMs} ms, rerank ${plugin.config.rerank ? "on" : "off"}`);
+  },
+});

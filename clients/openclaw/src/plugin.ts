@@ -1,0 +1,78 @@
+// One ragd connection for the plugin, one memory manager per agent, and the runtime OpenClaw
+// asks for managers (MemoryPluginRuntime in openclaw/plugin-sdk).
+import { RagdClient } from "./client.ts";
+import { type RagdPluginConfig, resolveConfig } from "./config.ts";
+import { RagdMemoryManager, RootRegistrar } from "./manager.ts";
+import { buildScope, extraPathStrings } from "./scope.ts";
+
+/** Where an agent's workspace is and which extra memory paths it has, as OpenClaw resolves them. */
+export type AgentResolver = (cfg: unknown, agentId: string) => Promise<{ workspaceDir: string; extraPaths: string[] }>;
+
+/** OpenClaw's own resolution (loaded on first use: the SDK module is large and OpenClaw has it loaded already). */
+export const openclawAgentResolver: AgentResolver = async (cfg, agentId) => {
+  const sdk = await import("openclaw/plugin-sdk/memory-core-host-engine-foundation");
+  const workspaceDir = sdk.resolveAgentWorkspaceDir(cfg as never, agentId);
+  const memory = sdk.resolveMemorySearchConfig(cfg as never, agentId);
+  return { workspaceDir, extraPaths: extraPathStrings(memory?.extraPaths) };
+};
+
+export class RagdMemoryPlugin {
+  readonly config: RagdPluginConfig;
+  readonly client: RagdClient;
+  private readonly registrar: RootRegistrar;
+  private readonly managers = new Map<string, RagdMemoryManager>();
+  private readonly resolveAgent: AgentResolver;
+
+  constructor(rawConfig: unknown, resolveAgent: AgentResolver = openclawAgentResolver) {
+    this.resolveAgent = resolveAgent;
+    this.config = resolveConfig(rawConfig);
+    this.client = new RagdClient(this.config.address, { tokenFile: this.config.tokenFile });
+    this.registrar = new RootRegistrar(this.client);
+  }
+
+  /** The agent's manager; `workspaceDir` from the tool context wins over the config's. */
+  async manager(params: { cfg?: unknown; agentId?: string; workspaceDir?: string }): Promise<RagdMemoryManager> {
+    const agentId = params.agentId || "main";
+    const resolved = params.cfg !== undefined || !params.workspaceDir
+      ? await this.resolveAgent(params.cfg ?? {}, agentId)
+      : { workspaceDir: params.workspaceDir, extraPaths: [] };
+    const workspaceDir = params.workspaceDir || resolved.workspaceDir;
+    const key = `${agentId}\u0000${workspaceDir}\u0000${resolved.extraPaths.join("\u0000")}`;
+    let manager = this.managers.get(key);
+    if (!manager) {
+      const scope = buildScope({
+        agentId, workspaceDir, extraPaths: resolved.extraPaths, paths: this.config.paths, rootScope: this.config.rootScope,
+      });
+      manager = new RagdMemoryManager(this.client, scope, this.config, this.registrar);
+      this.managers.set(key, manager);
+    }
+    return manager;
+  }
+
+  /** MemoryPluginRuntime: what OpenClaw's status, CLI and memory hooks call. */
+  runtime() {
+    return {
+      getMemorySearchManager: async (params: { cfg: unknown; agentId: string; purpose?: string }) => {
+        try {
+          const manager = await this.manager({ cfg: params.cfg, agentId: params.agentId });
+          if (params.purpose === "status") await manager.probe();
+          return { manager, debug: { backend: "builtin" as const, purpose: params.purpose as never } };
+        } catch (err) {
+          return { manager: null, error: (err as Error).message };
+        }
+      },
+      resolveMemoryBackendConfig: () => ({ backend: "builtin" as const }),
+      closeMemorySearchManager: async (params: { agentId: string }) => {
+        for (const [key, m] of this.managers) if (m.scope.agentId === params.agentId) this.managers.delete(key);
+      },
+      closeAllMemorySearchManagers: async () => {
+        this.managers.clear();
+      },
+    };
+  }
+
+  close(): void {
+    this.managers.clear();
+    this.client.close();
+  }
+}
