@@ -30,7 +30,7 @@ from ragd.errors import (
     outcome_for_code,
 )
 from ragd.filters import Filters
-from ragd.requests import SHOWN_CHARS, SearchRequest, check_path, check_search
+from ragd.requests import MAX_QUERY_CHARS, SHOWN_CHARS, SearchRequest, check_path, check_search
 from ragd.search import SearchCancelled
 from ragd_client.aio import AsyncClient
 
@@ -63,7 +63,7 @@ def test_the_error_table_gives_every_transport_its_outcome() -> None:
     ("request_", "field"),
     [
         (SearchRequest(query="   "), "query"),
-        (SearchRequest(query="x" * 5000), "query"),
+        (SearchRequest(query="x" * (MAX_QUERY_CHARS + 1)), "query"),
         (SearchRequest(query="bread \udcff"), "query"),  # a lone surrogate: undecodable bytes on a command line
         (SearchRequest(query="x", k=5000), "k"),
         (SearchRequest(query="x", candidates=1001), "candidates"),
@@ -236,8 +236,8 @@ def test_many_threads_share_one_service(daemon_factory: Callable[..., Any]) -> N
         try:
             for _ in range(5):
                 assert daemon.service.status().files_indexed == 2
-                opts = daemon.service.search_options(SearchRequest(query="bread", k=1, rerank=False))
-                assert daemon.service.search("bread", opts).hits
+                query, opts = daemon.service.prepare_search(SearchRequest(query="bread", k=1, rerank=False))
+                assert daemon.service.search(query, opts).hits
         except BaseException as exc:
             failures.append(exc)
 

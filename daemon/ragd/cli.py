@@ -146,7 +146,7 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
 
 # -- search -----------------------------------------------------------------------------
 @main.command()
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option("-k", "k", type=int, default=None, help="Number of results (default: search.k).")
 @click.option(
     "--candidates", type=int, default=None, help="Candidates passed to the reranker (default: search.candidates)."
@@ -154,6 +154,10 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
 @click.option("--no-rerank", is_flag=True, help="Skip the reranker; rank by retrieval score.")
 @click.option("--path", "path_prefix", default=None, help="Only files whose path starts with this prefix.")
 @click.option("--daemon", "need_daemon", is_flag=True, help="Only ask the running daemon; exit 1 without one.")
+@click.option("--like", "like", default=None, metavar="PATH[:LINE]",
+              help="More like this: search with an indexed file's text, or with its chunk at LINE "
+                   "(its stored vectors: nothing is embedded). The file itself is left out of the hits.")
+@click.option("--same-file", is_flag=True, help="With --like PATH:LINE: keep the file's other chunks among the hits.")
 @click.option(
     "--deadline", type=click.FloatRange(min=0, min_open=True, max=3600), default=None, metavar="SECONDS",
     help="Answer within SECONDS: rerank as many candidates as fit (narrowing the window first). "
@@ -162,21 +166,25 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
 @config_option
 @json_option
 def search(
-    query: str, k: int | None, candidates: int | None, no_rerank: bool, path_prefix: str | None,
-    need_daemon: bool, deadline: float | None, config_file: str | None, as_json: bool,
+    query: str | None, k: int | None, candidates: int | None, no_rerank: bool, path_prefix: str | None,
+    need_daemon: bool, like: str | None, same_file: bool, deadline: float | None, config_file: str | None,
+    as_json: bool,
 ) -> None:
-    """Search the index for QUERY: through the running daemon, else in this process."""
+    """Search the index for QUERY (``-``: read it from standard input), or with --like for
+    what resembles a file or one of its chunks: through the running daemon, else in this process."""
     try:
         cfg = _load(config_file)
-        _check_request(query, cfg.search.k if k is None else k,
-                       cfg.search.candidates if candidates is None else candidates)
+        query, like_at = _query_source(query, like, same_file)
+        if like_at is None:
+            _check_request(query, cfg.search.k if k is None else k,
+                           cfg.search.candidates if candidates is None else candidates)
         rerank = cfg.search.rerank and not no_rerank
         prefix = _absolute_prefix(path_prefix)
-        data = _search_daemon(cfg, query, k, candidates, rerank, prefix, deadline, required=need_daemon)
+        data = _search_daemon(cfg, query, k, candidates, rerank, prefix, deadline, like_at, required=need_daemon)
         local = data is None
         if data is None:
             click.echo("ragd: no daemon answered; searching in this process (loads the models, slower)", err=True)
-            data = _search_local(cfg, query, k, candidates, rerank, prefix, deadline)
+            data = _search_local(cfg, query, k, candidates, rerank, prefix, deadline, like_at)
     except RagdError as exc:
         _fail(exc)
         return
@@ -211,6 +219,14 @@ def _check_request(query: str, k: int, candidates: int) -> None:
 
     check_query(query)
     check_counts(k, candidates)
+
+
+def _text_arg(name: str, value: str) -> str:
+    """A command-line argument that must be valid UTF-8 (a path the daemon is told about)."""
+    from ragd.requests import check_text
+
+    check_text(name, value)
+    return value
 
 
 def _client_failure(cfg: Any, exc: Any) -> RagdError:
@@ -254,9 +270,38 @@ def _socket_for(cfg: Any) -> Path:
     return default_socket_path(data_dir=cfg.data_dir)
 
 
+def _query_source(query: str | None, like: str | None, same_file: bool) -> tuple[str, Like | None]:
+    """The query text (``-`` reads standard input, which must be UTF-8), or where --like points."""
+    from ragd.requests import check_text
+
+    if like is not None:
+        if query:
+            raise UsageError("give a QUERY or --like, not both")
+        check_text("--like", like)
+        path, line = like, 0
+        head, sep, tail = like.rpartition(":")
+        if sep and tail.isdigit() and not Path(like).exists():
+            path, line = head, int(tail)
+        return "", (_absolute_prefix(path) or path, line, same_file)
+    if same_file:
+        raise UsageError("--same-file goes with --like PATH:LINE")
+    if query is None:
+        raise UsageError("give a QUERY to search for (or - to read it from standard input, or --like PATH)")
+    if query == "-":
+        data: bytes = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"standard input: not valid UTF-8 (at byte {exc.start}); pass the text in UTF-8") from None
+    return query, None
+
+
+Like = tuple[str, int, bool]  # (absolute path, line or 0 for the whole file, keep the file's other chunks)
+
+
 def _search_daemon(
     cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None,
-    deadline: float | None, *, required: bool,
+    deadline: float | None, like: Like | None, *, required: bool,
 ) -> dict[str, Any] | None:
     """The daemon's answer as the --json object, or None when no daemon answers (and not required)."""
     from ragd_client import DaemonUnavailable, RagdClientError
@@ -266,8 +311,9 @@ def _search_daemon(
         return None
     try:
         with _client(cfg, timeout=600.0) as client:
+            path, line, same_file = like or ("", 0, False)
             result = client.search(query, k=k or 0, candidates=candidates or 0, rerank=rerank, path_prefix=prefix,
-                                   deadline=deadline)
+                                   deadline=deadline, like_path=path, like_line=line, like_same_file=same_file)
     except DaemonUnavailable as exc:
         if required:
             raise RagdError(f"no daemon answered on {sock}: start it with `ragd serve` ({exc.details})") from exc
@@ -281,12 +327,13 @@ def _search_daemon(
 
 def _search_local(
     cfg: Any, query: str, k: int | None, candidates: int | None, rerank: bool, prefix: str | None,
-    deadline: float | None,
+    deadline: float | None, like: Like | None,
 ) -> dict[str, Any]:
     from ragd.service import search_in_process
 
+    path, line, same_file = like or ("", 0, False)
     result = search_in_process(cfg, query, k=k, candidates=candidates, rerank=rerank, path_prefix=prefix,
-                               deadline_s=deadline)
+                               deadline_s=deadline, like_path=path, like_line=line, like_same_file=same_file)
     return result.to_json()
 
 
@@ -685,7 +732,7 @@ def roots_add(path: Path, config_file: str | None, as_json: bool) -> None:
     """Register PATH with the daemon; it is indexed in the background."""
     try:
         cfg = _load(config_file)
-        absolute = str(path.expanduser().resolve())
+        absolute = _text_arg("PATH", str(path.expanduser().resolve()))
         root = _daemon_call(cfg, lambda c: c.add_root(absolute))
     except RagdError as exc:
         _fail(exc)
@@ -704,7 +751,7 @@ def roots_rm(path: Path, config_file: str | None, as_json: bool) -> None:
     """Remove PATH from the daemon's roots; its files leave the index."""
     try:
         cfg = _load(config_file)
-        absolute = str(path.expanduser().absolute())
+        absolute = _text_arg("PATH", str(path.expanduser().absolute()))
         removed = _daemon_call(cfg, lambda c: c.remove_root(absolute))
     except RagdError as exc:
         _fail(exc)
@@ -741,7 +788,7 @@ def reindex(root: str | None, config_file: str | None, as_json: bool) -> None:
     """Ask the daemon for a reconcile scan of ROOT (default: every root)."""
     try:
         cfg = _load(config_file)
-        target = str(Path(root).expanduser().absolute()) if root else None
+        target = _text_arg("ROOT", str(Path(root).expanduser().absolute())) if root else None
         queued = _daemon_call(cfg, lambda c: c.reindex(target))
     except RagdError as exc:
         _fail(exc)

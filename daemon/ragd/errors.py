@@ -13,6 +13,11 @@ from dataclasses import dataclass
 class RagdError(Exception):
     """Base class: a failure with a message meant for the user."""
 
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit status for this error (from ``ERROR_TABLE``)."""
+        return outcome_for(self).exit_status
+
 
 class ConfigError(RagdError):
     """The configuration file or an option is invalid (exit status 2)."""

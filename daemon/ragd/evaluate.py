@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragd.errors import UsageError
 
@@ -47,34 +47,58 @@ def load_beir(folder: Path, split: str = "test") -> Dataset:
         if not p.is_file():
             raise UsageError(f"{folder} is not a BEIR folder: {what} file {p} is missing")
     corpus: dict[str, tuple[str, str]] = {}
-    with paths["corpus"].open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                d = json.loads(line)
-                corpus[str(d["_id"])] = (str(d.get("title") or ""), str(d.get("text") or ""))
+    for d in _records(paths["corpus"], "_id"):
+        corpus[str(d["_id"])] = (str(d.get("title") or ""), str(d.get("text") or ""))
     qrels: Qrels = {}
-    with paths["qrels"].open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            parts = line.rstrip("\n").split("\t")
-            if i == 0 and parts[0] == "query-id":
-                continue
-            if len(parts) >= 3:
+    for i, line in enumerate(_lines(paths["qrels"])):
+        parts = line.rstrip("\n").split("\t")
+        if i == 0 and parts[0] == "query-id":
+            continue
+        if len(parts) >= 3:
+            try:
                 qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+            except ValueError:
+                raise UsageError(f"{paths['qrels']}:{i + 1}: the score {parts[2][:40]!r} is not a number") from None
     queries: dict[str, str] = {}
-    with paths["queries"].open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                d = json.loads(line)
-                if str(d["_id"]) in qrels:
-                    queries[str(d["_id"])] = str(d["text"])
+    for d in _records(paths["queries"], "_id", "text"):
+        if str(d["_id"]) in qrels:
+            queries[str(d["_id"])] = str(d["text"])
     answers: dict[str, list[tuple[str, str]]] = {}
     if (folder / "answers.jsonl").is_file():
-        with (folder / "answers.jsonl").open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    d = json.loads(line)
-                    answers.setdefault(str(d["query-id"]), []).append((str(d["corpus-id"]), str(d["answer"])))
+        for d in _records(folder / "answers.jsonl", "query-id", "corpus-id", "answer"):
+            answers.setdefault(str(d["query-id"]), []).append((str(d["corpus-id"]), str(d["answer"])))
     return Dataset(folder.name, corpus, queries, qrels, answers)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file; bytes that are not UTF-8 are a one-line error naming the line."""
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"{path}:{i}: not valid UTF-8 (at byte {exc.start} of the line)") from None
+
+
+def _records(path: Path, *required: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, each with the ``required`` keys and text that is
+    valid Unicode (no lone surrogates from ``\\udcxx`` escapes)."""
+    for i, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{i}: not JSON ({exc.msg})") from None
+        if not isinstance(d, dict) or any(key not in d for key in required):
+            raise UsageError(f"{path}:{i}: expected an object with {', '.join(required)}")
+        for key, value in d.items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{path}:{i}: {key} is not valid Unicode text") from None
+        yield d
 
 
 def ndcg_at(ranking: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:

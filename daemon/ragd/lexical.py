@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 
 import Stemmer
@@ -95,7 +96,12 @@ def document_terms(text: str) -> str:
 def query_expression(text: str) -> str | None:
     """An FTS5 MATCH expression: any of the query's terms (OR), each quoted; None when the
     query has no searchable term (only stopwords or punctuation)."""
-    unique = dict.fromkeys(terms(text))
+    return terms_expression(terms(text))
+
+
+def terms_expression(chosen: Iterable[str]) -> str | None:
+    """An FTS5 MATCH expression for any of ``chosen`` terms (as ``terms`` gives them)."""
+    unique = dict.fromkeys(chosen)
     if not unique:
         return None
     return " OR ".join(f'"{t}"' for t in unique)

@@ -16,7 +16,7 @@ from ragd.filters import Filters
 
 MAX_K = 1000
 MAX_CANDIDATES = 1000
-MAX_QUERY_CHARS = 4096
+MAX_QUERY_CHARS = 65_536  # a pasted page or two; longer queries are refused with this limit named
 MAX_PATH_CHARS = 4096
 MAX_WEIGHT = 1000.0
 MAX_DEADLINE_MS = 3_600_000
@@ -40,6 +40,14 @@ class SearchRequest:
     mode: str = ""
     fusion: str = ""
     weights: Mapping[str, float] = field(default_factory=dict)
+    like_chunk_id: int = 0  # "more like this": an indexed chunk instead of the query
+    like_path: str = ""  # or a file inside a root: the chunk at like_line, or (like_line 0) its whole text
+    like_line: int = 0
+    like_same_file: bool = False  # keep the other chunks of the like file among the hits
+
+    @property
+    def like(self) -> bool:
+        return bool(self.like_chunk_id or self.like_path)
 
 
 def shown(value: str) -> str:
@@ -78,8 +86,22 @@ def check_counts(k: int, candidates: int) -> None:
 
 
 def check_search(req: SearchRequest) -> str:
-    """Everything about a search request that needs no index; returns the stripped query."""
-    q = check_query(req.query)
+    """Everything about a search request that needs no index; returns the stripped query
+    ("" for a "more like this" search, whose text comes from the index)."""
+    if req.like:
+        if req.query.strip():
+            raise UsageError("query: give a query or a like_chunk_id / like_path, not both")
+        if req.like_chunk_id and req.like_path:
+            raise UsageError("like_path: give like_chunk_id or like_path, not both")
+        if req.like_chunk_id < 0:
+            raise UsageError(f"like_chunk_id: must be a positive chunk id, got {req.like_chunk_id}")
+        if req.like_path:
+            check_path("like_path", req.like_path)
+        if req.like_line < 0:
+            raise UsageError(f"like_line: must not be negative, got {req.like_line}")
+        q = ""
+    else:
+        q = check_query(req.query)
     check_counts(req.k or 1, req.candidates or 1)
     if req.mode and req.mode not in MODES:
         raise UsageError(f"mode: expected one of {', '.join(MODES)}, got {shown(req.mode)}")

@@ -24,13 +24,16 @@ from typing import Any
 import numpy as np
 
 from ragd.engine import Engine
-from ragd.errors import CancelledError, IndexEmptyError, UsageError
+from ragd.errors import CancelledError, IndexEmptyError, NotFoundError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
 from ragd.lexical import terms as query_terms
-from ragd.models.base import FloatArray
+from ragd.models.base import Embeddings, FloatArray
+from ragd.query import QueryUse, rerank_part, select_terms
+from ragd.query import embed as embed_query
 from ragd.requests import FUSIONS, MODES, RETRIEVERS, SIGNALS, check_counts, check_query
 from ragd.store.catalog import Catalog
 from ragd.store.sparse import SparseIndex
+from ragd.store.sparse import decode as decode_sparse
 from ragd.window import best_window
 
 
@@ -49,6 +52,9 @@ class SearchOptions:
     deadline: float | None = None  # time.monotonic() by which the answer is due; reranking stops in time
     cancelled: Callable[[], bool] | None = None  # polled between stages; True stops with SearchCancelled
     on_retrieval: Callable[[SearchResult], None] | None = None  # gets the retrieval-stage result before rerank
+    like_chunk_id: int | None = None  # "more like this": the query is this chunk's stored vectors and terms
+    like_same_file: bool = False  # with like_chunk_id: keep the other chunks of its file among the hits
+    exclude_path: str | None = None  # leave this file's chunks out of the hits (a file's text as the query)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class SearchResult:
     candidates: int
     reranked: int
     rerank_window: int = 0  # the window (tokens) that cut at least one reranked passage; 0 = all read whole
+    query_use: QueryUse = field(default_factory=QueryUse)
 
     def to_json(self, with_text: bool = False) -> dict[str, Any]:
         hits = []
@@ -94,6 +101,7 @@ class SearchResult:
             "candidates": self.candidates,
             "reranked": self.reranked,
             "rerank_window": self.rerank_window,
+            "query_use": self.query_use.to_json(),
         }
 
 
@@ -256,6 +264,46 @@ def normalise_prefix(prefix: str | None) -> str | None:
     return absolute + "/" if expanded.endswith("/") and not absolute.endswith("/") else absolute
 
 
+def _stored_query(engine: Engine, chunk_id: int) -> Embeddings:
+    """A chunk's stored embedding as a query's: nothing is embedded again."""
+    dim = int(engine.models.embedder.dim)
+    try:
+        dense, lexical, colbert = engine.catalog.stored_query(engine.model_key, chunk_id, dim)
+    except KeyError:
+        raise NotFoundError(f"like_chunk_id: chunk {chunk_id} has no embedding from this embedder yet") from None
+    weights = None
+    if lexical is not None:
+        tokens, values = decode_sparse(lexical)
+        weights = [dict(zip(tokens.tolist(), values.tolist(), strict=True))]
+    return Embeddings(dense=dense.reshape(1, -1), sparse=weights, colbert=None if colbert is None else [colbert])
+
+
+def _excluded(engine: Engine, like: Any, opts: SearchOptions) -> set[int]:
+    """Chunks a search leaves out: the chunk it is like (and by default the rest of its
+    file), and the chunks of ``exclude_path``."""
+    out: set[int] = set()
+    if like is not None:
+        out.add(like.id)
+        if not opts.like_same_file:
+            out.update(engine.catalog.chunk_ids_of(like.path))
+    if opts.exclude_path:
+        out.update(engine.catalog.chunk_ids_of(opts.exclude_path))
+    return out
+
+
+def _rerank_query(reranker: Any, query: str, window: int, use: QueryUse) -> str:
+    """The part of the query the reranker reads: all of it when it fits beside a passage
+    window of ``window`` tokens in the reranker's input, else its start."""
+    offsets = getattr(reranker, "token_offsets", None)
+    limit = int(getattr(reranker, "max_length", 0) or 0)
+    if offsets is None or not limit:
+        return query
+    spans = offsets(query)
+    room = max(MIN_RERANK_QUERY_TOKENS, limit - window - PAIR_EXTRA_TOKENS)
+    use.rerank_tokens = min(len(spans), room)
+    return rerank_part(query, spans, room)
+
+
 def search(engine: Engine, query: str, options: SearchOptions | None = None) -> SearchResult:
     """Run one search through every stage; see the module docstring."""
     with contextlib.ExitStack() as held:
@@ -269,6 +317,14 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
     cfg = engine.config.search
     k = cfg.k if opts.k is None else opts.k
     candidates = cfg.candidates if opts.candidates is None else opts.candidates
+    use = QueryUse()
+    like = None
+    if opts.like_chunk_id is not None:
+        like = engine.catalog.chunks([opts.like_chunk_id]).get(opts.like_chunk_id)
+        if like is None:
+            raise NotFoundError(f"like_chunk_id: no chunk {opts.like_chunk_id}")
+        query = like.text
+        use.like_chunk_id = like.id
     q = validate(query, k, candidates)
     want_rerank = cfg.rerank if opts.rerank is None else opts.rerank
     weights = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
@@ -292,25 +348,31 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
     timings["load_ms"] = _ms(t)
     if opts.deadline is not None and want_rerank and models.reranker is not None:
         held.enter_context(engine.gate.hold(models.reranker))
-    use = resolve_signals(mode, weights, bool(models.embedder.has_sparse), fusion,
-                          bool(getattr(models.embedder, "multi_vector", False)))
+    signal_weights = resolve_signals(mode, weights, bool(models.embedder.has_sparse), fusion,
+                                     bool(getattr(models.embedder, "multi_vector", False)))
 
     pool = max(cfg.retrieve, candidates, k)
     signals: dict[str, dict[int, float]] = {}
-    embeds = "dense" in use or "sparse" in use or "colbert" in use
+    embeds = "dense" in signal_weights or "sparse" in signal_weights or "colbert" in signal_weights
 
     # Full-text retrieval (BM25 over the in-memory mirror; FTS5 in SQLite, on the side
     # thread's own connection, for a path prefix) starts now, beside the query embedding
     # (Engine.beside). Sparse retrieval (the in-memory mirror, then the hashes' chunk ids from
     # SQLite) starts as soon as the embedding is there, beside the dense stage. The mirrors
     # are fetched here: built on first use through this engine's own connection.
-    bm25 = engine.lexical if "lexical" in use and prefix is None and engine.mirrors else None
+    bm25 = engine.lexical if "lexical" in signal_weights and prefix is None and engine.mirrors else None
 
     def lexical_stage(catalog: Catalog) -> tuple[list[tuple[int, float]], float]:
         started = time.perf_counter()
+        every = query_terms(q)
         if bm25 is not None:
-            return bm25.search(query_terms(q), pool), _ms(started)
-        return catalog.lexical_search(q, pool, prefix), _ms(started)
+            chosen = select_terms(every, bm25.document_frequency)
+            found = bm25.search(chosen, pool)
+        else:
+            chosen = select_terms(every, catalog.lexical_document_frequency)
+            found = catalog.lexical_search(q, pool, prefix, terms=chosen)
+        use.terms, use.terms_used = len(set(every)), len(chosen)
+        return found, _ms(started)
 
     def sparse_stage(
         catalog: Catalog, index: SparseIndex | int, weights: Any
@@ -322,7 +384,7 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
             by_hash = index.search(weights, pool)
         return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
 
-    lexical_job = engine.beside(lexical_stage) if "lexical" in use and embeds else None
+    lexical_job = engine.beside(lexical_stage) if "lexical" in signal_weights and embeds else None
     sparse_job = None
     qemb = None
     if embeds:
@@ -330,21 +392,21 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
         # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
         # it (inference does not change the model; on OpenVINO it takes a core from the batch);
         # the long reranker calls use the gate.
-        qemb = models.embedder.embed_query(q)
+        qemb = _stored_query(engine, like.id) if like is not None else embed_query(models.embedder, q, use)
         timings["embed_ms"] = _ms(t)
     check()
     filtered = prefix is not None or (filters is not None and filters.active)
     hidden = engine.catalog.suspended_roots()
     allowed = _allowed_ids(engine, prefix, filters, hidden) if filtered or hidden else None
     allowed_set = None if allowed is None else set(allowed.tolist())
-    if qemb is not None and qemb.sparse is not None and "sparse" in use:
+    if qemb is not None and qemb.sparse is not None and "sparse" in signal_weights:
         # The mirror (or, without mirrors, the model key) is fetched here, built on first use
         # through this engine's connection: the side thread touches only its own connection.
         mirror = engine.sparse if engine.mirrors else None
         sparse_index: SparseIndex | int = mirror if mirror is not None else engine.model_key
         lexical_weights = qemb.sparse[0]
         sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, sparse_index, lexical_weights))
-    if qemb is not None and "dense" in use:
+    if qemb is not None and "dense" in signal_weights:
         t = time.perf_counter()
         signals["dense"] = dict(vectors.search(qemb.dense[0], pool, allowed))
         timings["dense_ms"] = _ms(t)
@@ -358,24 +420,27 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
                     sparse[cid] = s
         signals["sparse"] = sparse
 
-    if "lexical" in use:
+    if "lexical" in signal_weights:
         lexical_hits, timings["lexical_ms"] = (lexical_job.result() if lexical_job is not None
                                                else lexical_stage(engine.catalog))
         signals["lexical"] = {c: v for c, v in lexical_hits if allowed_set is None or c in allowed_set}
 
+    excluded = _excluded(engine, like, opts)
+    if excluded:
+        signals = {name: {c: v for c, v in found.items() if c not in excluded} for name, found in signals.items()}
     t = time.perf_counter()
-    fused = fuse(signals, use, fusion, cfg.rrf_k)
+    fused = fuse(signals, signal_weights, fusion, cfg.rrf_k)
     ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
     timings["fuse_ms"] = _ms(t)
 
-    if "colbert" in use and qemb is not None and qemb.colbert is not None and ranked:
+    if "colbert" in signal_weights and qemb is not None and qemb.colbert is not None and ranked:
         check()
         t = time.perf_counter()
         query_vecs = qemb.colbert[0]
         head = [cid for cid, _ in ranked[: cfg.colbert_candidates]]
         stored = engine.catalog.colbert_by_chunk(engine.model_key, head, int(query_vecs.shape[1]))
         signals["colbert"] = colbert_scores(query_vecs, stored)
-        fused = fuse(signals, use, fusion, cfg.rrf_k)
+        fused = fuse(signals, signal_weights, fusion, cfg.rrf_k)
         ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
         timings["colbert_ms"] = _ms(t)
 
@@ -403,7 +468,7 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
             models={"embedder": models.embedder.model_id,
                     "reranker": reranker.model_id if reranker and rerank_scores else None},
             degraded=list(models.degraded), candidates=len(fused), reranked=len(rerank_scores),
-            rerank_window=window,
+            rerank_window=window, query_use=replace(use),
         )
 
     rerank_scores: dict[int, float] = {}
@@ -413,7 +478,8 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
         if opts.on_retrieval is not None:
             opts.on_retrieval(result(top, {}))
         t = time.perf_counter()
-        reranked = _rerank(engine, reranker, q, top[:candidates], rows, opts.deadline, check)
+        reranked = _rerank(engine, reranker, _rerank_query(reranker, q, cfg.rerank_max_tokens, use),
+                           top[:candidates], rows, opts.deadline, check)
         rerank_scores, window = reranked.scores, reranked.window
         timings["rerank_ms"] = _ms(t)
         reranked_part = sorted((cs for cs in top if cs[0] in rerank_scores), key=lambda cs: -rerank_scores[cs[0]])
@@ -427,6 +493,7 @@ def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.Ex
 # where its tokens fall (``token_offsets``), else a passage.
 _RERANK_PACE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 PAIR_EXTRA_TOKENS = 4  # <s> query </s></s> passage </s>
+MIN_RERANK_QUERY_TOKENS = 32  # a long query's part the reranker reads, however wide the passage window
 FIT_SHARE = 0.9  # of the time left that the window and each batch plan to use (the rest absorbs the pace's noise)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ragd.config import Config, ConfigError
@@ -133,6 +134,8 @@ def _search_request(req: Any) -> SearchRequest:
             root=f.root or None,
         ),
         deadline_ms=req.deadline_ms, mode=req.mode, fusion=req.fusion, weights=dict(req.weights),
+        like_chunk_id=req.like_chunk_id, like_path=req.like_path, like_line=req.like_line,
+        like_same_file=req.like_same_file,
     )
 
 
@@ -150,7 +153,7 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
         reranked=result.reranked, rerank_window=result.rerank_window,
         models=ragd_pb2.Models(embedder=result.models.get("embedder") or "",
                                reranker=result.models.get("reranker") or ""),
-        degraded=result.degraded,
+        degraded=result.degraded, query_use=ragd_pb2.QueryUse(**result.query_use.to_json()),
     )
 
 
@@ -177,18 +180,63 @@ def _root_proto(root: Root) -> Any:
     return ragd_pb2.Root(path=root.path, configured=root.configured)
 
 
+# -- registration: requests that do not parse get INVALID_ARGUMENT --------------------------
+@dataclass(frozen=True)
+class _Malformed:
+    """A request whose bytes are not its message (a string field with bad UTF-8, a truncated field)."""
+
+    why: str
+
+
+def _parser(message: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
+def _checked(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"request: not a valid message ({request.why}); send UTF-8 text in string fields")
+        return behaviour(request, context)
+
+    return call
+
+
+def _add_service(server: grpc.Server, name: str, servicer: Any) -> None:
+    """Register ``servicer`` for ``ragd.v1.<name>`` as the generated code would, but with
+    request parsing that reports a malformed request as INVALID_ARGUMENT (gRPC's own parsing
+    answers INTERNAL)."""
+    service = ragd_pb2.DESCRIPTOR.services_by_name[name]
+    handlers = {}
+    for method in service.methods:
+        kind = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = kind(
+            _checked(getattr(servicer, method.name)),
+            request_deserializer=_parser(getattr(ragd_pb2, method.input_type.name)),
+            response_serializer=getattr(ragd_pb2, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 # -- servicers: protobuf in, the service layer, protobuf out ------------------------------
 class SearchServicer(ragd_pb2_grpc.SearchServicer):
     def __init__(self, service: Service) -> None:
         self.s = service
 
-    def _options(self, request: Any, context: grpc.ServicerContext) -> SearchOptions:
-        return self.s.search_options(_search_request(request), call_deadline_s=context.time_remaining(),
+    def _prepare(self, request: Any, context: grpc.ServicerContext) -> tuple[str, SearchOptions]:
+        return self.s.prepare_search(_search_request(request), call_deadline_s=context.time_remaining(),
                                      cancelled=lambda: not context.is_active())
 
     def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _rpc(context):
-            result = self.s.search(request.query, self._options(request, context))
+            result = self.s.search(*self._prepare(request, context))
             return _response(result, _stage(result))
 
     def SearchStream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -201,11 +249,11 @@ class SearchServicer(ragd_pb2_grpc.SearchServicer):
             done.set()
 
         with _rpc(context):
-            opts = self._options(request, context)
+            query, opts = self._prepare(request, context)
 
             def run() -> None:
                 try:
-                    final = self.s.search(request.query, opts, on_retrieval=on_retrieval)
+                    final = self.s.search(query, opts, on_retrieval=on_retrieval)
                     stages.append(_response(final, _stage(final)))
                 except Exception as exc:
                     failure.append(exc)
@@ -446,6 +494,11 @@ class Daemon:
         with self._roots_lock:
             return dict(self._suspended)
 
+    def watch_problems(self) -> dict[str, str]:
+        """Root -> why it is not (fully) watched now (a folder that cannot be watched, the inotify
+        watch limit): such a root is scanned every few minutes instead. Empty without watching."""
+        return {str(root): why for root, why in self.watcher.trouble().items()}
+
     @staticmethod
     def _problem(root: str, catalog: Catalog) -> str | None:
         return root_problem(root, lambda: catalog.count_root_files(root))
@@ -562,8 +615,8 @@ class Daemon:
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=calls,
         )
-        ragd_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.service), server)
-        ragd_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self.service, remote=remote), server)
+        _add_service(server, "Search", SearchServicer(self.service))
+        _add_service(server, "Index", IndexServicer(self.service, remote=remote))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
 

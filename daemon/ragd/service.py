@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +28,14 @@ from ragd.errors import (
     UsageError,
 )
 from ragd.filters import normalise_filters
-from ragd.requests import SearchRequest, check_path, check_search, inside, shown
+from ragd.requests import MAX_QUERY_CHARS, SearchRequest, check_path, check_search, inside, shown
 from ragd.search import SearchOptions, SearchResult, prime_rerank_pace, search
 from ragd_client.types import Chunk, FailedFile, FileLines, Models, Root, RootStatus, Status
 
 if TYPE_CHECKING:
     from ragd.config import Config
     from ragd.server import Daemon
+    from ragd.store.catalog import Catalog, FileRow
 
 MAX_READ_LINES = 5000
 MESSAGE_MARGIN = 4096  # bytes of a response kept free for everything but the lines themselves
@@ -50,13 +51,13 @@ class Service:
         self._streams = threading.BoundedSemaphore(self.config.server.max_streams)
 
     # searching --------------------------------------------------------------------------
-    def search_options(
+    def prepare_search(
         self, req: SearchRequest, *, call_deadline_s: float | None = None,
         cancelled: Callable[[], bool] | None = None,
-    ) -> SearchOptions:
-        """Check ``req`` and turn it into the search stage's options. ``call_deadline_s`` is
-        the seconds the transport's own deadline leaves (the gRPC deadline)."""
-        check_search(req)
+    ) -> tuple[str, SearchOptions]:
+        """Check ``req`` and turn it into the query text and the search stage's options.
+        ``call_deadline_s`` is the seconds the transport's own deadline leaves (gRPC's)."""
+        query = check_search(req)
         filters = normalise_filters(req.filters)
         if filters.root and filters.root.rstrip("/") not in self.d.root_paths():
             raise UsageError(f"filters.root: not a root of this daemon: {shown(req.filters.root or '')}")
@@ -66,10 +67,15 @@ class Service:
         if req.deadline_ms:
             own = time.monotonic() + req.deadline_ms / 1000
             deadline = own if deadline is None else min(deadline, own)
-        return SearchOptions(
+        like_chunk_id, exclude = req.like_chunk_id or None, None
+        if req.like_path:
+            query, like_chunk_id, exclude = resolve_like(self.d.reader().catalog, self.config, self.d.root_paths(),
+                                                         req.like_path, req.like_line)
+        return query, SearchOptions(
             mode=req.mode or None, fusion=req.fusion or None, weights=dict(req.weights) or None,
             k=req.k or None, candidates=req.candidates or None, rerank=req.rerank,
-            filters=filters, deadline=deadline, cancelled=cancelled,
+            filters=filters, deadline=deadline, cancelled=cancelled, like_chunk_id=like_chunk_id,
+            like_same_file=req.like_same_file, exclude_path=exclude,
         )
 
     def search(self, query: str, opts: SearchOptions,
@@ -93,35 +99,16 @@ class Service:
         row = self.d.reader().catalog.chunks([chunk_id]).get(chunk_id)
         if row is None:
             raise NotFoundError(f"chunk_id: no chunk {chunk_id}")
-        page = getattr(row, "page", 0) or None
         return Chunk(chunk_id=row.id, path=row.path, start_line=row.start_line, end_line=row.end_line,
-                     heading=list(row.heading), text=row.text, page=page)
-
-    def confine(self, path: str, name: str = "path") -> str:
-        """The real path of ``path`` when it lies inside a root (symlinks resolved), else
-        PermissionDeniedError."""
-        normal = check_path(name, path)
-        real = os.path.realpath(normal)
-        if not any(inside(real, r) for r in self.d.root_paths(real=True)):
-            raise PermissionDeniedError(f"{name}: not inside a root of this daemon: {shown(path)}")
-        return real
+                     heading=list(row.heading), text=row.text, page=row.page or None)
 
     def read_file(self, path: str, from_line: int = 1, count: int = 0) -> FileLines:
         """Lines ``from_line`` .. ``from_line + count - 1`` of an indexed file's text, numbered as
         hits number them; bounded by ``MAX_READ_LINES`` and the message size."""
         if from_line < 0 or count < 0:
             raise UsageError("from_line, count: must not be negative")
-        real = self.confine(path)
-        row = self.d.reader().catalog.file_row(os.path.normpath(path))
-        if row is None and real != os.path.normpath(path):
-            row = self.d.reader().catalog.file_row(real)
-        if row is None:
-            raise NotFoundError(f"path: not an indexed file: {shown(path)}")
-        if row.status != "indexed":
-            raise FailedPreconditionError(f"path: not indexed ({row.status}: {row.error or 'no reason'}): "
-                                          f"{shown(path)}")
-        text = self._file_text(real)
-        lines = text.split("\n")
+        _, real = indexed_file(self.d.reader().catalog, self.d.root_paths(), path)
+        lines = file_text(self.config, real).split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         start = max(1, from_line)
@@ -135,28 +122,6 @@ class Service:
                 chosen = chosen[:i]
                 break
         return FileLines(path=path, from_line=start, lines=chosen, total_lines=len(lines))
-
-    def _file_text(self, real: str) -> str:
-        """The extracted text of a file that is not over the indexing size limit."""
-        from ragd.extract import extract
-
-        limit = self.config.indexing.max_file_bytes
-        try:
-            with open(real, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size > limit:
-                    raise FailedPreconditionError(
-                        f"path: {size} bytes, over indexing.max_file_bytes ({limit}): not served"
-                    )
-                data = fh.read(limit + 1)
-        except OSError as exc:
-            raise NotFoundError(f"path: cannot read: {exc.strerror}") from exc
-        if len(data) > limit:
-            raise FailedPreconditionError(f"path: grew over indexing.max_file_bytes ({limit}): not served")
-        try:
-            return extract(Path(real), data).text
-        except ExtractError as exc:
-            raise FailedPreconditionError(f"path: {exc}") from exc
 
     # roots ------------------------------------------------------------------------------
     def add_root(self, path: str, *, remote: bool = False) -> Root:
@@ -281,20 +246,87 @@ class Service:
         )
 
 
+def indexed_file(catalog: Catalog, roots: Iterable[str], path: str, name: str = "path") -> tuple[FileRow, str]:
+    """The catalog row and real path of an indexed file that lies inside one of ``roots``
+    (symlinks resolved): PermissionDeniedError outside them, NotFoundError when the index
+    does not hold it, FailedPreconditionError when it was skipped or failed."""
+    normal = check_path(name, path)
+    real = os.path.realpath(normal)
+    if not any(inside(real, os.path.realpath(r)) for r in roots):
+        raise PermissionDeniedError(f"{name}: not inside a root of this daemon: {shown(path)}")
+    row = catalog.file_row(normal)
+    if row is None and real != normal:
+        row = catalog.file_row(real)
+    if row is None:
+        raise NotFoundError(f"{name}: not an indexed file: {shown(path)}")
+    if row.status != "indexed":
+        raise FailedPreconditionError(f"{name}: not indexed ({row.status}: {row.error or 'no reason'}): {shown(path)}")
+    return row, real
+
+
+def file_text(config: Config, real: str, name: str = "path") -> str:
+    """The extracted text of a file (what its chunks were cut from), if it is not over the
+    indexing size limit."""
+    from ragd.extract import extract
+
+    limit = config.indexing.max_file_bytes
+    try:
+        with open(real, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                raise FailedPreconditionError(
+                    f"{name}: {size} bytes, over indexing.max_file_bytes ({limit}): not served"
+                )
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise NotFoundError(f"{name}: cannot read: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise FailedPreconditionError(f"{name}: grew over indexing.max_file_bytes ({limit}): not served")
+    try:
+        return extract(Path(real), data).text
+    except ExtractError as exc:
+        raise FailedPreconditionError(f"{name}: {exc}") from exc
+
+
+def resolve_like(catalog: Catalog, config: Config, roots: Iterable[str], path: str,
+                 line: int) -> tuple[str, int | None, str | None]:
+    """A "more like this" file as (query text, chunk id, path to leave out): the chunk holding
+    ``line``, or with ``line`` 0 the file's text (its first ``MAX_QUERY_CHARS`` characters),
+    leaving the file itself out of the hits."""
+    row, real = indexed_file(catalog, roots, path, "like_path")
+    if line:
+        chunk_id = catalog.chunk_at(row.path, line)
+        if chunk_id is None:
+            raise NotFoundError(f"like_line: {shown(path)} has no chunk at line {line}")
+        return "", chunk_id, None
+    text = file_text(config, real, "like_path")[:MAX_QUERY_CHARS]
+    if not text.strip():
+        raise FailedPreconditionError(f"like_path: {shown(path)} has no text to search with")
+    return text, None, row.path
+
+
 def search_in_process(
     config: Config, query: str, *, k: int | None = None, candidates: int | None = None, rerank: bool = True,
-    path_prefix: str | None = None, deadline_s: float | None = None,
+    path_prefix: str | None = None, deadline_s: float | None = None, like_path: str = "", like_line: int = 0,
+    like_same_file: bool = False,
 ) -> SearchResult:
     """One search without a daemon: opens the index (SQLite only, no in-memory mirrors) and
-    the models; ``deadline_s`` counts from when the models are loaded."""
+    the models; ``deadline_s`` counts from when the models are loaded. ``like_path`` /
+    ``like_line`` as in ``SearchRequest``."""
     from ragd.engine import Engine
 
     with Engine(config, rerank=rerank, mirrors=False) as engine:
+        like_chunk_id, exclude = None, None
+        if like_path:
+            roots = {*engine.catalog.roots(), *(str(r.path) for r in config.roots)}
+            query, like_chunk_id, exclude = resolve_like(engine.catalog, config, roots, like_path, like_line)
         due = None
         if deadline_s is not None:
             reranker = engine.models.reranker if rerank else None  # loads the models: not counted
             if reranker is not None:  # what the daemon measures at start-up, at the narrowest window only
                 prime_rerank_pace(reranker, config.search.rerank_floor)
             due = time.monotonic() + deadline_s
-        return search(engine, query, SearchOptions(k=k, candidates=candidates, rerank=rerank,
-                                                   path_prefix=path_prefix, deadline=due))
+        return search(engine, query, SearchOptions(
+            k=k, candidates=candidates, rerank=rerank, path_prefix=path_prefix, deadline=due,
+            like_chunk_id=like_chunk_id, like_same_file=like_same_file, exclude_path=exclude,
+        ))

@@ -103,11 +103,15 @@ class AsyncClient:
         mode: str | None = None,
         weights: Mapping[str, float] | None = None,
         fusion: str | None = None,
+        like_chunk_id: int = 0,
+        like_path: str | None = None,
+        like_line: int = 0,
+        like_same_file: bool = False,
     ) -> SearchResult:
         """Search the index; see :meth:`ragd_client.Client.search`."""
         request = search_request(
             query, k, candidates, rerank, path_prefix, globs, extensions, modified_after, modified_before, root,
-            deadline, mode, weights, fusion,
+            deadline, mode, weights, fusion, (like_chunk_id, like_path, like_line, like_same_file),
         )
         response = await self._call(self._search.Search, request, search_timeout(self.timeout, deadline))
         return SearchResult.from_proto(response, query)

@@ -114,6 +114,7 @@ def search_request(
     mode: str | None,
     weights: Mapping[str, float] | None,
     fusion: str | None,
+    like: tuple[int, str | None, int, bool] = (0, None, 0, False),
 ) -> pb.SearchRequest:
     """The wire request of a search; arguments as :meth:`Client.search` takes them."""
     if deadline is not None and (not math.isfinite(deadline) or deadline <= 0):
@@ -135,6 +136,10 @@ def search_request(
         mode=mode or "",
         weights=dict(weights or {}),
         fusion=fusion or "",
+        like_chunk_id=_non_negative("like_chunk_id", like[0]),
+        like_path=like[1] or "",
+        like_line=_non_negative("like_line", like[2]),
+        like_same_file=like[3],
     )
     if rerank is not None:
         request.rerank = rerank
@@ -212,15 +217,24 @@ class Client:
         mode: str | None = None,
         weights: Mapping[str, float] | None = None,
         fusion: str | None = None,
+        like_chunk_id: int = 0,
+        like_path: str | None = None,
+        like_line: int = 0,
+        like_same_file: bool = False,
     ) -> SearchResult:
         """Search the index. ``k`` / ``candidates`` 0, ``rerank`` / ``mode`` / ``fusion`` None
         and missing ``weights`` take the daemon's defaults. Filters: ``path_prefix`` (absolute),
         ``globs`` (gitignore-style, relative to the root), ``extensions`` ("md" or ".md"),
         ``modified_after`` / ``modified_before`` (Unix seconds), ``root``. ``deadline``: the
-        search's time budget in seconds (the daemon may skip reranking to meet it)."""
+        search's time budget in seconds (the daemon may skip reranking to meet it).
+
+        "More like this": pass ``query=""`` and ``like_chunk_id`` (an indexed chunk: its stored
+        vectors and terms, nothing embedded again) or ``like_path`` (a file inside a root: the
+        chunk at ``like_line``, or with ``like_line`` 0 the file's text); the chunk and, unless
+        ``like_same_file``, the rest of its file are left out of the hits."""
         request = search_request(
             query, k, candidates, rerank, path_prefix, globs, extensions, modified_after, modified_before, root,
-            deadline, mode, weights, fusion,
+            deadline, mode, weights, fusion, (like_chunk_id, like_path, like_line, like_same_file),
         )
         response = self._call(self._search.Search, request, search_timeout(self.timeout, deadline))
         return SearchResult.from_proto(response, query)

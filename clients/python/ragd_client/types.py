@@ -43,7 +43,8 @@ class Hit:
     score: float
     retrieval_score: float
     rerank_score: float | None  # None when the hit was not reranked
-    page: int | None = None  # None for formats without pages
+    page: int | None = None  # first page (1-based); None for formats without pages
+    end_page: int | None = None  # last page
 
     @classmethod
     def from_proto(cls, msg: pb.Hit) -> Hit:
@@ -58,6 +59,7 @@ class Hit:
             retrieval_score=msg.retrieval_score,
             rerank_score=msg.rerank_score if msg.HasField("rerank_score") else None,
             page=msg.page or None,
+            end_page=msg.end_page or msg.page or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +74,35 @@ class Hit:
             "rerank_score": self.rerank_score,
             "chunk_id": self.chunk_id,
             "page": self.page,
+            "end_page": self.end_page,
         }
+
+
+@dataclass(frozen=True)
+class QueryUse:
+    """How a search used its query (counts 0 where a signal did not run): the embedder's
+    ``tokens``, the ``windows`` it read them in and the ``tokens_embedded`` (fewer when a long
+    query was cut), the query's distinct full-text ``terms`` and the ``terms_used`` (the
+    rarest, when there were many), the ``rerank_tokens`` the reranker read, and the
+    ``like_chunk_id`` of a "more like this" search (0 for a text query)."""
+
+    tokens: int = 0
+    windows: int = 0
+    tokens_embedded: int = 0
+    terms: int = 0
+    terms_used: int = 0
+    rerank_tokens: int = 0
+    like_chunk_id: int = 0
+
+    @classmethod
+    def from_proto(cls, msg: pb.QueryUse) -> QueryUse:
+        return cls(tokens=msg.tokens, windows=msg.windows, tokens_embedded=msg.tokens_embedded, terms=msg.terms,
+                   terms_used=msg.terms_used, rerank_tokens=msg.rerank_tokens, like_chunk_id=msg.like_chunk_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "windows": self.windows, "tokens_embedded": self.tokens_embedded,
+                "terms": self.terms, "terms_used": self.terms_used, "rerank_tokens": self.rerank_tokens,
+                "like_chunk_id": self.like_chunk_id}
 
 
 @dataclass(frozen=True)
@@ -90,6 +120,7 @@ class SearchResult:
     models: Models
     degraded: list[str] = field(default_factory=list)
     rerank_window: int = 0  # the window (tokens) that cut at least one reranked passage; 0 = all read whole
+    query_use: QueryUse = field(default_factory=QueryUse)
 
     @classmethod
     def from_proto(cls, msg: pb.SearchResponse, query: str = "") -> SearchResult:
@@ -110,6 +141,7 @@ class SearchResult:
             models=Models.from_proto(msg.models),
             degraded=list(msg.degraded),
             rerank_window=msg.rerank_window,
+            query_use=QueryUse.from_proto(msg.query_use),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +155,7 @@ class SearchResult:
             "candidates": self.candidates,
             "reranked": self.reranked,
             "rerank_window": self.rerank_window,
+            "query_use": self.query_use.to_dict(),
         }
 
 
@@ -136,7 +169,8 @@ class Chunk:
     end_line: int
     heading: list[str]
     text: str
-    page: int | None = None
+    page: int | None = None  # first page (1-based); None for formats without pages
+    end_page: int | None = None  # last page
 
     @classmethod
     def from_proto(cls, msg: pb.Chunk) -> Chunk:
@@ -148,6 +182,7 @@ class Chunk:
             heading=list(msg.heading),
             text=msg.text,
             page=msg.page or None,
+            end_page=msg.end_page or msg.page or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +194,7 @@ class Chunk:
             "heading": list(self.heading),
             "text": self.text,
             "page": self.page,
+            "end_page": self.end_page,
         }
 
 
@@ -233,6 +269,10 @@ class RootStatus:
     failures: list[FailedFile]
     current_file: str | None  # the file being indexed now, if any
     watching: bool
+    # Why the root is suspended (its folder missing, unreadable, or empty while files of it are
+    # indexed: its files are kept, not served, until it is back); None when it is not.
+    suspended: str | None = None
+    watch_problem: str | None = None  # why it is not (fully) watched (then scanned every few minutes)
 
     @classmethod
     def from_proto(cls, msg: pb.RootStatus) -> RootStatus:
@@ -244,6 +284,8 @@ class RootStatus:
             failures=[FailedFile.from_proto(f) for f in msg.failures],
             current_file=msg.current_file or None,
             watching=msg.watching,
+            suspended=(msg.suspended_reason or "suspended") if msg.suspended else None,
+            watch_problem=msg.watch_problem or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +297,8 @@ class RootStatus:
             "failures": [f.to_dict() for f in self.failures],
             "current_file": self.current_file,
             "watching": self.watching,
+            "suspended": self.suspended,
+            "watch_problem": self.watch_problem,
         }
 
 
@@ -277,6 +321,7 @@ class Status:
     eta: float | None
     tokens_per_second: float = 0.0
     version: str = ""
+    writer_error: str | None = None  # why changes are not indexed now (retried); None when the writer works
 
     @classmethod
     def from_proto(cls, msg: pb.StatusResponse) -> Status:
@@ -294,6 +339,7 @@ class Status:
             eta=msg.eta_seconds if msg.eta_seconds >= 0 else None,
             tokens_per_second=msg.tokens_per_second,
             version=msg.version,
+            writer_error=msg.writer_error or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -311,4 +357,5 @@ class Status:
             "throughput": self.throughput,
             "tokens_per_second": self.tokens_per_second,
             "eta": self.eta,
+            "writer_error": self.writer_error,
         }

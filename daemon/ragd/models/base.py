@@ -39,6 +39,10 @@ class Embedder(Protocol):
 
     def embed_query(self, text: str) -> Embeddings: ...
 
+    def embed_queries(self, texts: Sequence[str]) -> Embeddings: ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
 
 class Reranker(Protocol):
     """Scores (query, passage) pairs; higher is more relevant."""

@@ -659,6 +659,15 @@ class FlagEmbedder(_RunsOn):
             raise UsageError(f"query is too long: {n} tokens, the embedder takes at most {self.max_tokens}")
         return self._encode([text], self.input_limit)
 
+    def embed_queries(self, texts: Sequence[str]) -> Embeddings:
+        """Several query inputs at a search's priority (a long query's windows), each cut to
+        the input limit."""
+        return self._encode(list(texts), self.input_limit)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each of the embedder's tokens in ``text`` (no special tokens)."""
+        return self.tokenizer.offsets(text)
+
 
 class FlagCrossEncoder(_RunsOn):
     """bge-reranker style cross-encoder: FlagEmbedding's FlagReranker modules.

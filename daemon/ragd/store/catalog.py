@@ -24,7 +24,10 @@ from ragd.models.base import FloatArray, SparseWeights
 from ragd.store.private import private_db, private_dir
 from ragd.store.sparse import encode as encode_sparse
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: chunks carry their first and last page (``page``, ``end_page``); 1 is upgraded in place."""
+REREAD_SUFFIXES = (".html", ".htm", ".xhtml", ".shtml", ".ipynb", ".eml", ".mbox", ".rtf")
+"""Formats schema 1 indexed as raw text that now have an extractor: read again after the upgrade."""
 BUSY_TIMEOUT_S = 30.0
 """How long a connection waits for another one's write lock before failing."""
 SPARSE_BLOBS_VERSION = "1"
@@ -77,7 +80,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     end_line INTEGER NOT NULL,
     heading TEXT NOT NULL,         -- JSON array of the heading path
     token_count INTEGER NOT NULL,
-    content_hash TEXT NOT NULL
+    content_hash TEXT NOT NULL,
+    page INTEGER NOT NULL DEFAULT 0,      -- first page (1-based), 0 for formats without pages
+    end_page INTEGER NOT NULL DEFAULT 0   -- last page
 );
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(content_hash);
@@ -159,6 +164,8 @@ class ChunkRow:
     heading: tuple[str, ...]
     token_count: int
     content_hash: str
+    page: int = 0  # first page (1-based), 0 for formats without pages
+    end_page: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,8 @@ class NewChunk:
     heading: tuple[str, ...]
     token_count: int
     content_hash: str
+    page: int = 0
+    end_page: int = 0
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,8 @@ class Catalog:
             with self.db.atomic():
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("generation", "0")
+        elif int(version) == 1:
+            self._upgrade_to_pages()
         elif int(version) != SCHEMA_VERSION:
             raise StoreError(
                 f"{path} has catalog schema {version}, this ragd reads {SCHEMA_VERSION}: "
@@ -244,6 +255,25 @@ class Catalog:
                     "minutes for a large index): try again when it has finished"
                 ) from exc
             raise StoreError(f"cannot upgrade the catalog {path}: {exc}") from exc
+
+    def _upgrade_to_pages(self) -> None:
+        """Schema 1 -> 2 in place: add the chunks' page columns (0: no pages) and have the next
+        scan read again the files this version extracts differently (skipped binaries that may
+        be documents now, HTML and notebooks indexed as raw markup). Nothing is embedded again
+        for text that is unchanged, since embeddings are keyed by the chunk text's hash."""
+        with self.db.atomic():
+            if self._meta("schema_version") != "1":  # another process did it
+                return
+            columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(chunks)")}
+            for column in ("page", "end_page"):
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE chunks ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+            suffixes = " OR ".join("lower(path) LIKE ?" for _ in REREAD_SUFFIXES)
+            self.db.execute(
+                f"UPDATE files SET content_hash = NULL, mtime_ns = -1 WHERE status != 'indexed' OR {suffixes}",
+                [f"%{s}" for s in REREAD_SUFFIXES],
+            )
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _ensure_sparse_blobs(self) -> None:
         """Give every embedding of a catalog made before ``embeddings.sparse`` existed its
@@ -551,9 +581,10 @@ class Catalog:
                 for ordinal, ch in enumerate(up.chunks):
                     cur = self.db.execute(
                         "INSERT INTO chunks(file_id, ordinal, text, start_line, end_line, heading, token_count,"
-                        " content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " content_hash, page, end_page) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [file_id, ordinal, ch.text, ch.start_line, ch.end_line,
-                         json.dumps(list(ch.heading), ensure_ascii=False), ch.token_count, ch.content_hash],
+                         json.dumps(list(ch.heading), ensure_ascii=False), ch.token_count, ch.content_hash,
+                         ch.page, ch.end_page],
                     )
                     chunk_id = int(cur.lastrowid or 0)
                     terms = result.terms[chunk_id] = lexical.document_terms(ch.text)
@@ -611,13 +642,14 @@ class Catalog:
             marks = ",".join("?" * len(part))
             rows = self.db.execute(
                 "SELECT c.id, f.path, c.ordinal, c.text, c.start_line, c.end_line, c.heading, c.token_count,"
-                f" c.content_hash FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+                f" c.content_hash, c.page, c.end_page FROM chunks c JOIN files f ON f.id = c.file_id"
+                f" WHERE c.id IN ({marks})",
                 part,
             )
             for r in rows:
                 out[int(r[0])] = ChunkRow(
                     int(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4]), int(r[5]),
-                    tuple(json.loads(r[6])), int(r[7]), str(r[8]),
+                    tuple(json.loads(r[6])), int(r[7]), str(r[8]), int(r[9]), int(r[10]),
                 )
         return out
 
@@ -662,6 +694,20 @@ class Catalog:
             [len(below), below, limit],
         )
         return [(str(p), str(s), str(e)) for p, s, e in rows]
+
+    def chunk_ids_of(self, path: str) -> list[int]:
+        """The chunk ids of one indexed file."""
+        return self._chunk_ids_of(path)
+
+    def chunk_at(self, path: str, line: int) -> int | None:
+        """The chunk of ``path`` whose line span holds ``line`` (the one starting last, where
+        chunks overlap); the nearest chunk before it when none does (a line between chunks)."""
+        row = self.db.execute(
+            "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path = ? AND c.start_line <= ?"
+            " ORDER BY (c.end_line >= ?) DESC, c.start_line DESC, c.ordinal LIMIT 1",
+            [path, line, line],
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def chunk_ids_under(self, prefix: str) -> list[int]:
         rows = self.db.execute(
@@ -912,11 +958,43 @@ class Catalog:
             stats.update(counts)
         return out
 
-    def lexical_search(self, query: str, limit: int, prefix: str | None = None) -> list[tuple[int, float]]:
+    def lexical_document_frequency(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many chunks hold each term (FTS5's own counts, through a temporary fts5vocab
+        table of this connection); terms no chunk has are left out."""
+        self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexical_vocab USING fts5vocab(main, lexical, row)")
+        out: dict[str, int] = {}
+        unique = list(dict.fromkeys(terms))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for term, doc in self.db.execute(f"SELECT term, doc FROM temp.lexical_vocab WHERE term IN ({marks})",
+                                             part):
+                out[str(term)] = int(doc)
+        return out
+
+    def stored_query(self, model: int, chunk_id: int, dim: int) -> tuple[FloatArray, bytes | None, FloatArray | None]:
+        """A chunk's stored embedding for ``model``: its dense vector, its lexical weights as
+        stored (or None) and its multi-vector rows (or None); KeyError when it has none."""
+        row = self.db.execute(
+            "SELECT e.dense, e.sparse, e.colbert FROM chunks c JOIN embeddings e"
+            " ON e.model = ? AND e.chunk_hash = c.content_hash WHERE c.id = ?",
+            [model, chunk_id],
+        ).fetchone()
+        if row is None:
+            raise KeyError(chunk_id)
+        dense, sparse, colbert = row
+        vectors = None
+        row_bytes = dim * np.dtype(np.float16).itemsize
+        if colbert and len(colbert) % row_bytes == 0:
+            vectors = np.frombuffer(colbert, dtype=np.float16).reshape(-1, dim).astype(np.float32)
+        return np.frombuffer(dense, dtype=np.float32), None if sparse is None else bytes(sparse), vectors
+
+    def lexical_search(self, query: str, limit: int, prefix: str | None = None,
+                       terms: Sequence[str] | None = None) -> list[tuple[int, float]]:
         """Chunk ids by BM25 (FTS5's ``bm25()``, k1 = 1.2, b = 0.75) over any of the query's
-        terms (see ragd.lexical), best first, as positive scores; only files under ``prefix``
-        when given."""
-        expr = lexical.query_expression(query)
+        terms (see ragd.lexical; ``terms`` when the caller chose them), best first, as positive
+        scores; only files under ``prefix`` when given."""
+        expr = lexical.query_expression(query) if terms is None else lexical.terms_expression(terms)
         if expr is None:
             return []
         where = ""

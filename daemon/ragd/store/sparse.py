@@ -463,6 +463,26 @@ class LexicalIndex(Postings):
             lengths.append(len(words))
         self.add(items, values=lengths, compact=compact)
 
+    def document_frequency(self, terms: Iterable[str]) -> dict[str, int]:
+        """How many chunks hold each term (postings of removed chunks not yet compacted away
+        included: it only ranks terms by rarity); terms no chunk has are left out."""
+        ids = {t: i for t in dict.fromkeys(terms) if (i := self._vocab.get(t)) is not None}
+        if not ids:
+            return {}
+        view = self._view
+        wanted = np.fromiter(ids.values(), dtype=np.int64, count=len(ids))
+        counts = np.zeros(len(wanted), dtype=np.int64)
+        if len(view.tokens):  # the base: each token's postings run from ptr[i] to ptr[i + 1]
+            at = np.searchsorted(view.tokens, wanted).clip(max=len(view.tokens) - 1)
+            found = view.tokens[at] == wanted
+            counts[found] += (view.ptr[at + 1] - view.ptr[at])[found]
+        if len(view.delta[0]):
+            tokens, per_token = np.unique(view.delta[0], return_counts=True)
+            at = np.searchsorted(tokens, wanted).clip(max=len(tokens) - 1)
+            found = tokens[at] == wanted
+            counts[found] += per_token[at][found]
+        return {t: int(c) for t, c in zip(ids, counts.tolist(), strict=True) if c > 0}
+
     def search(self, terms: Iterable[str], limit: int) -> list[tuple[int, float]]:
         """The ``limit`` chunk ids with the best BM25 score for any of ``terms`` (the
         query's, from ``lexical.terms``), best first (ties by id), as positive scores."""

@@ -24,7 +24,7 @@ class Filters(_message.Message):
     def __init__(self, path_prefixes: _Optional[_Iterable[str]] = ..., globs: _Optional[_Iterable[str]] = ..., extensions: _Optional[_Iterable[str]] = ..., modified_after_unix_ms: _Optional[int] = ..., modified_before_unix_ms: _Optional[int] = ..., root: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "k", "candidates", "rerank", "filters", "deadline_ms", "mode", "weights", "fusion")
+    __slots__ = ("query", "k", "candidates", "rerank", "filters", "deadline_ms", "mode", "weights", "fusion", "like_chunk_id", "like_path", "like_line", "like_same_file")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,10 @@ class SearchRequest(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    LIKE_CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    LIKE_PATH_FIELD_NUMBER: _ClassVar[int]
+    LIKE_LINE_FIELD_NUMBER: _ClassVar[int]
+    LIKE_SAME_FILE_FIELD_NUMBER: _ClassVar[int]
     query: str
     k: int
     candidates: int
@@ -50,10 +54,14 @@ class SearchRequest(_message.Message):
     mode: str
     weights: _containers.ScalarMap[str, float]
     fusion: str
-    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., candidates: _Optional[int] = ..., rerank: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., fusion: _Optional[str] = ...) -> None: ...
+    like_chunk_id: int
+    like_path: str
+    like_line: int
+    like_same_file: bool
+    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., candidates: _Optional[int] = ..., rerank: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., fusion: _Optional[str] = ..., like_chunk_id: _Optional[int] = ..., like_path: _Optional[str] = ..., like_line: _Optional[int] = ..., like_same_file: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("chunk_id", "path", "start_line", "end_line", "page", "heading", "snippet", "score", "retrieval_score", "rerank_score")
+    __slots__ = ("chunk_id", "path", "start_line", "end_line", "page", "heading", "snippet", "score", "retrieval_score", "rerank_score", "end_page")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     START_LINE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +72,7 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    END_PAGE_FIELD_NUMBER: _ClassVar[int]
     chunk_id: int
     path: str
     start_line: int
@@ -74,7 +83,8 @@ class Hit(_message.Message):
     score: float
     retrieval_score: float
     rerank_score: float
-    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., page: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ...) -> None: ...
+    end_page: int
+    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., page: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., end_page: _Optional[int] = ...) -> None: ...
 
 class Models(_message.Message):
     __slots__ = ("embedder", "reranker")
@@ -84,8 +94,26 @@ class Models(_message.Message):
     reranker: str
     def __init__(self, embedder: _Optional[str] = ..., reranker: _Optional[str] = ...) -> None: ...
 
+class QueryUse(_message.Message):
+    __slots__ = ("tokens", "windows", "tokens_embedded", "terms", "terms_used", "rerank_tokens", "like_chunk_id")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    TERMS_USED_FIELD_NUMBER: _ClassVar[int]
+    RERANK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LIKE_CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    windows: int
+    tokens_embedded: int
+    terms: int
+    terms_used: int
+    rerank_tokens: int
+    like_chunk_id: int
+    def __init__(self, tokens: _Optional[int] = ..., windows: _Optional[int] = ..., tokens_embedded: _Optional[int] = ..., terms: _Optional[int] = ..., terms_used: _Optional[int] = ..., rerank_tokens: _Optional[int] = ..., like_chunk_id: _Optional[int] = ...) -> None: ...
+
 class SearchResponse(_message.Message):
-    __slots__ = ("stage", "hits", "timings_ms", "candidates", "reranked", "models", "degraded", "rerank_window")
+    __slots__ = ("stage", "hits", "timings_ms", "candidates", "reranked", "models", "degraded", "rerank_window", "query_use")
     class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STAGE_UNSPECIFIED: _ClassVar[SearchResponse.Stage]
@@ -109,6 +137,7 @@ class SearchResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     RERANK_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    QUERY_USE_FIELD_NUMBER: _ClassVar[int]
     stage: SearchResponse.Stage
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings_ms: _containers.ScalarMap[str, float]
@@ -117,7 +146,8 @@ class SearchResponse(_message.Message):
     models: Models
     degraded: _containers.RepeatedScalarFieldContainer[str]
     rerank_window: int
-    def __init__(self, stage: _Optional[_Union[SearchResponse.Stage, str]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., candidates: _Optional[int] = ..., reranked: _Optional[int] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., rerank_window: _Optional[int] = ...) -> None: ...
+    query_use: QueryUse
+    def __init__(self, stage: _Optional[_Union[SearchResponse.Stage, str]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., candidates: _Optional[int] = ..., reranked: _Optional[int] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., rerank_window: _Optional[int] = ..., query_use: _Optional[_Union[QueryUse, _Mapping]] = ...) -> None: ...
 
 class GetChunkRequest(_message.Message):
     __slots__ = ("chunk_id",)
@@ -126,7 +156,7 @@ class GetChunkRequest(_message.Message):
     def __init__(self, chunk_id: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("chunk_id", "path", "start_line", "end_line", "heading", "text", "page")
+    __slots__ = ("chunk_id", "path", "start_line", "end_line", "heading", "text", "page", "end_page")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     START_LINE_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +164,7 @@ class Chunk(_message.Message):
     HEADING_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
+    END_PAGE_FIELD_NUMBER: _ClassVar[int]
     chunk_id: int
     path: str
     start_line: int
@@ -141,7 +172,8 @@ class Chunk(_message.Message):
     heading: _containers.RepeatedScalarFieldContainer[str]
     text: str
     page: int
-    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., page: _Optional[int] = ...) -> None: ...
+    end_page: int
+    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., page: _Optional[int] = ..., end_page: _Optional[int] = ...) -> None: ...
 
 class ReadFileRequest(_message.Message):
     __slots__ = ("path", "from_line", "count")
@@ -186,7 +218,7 @@ class FailedFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RootStatus(_message.Message):
-    __slots__ = ("path", "files_indexed", "files_pending", "files_failed", "failures", "current_file", "watching")
+    __slots__ = ("path", "files_indexed", "files_pending", "files_failed", "failures", "current_file", "watching", "suspended", "suspended_reason", "watch_problem")
     PATH_FIELD_NUMBER: _ClassVar[int]
     FILES_INDEXED_FIELD_NUMBER: _ClassVar[int]
     FILES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +226,9 @@ class RootStatus(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FILE_FIELD_NUMBER: _ClassVar[int]
     WATCHING_FIELD_NUMBER: _ClassVar[int]
+    SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    SUSPENDED_REASON_FIELD_NUMBER: _ClassVar[int]
+    WATCH_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     path: str
     files_indexed: int
     files_pending: int
@@ -201,10 +236,13 @@ class RootStatus(_message.Message):
     failures: _containers.RepeatedCompositeFieldContainer[FailedFile]
     current_file: str
     watching: bool
-    def __init__(self, path: _Optional[str] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[FailedFile, _Mapping]]] = ..., current_file: _Optional[str] = ..., watching: _Optional[bool] = ...) -> None: ...
+    suspended: bool
+    suspended_reason: str
+    watch_problem: str
+    def __init__(self, path: _Optional[str] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[FailedFile, _Mapping]]] = ..., current_file: _Optional[str] = ..., watching: _Optional[bool] = ..., suspended: _Optional[bool] = ..., suspended_reason: _Optional[str] = ..., watch_problem: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version")
+    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     FILES_INDEXED_FIELD_NUMBER: _ClassVar[int]
     FILES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +256,7 @@ class StatusResponse(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRITER_ERROR_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     files_indexed: int
     files_pending: int
@@ -231,7 +270,8 @@ class StatusResponse(_message.Message):
     tokens_per_second: float
     eta_seconds: float
     version: str
-    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ...) -> None: ...
+    writer_error: str
+    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ...) -> None: ...
 
 class Root(_message.Message):
     __slots__ = ("path", "configured")
