@@ -3,6 +3,7 @@ modification time, root). Applied as a set of allowed chunk ids before ranking."
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ def normalise_filters(f: Filters) -> Filters:
             raise UsageError(f"filters.extensions: {e!r} is not a file extension")
         exts.append(e)
     try:
-        pathspec.GitIgnoreSpec.from_lines(f.globs)
+        glob_spec(tuple(f.globs))
     except Exception as exc:
         raise UsageError(f"filters.globs: invalid pattern: {exc}") from exc
     if f.modified_after is not None and f.modified_before is not None and f.modified_after >= f.modified_before:
@@ -63,7 +64,14 @@ def normalise_filters(f: Filters) -> Filters:
         if not os.path.isabs(expanded):
             raise UsageError(f"filters.root: {f.root!r} is not an absolute path")
         root = os.path.normpath(expanded)
-    return Filters(tuple(prefixes), f.globs, tuple(exts), f.modified_after, f.modified_before, root)
+    return Filters(tuple(prefixes), tuple(f.globs), tuple(exts), f.modified_after, f.modified_before, root)
+
+
+@functools.lru_cache(maxsize=64)
+def glob_spec(globs: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    """The compiled form of a glob list: compiled once and reused for every file a search
+    checks (and by later searches with the same globs), not once per file."""
+    return pathspec.GitIgnoreSpec.from_lines(globs)
 
 
 def matches(f: Filters, path: str, root: str, mtime_ns: int) -> bool:
@@ -81,6 +89,6 @@ def matches(f: Filters, path: str, root: str, mtime_ns: int) -> bool:
         return False
     if f.globs:
         rel = os.path.relpath(path, root) if root else path
-        if not pathspec.GitIgnoreSpec.from_lines(f.globs).match_file(rel):
+        if not glob_spec(tuple(f.globs)).match_file(rel):
             return False
     return True

@@ -22,21 +22,36 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 )
 
 
+DIR_CACHE = 65536
+"""Folders whose verdict a filter remembers (then it starts over): a file's folders are
+checked once per folder, not once per file."""
+
+
 class PathFilter:
-    """Accepts a path relative to its root (POSIX separators) or rejects it."""
+    """Accepts a path relative to its root (POSIX separators) or rejects it. The patterns are
+    compiled once, here."""
 
     def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
         self._include = pathspec.GitIgnoreSpec.from_lines(include) if include else None
         self._exclude = pathspec.GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *exclude])
+        self._dirs: dict[str, bool] = {}  # folder (relative, no trailing slash) -> excluded itself
 
     def accepts_dir(self, rel: str) -> bool:
-        return not self._exclude.match_file(rel.rstrip("/") + "/")
+        return not self._dir_excluded(rel.rstrip("/"))
+
+    def _dir_excluded(self, rel: str) -> bool:
+        verdict = self._dirs.get(rel)
+        if verdict is None:
+            if len(self._dirs) >= DIR_CACHE:
+                self._dirs.clear()
+            verdict = self._dirs[rel] = bool(self._exclude.match_file(rel + "/"))
+        return verdict
 
     def accepts(self, rel: str) -> bool:
         if self._exclude.match_file(rel):
             return False
         parts = rel.split("/")
         for i in range(1, len(parts)):
-            if self._exclude.match_file("/".join(parts[:i]) + "/"):
+            if self._dir_excluded("/".join(parts[:i])):
                 return False
         return self._include is None or bool(self._include.match_file(rel))
