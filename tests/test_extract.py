@@ -75,7 +75,7 @@ def test_cp1252() -> None:
     assert doc.text == text and doc.encoding == "cp1252"
 
 
-@pytest.mark.parametrize("name", ["photo.png", "Song.MP3", "backup.tar.gz", "report.pdf", "x.docx", "lib.so",
+@pytest.mark.parametrize("name", ["photo.png", "Song.MP3", "backup.tar.gz", "old.doc", "lib.so",
                                   "app.exe", "font.woff2", "cache.sqlite", "mod.pyc"])
 def test_binary_by_suffix(name: str) -> None:
     with pytest.raises(ExtractError, match=r"^binary file type \(\.[a-z0-9]+\)$") as info:

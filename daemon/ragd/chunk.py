@@ -11,13 +11,15 @@ cut, and each cut costs one counter call when the guess is right, a few more oth
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Chunk", "TokenCounter", "chunk_document"]
+__all__ = ["Chunk", "HeadingLike", "TokenCounter", "chunk_document"]
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
 """Counts the tokens of each text with the embedder's tokenizer, special tokens excluded."""
@@ -25,13 +27,29 @@ TokenCounter = Callable[[Sequence[str]], list[int]]
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of a document: its original text (stripped), 1-based line span and heading path."""
+    """A piece of a document: its original text (stripped), 1-based line span, heading path and,
+    for paged formats, its first and last page (1-based; 0 when the format has no pages)."""
 
     text: str
     start_line: int
     end_line: int
     heading: tuple[str, ...]
     token_count: int
+    page: int = 0
+    end_page: int = 0
+
+
+class HeadingLike(Protocol):
+    """A heading given by the extractor: 1-based line, level (1 = top) and title."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def level(self) -> int: ...
+
+    @property
+    def title(self) -> str: ...
 
 
 # Unit levels, coarse to fine.
@@ -96,18 +114,30 @@ class _Counter:
 
 
 def chunk_document(
-    text: str, kind: str, count_tokens: TokenCounter, max_tokens: int, overlap_tokens: int
+    text: str, kind: str, count_tokens: TokenCounter, max_tokens: int, overlap_tokens: int,
+    headings: Sequence[HeadingLike] | None = None, page_lines: Sequence[int] = (),
 ) -> list[Chunk]:
     """Chunks of at most ``max_tokens`` tokens covering all of ``text``, in document order.
 
-    ``kind`` is "markdown", "rst", "code" or "text"; ``overlap_tokens`` (at most half the
-    budget is used) is how much of a section's previous chunk each later chunk repeats.
+    ``kind`` is "markdown", "rst", "code" or "text" (other kinds: no heading syntax);
+    ``overlap_tokens`` (at most half the budget is used) is how much of a section's previous
+    chunk each later chunk repeats. ``headings`` (an extractor's, by line) replace the ones
+    found from the kind's syntax; ``page_lines`` (the 1-based line where each page starts)
+    give each chunk its first and last page.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     if not text.strip():
         return []
-    return _Chunker(text, kind, _Counter(count_tokens), max_tokens, max(0, min(overlap_tokens, max_tokens // 2))).run()
+    chunker = _Chunker(text, kind, _Counter(count_tokens), max_tokens, max(0, min(overlap_tokens, max_tokens // 2)))
+    if headings is not None:
+        chunker.given = [_Heading(h.line - 1, h.level, h.title) for h in headings]
+    chunks = chunker.run()
+    if not page_lines:
+        return chunks
+    starts = list(page_lines)
+    return [dataclasses.replace(c, page=max(1, bisect_right(starts, c.start_line)),
+                                end_page=max(1, bisect_right(starts, c.end_line))) for c in chunks]
 
 
 class _Chunker:
@@ -118,6 +148,7 @@ class _Chunker:
         self.max = max_tokens
         self.overlap = overlap
         self.line_starts = [0, *(m.end() for m in re.finditer("\n", text))]
+        self.given: list[_Heading] | None = None
 
     # -- driver -------------------------------------------------------------------------
 
@@ -147,7 +178,9 @@ class _Chunker:
         """Sections (trimmed spans) with heading paths and blank-line separated blocks."""
         lines = self.text.split("\n")
         in_fence = [False] * len(lines)
-        if self.kind == "markdown":
+        if self.given is not None:
+            headings = sorted((h for h in self.given if 0 <= h.line < len(lines)), key=lambda h: h.line)
+        elif self.kind == "markdown":
             headings = _markdown_headings(lines, in_fence)
         elif self.kind == "rst":
             headings = _rst_headings(lines)

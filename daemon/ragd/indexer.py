@@ -10,6 +10,7 @@ file and never aborts the run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import stat
@@ -25,10 +26,14 @@ from ragd.chunk import chunk_document
 from ragd.config import RootConfig
 from ragd.engine import Engine
 from ragd.errors import ExtractError, UsageError
-from ragd.extract import extract
+from ragd.extract import DocumentError, Limits, extract
+from ragd.extract import configure as configure_extract
 from ragd.paths import PathFilter
 from ragd.store.catalog import FileRow, FileUpdate, NewChunk, NewEmbedding
 from ragd.walk import walk
+
+EXTRACT_ATTEMPTS = 3
+"""Reads of a file that keeps changing while it is extracted before its latest bytes are kept."""
 
 
 def content_hash(data: bytes) -> str:
@@ -192,6 +197,8 @@ class Indexer:
         self.embedder = engine.models.embedder
         self.max_tokens = min(self.cfg.chunking.max_tokens, self.embedder.max_tokens)
         self.overlap = min(self.cfg.chunking.overlap_tokens, self.max_tokens // 2)
+        self.limits = Limits(**dataclasses.asdict(self.cfg.extract))
+        configure_extract(self.limits)  # ReadFile / GetChunk extract within the same limits
 
     def run(self, paths: Sequence[Path] = (), *, lock: bool = True) -> IndexReport:
         """Index ``paths`` (or every known root). ``lock=False`` when the caller already
@@ -291,30 +298,48 @@ class Indexer:
             report.files_skipped += 1
             return _Pending(update("skipped", None, f"file too large ({st.st_size} bytes > indexing.max_file_bytes)",
                                    chunks=()))
+        for attempt in range(EXTRACT_ATTEMPTS):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                report.files_failed += 1
+                return _Pending(update("failed", None, f"cannot read: {exc.strerror or exc}", chunks=()))
+            digest = content_hash(data)
+            if (row is not None and row.content_hash == digest
+                    and (row.status != "indexed" or row.model == self.engine.model_key)):
+                # Touched but not changed: record the new stat, keep the chunks.
+                report.files_unchanged += 1
+                return _Pending(update(row.status, digest, row.error, chunks=None))
+            failure: tuple[str, str] | None = None
+            try:
+                doc = extract(path, data, self.limits)
+            except DocumentError as exc:  # a document that cannot be read: damaged, encrypted, over a limit
+                failure = ("failed", str(exc))
+            except ExtractError as exc:  # not text, and no extractor reads it
+                failure = ("skipped", str(exc))
+            try:
+                after = path.stat()
+            except OSError:
+                break
+            if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns) or attempt + 1 == EXTRACT_ATTEMPTS:
+                break
+            st = after  # changed while it was read or extracted: read it again (the stat recorded stays older)
+        if failure is not None:
+            status, reason = failure
+            if status == "failed":
+                report.files_failed += 1
+            else:
+                report.files_skipped += 1
+            return _Pending(update(status, digest, reason, chunks=()))
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            report.files_failed += 1
-            return _Pending(update("failed", None, f"cannot read: {exc.strerror or exc}", chunks=()))
-        digest = content_hash(data)
-        if (row is not None and row.content_hash == digest
-                and (row.status != "indexed" or row.model == self.engine.model_key)):
-            # Touched but not changed: record the new stat, keep the chunks.
-            report.files_unchanged += 1
-            return _Pending(update(row.status, digest, row.error, chunks=None))
-        try:
-            doc = extract(path, data)
-        except ExtractError as exc:
-            report.files_skipped += 1
-            return _Pending(update("skipped", digest, str(exc), chunks=()))
-        try:
-            chunks = chunk_document(doc.text, doc.kind, self.embedder.count_tokens, self.max_tokens, self.overlap)
+            chunks = chunk_document(doc.text, doc.kind, self.embedder.count_tokens, self.max_tokens, self.overlap,
+                                    headings=doc.headings, page_lines=doc.page_lines)
         except Exception as exc:  # a chunker bug on one file must not stop the run
             report.files_failed += 1
             return _Pending(update("failed", digest, f"cannot chunk: {type(exc).__name__}: {exc}", chunks=()))
         new = tuple(
             NewChunk(c.text, c.start_line, c.end_line, tuple(c.heading), c.token_count,
-                     content_hash(c.text.encode("utf-8")))
+                     content_hash(c.text.encode("utf-8")), c.page, c.end_page)
             for c in chunks
         )
         report.files_indexed += 1

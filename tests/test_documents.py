@@ -1,0 +1,241 @@
+"""Documents: real files of every format (tests/docfiles.py) give their text, headings and
+pages; content decides the format over the suffix; chunks carry pages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import docfiles
+import pytest
+
+from ragd.chunk import chunk_document
+from ragd.errors import ExtractError
+from ragd.extract import Document, DocumentError, Limits, extract
+
+IN_PROCESS = Limits(isolate=False)
+
+
+def words(texts: Sequence[str]) -> list[int]:
+    return [len(t.split()) for t in texts]
+
+
+def titles(doc: Document) -> list[tuple[int, str]]:
+    return [(h.level, h.title) for h in doc.headings or ()]
+
+
+def line_of(doc: Document, needle: str) -> int:
+    """1-based number of the first line holding ``needle``."""
+    return next(i for i, line in enumerate(doc.text.split("\n"), 1) if needle in line)
+
+
+def page_of(doc: Document, line: int) -> int:
+    return sum(1 for start in doc.page_lines if start <= line)
+
+
+@pytest.mark.parametrize("limits", [None, IN_PROCESS], ids=["isolated", "in-process"])
+def test_pdf_text_per_page(limits: Limits | None) -> None:
+    data = docfiles.pdf([["Otters hold hands while sleeping.", "A second line on page one."],
+                         ["Page two talks about beavers."], [], ["The fourth page mentions herons."]])
+    doc = extract(Path("paper.pdf"), data, limits)
+    assert doc.kind == "pdf" and len(doc.page_lines) == 4
+    assert page_of(doc, line_of(doc, "Otters hold hands")) == 1
+    assert page_of(doc, line_of(doc, "beavers")) == 2
+    assert page_of(doc, line_of(doc, "herons")) == 4  # page 3 has no text
+    assert "A second line on page one." in doc.text
+
+
+def test_pdf_chunks_carry_first_and_last_page() -> None:
+    pages = [[f"Page {p} sentence {i} about the migration of eels." for i in range(30)] for p in range(1, 7)]
+    doc = extract(Path("long.pdf"), docfiles.pdf(pages))
+    chunks = chunk_document(doc.text, doc.kind, words, 120, 0, headings=doc.headings, page_lines=doc.page_lines)
+    assert len(chunks) > 6
+    for c in chunks:
+        first = int(c.text.split()[1])
+        last = int(c.text.rsplit("Page ", 1)[1].split()[0])
+        assert (c.page, c.end_page) == (first, last)
+    assert any(c.page != c.end_page for c in chunks)
+    assert (chunks[0].page, chunks[-1].end_page) == (1, 6)
+
+
+def test_unpaged_chunks_have_page_zero() -> None:
+    chunks = chunk_document("# A\n\ntext\n", "markdown", words, 50, 0)
+    assert [(c.page, c.end_page) for c in chunks] == [(0, 0)]
+
+
+def test_docx_headings_from_styles_and_tables() -> None:
+    data = docfiles.docx("Field notes", [("Rivers", 1, ["Otters build dens in riverbanks."]),
+                                        ("Estuaries", 2, ["Herons wade in shallow water."])],
+                         table=[["animal", "count"], ["otter", "4"]])
+    doc = extract(Path("notes.docx"), data)
+    assert titles(doc) == [(1, "Field notes"), (2, "Rivers"), (3, "Estuaries")]
+    assert "Otters build dens in riverbanks." in doc.text
+    assert "otter | 4" in doc.text
+    chunks = chunk_document(doc.text, doc.kind, words, 8, 0, headings=doc.headings)
+    herons = next(c for c in chunks if "Herons" in c.text)
+    assert herons.heading == ("Field notes", "Rivers", "Estuaries")
+    assert herons.page == 0
+
+
+def test_pptx_slides_titles_notes_and_pages() -> None:
+    data = docfiles.pptx([("Quarterly goals", ["Ship the indexer", "Hire two engineers"], "Mention the budget."),
+                          ("Risks", ["Supplier delays"], "Speaker notes about delays.")])
+    doc = extract(Path("deck.pptx"), data)
+    assert titles(doc) == [(1, "Quarterly goals"), (1, "Risks")]
+    assert len(doc.page_lines) == 2
+    assert page_of(doc, line_of(doc, "Hire two engineers")) == 1
+    assert page_of(doc, line_of(doc, "Speaker notes about delays.")) == 2
+    assert "Mention the budget." in doc.text
+
+
+def test_xlsx_sheets_rows_as_text() -> None:
+    data = docfiles.xlsx([("Budget", [["item", "cost"], ["tea", 3], ["cake", 4.5]]), ("Flags", [["done", True]])])
+    doc = extract(Path("book.xlsx"), data)
+    assert titles(doc) == [(1, "Budget"), (1, "Flags")]
+    lines = doc.text.split("\n")
+    assert "tea | 3" in lines and "cake | 4.5" in lines and "done | TRUE" in lines
+
+
+def test_ods_sheets_rows_as_text() -> None:
+    doc = extract(Path("sheet.ods"), docfiles.ods([("Inventory", [["apples", "12"], ["pears", "7"]]),
+                                                   ("Notes", [["checked by Ann"]])]))
+    assert titles(doc) == [(1, "Inventory"), (1, "Notes")]
+    assert "apples | 12" in doc.text and "checked by Ann" in doc.text
+    assert len(doc.text) < 200  # the million padding rows are not text
+
+
+def test_odt_headings_and_paragraphs() -> None:
+    doc = extract(Path("letter.odt"), docfiles.odt([("Greeting", 1, ["Dear neighbours,", "the fence is fixed."]),
+                                                    ("Costs", 2, ["Forty euros each."])]))
+    assert titles(doc) == [(1, "Greeting"), (2, "Costs")]
+    assert "the fence is fixed." in doc.text and "Forty euros each." in doc.text
+
+
+def test_rtf_text() -> None:
+    doc = extract(Path("memo.rtf"), docfiles.rtf(["Meeting moved to Thursday.", "Bring the café receipts."]))
+    assert "Meeting moved to Thursday." in doc.text and "Bring the café receipts." in doc.text
+    assert "rtf1" not in doc.text and "fonttbl" not in doc.text
+
+
+def test_html_main_content_title_and_headings() -> None:
+    data = docfiles.html("Saved article", "How otters sleep", ["They float on their backs.", "Holding paws."])
+    doc = extract(Path("article.html"), data)
+    assert titles(doc) == [(1, "Saved article"), (1, "How otters sleep"), (2, "Details")]
+    assert "They float on their backs." in doc.text
+    for boilerplate in ("tracking", "navigation link", "Site banner", "Copyright footer", "color: red"):
+        assert boilerplate not in doc.text
+
+
+def test_epub_chapters_in_order_with_titles() -> None:
+    data = docfiles.epub("A Book", [("Chapter 1: The River", ["The river was cold."]),
+                                    ("Chapter 2: The Sea", ["The sea was colder."])])
+    doc = extract(Path("book.epub"), data)
+    assert titles(doc) == [(1, "Chapter 1: The River"), (1, "Chapter 2: The Sea")]
+    assert doc.text.index("The river was cold.") < doc.text.index("The sea was colder.")
+
+
+def test_eml_headers_body_and_attachment() -> None:
+    attachment = docfiles.docx("Attached plan", [("Steps", 1, ["Replace the pump on Monday."])])
+    data = docfiles.eml("Pump repair", "Ann <ann@example.org>", "Please read the plan.\nThanks.",
+                        [("plan.docx", attachment), ("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00")])
+    doc = extract(Path("mail.eml"), data)
+    assert titles(doc)[:2] == [(1, "Pump repair"), (2, "Attachment: plan.docx")]
+    for needle in ("From: Ann <ann@example.org>", "Date: Tue, 03 Mar 2026", "Please read the plan.",
+                   "Replace the pump on Monday."):
+        assert needle in doc.text
+    assert "PNG" not in doc.text
+
+
+def test_mbox_messages() -> None:
+    data = docfiles.mbox([docfiles.eml("First", "a@example.org", "Body one."),
+                          docfiles.eml("Second", "b@example.org", "From the start, body two.")])
+    doc = extract(Path("archive.mbox"), data)
+    assert titles(doc) == [(1, "First"), (1, "Second")]
+    assert "Body one." in doc.text and "From the start, body two." in doc.text
+
+
+def test_notebook_cells_without_outputs() -> None:
+    data = docfiles.ipynb([("markdown", "# Analysis\n\nWe count otters."), ("code", "otters = count()\n")])
+    doc = extract(Path("nb.ipynb"), data)
+    assert doc.kind == "markdown"
+    assert "We count otters." in doc.text and "otters = count()" in doc.text
+    assert "OUTPUT_MUST_NOT_BE_INDEXED" not in doc.text and '"cell_type"' not in doc.text
+    chunks = chunk_document(doc.text, doc.kind, words, 50, 0)
+    assert chunks[0].heading == ("Analysis",)
+
+
+# -- content over suffix -------------------------------------------------------------------
+
+def test_pdf_named_txt_is_read_as_pdf() -> None:
+    doc = extract(Path("notes.txt"), docfiles.pdf([["Hidden in a text file."]]))
+    assert doc.kind == "pdf" and "Hidden in a text file." in doc.text
+
+
+def test_docx_named_bin_is_read_as_docx() -> None:
+    doc = extract(Path("download.bin"), docfiles.docx("T", [("H", 1, ["Word inside."])]))
+    assert doc.kind == "docx"
+
+
+@pytest.mark.parametrize(("name", "data", "reason"), [
+    ("fake.pdf", b"just some words in a text file\n", "not a PDF, although named .pdf: the content is text"),
+    ("fake.docx", b"plain words\n", "not a Word document, although named .docx: the content is text"),
+    ("fake.epub", b"\x00\x01\x02binary", "not a EPUB book, although named .epub: the content is binary data"),
+])
+def test_wrong_suffix_is_reported(name: str, data: bytes, reason: str) -> None:
+    with pytest.raises(DocumentError, match="^" + reason.replace(".", r"\.") + "$"):
+        extract(Path(name), data)
+
+
+# -- damaged, encrypted, empty ---------------------------------------------------------------
+
+def test_truncated_pdf() -> None:
+    data = docfiles.pdf([["Some text."] * 40] * 5)
+    with pytest.raises(DocumentError, match="truncated PDF"):
+        extract(Path("cut.pdf"), data[: len(data) // 2])
+
+
+def test_encrypted_pdf() -> None:
+    with pytest.raises(DocumentError, match=r"^encrypted PDF \(needs a password\)$"):
+        extract(Path("locked.pdf"), docfiles.encrypted_pdf([["Secret text."]]))
+
+
+def test_pdf_without_text_layer() -> None:
+    with pytest.raises(DocumentError, match=r"no text layer"):
+        extract(Path("scan.pdf"), docfiles.scanned_pdf())
+
+
+def test_truncated_docx() -> None:
+    data = docfiles.docx("T", [("H", 1, ["text " * 200])])
+    with pytest.raises(DocumentError, match=r"^damaged or truncated Word document"):
+        extract(Path("cut.docx"), data[: len(data) - 200])
+
+
+def test_encrypted_office_document() -> None:
+    data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500) + "EncryptedPackage".encode("utf-16-le") + bytes(500)
+    with pytest.raises(DocumentError, match="encrypted Office document"):
+        extract(Path("locked.docx"), data)
+
+
+def test_legacy_office_file_is_skipped_not_failed() -> None:
+    data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(1000)
+    with pytest.raises(ExtractError, match="legacy Office format") as info:
+        extract(Path("old.doc"), data)
+    assert not isinstance(info.value, DocumentError)
+
+
+def test_zip_bomb_over_total_size() -> None:
+    data = docfiles.zip_bomb_docx(24 << 20)
+    with pytest.raises(DocumentError, match=r"zip bomb\? Word document unpacks to \d+ bytes.*max_unzipped_bytes"):
+        extract(Path("bomb.docx"), data, Limits(max_unzipped_bytes=16 << 20))
+
+
+def test_zip_bomb_over_ratio() -> None:
+    data = docfiles.zip_bomb_docx(24 << 20)
+    assert len(data) < 200_000
+    with pytest.raises(DocumentError, match=r"zip bomb\? Word document unpacks \d+x .*max_zip_ratio"):
+        extract(Path("bomb.docx"), data)
+
+
+def test_text_files_still_decoded_in_process() -> None:
+    doc = extract(Path("a.md"), b"# Title\n\nbody\n")
+    assert doc == Document("# Title\n\nbody\n", "markdown", "utf-8")

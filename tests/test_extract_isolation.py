@@ -1,0 +1,89 @@
+"""Extraction in worker processes: a hang is cut at the time limit, a crash or a memory hog
+fails that file only, and the next file is read as usual."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import docfiles
+import extract_fakes  # noqa: F401  (registers the misbehaving extractors)
+import pytest
+
+from ragd.extract import DocumentError, Limits, extract
+from ragd.extract.isolate import POOL
+
+PDF = docfiles.pdf([["A healthy PDF after the trouble."]])
+
+
+def test_hang_is_cut_at_the_time_limit() -> None:
+    started = time.monotonic()
+    with pytest.raises(DocumentError, match=r"^extraction timed out after 1 s \(extract\.timeout_s\)$"):
+        extract(Path("stuck.hang"), b"x", Limits(timeout_s=1.0))
+    assert time.monotonic() - started < 5
+    assert "healthy" in extract(Path("next.pdf"), PDF, Limits(timeout_s=1.0)).text
+
+
+def test_crash_fails_the_file_only() -> None:
+    with pytest.raises(DocumentError, match=r"^extractor crashed \(SIGSEGV"):
+        extract(Path("bad.crash"), b"x")
+    assert "healthy" in extract(Path("next.pdf"), PDF).text
+
+
+def test_memory_limit() -> None:
+    with pytest.raises(DocumentError, match=r"^out of memory: over extract\.memory_mb = 512 MiB$"):
+        extract(Path("big.hog"), b"x", Limits(memory_mb=512))
+    assert "healthy" in extract(Path("next.pdf"), PDF, Limits(memory_mb=512)).text
+
+
+def test_workers_are_reused_and_serve_threads_at_once() -> None:
+    extract(Path("warm.pdf"), PDF)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            data = docfiles.pdf([[f"Thread number {i} was here."]])
+            results.append(extract(Path(f"t{i}.pdf"), data).text)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(r.split()[2] for r in results) == ["0", "1", "2", "3"]
+    assert 1 <= len(POOL._idle) <= 2
+
+
+def test_workers_outlive_the_thread_that_started_them() -> None:
+    """gRPC threads come and go: a worker one of them needed stays for the next file."""
+    POOL.close()
+    thread = threading.Thread(target=lambda: extract(Path("a.pdf"), PDF))
+    thread.start()
+    thread.join(30)
+    time.sleep(0.5)
+    assert POOL._idle and all(w.alive() for w in POOL._idle)
+
+
+def test_a_hang_does_not_block_other_threads() -> None:
+    """A slow extraction on one thread (the writer) leaves another (ReadFile) free to extract."""
+    outcome: list[str] = []
+    slow = threading.Thread(target=lambda: outcome.append(_failure(Path("slow.hang"), Limits(timeout_s=8.0))))
+    slow.start()
+    time.sleep(0.3)
+    assert "healthy" in extract(Path("quick.pdf"), PDF).text
+    assert slow.is_alive() and not outcome  # answered while the hang was still running
+    slow.join(20)
+    assert outcome and "timed out" in outcome[0]
+
+
+def _failure(path: Path, limits: Limits) -> str:
+    try:
+        extract(path, b"x", limits)
+    except DocumentError as exc:
+        return str(exc)
+    return "no failure"
