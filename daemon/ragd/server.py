@@ -499,11 +499,6 @@ class Daemon:
         watch limit): such a root is scanned every few minutes instead. Empty without watching."""
         return {str(root): why for root, why in self.watcher.trouble().items()}
 
-    def watch_problems(self) -> dict[str, str]:
-        """Root -> why it is not (fully) watched now (a folder that cannot be watched, the inotify
-        watch limit): such a root is scanned every few minutes instead. Empty without watching."""
-        return {str(root): why for root, why in self.watcher.trouble().items()}
-
     @staticmethod
     def _problem(root: str, catalog: Catalog) -> str | None:
         return root_problem(root, lambda: catalog.count_root_files(root))
