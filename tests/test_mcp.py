@@ -137,7 +137,7 @@ def file_lines(path: str, start: int, end: int) -> list[str]:
 
 def test_tools_are_read_only_with_output_schemas(daemon: Daemon) -> None:
     tools = session(stdio(daemon.config), lambda c: c.list_tools()).tools
-    assert {t.name for t in tools} == {"search", "get", "multi_get", "status"}
+    assert {t.name for t in tools} == {"search", "get", "multi_get", "similar", "status"}
     for tool in tools:
         assert tool.annotations is not None and tool.annotations.read_only_hint is True, tool.name
         assert tool.annotations.destructive_hint is False and tool.annotations.open_world_hint is False
@@ -202,6 +202,17 @@ def test_search_get_and_status_over_stdio(daemon: Daemon) -> None:
     assert multi["passages"][2]["text"] == NOTES["beta.txt"].splitlines()[0]
     assert [f["ref"] for f in multi["failures"]] == ["/etc/passwd"]
     assert "not allowed" in multi["failures"][0]["error"]
+
+    by_chunk, by_line, outside = calls(
+        stdio(daemon.config),
+        ("similar", {"chunk_id": hit["chunk_id"], "limit": 5}),
+        ("similar", {"citation": f"{alpha}:3", "same_file": True}),
+        ("similar", {"citation": "/etc/passwd:1"}),
+    )
+    like = ok(by_chunk)
+    assert like["hits"] and all(h["path"] != alpha for h in like["hits"])  # its file is left out
+    assert hit["chunk_id"] not in {h["chunk_id"] for h in ok(by_line)["hits"]}
+    assert "not allowed" in error(outside)
 
 
 def test_hostile_inputs_are_tool_errors(daemon: Daemon) -> None:

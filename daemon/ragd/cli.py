@@ -485,12 +485,15 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
               help="Narrowest rerank window a deadline may use (default: search.rerank_min_tokens).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where indexes are kept between runs (default: data_dir/eval).")
+@click.option("--long-queries", is_flag=True,
+              help="Score long queries instead: each document's judged questions joined into one query.")
 @config_option
 @json_option
 def eval_command(
     dataset: Path, embedder: str | None, reranker: str | None, precision: str | None, backend: str | None,
     mode: str | None, fusion: str | None, weights: tuple[str, ...], rerank: bool, deadline: float | None,
-    rerank_min_tokens: int | None, cache_dir: Path | None, config_file: str | None, as_json: bool,
+    rerank_min_tokens: int | None, cache_dir: Path | None, long_queries: bool, config_file: str | None,
+    as_json: bool,
 ) -> None:
     """Score retrieval on DATASET, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv):
     nDCG@10, Recall@100, MRR@10 and query latency, through the daemon's search code. The
@@ -523,6 +526,10 @@ def eval_command(
         cache = cache_dir if cache_dir is not None else cfg.data_dir / "eval"
         with _RichProgress() as progress:
             index = open_eval(dataset, cfg, cache, rerank=rerank, progress=progress)
+        if long_queries:
+            from ragd.evaluate import long_queries as joined
+
+            index = dataclasses.replace(index, dataset=joined(index.dataset))
         try:
             report = score_queries(index, rerank=rerank, mode=mode, weights=parsed, fusion=fusion, deadline=deadline)
         finally:
@@ -554,6 +561,10 @@ def eval_command(
         click.echo(f"  reranked per query: mean {rr['mean']:g}, min {rr['min']:g}"
                    + (f"; {rr['windowed_queries']:g} queries read through windows (narrowest {rr['narrowest_window']:g}"
                       " tokens)" if rr["windowed_queries"] else ""))
+    qu = report.query_use
+    if qu.get("windowed_queries"):
+        click.echo(f"  long queries: {qu['windowed_queries']:g} read in several windows (mean {qu['mean_tokens']:g} "
+                   f"tokens, at most {qu['max_tokens']:g}; mean {qu['mean_windows']:g} windows)")
     click.echo(f"  index: {report.index_seconds:.1f} s, {report.tokens_embedded} tokens embedded, "
                f"{report.tokens_per_second:,.0f} tokens/s")
 

@@ -70,6 +70,24 @@ def load_beir(folder: Path, split: str = "test") -> Dataset:
     return Dataset(folder.name, corpus, queries, qrels, answers)
 
 
+def long_queries(dataset: Dataset, min_parts: int = 2) -> Dataset:
+    """The long-query form of a collection: for each document, every question judged relevant
+    to it joined into one query (as an assistant passes a whole message), judged against that
+    document alone; documents with fewer than ``min_parts`` questions are left out."""
+    by_doc: dict[str, list[str]] = {}
+    for qid in sorted(dataset.queries):
+        for doc, grade in sorted(dataset.qrels.get(qid, {}).items()):
+            if grade > 0:
+                by_doc.setdefault(doc, []).append(dataset.queries[qid].strip())
+    queries: dict[str, str] = {}
+    qrels: Qrels = {}
+    for doc, texts in sorted(by_doc.items()):
+        if len(texts) >= min_parts:
+            queries[f"long-{doc}"] = " ".join(texts)
+            qrels[f"long-{doc}"] = {doc: 1}
+    return Dataset(dataset.name, dataset.corpus, queries, qrels, {})
+
+
 def _lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 file; bytes that are not UTF-8 are a one-line error naming the line."""
     with path.open("rb") as fh:
@@ -154,6 +172,7 @@ class EvalReport:
     chunk_metrics: dict[str, float] | None = None  # with answers.jsonl: chunks containing the answer
     deadline_s: float | None = None  # each search's deadline, when one was set
     reranked: dict[str, float] | None = None  # with a reranker: candidates reranked per query, and windows
+    query_use: dict[str, float] = field(default_factory=dict)  # the queries' tokens, windows and terms
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -171,6 +190,7 @@ class EvalReport:
             out["deadline_s"] = self.deadline_s
         if self.reranked is not None:
             out["reranked"] = self.reranked
+        out["query_use"] = self.query_use
         return out
 
 
@@ -288,6 +308,7 @@ def score_queries(
         prime_rerank_pace(reranker, cfg.rerank_max_tokens, cfg.rerank_floor)
     reranked: list[int] = []
     windows: list[int] = []
+    uses: list[Any] = []
     for qid, text in dataset.queries.items():
         if deadline is not None:
             options = dataclasses.replace(options, deadline=time.monotonic() + deadline)
@@ -296,6 +317,7 @@ def score_queries(
         latencies.append((time.perf_counter() - t) * 1000)
         reranked.append(result.reranked)
         windows.append(result.rerank_window)
+        uses.append(result.query_use)
         ranking: list[str] = []
         for hit in result.hits:
             doc = _doc_id(hit.path)
@@ -326,8 +348,23 @@ def score_queries(
         latency_ms=_percentiles(latencies), degraded=list(models.degraded), run=run,
         mode=mode or cfg.mode, fusion=fusion or cfg.fusion, weights=used, chunks=eng.catalog.count_chunks(),
         tokens_embedded=index.tokens_embedded, chunk_metrics=chunk_metrics, deadline_s=deadline,
-        reranked=rerank_stats,
+        reranked=rerank_stats, query_use=_query_use_stats(uses),
     )
+
+
+def _query_use_stats(uses: Sequence[Any]) -> dict[str, float]:
+    """Mean and largest query tokens, how many queries were read in several windows, and the
+    mean share of full-text terms BM25 scored."""
+    if not uses:
+        return {}
+    n = len(uses)
+    return {
+        "mean_tokens": round(sum(u.tokens for u in uses) / n, 1),
+        "max_tokens": max(u.tokens for u in uses),
+        "windowed_queries": sum(1 for u in uses if u.windows > 1),
+        "mean_windows": round(sum(u.windows for u in uses) / n, 2),
+        "terms_used_share": round(sum(u.terms_used / u.terms if u.terms else 1.0 for u in uses) / n, 3),
+    }
 
 
 def _answer_chunks(index: EvalIndex) -> Qrels:

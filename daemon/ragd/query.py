@@ -75,7 +75,7 @@ def embed(embedder: Embedder, text: str, use: QueryUse) -> Embeddings:
     if n <= embedder.max_tokens:
         use.windows, use.tokens_embedded = 1, n
         return embedder.embed_query(text)
-    pieces = windows(text, embedder.token_offsets(text), embedder.max_tokens)
+    pieces = windows(text, embedder.token_offsets(text), embedder.max_tokens, MAX_EMBED_TOKENS)
     lengths = embedder.count_tokens(pieces)
     use.windows, use.tokens_embedded = len(pieces), min(n, sum(lengths))
     return combine(embedder.embed_queries(pieces), lengths)

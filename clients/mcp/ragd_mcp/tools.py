@@ -20,6 +20,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from ragd.errors import outcome_for_code
+from ragd.requests import MAX_QUERY_CHARS
 from ragd_client import Client, DaemonUnavailable, InvalidArgument, RagdClientError
 from ragd_client.types import Chunk, FileLines, Hit
 from ragd_mcp.results import (
@@ -43,9 +44,10 @@ _CITATION = re.compile(r"^(?P<path>.+):(?P<start>\d+)(?:-(?P<end>\d+))?$")
 
 INSTRUCTIONS = """\
 ragd searches the user's own local files (notes, documents, code) that they chose to index.
-Use `search` with a natural-language question or exact keywords; it returns the best passages
-with a citation (path:start-end). Read more around a hit with `get` (a path and lines, or its
-chunk_id), several at once with `multi_get`. `status` lists the indexed folders and whether
+Use `search` with a natural-language question or exact keywords (a whole pasted paragraph is
+fine); it returns the best passages with a citation (path:start-end). Read more around a hit
+with `get` (a path and lines, or its chunk_id), several at once with `multi_get`; find passages
+like a hit with `similar`. `status` lists the indexed folders and whether
 indexing is still running. Cite passages by their citation string."""
 
 SEARCH_DESCRIPTION = """\
@@ -68,6 +70,12 @@ MULTI_GET_DESCRIPTION = """\
 Read several passages at once: each ref is a citation from `search` (path:start-end), a file
 path (its first max_lines lines) or a chunk id ("chunk:812"). References that cannot be read
 are listed in failures with the reason; the others are returned in order."""
+
+SIMILAR_DESCRIPTION = """\
+Find passages like a given one ("more like this"): pass a search hit's chunk_id, or a citation
+or path:line of an indexed file. The passage's stored vectors and terms are the query, so this
+is fast and nothing is embedded again. The passage itself, and unless same_file the rest of its
+file, are left out of the results. Results look like `search`'s."""
 
 STATUS_DESCRIPTION = """\
 Show what ragd has indexed: files indexed, pending and failed per folder, the models, and any
@@ -198,6 +206,7 @@ def _hit(hit: Hit) -> SearchHit:
         start_line=hit.start_line,
         end_line=hit.end_line,
         page=hit.page or 0,
+        end_page=hit.end_page or 0,
         heading=list(hit.heading),
         score=hit.score,
         rerank_score=hit.rerank_score,
@@ -216,6 +225,7 @@ def _lines(result: FileLines) -> Passage:
         total_lines=result.total_lines,
         next_line=end + 1 if end < result.total_lines else None,
         page=0,
+        end_page=0,
         heading=[],
         chunk_id=None,
         text="\n".join(result.lines),
@@ -231,6 +241,7 @@ def _chunk(chunk: Chunk) -> Passage:
         total_lines=None,
         next_line=None,
         page=chunk.page or 0,
+        end_page=chunk.end_page or 0,
         heading=list(chunk.heading),
         chunk_id=chunk.chunk_id,
         text=chunk.text,
@@ -258,7 +269,7 @@ class Tools:
 
     def search(
         self,
-        query: Annotated[str, Field(min_length=1, max_length=4096, description="What to look for.")],
+        query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
         limit: Annotated[int, Field(ge=1, description="How many passages to return.")] = DEFAULT_LIMIT,
         path_prefix: Annotated[
             str | None, Field(description="Only files under this absolute path (a folder or a file).")
@@ -298,6 +309,41 @@ class Tools:
         )
         return SearchOutput(
             query=query,
+            hits=[_hit(h) for h in result.hits],
+            candidates=result.candidates,
+            reranked=result.reranked,
+            degraded=list(result.degraded),
+            elapsed_ms=round(result.timings.get("total_ms", 0.0), 1),
+        )
+
+    def similar(
+        self,
+        chunk_id: Annotated[int | None, Field(ge=1, description="A search hit's chunk_id.")] = None,
+        citation: Annotated[
+            str | None, Field(description="Or an indexed file's path:line (a citation path:start-end uses start).")
+        ] = None,
+        limit: Annotated[int, Field(ge=1, description="How many passages to return.")] = DEFAULT_LIMIT,
+        same_file: Annotated[bool, Field(description="Also return other passages of the same file.")] = False,
+        deadline_ms: Annotated[
+            int | None,
+            Field(ge=100, le=600_000, description="Time budget in milliseconds; default: mcp.deadline_ms."),
+        ] = None,
+    ) -> SearchOutput:
+        if (chunk_id is None) == (citation is None):
+            raise invalid("give either chunk_id or citation")
+        if limit > self.settings.max_results:
+            raise invalid(f"limit: at most {self.settings.max_results} (mcp.max_results), got {limit}")
+        path, line = "", 0
+        if citation is not None:
+            raw, first, _ = _split_citation(citation)
+            path, line = _path(raw, "citation"), first or 1
+        deadline = (deadline_ms or self.settings.deadline_ms) / 1000
+        result = self.daemon.call(
+            lambda c: c.search("", k=limit, deadline=deadline, like_chunk_id=chunk_id or 0, like_path=path,
+                               like_line=line, like_same_file=same_file)
+        )
+        return SearchOutput(
+            query=citation or f"chunk:{chunk_id}",
             hits=[_hit(h) for h in result.hits],
             candidates=result.candidates,
             reranked=result.reranked,
@@ -386,7 +432,7 @@ class Tools:
 
 
 def build_server(settings: Settings) -> MCPServer[Any]:
-    """An ``MCPServer`` named ``ragd`` with the four read-only tools, over the daemon at ``settings.address``."""
+    """An ``MCPServer`` named ``ragd`` with its read-only tools, over the daemon at ``settings.address``."""
     tools = Tools(Daemon(settings))
     server: MCPServer[Any] = MCPServer(
         "ragd", title="ragd: local retrieval", instructions=INSTRUCTIONS, version=_version(), log_level="WARNING",
@@ -395,6 +441,7 @@ def build_server(settings: Settings) -> MCPServer[Any]:
         (tools.search, "Search local files", SEARCH_DESCRIPTION),
         (tools.get, "Read a file or chunk", GET_DESCRIPTION),
         (tools.multi_get, "Read several passages", MULTI_GET_DESCRIPTION),
+        (tools.similar, "Find similar passages", SIMILAR_DESCRIPTION),
         (tools.status, "Index status", STATUS_DESCRIPTION),
     ):
         server.add_tool(fn, name=fn.__name__, title=title, description=description, annotations=_read_only(title))
