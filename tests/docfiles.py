@@ -204,9 +204,20 @@ def epub(title: str, chapters: Sequence[tuple[str, Sequence[str]]]) -> bytes:
     return _zip("application/epub+zip", members)
 
 
+def _pairs(data: bytes) -> list[bytes]:
+    return [data[i : i + 2] for i in range(0, len(data), 2)]
+
+
 def rtf(paragraphs: Sequence[str]) -> bytes:
-    body = "".join(r"{\pard " + p.replace("é", r"\'e9") + r"\par}" + "\n" for p in paragraphs)
-    return (r"{\rtf1\ansi\ansicpg1252\deff0{\fonttbl{\f0 Times;}}" + "\n" + body + "}").encode("latin-1")
+    """An RTF document, one paragraph each; é as a code-page escape, other non-ASCII as \\uN?."""
+
+    def escape_rtf(text: str) -> str:
+        text = text.replace("\\", "\\\\").replace("{", "\\{").replace("}", "\\}").replace("é", "\\'e9")
+        units = [int.from_bytes(b, "little") for b in _pairs(text.encode("utf-16-le"))]
+        return "".join(chr(u) if u < 128 else f"\\u{u if u < 32768 else u - 65536}?" for u in units)
+
+    body = "".join(r"{\pard " + escape_rtf(p) + r"\par}" + "\n" for p in paragraphs)
+    return (r"{\rtf1\ansi\ansicpg1252\deff0{\fonttbl{\f0 Times;}}" + "\n" + body + "}").encode("ascii")
 
 
 def html(title: str, heading: str, paragraphs: Sequence[str]) -> bytes:

@@ -117,6 +117,12 @@ def test_rtf_text() -> None:
     assert "rtf1" not in doc.text and "fonttbl" not in doc.text
 
 
+def test_rtf_unicode_escapes_beyond_the_bmp_become_one_character() -> None:
+    doc = extract(Path("emoji.rtf"), docfiles.rtf(["Math 𝔸 and a curly ‘quote’."]))
+    assert "Math 𝔸 and a curly ‘quote’." in doc.text
+    doc.text.encode("utf-8")  # no lone surrogates left for SQLite to refuse
+
+
 def test_html_main_content_title_and_headings() -> None:
     data = docfiles.html("Saved article", "How otters sleep", ["They float on their backs.", "Holding paws."])
     doc = extract(Path("article.html"), data)

@@ -8,6 +8,7 @@ chunks are numbered by, so ``ReadFile`` lines match hits' line spans.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ragd.extract.base import Document, DocumentError, Extractor, Heading, Limits
@@ -44,5 +45,18 @@ def extract(path: Path, data: bytes, limits: Limits | None = None) -> Document:
     if extractor.isolated and limits.isolate:
         from ragd.extract.isolate import POOL
 
-        return POOL.run(extractor, path, data, limits)
-    return extractor.extract(path, data, limits)
+        doc = POOL.run(extractor, path, data, limits)
+    else:
+        doc = extractor.extract(path, data, limits)
+    return _without_surrogates(doc)
+
+
+def _without_surrogates(doc: Document) -> Document:
+    """Pair up UTF-16 surrogates some parsers leave (RTF's \\u escapes, undecodable mail
+    headers) and replace lone ones: SQLite and gRPC take only valid UTF-8."""
+    try:
+        doc.text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = doc.text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return dataclasses.replace(doc, text=text)
+    return doc
