@@ -177,6 +177,16 @@ def test_pdf_named_txt_is_read_as_pdf() -> None:
     assert doc.kind == "pdf" and "Hidden in a text file." in doc.text
 
 
+def test_text_quoting_the_pdf_header_stays_text() -> None:
+    doc = extract(Path("notes.md"), b"# PDF notes\n\nA PDF file begins with %PDF-1.7 and ends with %%EOF.\n")
+    assert doc.kind == "markdown"
+
+
+def test_pdf_with_junk_before_its_header_when_named_pdf() -> None:
+    doc = extract(Path("mail-export.pdf"), b"\x89junk\x01" + docfiles.pdf([["Prefixed but fine."]]))
+    assert "Prefixed but fine." in doc.text
+
+
 def test_docx_named_bin_is_read_as_docx() -> None:
     doc = extract(Path("download.bin"), docfiles.docx("T", [("H", 1, ["Word inside."])]))
     assert doc.kind == "docx"

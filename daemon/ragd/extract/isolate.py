@@ -1,7 +1,8 @@
 """Extraction in worker processes (``python -m ragd.extract.worker``), so a file that hangs,
 eats memory or crashes its parser costs one failed file, never the daemon.
 
-Each worker serves one request at a time over its stdin/stdout (length-prefixed pickles)
+Each worker serves one request at a time over its stdin/stdout (length-prefixed frames: a
+pickle in, JSON out)
 under an address-space limit (``extract.memory_mb``); the caller waits at most
 ``extract.timeout_s`` and kills the worker past it. Idle workers are kept for the next file
 (their start costs ~0.1 s); any thread may call ``run`` (the writer and ``ReadFile``).
@@ -23,7 +24,9 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from ragd.errors import ExtractError
 from ragd.extract.base import Document, DocumentError, Extractor, Limits
+from ragd.extract.worker import decode_reply
 
 MAX_IDLE = 2
 """Workers kept waiting for the next file."""
@@ -52,7 +55,7 @@ class _Worker:
             start_new_session=True,  # a Ctrl-C for the daemon must not kill a file's extraction
         )
 
-    def call(self, request: bytes, timeout: float) -> object:
+    def call(self, request: bytes, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
@@ -62,7 +65,7 @@ class _Worker:
         except (BrokenPipeError, OSError) as exc:
             raise _Crash() from exc
         size = _HEADER.unpack(self._read(stdout.fileno(), _HEADER.size, deadline))[0]
-        return pickle.loads(self._read(stdout.fileno(), size, deadline))
+        return self._read(stdout.fileno(), size, deadline)
 
     def _read(self, fd: int, n: int, deadline: float) -> bytes:
         parts: list[bytes] = []
@@ -154,25 +157,24 @@ class WorkerPool:
             worker.kill()
             raise DocumentError(f"extraction timed out after {limits.timeout_s:g} s (extract.timeout_s)") from None
         except _Crash:
-            status = worker.exit_status()
+            exit_status = worker.exit_status()
             worker.kill()
-            raise DocumentError(_crash_reason(status, limits)) from None
+            raise DocumentError(_crash_reason(exit_status, limits)) from None
         except BaseException:
             worker.kill()
             raise
         self._give(worker)
-        if not isinstance(reply, tuple) or len(reply) != 2:
-            raise DocumentError("extractor worker sent a malformed reply")
-        status, value = reply
-        if status == "ok" and isinstance(value, Document):
+        try:
+            status, value = decode_reply(reply)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DocumentError("extractor worker sent a malformed reply") from exc
+        if isinstance(value, Document):
             return value
         if status == "skip":
-            from ragd.errors import ExtractError
-
-            raise ExtractError(str(value))
+            raise ExtractError(value)
         if status == "memory":
             raise DocumentError(f"out of memory: over extract.memory_mb = {limits.memory_mb} MiB")
-        raise DocumentError(str(value))
+        raise DocumentError(value)
 
     def _take(self, memory_mb: int) -> _Worker:
         with self._lock:

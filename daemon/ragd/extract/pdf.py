@@ -20,7 +20,11 @@ class PdfExtractor(Format):
     magic = True
 
     def sniff(self, probe: Probe) -> bool:
-        return b"%PDF-" in probe.head
+        """The header first (after blanks); anywhere in the first KiB only for a file named .pdf,
+        as readers accept junk before it, so a text file that quotes "%PDF-" stays text."""
+        head = probe.head
+        return head.lstrip(b" \t\r\n\x00\xef\xbb\xbf").startswith(b"%PDF-") or (
+            probe.suffix == ".pdf" and b"%PDF-" in head)
 
     def extract(self, path: Path, data: bytes, limits: Limits) -> Document:
         import pypdfium2 as pdfium

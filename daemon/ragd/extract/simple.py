@@ -20,7 +20,7 @@ class RtfExtractor(Format):
     magic = True
 
     def sniff(self, probe: Probe) -> bool:
-        return probe.data.lstrip()[:5] == b"{\\rtf"
+        return probe.head.lstrip().startswith(b"{\\rtf")
 
     def extract(self, path: Path, data: bytes, limits: Limits) -> Document:
         from striprtf.striprtf import rtf_to_text

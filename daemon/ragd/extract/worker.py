@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import json
 import os
 import pickle
 import resource
@@ -18,9 +19,39 @@ import signal
 import struct
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from ragd.extract.base import Document, Heading
 
 _HEADER = struct.Struct("<Q")
+
+
+def encode_reply(status: str, value: Document | str) -> bytes:
+    """A reply as JSON, not pickle: the daemon must not unpickle what a parser it distrusts wrote."""
+    if isinstance(value, Document):
+        body: dict[str, Any] = {
+            "status": status, "text": value.text, "kind": value.kind, "encoding": value.encoding,
+            "headings": None if value.headings is None else [[h.line, h.level, h.title] for h in value.headings],
+            "page_lines": list(value.page_lines),
+        }
+    else:
+        body = {"status": status, "message": value}
+    return json.dumps(body).encode("ascii")  # \u escapes keep even lone surrogates intact
+
+
+def decode_reply(data: bytes) -> tuple[str, Document | str]:
+    """(status, Document or message); ``ValueError`` for anything malformed."""
+    body = json.loads(data)
+    status = body["status"]
+    if status != "ok":
+        return str(status), str(body["message"])
+    headings = body["headings"]
+    doc = Document(
+        str(body["text"]), str(body["kind"]), str(body["encoding"]),
+        None if headings is None else tuple(Heading(int(a), int(b), str(c)) for a, b, c in headings),
+        tuple(int(p) for p in body["page_lines"]),
+    )
+    return "ok", doc
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
@@ -42,7 +73,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _handle(request: bytes) -> tuple[str, object]:
+def _handle(request: bytes) -> tuple[str, Document | str]:
     from ragd.errors import ExtractError
     from ragd.extract.base import DocumentError
     from ragd.extract.registry import get
@@ -53,7 +84,7 @@ def _handle(request: bytes) -> tuple[str, object]:
         extractor = get(name)
         return "ok", extractor.extract(Path(path), data, limits)
     except MemoryError:
-        return "memory", ""
+        return "memory", "out of memory"
     except DocumentError as exc:
         return "failed", str(exc)
     except ExtractError as exc:
@@ -85,9 +116,9 @@ def main() -> None:
         if request is None:
             return
         try:
-            reply = pickle.dumps(_handle(request), protocol=pickle.HIGHEST_PROTOCOL)
+            reply = encode_reply(*_handle(request))
         except MemoryError:
-            reply = pickle.dumps(("memory", ""))
+            reply = encode_reply("memory", "out of memory")
         del request
         out.write(_HEADER.pack(len(reply)) + reply)
         out.flush()
