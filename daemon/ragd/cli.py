@@ -129,6 +129,7 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
             "tokens_embedded": report.tokens_embedded,
             "seconds": report.seconds,
             "failures": [{"path": p, "status": s, "reason": r} for p, s, r in report.failures],
+            "suspended": report.suspended,
             "models": {"embedder": models.embedder.model_id},
             "degraded": models.degraded,
         }
@@ -142,6 +143,9 @@ def index(paths: tuple[Path, ...], config_file: str | None, as_json: bool) -> No
     )
     for path, status, reason in report.failures:
         click.echo(f"  {status}: {path}: {reason}", err=True)
+    for root, reason in report.suspended.items():
+        click.echo(f"  suspended: {root}: {reason}; its files are kept, not searched, until it is back "
+                   "(`ragd roots rm` drops them)", err=True)
 
 
 # -- search -----------------------------------------------------------------------------

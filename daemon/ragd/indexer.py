@@ -260,7 +260,10 @@ class Indexer:
             problem = root_problem(scope.root, lambda: len(known if whole else catalog.files_under(str(scope.root))))
             if problem is not None:
                 report.suspended[str(scope.root)] = problem
+                catalog.suspend_root(str(scope.root), problem)  # also for `ragd index`: not served
                 return
+        if scope.target == scope.root and str(scope.root) in catalog.suspended_roots():
+            catalog.resume_root(str(scope.root))  # walked whole again: served again
             result = catalog.apply(self.engine.model_key, [], [], deleted_paths=gone)
             self.engine.forget_chunks(result.removed_ids)
             report.files_removed += len(gone)

@@ -144,3 +144,33 @@ def test_an_unmounted_root_is_suspended_not_emptied_and_resumes_without_embeddin
     assert ids(daemon, "files") == files
     assert ids(daemon, "embeddings") == embeddings  # nothing embedded again
     assert ids(daemon, "chunks") == chunks
+
+
+def test_ragd_index_keeps_a_gone_root_and_search_leaves_it_out(tmp_path: Path,
+                                                              engine_factory: Callable[..., Any]) -> None:
+    from ragd.indexer import Indexer
+    from ragd.search import SearchOptions, search
+
+    root, away = tmp_path / "drive", tmp_path / "away"
+    write_tree(root, NOTES)
+    engine = engine_factory()
+    first = Indexer(engine).run([root])
+    assert first.files_indexed == len(NOTES)
+
+    def found() -> list[str]:
+        return [h.path for h in search(engine, QUERY, SearchOptions(k=20, rerank=False)).hits]
+
+    assert found()
+    os.rename(root, away)
+    gone = Indexer(engine).run()  # every registered root: this one is missing
+    assert "missing" in gone.suspended[str(root)] and gone.files_removed == 0
+    assert len(engine.catalog.files_under(str(root))) == len(NOTES)
+    assert found() == []  # kept, not served (also by a one-shot `ragd search`)
+    root.mkdir()  # an empty mount point
+    assert "empty" in Indexer(engine).run().suspended[str(root)]
+    root.rmdir()
+    os.rename(away, root)
+    back = Indexer(engine).run()
+    assert not back.suspended and back.chunks_embedded == 0 and back.files_indexed == 0
+    assert back.files_unchanged == len(NOTES) and found()
+    assert engine.catalog.suspended_roots() == {}
