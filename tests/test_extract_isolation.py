@@ -11,10 +11,24 @@ import docfiles
 import extract_fakes  # noqa: F401  (registers the misbehaving extractors)
 import pytest
 
-from ragd.extract import DocumentError, Limits, extract
+from ragd.extract import DocumentError, Limits, extract, forget_cached
 from ragd.extract.isolate import POOL
 
 PDF = docfiles.pdf([["A healthy PDF after the trouble."]])
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_documents() -> None:
+    """Every extraction here must reach a worker."""
+    forget_cached()
+
+
+def test_documents_are_kept_for_the_next_call() -> None:
+    """ReadFile paging through a PDF extracts it once (a worker's death would not show)."""
+    first = extract(Path("kept.pdf"), PDF)
+    POOL.close()
+    assert extract(Path("kept.pdf"), PDF) is first and not POOL._idle
+    assert extract(Path("other-name.pdf"), PDF) is not first
 
 
 def test_hang_is_cut_at_the_time_limit() -> None:
