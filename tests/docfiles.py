@@ -175,8 +175,9 @@ def ods(sheets: Sequence[tuple[str, Sequence[Sequence[str]]]]) -> bytes:
     return _zip(mime, {"content.xml": content, "META-INF/manifest.xml": _odf_manifest(mime)})
 
 
-def epub(title: str, chapters: Sequence[tuple[str, Sequence[str]]]) -> bytes:
-    """An EPUB 3 book: per chapter (title, paragraphs); the titles are in the nav document only."""
+def epub(title: str, chapters: Sequence[tuple[str, Sequence[str]]], ncx: bool = False) -> bytes:
+    """An EPUB 3 book (with ``ncx``: an EPUB 2 one): per chapter (title, paragraphs); the titles
+    are in the table of contents only (the nav document, or toc.ncx)."""
     container = ('<?xml version="1.0"?>\n<container version="1.0" '
                  'xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
                  '<rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/>'
@@ -184,18 +185,25 @@ def epub(title: str, chapters: Sequence[tuple[str, Sequence[str]]]) -> bytes:
     items = "".join(f'<item id="c{i}" href="text/chap{i}.xhtml" media-type="application/xhtml+xml"/>'
                     for i in range(len(chapters)))
     spine = "".join(f'<itemref idref="c{i}"/>' for i in range(len(chapters)))
-    opf = ('<?xml version="1.0" encoding="UTF-8"?>\n<package xmlns="http://www.idpf.org/2007/opf" version="3.0" '
-           'unique-identifier="id"><metadata xmlns:dc="http://purl.org/dc/elements/1.1/">'
+    toc = ('<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/>' if ncx else
+           '<item id="nav" href="nav.xhtml" media-type="application/xhtml+xml" properties="nav"/>')
+    opf = ('<?xml version="1.0" encoding="UTF-8"?>\n<package xmlns="http://www.idpf.org/2007/opf" '
+           f'version="{"2.0" if ncx else "3.0"}" unique-identifier="id">'
+           '<metadata xmlns:dc="http://purl.org/dc/elements/1.1/">'
            f'<dc:identifier id="id">urn:x-test:1</dc:identifier><dc:title>{escape(title)}</dc:title>'
-           '<dc:language>en</dc:language></metadata><manifest>'
-           '<item id="nav" href="nav.xhtml" media-type="application/xhtml+xml" properties="nav"/>'
-           f"{items}</manifest><spine>{spine}</spine></package>")
+           f'<dc:language>en</dc:language></metadata><manifest>{toc}'
+           f'{items}</manifest><spine{" toc=" + chr(34) + "ncx" + chr(34) if ncx else ""}>{spine}</spine></package>')
     links = "".join(f'<li><a href="text/chap{i}.xhtml">{escape(t)}</a></li>' for i, (t, _) in enumerate(chapters))
     nav = ('<?xml version="1.0" encoding="UTF-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml" '
            'xmlns:epub="http://www.idpf.org/2007/ops"><head><title>Contents</title></head><body>'
            f'<nav epub:type="toc"><ol>{links}</ol></nav></body></html>')
-    members: dict[str, str | bytes] = {"META-INF/container.xml": container, "OEBPS/content.opf": opf,
-                                       "OEBPS/nav.xhtml": nav}
+    points = "".join(f'<navPoint id="p{i}" playOrder="{i + 1}"><navLabel><text>{escape(t)}</text></navLabel>'
+                     f'<content src="text/chap{i}.xhtml"/></navPoint>' for i, (t, _) in enumerate(chapters))
+    toc_ncx = ('<?xml version="1.0" encoding="UTF-8"?>\n<ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" '
+               f'version="2005-1"><head/><docTitle><text>{escape(title)}</text></docTitle>'
+               f"<navMap>{points}</navMap></ncx>")
+    members: dict[str, str | bytes] = {"META-INF/container.xml": container, "OEBPS/content.opf": opf}
+    members.update({"OEBPS/toc.ncx": toc_ncx} if ncx else {"OEBPS/nav.xhtml": nav})
     for i, (_, paras) in enumerate(chapters):
         ps = "".join(f"<p>{escape(p)}</p>" for p in paras)
         members[f"OEBPS/text/chap{i}.xhtml"] = (

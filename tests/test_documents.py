@@ -140,6 +140,32 @@ def test_epub_chapters_in_order_with_titles() -> None:
     assert doc.text.index("The river was cold.") < doc.text.index("The sea was colder.")
 
 
+def test_epub2_titles_from_the_ncx() -> None:
+    data = docfiles.epub("Old Book", [("Prologue", ["It was dark."]), ("Epilogue", ["It was light."])], ncx=True)
+    doc = extract(Path("old.epub"), data)
+    assert titles(doc) == [(1, "Prologue"), (1, "Epilogue")]
+    assert "It was light." in doc.text
+
+
+def test_html_charset_from_meta() -> None:
+    data = ('<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1252">'
+            "<title>Caf\xe9</title></head><body><p>Cr\xe8me br\xfbl\xe9e \x80 5</p></body></html>").encode("latin-1")
+    doc = extract(Path("menu.htm"), data)
+    assert "Crème brûlée € 5" in doc.text and titles(doc) == [(1, "Café")]
+
+
+def test_eml_html_only_body() -> None:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["Subject"] = "Newsletter"
+    msg["From"] = "news@example.org"
+    msg.set_content('<html><head><meta charset="iso-8859-1"></head><body><nav>Menu</nav>'
+                    "<p>Grüße aus Zürich</p></body></html>", subtype="html")
+    doc = extract(Path("news.eml"), msg.as_bytes())
+    assert "Grüße aus Zürich" in doc.text and "Menu" not in doc.text
+
+
 def test_eml_headers_body_and_attachment() -> None:
     attachment = docfiles.docx("Attached plan", [("Steps", 1, ["Replace the pump on Monday."])])
     data = docfiles.eml("Pump repair", "Ann <ann@example.org>", "Please read the plan.\nThanks.",

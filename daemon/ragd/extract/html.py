@@ -3,6 +3,7 @@ title and h1-h6 as headings; navigation, headers, footers, scripts, styles and f
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Any
@@ -30,22 +31,26 @@ _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
-def parse_html(data: bytes) -> Any:
-    """An lxml HTML tree of ``data``, decoded by BOM, <meta charset>, then ragd's text detection."""
-    m = _CHARSET.search(data[:4096])
-    text: str | None = None
-    if m:
-        try:
-            text = data.decode(m.group(1).decode("ascii"))
-        except (LookupError, UnicodeDecodeError):
-            text = None
-    if text is None:
-        text, _ = decode_text(data)
+def parse_html(data: bytes | str) -> Any:
+    """An lxml HTML tree of ``data``; bytes are decoded by BOM, <meta charset>, then ragd's text
+    detection (a ``str``, as an e-mail part gives, is taken as it is)."""
+    text = data if isinstance(data, str) else _decode_html(data)
     text = re.sub(r"^\s*<\?xml[^>]*>", "", text)  # lxml refuses str input with an encoding declaration
     try:
         return lxml.html.document_fromstring(text or "<html></html>")
     except (etree.ParserError, ValueError) as exc:
         raise DocumentError(f"damaged HTML ({exc})") from exc
+
+
+def _decode_html(data: bytes) -> str:
+    m = None if data.startswith((codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else (
+        _CHARSET.search(data[:4096]))
+    if m:
+        try:
+            return data.decode(m.group(1).decode("ascii"))
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return decode_text(data)[0]
 
 
 class _Render:

@@ -48,7 +48,7 @@ def _add_part(part: MIMEPart, builder: TextBuilder) -> None:
     if part.get_content_subtype() == "html":
         from ragd.extract.html import parse_html, render_html
 
-        render_html(parse_html(content.encode("utf-8")), builder, title_level=2)
+        render_html(parse_html(content), builder, title_level=2)
     else:
         builder.paragraph(content)
     builder.blank()
