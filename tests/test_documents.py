@@ -196,6 +196,13 @@ def test_notebook_cells_without_outputs() -> None:
     assert chunks[0].heading == ("Analysis",)
 
 
+def test_malformed_notebook_fails_that_file_only() -> None:
+    with pytest.raises(DocumentError, match="damaged Jupyter notebook"):
+        extract(Path("bad.ipynb"), b"{not json")
+    with pytest.raises(DocumentError, match=r"^cannot extract: TypeError"):
+        extract(Path("odd.ipynb"), b'{"cells": [{"cell_type": "code", "source": [1, 2]}]}')
+
+
 # -- content over suffix -------------------------------------------------------------------
 
 def test_pdf_named_txt_is_read_as_pdf() -> None:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ragd.config import ExtractConfig
+from ragd.errors import ExtractError
 from ragd.extract.base import Document, DocumentError, Extractor, Heading, Limits
 from ragd.extract.kinds import detect_kind
 from ragd.extract.registry import choose, document_suffixes, register, unregister
@@ -64,7 +65,7 @@ def extract(path: Path, data: bytes, limits: ExtractConfig | None = None) -> Doc
     bounds = _limits if limits is None else _as_limits(limits)
     extractor = choose(path, data)
     if not extractor.isolated:
-        return _without_surrogates(extractor.extract(path, data, bounds))
+        return _without_surrogates(_in_process(extractor, path, data, bounds))
     key = (str(path), extractor.name, hashlib.blake2b(data, digest_size=16).hexdigest())
     with _cache_lock:
         cached = _cache.get(key)
@@ -76,12 +77,24 @@ def extract(path: Path, data: bytes, limits: ExtractConfig | None = None) -> Doc
 
         doc = _without_surrogates(POOL.run(extractor, path, data, bounds))
     else:
-        doc = _without_surrogates(extractor.extract(path, data, bounds))
+        doc = _without_surrogates(_in_process(extractor, path, data, bounds))
     with _cache_lock:
         _cache[key] = doc
         while len(_cache) > CACHED_DOCUMENTS:
             _cache.popitem(last=False)
     return doc
+
+
+def _in_process(extractor: Extractor, path: Path, data: bytes, limits: Limits) -> Document:
+    """``extractor.extract``, with a parser's bug on one file turned into that file's failure."""
+    try:
+        return extractor.extract(path, data, limits)
+    except ExtractError:
+        raise
+    except (RecursionError, MemoryError) as exc:
+        raise DocumentError(f"cannot extract: {type(exc).__name__}") from exc
+    except Exception as exc:
+        raise DocumentError(f"cannot extract: {type(exc).__name__}: {exc}") from exc
 
 
 def _without_surrogates(doc: Document) -> Document:

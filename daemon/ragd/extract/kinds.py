@@ -47,7 +47,7 @@ BINARY_SUFFIXES = frozenset(
         # Archives and compressed data.
         "zip tar gz tgz bz2 tbz2 xz txz zst lz lz4 lzma 7z rar cab arj z jar war ear apk aab ipa deb rpm "
         "dmg iso img msi msix pkg snap whl egg "
-        # Documents that need their own extractor.
+        # Documents: the formats with an extractor (registry.py) are claimed before the text path.
         "pdf doc docx xls xlsx xlsm ppt pptx odt ods odp odg rtf epub mobi azw azw3 djvu pages numbers "
         # Executables, objects and bytecode.
         "exe dll so dylib a lib o obj ko elf bin com class pyc pyo pyd wasm dex beam elc "
