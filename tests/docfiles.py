@@ -16,8 +16,9 @@ from email.message import EmailMessage
 from xml.sax.saxutils import escape
 
 
-def pdf(pages: Sequence[Sequence[str]], title: str = "") -> bytes:
-    """A PDF with a text layer: one page per entry, one line of text per string."""
+def pdf(pages: Sequence[Sequence[str]], title: str = "", outline: Sequence[tuple[int, str, int]] = ()) -> bytes:
+    """A PDF with a text layer: one page per entry, one line of text per string; ``outline``
+    adds bookmarks as (level from 0, title, page index)."""
     from reportlab.lib.pagesizes import A4
     from reportlab.pdfgen import canvas
 
@@ -25,7 +26,10 @@ def pdf(pages: Sequence[Sequence[str]], title: str = "") -> bytes:
     c = canvas.Canvas(out, pagesize=A4)
     if title:
         c.setTitle(title)
-    for lines in pages:
+    for index, lines in enumerate(pages):
+        for j, (_, _, target) in enumerate(outline):
+            if target == index:
+                c.bookmarkPage(f"o{j}")  # one destination per entry: reportlab keys entries by it
         y = 800.0
         for line in lines:
             c.drawString(40, y, line)
@@ -33,6 +37,8 @@ def pdf(pages: Sequence[Sequence[str]], title: str = "") -> bytes:
             if y < 40:
                 break
         c.showPage()
+    for j, (level, name, _) in enumerate(outline):
+        c.addOutlineEntry(name, f"o{j}", level=level)
     c.save()
     return out.getvalue()
 

@@ -45,6 +45,20 @@ def test_pdf_text_per_page(limits: Limits | None) -> None:
     assert "A second line on page one." in doc.text
 
 
+def test_pdf_bookmarks_become_headings() -> None:
+    pages = [["Introduction", "Why otters matter."], ["Some more intro text."],
+             ["Methods", "We counted otters."], ["Results", "There were nine."]]
+    outline = [(0, "Introduction", 0), (0, "Methods", 2), (1, "Counting", 2), (0, "Results", 3)]
+    doc = extract(Path("paper.pdf"), docfiles.pdf(pages, outline=outline))
+    assert [(h.level, h.title, page_of(doc, h.line)) for h in doc.headings or ()] == [
+        (1, "Introduction", 1), (1, "Methods", 3), (2, "Counting", 3), (1, "Results", 4)]
+    assert doc.text.split("\n")[next(h.line for h in doc.headings or () if h.title == "Methods") - 1] == "Methods"
+    chunks = chunk_document(doc.text, doc.kind, words, 4, 0, headings=doc.headings, page_lines=doc.page_lines)
+    nine = next(c for c in chunks if "nine" in c.text)
+    assert nine.heading == ("Results",) and nine.page == 4
+    assert next(c for c in chunks if "counted" in c.text).heading == ("Methods", "Counting")
+
+
 def test_pdf_chunks_carry_first_and_last_page() -> None:
     pages = [[f"Page {p} sentence {i} about the migration of eels." for i in range(30)] for p in range(1, 7)]
     doc = extract(Path("long.pdf"), docfiles.pdf(pages))
