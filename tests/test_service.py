@@ -247,3 +247,20 @@ def test_many_threads_share_one_service(daemon_factory: Callable[..., Any]) -> N
     for t in threads:
         t.join()
     assert not failures
+
+
+def test_status_tells_what_the_writer_and_the_roots_cannot_do(
+    daemon_factory: Callable[..., Any], tmp_path: Path  # noqa: F811
+) -> None:
+    import shutil
+
+    daemon, client, notes = daemon_factory()
+    wait_for(lambda: idle(client), what="initial index")
+    st = client.status()
+    assert st.writer_error is None and st.roots[0].suspended is None
+    daemon._writer_trouble(OSError(28, "No space left on device"), 5.0)
+    assert "No space left on device" in (client.status().writer_error or "")
+    shutil.rmtree(notes)
+    root = wait_for(lambda: client.status().roots[0].suspended and client.status().roots[0], what="suspension")
+    assert root.path == str(notes) and root.files_indexed == 2  # kept, not emptied
+    assert root.to_dict()["suspended"]

@@ -677,10 +677,16 @@ def _print_status(st: dict[str, Any]) -> None:
     click.echo(f"  models: embedder {models.get('embedder') or '-'}, reranker {models.get('reranker') or 'off'}")
     for reason in st.get("degraded", []):
         click.echo(f"  degraded: {reason}")
+    if st.get("writer_error"):
+        click.echo(f"  writer: {st['writer_error']}")
     for r in st.get("roots", []):
         watching = "watching" if r.get("watching") else "not watching"
         click.echo(f"  {r['path']}: {r['files_indexed']} indexed, {r['files_pending']} pending, "
                    f"{r['files_failed']} not indexed ({watching})")
+        if r.get("suspended"):
+            click.echo(f"    suspended: {r['suspended']} (its files are kept, not searched, until it is back)")
+        if r.get("watch_problem"):
+            click.echo(f"    scanned instead of watched: {r['watch_problem']}")
         for f in r.get("failures", [])[:5]:
             click.echo(f"    {f['status']}: {f['path']}: {f['reason']}")
     if st.get("current_file"):

@@ -168,11 +168,13 @@ def _status_proto(st: Status) -> Any:
         roots=[ragd_pb2.RootStatus(
             path=r.path, files_indexed=r.files_indexed, files_pending=r.files_pending, files_failed=r.files_failed,
             failures=[ragd_pb2.FailedFile(path=f.path, status=f.status, reason=f.reason) for f in r.failures],
-            current_file=r.current_file or "", watching=r.watching,
+            current_file=r.current_file or "", watching=r.watching, suspended=r.suspended is not None,
+            suspended_reason=r.suspended or "", watch_problem=r.watch_problem or "",
         ) for r in st.roots],
         models=ragd_pb2.Models(embedder=st.models.embedder, reranker=st.models.reranker or ""),
         degraded=st.degraded, current_file=st.current_file or "", chunks_per_second=st.throughput,
         tokens_per_second=st.tokens_per_second, eta_seconds=-1.0 if st.eta is None else st.eta, version=st.version,
+        writer_error=st.writer_error or "",
     )
 
 

@@ -213,6 +213,8 @@ class Service:
             stats = cat.root_stats()
             chunks = cat.count_chunks()
             watching = set(d.watcher.watching())
+            suspended = d.suspended_roots()
+            troubles = d.watch_problems()
             for root in sorted(d.root_paths()):
                 counts = stats.get(root, {})
                 pending = d.queue.pending(root)
@@ -225,6 +227,7 @@ class Service:
                 roots.append(RootStatus(
                     path=root, files_indexed=counts.get("indexed", 0), files_pending=pending, files_failed=failed,
                     failures=failures, current_file=current or None, watching=Path(root) in watching,
+                    suspended=suspended.get(root), watch_problem=troubles.get(root),
                 ))
                 totals["indexed"] += counts.get("indexed", 0)
                 totals["pending"] += pending
@@ -243,6 +246,7 @@ class Service:
             files_failed=totals["failed"], chunks=chunks, roots=roots, models=models, degraded=degraded,
             current_file=(info.current_file or None) if info.busy_since is not None else None,
             throughput=round(chunk_rate, 2), eta=eta, tokens_per_second=round(token_rate, 1), version=__version__,
+            writer_error=d.writer_problem() or None,
         )
 
 
