@@ -162,6 +162,22 @@ def test_node_suite(npm_installed: dict[str, Path], ragd_daemon: str) -> None:
     assert "# skipped 0" in proc.stdout or " skipped 0" in proc.stdout, proc.stdout[-3000:]
 
 
+def test_plugin_typechecks(npm_installed: dict[str, Path], tmp_path: Path) -> None:
+    """tsc --strict over the plugin and its tests, against OpenClaw's own type declarations (the
+    memory capability and its runtime are typed with them) and in Node's erasable-only syntax."""
+    modules = npm_installed["openclaw"].parent
+    config = tmp_path / "tsconfig.json"
+    config.write_text(json.dumps({
+        "extends": str(PLUGIN / "tsconfig.json"),
+        "compilerOptions": {"typeRoots": [str(modules / "@types")],
+                            "paths": {"openclaw/plugin-sdk/*": [str(modules / "openclaw/dist/plugin-sdk/*.d.ts")]}},
+        "include": [str(PLUGIN / "index.ts"), str(PLUGIN / "src/**/*.ts"), str(PLUGIN / "test/**/*.ts")],
+    }))
+    proc = subprocess.run([str(npm_installed["node"]), str(modules / "typescript" / "bin" / "tsc"), "-p", str(config)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,6 +233,7 @@ def test_openclaw_gateway_answers_memory_search_from_ragd(
     assert config["plugins"]["entries"]["ragd"]["enabled"] is True, config
     config["plugins"]["entries"]["ragd"]["config"] = {"address": ragd_daemon, "deadlineMs": 4000}
     config["agents"] = {"entries": {name: {"workspace": str(path)} for name, path in ws.items()}}
+    config["logging"] = {"file": str(tmp_path / "openclaw.log")}  # not /tmp/openclaw/
     config_path.write_text(json.dumps(config, indent=2))
 
     port, token = _free_port(), "ragd-test-token"

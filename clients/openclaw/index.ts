@@ -1,7 +1,8 @@
 // The OpenClaw plugin entry: ragd as the memory engine (plugins.slots.memory = "ragd").
+import type { MemoryPluginCapability } from "openclaw/plugin-sdk/memory-host-core";
 import { definePluginEntry } from "openclaw/plugin-sdk/plugin-entry";
 import { RagdMemoryPlugin } from "./src/plugin.ts";
-import { type CitationsMode, createMemoryGetTool, createMemorySearchTool } from "./src/tools.ts";
+import { buildMemoryPromptSection, type CitationsMode, createMemoryGetTool, createMemorySearchTool } from "./src/tools.ts";
 
 type ToolContext = {
   config?: unknown;
@@ -22,12 +23,15 @@ export default definePluginEntry({
   name: "ragd memory",
   description: "Memory search served by a local ragd daemon (hybrid retrieval, cross-encoder reranking, deadlines)",
   kind: "memory",
-  register(api: any) {
+  register(api) {
     const plugin = new RagdMemoryPlugin(api.pluginConfig ?? {});
-    api.registerMemoryCapability({
+    // Typed against OpenClaw's own declarations: tsc (run by tests/test_openclaw.py) checks the contract.
+    const capability: MemoryPluginCapability = {
       deterministicRecallToolName: "memory_search",
+      promptBuilder: buildMemoryPromptSection,
       runtime: plugin.runtime(),
-    });
+    };
+    api.registerMemoryCapability(capability);
     const currentConfig = (ctx: ToolContext) => ctx.getRuntimeConfig?.() ?? ctx.runtimeConfig ?? ctx.config ?? api.config;
     const managerFor = (ctx: ToolContext) => () =>
       plugin.manager({ cfg: currentConfig(ctx), agentId: ctx.agentId, workspaceDir: ctx.workspaceDir });

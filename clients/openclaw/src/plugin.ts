@@ -18,16 +18,22 @@ export const openclawAgentResolver: AgentResolver = async (cfg, agentId) => {
 
 export class RagdMemoryPlugin {
   readonly config: RagdPluginConfig;
-  readonly client: RagdClient;
-  private readonly registrar: RootRegistrar;
+  private connection: { client: RagdClient; registrar: RootRegistrar } | undefined;
   private readonly managers = new Map<string, RagdMemoryManager>();
   private readonly resolveAgent: AgentResolver;
 
   constructor(rawConfig: unknown, resolveAgent: AgentResolver = openclawAgentResolver) {
     this.resolveAgent = resolveAgent;
     this.config = resolveConfig(rawConfig);
-    this.client = new RagdClient(this.config.address, { tokenFile: this.config.tokenFile });
-    this.registrar = new RootRegistrar(this.client);
+  }
+
+  /** The daemon connection, opened on first use and again after close(). */
+  private connect(): { client: RagdClient; registrar: RootRegistrar } {
+    if (!this.connection) {
+      const client = new RagdClient(this.config.address, { tokenFile: this.config.tokenFile });
+      this.connection = { client, registrar: new RootRegistrar(client) };
+    }
+    return this.connection;
   }
 
   /** The agent's manager; `workspaceDir` from the tool context wins over the config's. */
@@ -43,7 +49,8 @@ export class RagdMemoryPlugin {
       const scope = buildScope({
         agentId, workspaceDir, extraPaths: resolved.extraPaths, paths: this.config.paths, rootScope: this.config.rootScope,
       });
-      manager = new RagdMemoryManager(this.client, scope, this.config, this.registrar);
+      const { client, registrar } = this.connect();
+      manager = new RagdMemoryManager(client, scope, this.config, registrar);
       this.managers.set(key, manager);
     }
     return manager;
@@ -65,14 +72,14 @@ export class RagdMemoryPlugin {
       closeMemorySearchManager: async (params: { agentId: string }) => {
         for (const [key, m] of this.managers) if (m.scope.agentId === params.agentId) this.managers.delete(key);
       },
-      closeAllMemorySearchManagers: async () => {
-        this.managers.clear();
-      },
+      // OpenClaw calls this on reload and shutdown: drop the managers and the channel.
+      closeAllMemorySearchManagers: async () => this.close(),
     };
   }
 
   close(): void {
     this.managers.clear();
-    this.client.close();
+    this.connection?.client.close();
+    this.connection = undefined;
   }
 }

@@ -186,3 +186,17 @@ export function createMemoryGetTool(params: { manager: ManagerFor }) {
     },
   };
 }
+
+/** The system prompt's memory section (memory-core's is not registered when ragd owns the slot). */
+export function buildMemoryPromptSection(params: { availableTools: Set<string>; citationsMode?: string }): string[] {
+  const search = params.availableTools.has("memory_search");
+  const get = params.availableTools.has("memory_get");
+  if (!search && !get) return [];
+  const how = search
+    ? `Before answering anything about prior work, decisions, dates, people, preferences, or todos: run memory_search${get ? ", then memory_get for just the lines you need" : ""}. If nothing relevant comes back, say you checked.`
+    : "To answer from a specific memory file, run memory_get for just the lines you need.";
+  const cite = params.citationsMode === "off"
+    ? "Citations are off: do not mention file paths or line numbers unless the user asks."
+    : "Citations: add Source: <path#line> when it helps the user check a memory.";
+  return ["## Memory Recall", how, "If a memory tool reports it is unavailable or partial, tell the user and pass on its action.", cite, ""];
+}

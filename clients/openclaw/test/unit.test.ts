@@ -12,7 +12,8 @@ import { defaultSocketPath, MAX_DEADLINE_MS, OPENCLAW_MEMORY_SEARCH_TIMEOUT_MS, 
 import { RagdMemoryPlugin } from "../src/plugin.ts";
 import { buildScope, displayPath, inScope, pathPrefixes } from "../src/scope.ts";
 import {
-  createMemoryGetTool, createMemorySearchTool, includeCitations, MEMORY_GET_PARAMETERS, MEMORY_SEARCH_PARAMETERS,
+  buildMemoryPromptSection, createMemoryGetTool, createMemorySearchTool, includeCitations, MEMORY_GET_PARAMETERS,
+  MEMORY_SEARCH_PARAMETERS,
 } from "../src/tools.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "ragd-openclaw-unit-"));
@@ -85,6 +86,14 @@ describe("scope", () => {
     assert.equal(displayPath(s, join(notes, "x.md")), join(notes, "x.md"));
     assert.deepEqual(buildScope({ agentId: "a", workspaceDir: ws, rootScope: "memory" }).roots, [join(ws, "memory")]);
     assert.deepEqual(buildScope({ agentId: "a", workspaceDir: ws, rootScope: "none" }).roots, []);
+  });
+
+  test("the prompt's memory section names the tools the agent has", () => {
+    const both = buildMemoryPromptSection({ availableTools: new Set(["memory_search", "memory_get"]) });
+    assert.equal(both[0], "## Memory Recall");
+    assert.match(both.join("\n"), /run memory_search, then memory_get/);
+    assert.match(buildMemoryPromptSection({ availableTools: new Set(["memory_get"]), citationsMode: "off" }).join("\n"), /Citations are off/);
+    assert.deepEqual(buildMemoryPromptSection({ availableTools: new Set(["read"]) }), []);
   });
 
   test("citations follow memory.citations as memory-core does", () => {
@@ -225,6 +234,11 @@ describe("no daemon", () => {
       const rt = await plugin.runtime().getMemorySearchManager({ cfg: {}, agentId: "down", purpose: "status" });
       assert.equal(rt.manager, m);
       assert.equal(rt.manager.status().vector?.available, false);
+      // after OpenClaw closes the managers (reload), the next call gets a fresh manager and channel
+      await plugin.runtime().closeAllMemorySearchManagers();
+      const again = await plugin.manager({ agentId: "down", workspaceDir: ws });
+      assert.notEqual(again, m);
+      assert.equal(await again.probeVectorAvailability(), false);
     } finally {
       plugin.close();
     }
