@@ -279,6 +279,45 @@ def test_encrypted_office_document() -> None:
         extract(Path("locked.docx"), data)
 
 
+def _with_member(data: bytes, name: str, content: bytes) -> bytes:
+    """The zip ``data`` with one member replaced or added."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename != name:
+                dst.writestr(info, src.read(info.filename))
+        dst.writestr(name, content)
+    return out.getvalue()
+
+
+def test_encrypted_odt() -> None:
+    plain = docfiles.odt([("Secret", 1, ["hidden"])])
+    manifest = (b'<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0">'
+                b'<manifest:file-entry manifest:full-path="content.xml" manifest:media-type="text/xml">'
+                b'<manifest:encryption-data manifest:checksum-type="SHA1/1K" manifest:checksum="AAAA"/>'
+                b"</manifest:file-entry></manifest:manifest>")
+    data = _with_member(_with_member(plain, "META-INF/manifest.xml", manifest), "content.xml", bytes(range(256)))
+    with pytest.raises(DocumentError, match=r"^encrypted OpenDocument text \(needs a password\)$"):
+        extract(Path("locked.odt"), data)
+
+
+def test_epub_with_drm_and_with_obfuscated_fonts() -> None:
+    book = docfiles.epub("Book", [("One", ["Readable text."])])
+
+    def encryption(uri: str) -> bytes:
+        return (b'<encryption xmlns="urn:oasis:names:tc:opendocument:xmlns:container" '
+                b'xmlns:enc="http://www.w3.org/2001/04/xmlenc#"><enc:EncryptedData><enc:CipherData>'
+                b'<enc:CipherReference URI="' + uri.encode() + b'"/></enc:CipherData></enc:EncryptedData></encryption>')
+
+    with pytest.raises(DocumentError, match=r"^encrypted EPUB book \(DRM\)$"):
+        extract(Path("drm.epub"), _with_member(book, "META-INF/encryption.xml", encryption("OEBPS/text/chap0.xhtml")))
+    fonts = _with_member(book, "META-INF/encryption.xml", encryption("OEBPS/fonts/serif.otf"))
+    assert "Readable text." in extract(Path("fonts.epub"), fonts).text
+
+
 def test_legacy_office_file_is_skipped_not_failed() -> None:
     data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(1000)
     with pytest.raises(ExtractError, match="legacy Office format") as info:

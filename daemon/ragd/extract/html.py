@@ -161,6 +161,10 @@ class EpubExtractor(Format):
 
     def extract(self, path: Path, data: bytes, limits: Limits) -> Document:
         zf = open_zip(data, limits, self.label)
+        if "META-INF/encryption.xml" in zf.namelist():
+            for el in xml_member(zf, "META-INF/encryption.xml", self.label).iter():
+                if local(el.tag) == "CipherReference" and re.search(r"\.x?html?$", el.get("URI") or "", re.I):
+                    raise DocumentError(f"encrypted {self.label} (DRM)")  # fonts may be obfuscated; text may not
         container = xml_member(zf, "META-INF/container.xml", self.label)
         opf_path = next((el.get("full-path") for el in container.iter() if local(el.tag) == "rootfile"), None)
         if not opf_path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ragd.extract.base import Document, Format, Limits, Probe, TextBuilder
-from ragd.extract.containers import local, open_zip, xml_member
+from ragd.extract.base import Document, DocumentError, Format, Limits, Probe, TextBuilder
+from ragd.extract.containers import local, open_zip, read_member, xml_member
 
 _MIME_TEXT = b"application/vnd.oasis.opendocument.text"
 _MIME_SHEET = b"application/vnd.oasis.opendocument.spreadsheet"
@@ -47,6 +47,16 @@ def _text(el: Any) -> str:
     return "".join(parts)
 
 
+def _content(data: bytes, limits: Limits, label: str) -> Any:
+    """content.xml's root, after checking the package is not password-protected (ODF encrypts
+    members itself, listing them with encryption-data in the manifest)."""
+    zf = open_zip(data, limits, label)
+    manifest = "META-INF/manifest.xml"
+    if manifest in zf.namelist() and b"encryption-data" in read_member(zf, manifest, label):
+        raise DocumentError(f"encrypted {label} (needs a password)")
+    return xml_member(zf, "content.xml", label)
+
+
 def _attr(el: Any, name: str) -> str | None:
     return next((v for k, v in el.attrib.items() if local(k) == name), None)
 
@@ -61,8 +71,7 @@ class OdtExtractor(Format):
         return _odf_mime(probe).startswith(_MIME_TEXT)
 
     def extract(self, path: Path, data: bytes, limits: Limits) -> Document:
-        zf = open_zip(data, limits, self.label)
-        root = xml_member(zf, "content.xml", self.label)
+        root = _content(data, limits, self.label)
         builder = TextBuilder()
         for el in root.iter():
             if local(el.tag) == "text" and local(el.getparent().tag) == "body":
@@ -95,8 +104,7 @@ class OdsExtractor(Format):
         return _odf_mime(probe).startswith(_MIME_SHEET)
 
     def extract(self, path: Path, data: bytes, limits: Limits) -> Document:
-        zf = open_zip(data, limits, self.label)
-        root = xml_member(zf, "content.xml", self.label)
+        root = _content(data, limits, self.label)
         builder = TextBuilder()
         for table in root.iter():
             if local(table.tag) != "table":
