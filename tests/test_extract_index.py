@@ -139,6 +139,23 @@ def test_failures_are_recorded_and_retried_only_when_changed(
     assert Path(search(engine, "lemurs", LEXICAL).hits[0].path).name == "fake.pdf"
 
 
+def test_stopping_cuts_a_hanging_extraction_and_records_nothing(
+    tmp_path: Path, engine_factory: Callable[..., Engine]
+) -> None:
+    """A daemon told to stop does not wait out extract.timeout_s; the file is read next time."""
+    from ragd.indexer import Indexer
+
+    root = tmp_path / "docs"
+    write_tree(root, {"a.md": "# A\n\nfine\n", "stuck.hang": "never"})
+    engine = engine_factory(extract={"timeout_s": 60.0})
+    stop_at = time.monotonic() + 2.0
+    started = time.monotonic()
+    report = Indexer(engine, should_stop=lambda: time.monotonic() > stop_at).run([root])
+    assert time.monotonic() - started < 10
+    assert engine.catalog.file_row(str(root / "stuck.hang")) is None
+    assert report.failures == []
+
+
 def test_file_changed_during_extraction_is_read_again(tmp_path: Path, engine_factory: Callable[..., Engine]) -> None:
     root = tmp_path / "docs"
     write_tree(root, {"doc.rewrite": "the first version\n"})

@@ -11,6 +11,7 @@ import docfiles
 import extract_fakes  # noqa: F401  (registers the misbehaving extractors)
 import pytest
 
+from ragd.errors import CancelledError
 from ragd.extract import DocumentError, Limits, extract, forget_cached
 from ragd.extract.isolate import POOL
 
@@ -37,6 +38,14 @@ def test_hang_is_cut_at_the_time_limit() -> None:
         extract(Path("stuck.hang"), b"x", Limits(timeout_s=1.0))
     assert time.monotonic() - started < 5
     assert "healthy" in extract(Path("next.pdf"), PDF, Limits(timeout_s=1.0)).text
+
+
+def test_a_stopping_caller_cancels_a_hang() -> None:
+    stop_at = time.monotonic() + 0.5
+    with pytest.raises(CancelledError, match="cancelled"):
+        extract(Path("stuck.hang"), b"x", Limits(timeout_s=30.0), cancelled=lambda: time.monotonic() > stop_at)
+    assert time.monotonic() - stop_at < 2
+    assert "healthy" in extract(Path("after.pdf"), PDF).text
 
 
 def test_crash_fails_the_file_only() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from ragd.chunk import chunk_document
 from ragd.config import RootConfig
 from ragd.engine import Engine
-from ragd.errors import ExtractError, UsageError
+from ragd.errors import CancelledError, ExtractError, UsageError
 from ragd.extract import DocumentError, Limits, extract
 from ragd.extract import configure as configure_extract
 from ragd.paths import PathFilter
@@ -264,6 +264,7 @@ class Indexer:
                 return
         if scope.target == scope.root and str(scope.root) in catalog.suspended_roots():
             catalog.resume_root(str(scope.root))  # walked whole again: served again
+        if gone:
             result = catalog.apply(self.engine.model_key, [], [], deleted_paths=gone)
             self.engine.forget_chunks(result.removed_ids)
             report.files_removed += len(gone)
@@ -315,7 +316,9 @@ class Indexer:
                 return _Pending(update(row.status, digest, row.error, chunks=None))
             failure: tuple[str, str] | None = None
             try:
-                doc = extract(path, data, self.limits)
+                doc = extract(path, data, self.limits, self.should_stop)
+            except CancelledError:  # stopping: not recorded, so the next run reads it again
+                return None
             except DocumentError as exc:  # a document that cannot be read: damaged, encrypted, over a limit
                 failure = ("failed", str(exc))
             except ExtractError as exc:  # not text, and no extractor reads it

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from ragd.config import ExtractConfig
@@ -54,9 +55,12 @@ def forget_cached() -> None:
         _cache.clear()
 
 
-def extract(path: Path, data: bytes, limits: ExtractConfig | None = None) -> Document:
+def extract(
+    path: Path, data: bytes, limits: ExtractConfig | None = None, cancelled: Callable[[], bool] | None = None
+) -> Document:
     """The document in ``data`` (the bytes of ``path``), within ``limits`` (a ``Limits`` or the
-    config's ``[extract]`` section; default: what ``configure`` set).
+    config's ``[extract]`` section; default: what ``configure`` set). ``cancelled`` is polled
+    while a worker runs: once true, the worker is killed and ``CancelledError`` raised.
 
     Raises ``DocumentError`` (recorded as failed) for a document that cannot be read: damaged,
     encrypted, a zip bomb, past a limit, not what its suffix says; ``ExtractError`` (skipped)
@@ -75,7 +79,7 @@ def extract(path: Path, data: bytes, limits: ExtractConfig | None = None) -> Doc
     if bounds.isolate:
         from ragd.extract.isolate import POOL
 
-        doc = _without_surrogates(POOL.run(extractor, path, data, bounds))
+        doc = _without_surrogates(POOL.run(extractor, path, data, bounds, cancelled))
     else:
         doc = _without_surrogates(_in_process(extractor, path, data, bounds))
     with _cache_lock:

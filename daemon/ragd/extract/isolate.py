@@ -21,10 +21,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from ragd.errors import ExtractError
+from ragd.errors import CancelledError, ExtractError
 from ragd.extract.base import Document, DocumentError, Extractor, Limits
 from ragd.extract.worker import decode_reply
 
@@ -43,20 +44,30 @@ class _Crash(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    pass
+
+
+POLL_S = 0.2
+"""How often a wait for a worker checks whether the caller gave up (a stopping daemon)."""
+
+
 class _Worker:
     def __init__(self, memory_mb: int) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # what the caller can import, so can it
         self.memory_mb = memory_mb
         self.served = 0
+        self.cancelled: Callable[[], bool] | None = None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ragd.extract.worker", str(memory_mb), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
             start_new_session=True,  # a Ctrl-C for the daemon must not kill a file's extraction
         )
 
-    def call(self, request: bytes, timeout: float) -> bytes:
+    def call(self, request: bytes, timeout: float, cancelled: Callable[[], bool] | None = None) -> bytes:
         deadline = time.monotonic() + timeout
+        self.cancelled = cancelled
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
         try:
@@ -73,9 +84,11 @@ class _Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _Timeout()
-            ready, _, _ = select.select([fd], [], [], left)
+            ready, _, _ = select.select([fd], [], [], min(left, POLL_S) if self.cancelled else left)
             if not ready:
-                raise _Timeout()
+                if self.cancelled is not None and self.cancelled():
+                    raise _Cancelled()
+                continue
             chunk = os.read(fd, min(n, 1 << 20))
             if not chunk:
                 raise _Crash()
@@ -146,13 +159,20 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
 
-    def run(self, extractor: Extractor, path: Path, data: bytes, limits: Limits) -> Document:
+    def run(
+        self, extractor: Extractor, path: Path, data: bytes, limits: Limits, cancelled: Callable[[], bool] | None = None
+    ) -> Document:
+        """The document, or ``DocumentError`` / ``ExtractError``; ``CancelledError`` (and the
+        worker killed) as soon as ``cancelled()`` is true while it waits."""
         request = pickle.dumps(
             (type(extractor).__module__, extractor.name, str(path), data, limits), protocol=pickle.HIGHEST_PROTOCOL
         )
         worker = self._take(limits.memory_mb)
         try:
-            reply = worker.call(request, limits.timeout_s)
+            reply = worker.call(request, limits.timeout_s, cancelled)
+        except _Cancelled:
+            worker.kill()
+            raise CancelledError(f"extraction of {path} cancelled") from None
         except _Timeout:
             worker.kill()
             raise DocumentError(f"extraction timed out after {limits.timeout_s:g} s (extract.timeout_s)") from None
