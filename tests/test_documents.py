@@ -185,7 +185,10 @@ def test_eml_headers_body_and_attachment() -> None:
     data = docfiles.eml("Pump repair", "Ann <ann@example.org>", "Please read the plan.\nThanks.",
                         [("plan.docx", attachment), ("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00")])
     doc = extract(Path("mail.eml"), data)
-    assert titles(doc)[:2] == [(1, "Pump repair"), (2, "Attachment: plan.docx")]
+    assert titles(doc) == [(1, "Pump repair"), (2, "Attachment: plan.docx"), (3, "Attached plan"), (4, "Steps")]
+    chunks = chunk_document(doc.text, doc.kind, words, 50, 0, headings=doc.headings)
+    pump = next(c for c in chunks if "Replace the pump" in c.text)
+    assert pump.heading == ("Pump repair", "Attachment: plan.docx", "Attached plan", "Steps")
     for needle in ("From: Ann <ann@example.org>", "Date: Tue, 03 Mar 2026", "Please read the plan.",
                    "Replace the pump on Monday."):
         assert needle in doc.text

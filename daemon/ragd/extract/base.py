@@ -151,6 +151,15 @@ class TextBuilder:
         self.lines.append(title)
         self.blank()
 
+    def include(self, doc: Document, level_shift: int) -> None:
+        """Another document's text as it is, its headings ``level_shift`` levels deeper."""
+        self.blank()
+        offset = len(self.lines)
+        self.lines.extend(doc.text.rstrip("\n").split("\n"))
+        for h in doc.headings or ():
+            self.headings.append(Heading(h.line + offset, h.level + level_shift, h.title))
+        self.blank()
+
     def page(self) -> None:
         """The next line starts a new page (pages without text share their start with the next)."""
         self.blank()

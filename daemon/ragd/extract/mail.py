@@ -79,7 +79,7 @@ def _add_attachment(part: MIMEPart, builder: TextBuilder, limits: Limits, level:
     if not doc.text.strip():
         return
     builder.heading(f"Attachment: {name}", level)
-    builder.paragraph(doc.text)
+    builder.include(doc, level)
 
 
 def _parse(data: bytes) -> EmailMessage:
