@@ -103,3 +103,29 @@ def test_beyond_path_max_only_the_unreachable_folders_are_lost(tmp_path: Path,
                 w.stop()
     finally:
         remove_deep(top)
+
+
+def test_walk_yields_what_os_walk_does(tmp_path: Path) -> None:
+    from ragd.walk import walk
+
+    root = tmp_path / "tree"
+    for rel in ("a/b/c", "a/d", "e"):
+        (root / rel).mkdir(parents=True)
+    for rel in ("x.md", "a/y.md", "a/b/c/z.md", "e/w.md"):
+        (root / rel).write_text(rel)
+    (root / "a" / "link-dir").symlink_to(root / "e")
+    (root / "a" / "link-file").symlink_to(root / "x.md")
+    (root / "a" / "dangling").symlink_to(root / "nowhere")
+
+    def listing(walker: Any) -> list[tuple[str, list[str], list[str]]]:
+        return [(str(d), sorted(ds), sorted(fs)) for d, ds, fs in walker]
+
+    assert listing(walk(str(root))) == listing(os.walk(str(root)))
+    assert listing(walk(os.fsencode(root))) == listing(os.walk(os.fsencode(root)))
+    pruned = []
+    for folder, dirnames, _ in walk(str(root)):
+        pruned.append(folder)
+        dirnames[:] = [d for d in dirnames if d != "b"]
+    assert str(root / "a" / "b") not in pruned and str(root / "a" / "d") in pruned
+    errors: list[OSError] = []
+    assert list(walk(str(root / "missing"), errors.append)) == [] and isinstance(errors[0], FileNotFoundError)

@@ -174,3 +174,27 @@ def test_ragd_index_keeps_a_gone_root_and_search_leaves_it_out(tmp_path: Path,
     assert not back.suspended and back.chunks_embedded == 0 and back.files_indexed == 0
     assert back.files_unchanged == len(NOTES) and found()
     assert engine.catalog.suspended_roots() == {}
+
+
+def test_root_problem_names_each_way_a_root_can_be_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragd.indexer import root_problem
+
+    root = tmp_path / "root"
+    assert "missing" in (root_problem(root, lambda: 3) or "")
+    root.write_text("a file now")
+    assert "not a folder" in (root_problem(root, lambda: 3) or "")
+    root.unlink()
+    root.mkdir()
+    assert root_problem(root, lambda: 0) is None  # empty and nothing indexed: a new root
+    assert "empty while 3" in (root_problem(root, lambda: 3) or "")
+    (root / "a.md").write_text("x")
+    assert root_problem(root, lambda: 3) is None
+    real = os.scandir
+
+    def refused(path: Any) -> Any:
+        if os.fspath(path) == str(root):
+            raise PermissionError(13, "Permission denied", str(root))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", refused)  # chmod 000 does not stop root, which runs these tests
+    assert "cannot be listed: Permission denied" in (root_problem(root, lambda: 3) or "")
