@@ -78,7 +78,6 @@ def root(tmp_path: Path) -> Path:
 
 def test_a_burst_of_10000_creations_overflows_into_one_scan(root: Path, queue: Any,  # noqa: F811
                                                              make_watcher: Callable[..., Watcher]) -> None:  # noqa: F811
-    assert int(Path("/proc/sys/fs/inotify/max_queued_events").read_text()) < 3 * BURST
     jobs = Jobs(queue, root)
     w = make_watcher()
     w.watch(root, PathFilter())
