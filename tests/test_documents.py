@@ -110,6 +110,17 @@ def test_xlsx_sheets_rows_as_text() -> None:
     assert "tea | 3" in lines and "cake | 4.5" in lines and "done | TRUE" in lines
 
 
+def test_xlsx_dates_and_empty_cells() -> None:
+    import datetime as dt
+
+    data = docfiles.xlsx([("Log", [["when", "what", "cost"], [dt.date(2026, 3, 1), "tea", 3],
+                                   [dt.datetime(2026, 3, 2, 14, 30), None, 4.5], [dt.time(9, 15), "start", None]])])
+    lines = extract(Path("log.xlsx"), data).text.split("\n")
+    assert "2026-03-01 | tea | 3" in lines
+    assert "2026-03-02 14:30 |  | 4.5" in lines
+    assert "09:15 | start" in lines
+
+
 def test_ods_sheets_rows_as_text() -> None:
     doc = extract(Path("sheet.ods"), docfiles.ods([("Inventory", [["apples", "12"], ["pears", "7"]]),
                                                    ("Notes", [["checked by Ann"]])]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -192,15 +193,18 @@ class XlsxExtractor(Format):
         part = "xl/workbook.xml"
         rels = relationships(zf, part, self.label)
         shared = self._shared_strings(zf, rels)
+        workbook = xml_member(zf, part, self.label)
+        dates = _Dates(self._date_styles(zf, rels), any(
+            local(el.tag) == "workbookPr" and el.get("date1904") in ("1", "true") for el in workbook.iter()))
         builder = TextBuilder()
-        for el in xml_member(zf, part, self.label).iter():
+        for el in workbook.iter():
             if local(el.tag) != "sheet":
                 continue
             rid = next((v for k, v in el.attrib.items() if local(k) == "id" and "relationships" in k), "")
             if rid not in rels or rels[rid][1] not in zf.namelist():
                 continue
             builder.heading(el.get("name") or "Sheet", 1)
-            self._sheet(zf, rels[rid][1], shared, builder)
+            self._sheet(zf, rels[rid][1], shared, dates, builder)
             builder.blank()
         return builder.document(self.name)
 
@@ -212,21 +216,49 @@ class XlsxExtractor(Format):
         return ["".join(t.text or "" for t in si.iter() if local(t.tag) == "t" and local(t.getparent().tag) != "rPh")
                 for si in root if local(si.tag) == "si"]
 
-    def _sheet(self, zf: zipfile.ZipFile, member: str, shared: list[str], builder: TextBuilder) -> None:
-        """One line per non-empty row, cells separated by " | " (streamed: sheets can be big)."""
+    def _date_styles(self, zf: zipfile.ZipFile, rels: dict[str, tuple[str, str]]) -> frozenset[int]:
+        """Indexes of the cell formats (``s`` attributes) that show a number as a date or time."""
+        target = next((t for kind, t in rels.values() if kind == "styles"), "xl/styles.xml")
+        if target not in zf.namelist():
+            return frozenset()
+        root = xml_member(zf, target, self.label)
+        custom = {el.get("numFmtId"): el.get("formatCode") or "" for el in root.iter() if local(el.tag) == "numFmt"}
+        out: set[int] = set()
+        for xfs in root.iter():
+            if local(xfs.tag) != "cellXfs":
+                continue
+            for index, xf in enumerate(x for x in xfs if local(x.tag) == "xf"):
+                fmt = xf.get("numFmtId") or "0"
+                if (fmt.isdigit() and int(fmt) in _DATE_FORMATS) or _DATE_CODE.search(
+                        re.sub(r'"[^"]*"|\[[^\]]*\]|\\.', "", custom.get(fmt, ""))):
+                    out.add(index)
+        return frozenset(out)
+
+    def _sheet(self, zf: zipfile.ZipFile, member: str, shared: list[str], dates: _Dates,
+               builder: TextBuilder) -> None:
+        """One line per non-empty row, cells separated by " | " in their columns (streamed:
+        sheets can be big)."""
         with zf.open(member) as stream:
             try:
                 for _, row in etree.iterparse(stream, events=("end",), resolve_entities=False, no_network=True,
                                               load_dtd=False, huge_tree=False):
                     if local(row.tag) != "row":
                         continue
-                    builder.row([self._cell(c, shared) for c in row if local(c.tag) == "c"])
+                    cells: list[str] = []
+                    for c in row:
+                        if local(c.tag) != "c":
+                            continue
+                        column = _column(c.get("r") or "")
+                        if column is not None and len(cells) < column < len(cells) + _MAX_GAP:
+                            cells.extend([""] * (column - len(cells)))  # keep values under their headers
+                        cells.append(self._cell(c, shared, dates))
+                    builder.row(cells)
                     row.clear()
             except etree.XMLSyntaxError as exc:
                 raise DocumentError(f"damaged {self.label}: {member}: {exc}") from exc
 
     @staticmethod
-    def _cell(c: Any, shared: list[str]) -> str:
+    def _cell(c: Any, shared: list[str], dates: _Dates) -> str:
         kind = c.get("t") or "n"
         if kind == "inlineStr":
             return "".join(t.text or "" for t in c.iter() if local(t.tag) == "t")
@@ -235,5 +267,46 @@ class XlsxExtractor(Format):
             return shared[int(value)] if value.isdigit() and int(value) < len(shared) else ""
         if kind == "b":
             return "TRUE" if value == "1" else "FALSE" if value == "0" else value
+        style = c.get("s")
+        if kind == "n" and style and style.isdigit() and int(style) in dates.styles:
+            return dates.show(value)
         return value
+
+
+_DATE_FORMATS = frozenset({*range(14, 23), 45, 46, 47})
+"""Excel's built-in number formats that are dates or times."""
+_DATE_CODE = re.compile(r"[dymhs]", re.IGNORECASE)
+_MAX_GAP = 50
+"""Empty columns inserted at most before a cell, so a far-right cell cannot blow a row up."""
+
+
+def _column(ref: str) -> int | None:
+    """0-based column of a cell reference like "C7"."""
+    letters = "".join(ch for ch in ref if ch.isalpha()).upper()
+    if not letters:
+        return None
+    n = 0
+    for ch in letters:
+        n = n * 26 + ord(ch) - 64
+    return n - 1
+
+
+class _Dates:
+    """Shows a date-formatted serial number as ISO 8601 (1900 or 1904 date system)."""
+
+    def __init__(self, styles: frozenset[int], base_1904: bool) -> None:
+        self.styles = styles
+        self.epoch = datetime(1904, 1, 1) if base_1904 else datetime(1899, 12, 30)
+
+    def show(self, value: str) -> str:
+        try:
+            serial = float(value)
+            moment = self.epoch + timedelta(seconds=round(serial * 86400))  # serials carry float noise
+        except (ValueError, OverflowError):
+            return value
+        if 0 <= serial < 1:
+            return moment.strftime("%H:%M:%S" if moment.second else "%H:%M")
+        if moment.hour == moment.minute == moment.second == 0:
+            return moment.date().isoformat()
+        return moment.isoformat(sep=" ", timespec="seconds" if moment.second else "minutes")
 
