@@ -26,6 +26,11 @@ def hits_under(client: Any, root: Path, query: str = QUERY) -> list[str]:
     return [h.path for h in client.search(query, k=20, rerank=False).hits if h.path.startswith(str(root) + "/")]
 
 
+def root_status(client: Any, root: Path) -> Any:
+    (status,) = [r for r in client.status().roots if r.path == str(root)]
+    return status
+
+
 def ids(daemon: Any, table: str) -> set[int]:
     return {int(r[0]) for r in daemon.reader().catalog.db.execute(f"SELECT id FROM {table}")}
 
@@ -44,6 +49,7 @@ def test_a_deleted_root_is_suspended_listed_removable_and_rescanned_when_back(
     wait_for(lambda: str(extra) in daemon.suspended_roots() and not hits_under(client, extra),
              what="the deleted root suspended and not served")
     assert "missing" in daemon.suspended_roots()[str(extra)]
+    assert "missing" in (root_status(client, extra).suspended or "")  # and Status says so
     assert str(extra) in {r.path for r in client.roots()}
 
     daemon.stop(0)
@@ -54,7 +60,7 @@ def test_a_deleted_root_is_suspended_listed_removable_and_rescanned_when_back(
 
     write_tree(extra, NOTES)  # recreated: scanned again
     wait_for(lambda: hits_under(client, extra), what="the recreated root searchable again")
-    assert daemon.suspended_roots() == {}
+    assert daemon.suspended_roots() == {} and root_status(client, extra).suspended is None
 
     shutil.rmtree(extra)
     wait_for(lambda: str(extra) in daemon.suspended_roots(), what="suspended again")
@@ -126,6 +132,7 @@ def test_an_unmounted_root_is_suspended_not_emptied_and_resumes_without_embeddin
     drive.unmount()
     wait_for(lambda: str(drive.root) in daemon.suspended_roots(), what="the unmounted root suspended")
     assert "empty" in daemon.suspended_roots()[str(drive.root)]
+    assert "empty" in (root_status(client, drive.root).suspended or "")
     assert not hits_under(client, drive.root)
     daemon.queue.put_scan(str(drive.root), "test")  # a reconcile scan while it is away empties nothing
     daemon.wake.set()

@@ -173,6 +173,8 @@ def test_the_daemon_says_which_roots_are_not_watched(monkeypatch: pytest.MonkeyP
     daemon, client, notes = daemon_factory()
     wait_for(lambda: idle(client), what="first index")
     assert "No space left on device" in daemon.watch_problems()[str(notes)]
+    (status,) = client.status().roots
+    assert "No space left on device" in (status.watch_problem or "") and "scanned every" in status.watch_problem
     (notes / "late.md").write_text("Written while no watch works: found by the fallback scan.\n")
     daemon.queue.put_scan(str(notes), "watch-fallback")  # what the watcher queues every fallback_scan_s
     daemon.wake.set()
