@@ -205,3 +205,28 @@ def test_root_problem_names_each_way_a_root_can_be_gone(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(os, "scandir", refused)  # chmod 000 does not stop root, which runs these tests
     assert "cannot be listed: Permission denied" in (root_problem(root, lambda: 3) or "")
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        engine_factory: Callable[..., Any]) -> None:
+    from ragd.indexer import Indexer
+
+    root = tmp_path / "root"
+    write_tree(root, {"top.md": "On top.\n", "share/a.md": "Alpha on the share.\n", "share/deep/b.md": "Beta.\n"})
+    engine = engine_factory()
+    assert Indexer(engine).run([root]).files_indexed == 3
+    real = os.scandir
+
+    def failing(path: Any) -> Any:
+        if os.fspath(path) == str(root / "share"):
+            raise OSError(5, "Input/output error", str(root / "share"))  # a share that stopped answering
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    report = Indexer(engine).run([root])
+    assert report.files_removed == 0 and set(engine.catalog.files_under(str(root / "share"))) == {
+        str(root / "share" / "a.md"), str(root / "share" / "deep" / "b.md")}
+    monkeypatch.setattr(os, "scandir", real)
+    (root / "share" / "a.md").unlink()  # readable again: what is really gone goes
+    report = Indexer(engine).run([root])
+    assert report.files_removed == 1 and str(root / "share" / "a.md") not in engine.catalog.files_under(str(root))
