@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from test_daemon import wait_for
 
 import ragd_client
 
@@ -30,17 +31,6 @@ def write_config(folder: Path, tiny_models: dict[str, Path], roots: Sequence[Pat
     config = folder / "config.toml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return config
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 class Serve:
@@ -77,7 +67,7 @@ class Serve:
                 raise AssertionError(f"ragd serve exited {self.proc.returncode}: {self.stderr()[-2000:]}")
             return self.sock.exists() and self.health() == "SERVING"
 
-        wait_for(serving, timeout=timeout, what="ragd serve to serve", every=0.1)
+        wait_for(serving, timeout=timeout, what="ragd serve to serve")
 
     def wait_idle(self, timeout: float = 120.0) -> Any:
         with self.client() as client:
@@ -85,7 +75,7 @@ class Serve:
                 st = client.status()
                 return st if st.serving and st.files_pending == 0 and not st.current_file else None
 
-            return wait_for(idle, timeout=timeout, what="the index to settle", every=0.1)
+            return wait_for(idle, timeout=timeout, what="the index to settle")
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

@@ -82,7 +82,7 @@ def test_a_stop_while_the_models_load_is_acted_on(served: tuple[Serve, Path], tm
     serve.config.write_text(text, encoding="utf-8")
     serve.start()
     wait_for(lambda: serve.sock.exists() and serve.health() == "NOT_SERVING", timeout=60, what="the load")
-    wait_for(lambda: "convert" in serve.stderr().lower(), timeout=60, what="the conversion to start", every=0.02)
+    wait_for(lambda: "convert" in serve.stderr().lower(), timeout=60, what="the conversion to start")
     serve.signal(signal.SIGTERM)
     code = serve.wait(60)
     log = serve.stderr()
