@@ -258,9 +258,12 @@ def test_status_tells_what_the_writer_and_the_roots_cannot_do(
     wait_for(lambda: idle(client), what="initial index")
     st = client.status()
     assert st.writer_error is None and st.roots[0].suspended is None
+    chunk_id = client.search("glaciers", k=1, mode="lexical", rerank=False).hits[0].chunk_id
     daemon._writer_trouble(OSError(28, "No space left on device"), 5.0)
     assert "No space left on device" in (client.status().writer_error or "")
     shutil.rmtree(notes)
     root = wait_for(lambda: client.status().roots[0].suspended and client.status().roots[0], what="suspension")
     assert root.path == str(notes) and root.files_indexed == 2  # kept, not emptied
     assert root.to_dict()["suspended"]
+    with pytest.raises(ragd_client.NotFound, match="suspended"):
+        client.get_chunk(chunk_id)

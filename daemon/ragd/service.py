@@ -99,6 +99,8 @@ class Service:
         row = self.d.reader().catalog.chunks([chunk_id]).get(chunk_id)
         if row is None:
             raise NotFoundError(f"chunk_id: no chunk {chunk_id}")
+        if any(inside(row.path, root) for root in self.d.suspended_roots()):
+            raise NotFoundError(f"chunk_id: chunk {chunk_id} is in a suspended root (its folder is gone for now)")
         return Chunk(chunk_id=row.id, path=row.path, start_line=row.start_line, end_line=row.end_line,
                      heading=list(row.heading), text=row.text, page=row.page or None)
 
