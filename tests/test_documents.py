@@ -287,6 +287,15 @@ def test_truncated_docx() -> None:
         extract(Path("cut.docx"), data[: len(data) - 200])
 
 
+def test_zip_of_an_unsupported_version_is_a_damaged_file() -> None:
+    """zipfile raises NotImplementedError for it; the probe and the reader must not let it out."""
+    data = bytearray(docfiles.odt([("H", 1, ["text"])]))
+    directory = data.index(b"PK\x01\x02")
+    data[directory + 6] = 99  # "version needed to extract": 9.9
+    with pytest.raises(DocumentError, match="OpenDocument text"):
+        extract(Path("odd.odt"), bytes(data))
+
+
 def test_encrypted_office_document() -> None:
     data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500) + "EncryptedPackage".encode("utf-16-le") + bytes(500)
     with pytest.raises(DocumentError, match="encrypted Office document"):

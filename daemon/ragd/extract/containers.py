@@ -21,7 +21,7 @@ def open_zip(data: bytes, limits: Limits, label: str) -> zipfile.ZipFile:
     """The archive, after checking it is readable, not encrypted and not a zip bomb."""
     try:
         zf = zipfile.ZipFile(BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise DocumentError(f"damaged or truncated {label} (unreadable zip archive: {exc})") from exc
     infos = zf.infolist()
     if any(i.flag_bits & 0x1 for i in infos):
