@@ -24,7 +24,8 @@ export default definePluginEntry({
   description: "Memory search served by a local ragd daemon (hybrid retrieval, cross-encoder reranking, deadlines)",
   kind: "memory",
   register(api) {
-    const plugin = new RagdMemoryPlugin(api.pluginConfig ?? {});
+    // api.rootDir is where the plugin was installed from (OpenClaw runs a captured copy of this file).
+    const plugin = new RagdMemoryPlugin(api.pluginConfig ?? {}, undefined, api.rootDir);
     // Typed against OpenClaw's own declarations: tsc (run by tests/test_openclaw.py) checks the contract.
     const capability: MemoryPluginCapability = {
       deterministicRecallToolName: "memory_search",

@@ -1,12 +1,27 @@
 // A small promise-based client for ragd's gRPC API (proto/ragd/v1/ragd.proto) on @grpc/grpc-js.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
-/** The copy of ragd's proto shipped inside the plugin (tests keep it identical to proto/ragd/v1/). */
-export const PROTO_PATH = resolve(dirname(fileURLToPath(import.meta.url)), "..", "proto", "ragd", "v1", "ragd.proto");
+const PLUGIN_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+
+/** ragd's wire contract for a plugin folder: the repository's proto/ragd/v1/ beside clients/openclaw
+ * (a checkout, as `plugins install --link` uses it), else the copy `npm pack` puts in the package.
+ * OpenClaw runs a captured copy of the plugin's code, so callers pass the folder it was installed from. */
+export function findProto(rootDir?: string): string {
+  const candidates = [...new Set([rootDir, PLUGIN_DIR])].filter((d): d is string => Boolean(d)).flatMap((d) => [
+    join(d, "..", "..", "proto", "ragd", "v1", "ragd.proto"),
+    join(d, "proto", "ragd", "v1", "ragd.proto"),
+  ]);
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) {
+    throw new Error(`ragd's proto/ragd/v1/ragd.proto is not beside the plugin (looked for ${candidates.join(", ")}): `
+      + "install the plugin from a ragd checkout (clients/openclaw) or from a package made with npm pack");
+  }
+  return resolve(found);
+}
 
 export type Hit = {
   chunkId: number;
@@ -77,16 +92,18 @@ export function grpcTarget(address: string): { target: string; isUnix: boolean }
   return { target: `unix://${resolve(a)}`, isUnix: true };
 }
 
-let cachedPackage: grpc.GrpcObject | undefined;
+const packages = new Map<string, grpc.GrpcObject>();
 
-function ragdPackage(): grpc.GrpcObject {
-  if (!cachedPackage) {
-    const definition = protoLoader.loadSync(PROTO_PATH, {
+function ragdPackage(protoPath: string): grpc.GrpcObject {
+  let pkg = packages.get(protoPath);
+  if (!pkg) {
+    const definition = protoLoader.loadSync(protoPath, {
       keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true,
     });
-    cachedPackage = grpc.loadPackageDefinition(definition);
+    pkg = grpc.loadPackageDefinition(definition);
+    packages.set(protoPath, pkg);
   }
-  return cachedPackage;
+  return pkg;
 }
 
 type Unary = (request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions,
@@ -99,12 +116,12 @@ export class RagdClient {
   private readonly token?: string;
   private readonly tokenFile?: string;
 
-  constructor(address: string, opts: { token?: string; tokenFile?: string } = {}) {
+  constructor(address: string, opts: { token?: string; tokenFile?: string; protoPath?: string } = {}) {
     this.address = address;
     this.token = opts.token;
     this.tokenFile = opts.tokenFile;
     const { target } = grpcTarget(address);
-    const v1 = (ragdPackage().ragd as grpc.GrpcObject).v1 as grpc.GrpcObject;
+    const v1 = (ragdPackage(opts.protoPath ?? findProto()).ragd as grpc.GrpcObject).v1 as grpc.GrpcObject;
     const channelOptions = {
       "grpc.max_receive_message_length": 16 * 1024 * 1024,
       "grpc.max_send_message_length": 16 * 1024 * 1024,

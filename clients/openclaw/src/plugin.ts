@@ -1,6 +1,6 @@
 // One ragd connection for the plugin, one memory manager per agent, and the runtime OpenClaw
 // asks for managers (MemoryPluginRuntime in openclaw/plugin-sdk).
-import { RagdClient } from "./client.ts";
+import { findProto, RagdClient } from "./client.ts";
 import { type RagdPluginConfig, resolveConfig } from "./config.ts";
 import { RagdMemoryManager, RootRegistrar } from "./manager.ts";
 import { buildScope, extraPathStrings } from "./scope.ts";
@@ -21,16 +21,19 @@ export class RagdMemoryPlugin {
   private connection: { client: RagdClient; registrar: RootRegistrar } | undefined;
   private readonly managers = new Map<string, RagdMemoryManager>();
   private readonly resolveAgent: AgentResolver;
+  private readonly protoPath: string;
 
-  constructor(rawConfig: unknown, resolveAgent: AgentResolver = openclawAgentResolver) {
+  /** `rootDir`: the folder OpenClaw installed the plugin from (api.rootDir), where the proto is found. */
+  constructor(rawConfig: unknown, resolveAgent: AgentResolver = openclawAgentResolver, rootDir?: string) {
     this.resolveAgent = resolveAgent;
     this.config = resolveConfig(rawConfig);
+    this.protoPath = findProto(rootDir);
   }
 
   /** The daemon connection, opened on first use and again after close(). */
   private connect(): { client: RagdClient; registrar: RootRegistrar } {
     if (!this.connection) {
-      const client = new RagdClient(this.config.address, { tokenFile: this.config.tokenFile });
+      const client = new RagdClient(this.config.address, { tokenFile: this.config.tokenFile, protoPath: this.protoPath });
       this.connection = { client, registrar: new RootRegistrar(client) };
     }
     return this.connection;

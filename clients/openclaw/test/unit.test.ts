@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { grpcTarget, PROTO_PATH } from "../src/client.ts";
+import { findProto, grpcTarget } from "../src/client.ts";
 import { defaultSocketPath, MAX_DEADLINE_MS, OPENCLAW_MEMORY_SEARCH_TIMEOUT_MS, resolveConfig } from "../src/config.ts";
 import { RagdMemoryPlugin } from "../src/plugin.ts";
 import { buildScope, displayPath, inScope, pathPrefixes } from "../src/scope.ts";
@@ -57,6 +57,15 @@ describe("config", () => {
     assert.throws(() => resolveConfig({ deadlineMs: 60_000 }), /config\.deadlineMs: must be a number from 100 to 25000/);
     assert.throws(() => resolveConfig({ rootScope: "all" }), /config\.rootScope/);
     assert.throws(() => resolveConfig({ paths: "notes" }), /config\.paths/);
+  });
+
+  test("the proto is the repository's (a checkout) or the packed copy; a missing one is a clear error", () => {
+    assert.equal(findProto(), join(new URL("../../..", import.meta.url).pathname, "proto", "ragd", "v1", "ragd.proto"));
+    assert.equal(findProto("/nowhere/clients/openclaw"), findProto());
+    const packed = join(tmp, "packed");
+    mkdirSync(join(packed, "proto", "ragd", "v1"), { recursive: true });
+    writeFileSync(join(packed, "proto", "ragd", "v1", "ragd.proto"), "syntax = \"proto3\";\n");
+    assert.equal(findProto(packed), join(packed, "proto", "ragd", "v1", "ragd.proto"));
   });
 
   test("addresses become grpc-js targets", () => {
@@ -142,7 +151,7 @@ describe("what goes on the wire", () => {
   before(async () => {
     ws = workspace("wire");
     writeFileSync(token, "s3cret\n");
-    const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(PROTO_PATH, { keepCase: false, longs: Number, defaults: true, oneofs: true })) as any;
+    const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(findProto(), { keepCase: false, longs: Number, defaults: true, oneofs: true })) as any;
     server = new grpc.Server();
     server.addService(pkg.ragd.v1.Search.service, {
       Search(call: any, cb: any) {
