@@ -48,6 +48,20 @@ def test_a_stopping_caller_cancels_a_hang() -> None:
     assert "healthy" in extract(Path("after.pdf"), PDF).text
 
 
+def test_at_most_four_extractions_at_once() -> None:
+    """Six hanging files on six threads: four run, two wait for a free worker (two rounds)."""
+    outcomes: list[str] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(_failure(Path("h.hang"), Limits(timeout_s=1.5))))
+               for _ in range(6)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 6 and all("timed out" in o for o in outcomes)
+    assert time.monotonic() - started >= 2.9
+
+
 def test_crash_fails_the_file_only() -> None:
     with pytest.raises(DocumentError, match=r"^extractor crashed \(SIGSEGV"):
         extract(Path("bad.crash"), b"x")

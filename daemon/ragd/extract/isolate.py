@@ -31,6 +31,8 @@ from ragd.extract.worker import decode_reply
 
 MAX_IDLE = 2
 """Workers kept waiting for the next file."""
+MAX_BUSY = 4
+"""Extractions at once (each worker may take extract.memory_mb): more callers wait their turn."""
 MAX_FILES_PER_WORKER = 200
 """A worker is replaced after this many files, so leaks in parsers never add up."""
 _HEADER = struct.Struct("<Q")
@@ -158,6 +160,7 @@ class WorkerPool:
     def __init__(self) -> None:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_BUSY)
 
     def run(
         self, extractor: Extractor, path: Path, data: bytes, limits: Limits, cancelled: Callable[[], bool] | None = None
@@ -167,6 +170,15 @@ class WorkerPool:
         request = pickle.dumps(
             (type(extractor).__module__, extractor.name, str(path), data, limits), protocol=pickle.HIGHEST_PROTOCOL
         )
+        while not self._slots.acquire(timeout=POLL_S):
+            if cancelled is not None and cancelled():
+                raise CancelledError(f"extraction of {path} cancelled")
+        try:
+            return self._run(request, path, limits, cancelled)
+        finally:
+            self._slots.release()
+
+    def _run(self, request: bytes, path: Path, limits: Limits, cancelled: Callable[[], bool] | None) -> Document:
         worker = self._take(limits.memory_mb)
         try:
             reply = worker.call(request, limits.timeout_s, cancelled)
