@@ -62,6 +62,16 @@ def test_at_most_four_extractions_at_once() -> None:
     assert time.monotonic() - started >= 2.9
 
 
+def test_an_idle_worker_found_dead_is_replaced() -> None:
+    """A worker that died while idle (killed, out of memory) is not the next file's failure."""
+    extract(Path("warm.pdf"), PDF)
+    dead = POOL._idle[-1]
+    dead.proc.kill()
+    dead.proc.wait()
+    dead.alive = lambda: True  # as if it died just after the pool checked it
+    assert "healthy" in extract(Path("fresh.pdf"), PDF).text
+
+
 def test_crash_fails_the_file_only() -> None:
     with pytest.raises(DocumentError, match=r"^extractor crashed \(SIGSEGV"):
         extract(Path("bad.crash"), b"x")

@@ -2,10 +2,10 @@
 eats memory or crashes its parser costs one failed file, never the daemon.
 
 Each worker serves one request at a time over its stdin/stdout (length-prefixed frames: a
-pickle in, JSON out)
-under an address-space limit (``extract.memory_mb``); the caller waits at most
-``extract.timeout_s`` and kills the worker past it. Idle workers are kept for the next file
-(their start costs ~0.1 s); any thread may call ``run`` (the writer and ``ReadFile``).
+pickle in, JSON out) under an address-space limit (``extract.memory_mb``); the caller waits at
+most ``extract.timeout_s`` and kills the worker past it. Idle workers are kept for the next
+file (a start imports Python, lxml and the extractors: tenths of a second); any thread may
+call ``run`` (the writer and ``ReadFile``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class _Cancelled(Exception):
     pass
 
 
+class _Gone(Exception):
+    """The worker was dead before it took the request (an idle one killed meanwhile)."""
+
+
 POLL_S = 0.2
 """How often a wait for a worker checks whether the caller gave up (a stopping daemon)."""
 
@@ -76,7 +80,7 @@ class _Worker:
             stdin.write(_HEADER.pack(len(request)) + request)
             stdin.flush()
         except (BrokenPipeError, OSError) as exc:
-            raise _Crash() from exc
+            raise _Gone() from exc
         size = _HEADER.unpack(self._read(stdout.fileno(), _HEADER.size, deadline))[0]
         return self._read(stdout.fileno(), size, deadline)
 
@@ -181,14 +185,19 @@ class WorkerPool:
     def _run(self, request: bytes, path: Path, limits: Limits, cancelled: Callable[[], bool] | None) -> Document:
         worker = self._take(limits.memory_mb)
         try:
-            reply = worker.call(request, limits.timeout_s, cancelled)
+            try:
+                reply = worker.call(request, limits.timeout_s, cancelled)
+            except _Gone:  # not this file's doing: once more on a fresh worker
+                worker.kill()
+                worker = _SPAWNER.spawn(limits.memory_mb)
+                reply = worker.call(request, limits.timeout_s, cancelled)
         except _Cancelled:
             worker.kill()
             raise CancelledError(f"extraction of {path} cancelled") from None
         except _Timeout:
             worker.kill()
             raise DocumentError(f"extraction timed out after {limits.timeout_s:g} s (extract.timeout_s)") from None
-        except _Crash:
+        except (_Crash, _Gone):
             exit_status = worker.exit_status()
             worker.kill()
             raise DocumentError(_crash_reason(exit_status, limits)) from None
