@@ -148,6 +148,14 @@ def test_rtf_unicode_escapes_beyond_the_bmp_become_one_character() -> None:
     doc.text.encode("utf-8")  # no lone surrogates left for SQLite to refuse
 
 
+def test_documents_break_lines_only_at_newlines() -> None:
+    """ReadFile's reader may split with str.splitlines: a document's text has no other breaks."""
+    data = "<html><body><pre>one\u2028two\x0cthree\r\nCRLF\r\nkept as one break</pre></body></html>".encode()
+    text = extract(Path("breaks.html"), data).text
+    assert text.splitlines() == text.split("\n")[:-1]
+    assert "one\ntwo\nthree" in text and "CRLF\nkept as one break" in text
+
+
 def test_html_main_content_title_and_headings() -> None:
     data = docfiles.html("Saved article", "How otters sleep", ["They float on their backs.", "Holding paws."])
     doc = extract(Path("article.html"), data)

@@ -110,6 +110,10 @@ class Format:
         raise NotImplementedError
 
 
+_BREAKS = str.maketrans({"\r": "\n", "\v": "\n", "\f": "\n", "\x1c": "\n", "\x1d": "\n", "\x1e": "\n",
+                        "\x85": "\n", "\u2028": "\n", "\u2029": "\n"})
+
+
 class TextBuilder:
     """Accumulates lines of text with the headings and page starts found on the way."""
 
@@ -119,8 +123,10 @@ class TextBuilder:
         self.page_lines: list[int] = []
 
     def add(self, text: str) -> None:
-        """Append text (one or more lines); blank runs collapse and surrounding blanks go."""
-        for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        """Append text (one or more lines); blank runs collapse and surrounding blanks go. Only
+        "\\n" ends a line: the other breaks ``str.splitlines`` knows become one too, so any
+        reader numbers the lines as the chunks do."""
+        for raw in text.replace("\r\n", "\n").translate(_BREAKS).split("\n"):
             line = " ".join(raw.split()) if "\t" in raw or "\xa0" in raw else raw.rstrip()
             if line.strip():
                 self.lines.append(line)
