@@ -44,7 +44,7 @@ def test_a_stopping_caller_cancels_a_hang() -> None:
     stop_at = time.monotonic() + 0.5
     with pytest.raises(CancelledError, match="cancelled"):
         extract(Path("stuck.hang"), b"x", Limits(timeout_s=30.0), cancelled=lambda: time.monotonic() > stop_at)
-    assert time.monotonic() - stop_at < 2
+    assert time.monotonic() - stop_at < 5  # not the 30 s limit (a worker's start may take a second)
     assert "healthy" in extract(Path("after.pdf"), PDF).text
 
 
