@@ -80,7 +80,9 @@ def _trouble(daemon: Any, client: Any, needle: str) -> str:
     assert client.health("ragd.v1.Index") == "NOT_SERVING"
     assert client.health() == "SERVING"  # searches still answer from what is committed
     assert top_path(client, "glaciers in Iceland with ice cores") is not None
-    assert client.status().files_indexed >= 2
+    st = client.status()
+    assert st.files_indexed >= 2
+    assert st.writer_error and needle in st.writer_error.lower()  # Status tells the truth meanwhile
     return str(problem)
 
 
@@ -90,6 +92,7 @@ def _recovered(daemon: Any, client: Any, notes: Path) -> None:
     db = daemon.config.data_dir / "catalog.db"
     assert {str(notes / p) for p in EXTRA} <= indexed_files(db)
     assert client.health("ragd.v1.Index") == "SERVING"
+    assert client.status().writer_error is None
     assert integrity(db) == "ok"
     assert top_path(client, "wren7 sings at dawn in hedge 7") == str(notes / "extra/bird07.md")
 
