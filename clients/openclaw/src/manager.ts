@@ -1,5 +1,6 @@
 // OpenClaw's MemorySearchManager contract (openclaw/plugin-sdk, 2026.9.6) served by a ragd daemon:
 // one manager per agent, confined to that agent's memory files.
+import { existsSync, statSync } from "node:fs";
 import { RagdClient, RagdError, type SearchResponse, type StatusResponse } from "./client.ts";
 import type { RagdPluginConfig } from "./config.ts";
 import { type AgentScope, absolutePath, displayPath, inScope, pathPrefixes } from "./scope.ts";
@@ -63,7 +64,8 @@ export function formatCitation(path: string, startLine: number, endLine: number)
   return startLine === endLine ? `${path}#L${startLine}` : `${path}#L${startLine}-L${endLine}`;
 }
 
-/** Registers each agent's folders as ragd roots once per daemon (and again when a folder appears). */
+/** Registers each agent's folders as ragd roots, once per daemon: the daemon's list of roots is
+ * read again every 30 s (a root removed with `ragd roots rm` comes back) and whenever one is missing. */
 export class RootRegistrar {
   private known = new Set<string>();
   private checkedAt = 0;
@@ -72,16 +74,14 @@ export class RootRegistrar {
     this.client = client;
   }
 
-  /** AddRoot for every existing folder of the scope not already inside a ragd root. */
+  /** AddRoot for every existing folder of the scope not already inside a ragd root; returns those added. */
   async ensure(scope: AgentScope, force = false): Promise<string[]> {
-    const { existsSync, statSync } = await import("node:fs");
     const wanted = scope.roots.filter((r) => existsSync(r) && statSync(r).isDirectory());
     const covered = (p: string) => [...this.known].some((root) => p === root || p.startsWith(`${root}/`));
-    if (!force && wanted.every(covered)) return [];
-    if (force || Date.now() - this.checkedAt > ROOTS_RECHECK_MS || !wanted.every(covered)) {
-      this.known = new Set(await this.client.listRoots(CONTROL_TIMEOUT_MS));
-      this.checkedAt = Date.now();
-    }
+    const fresh = Date.now() - this.checkedAt < ROOTS_RECHECK_MS;
+    if (!force && fresh && wanted.every(covered)) return [];
+    this.known = new Set(await this.client.listRoots(CONTROL_TIMEOUT_MS));
+    this.checkedAt = Date.now();
     const added: string[] = [];
     for (const root of wanted) {
       if (covered(root)) continue;
