@@ -142,6 +142,8 @@ export class RagdMemoryManager {
     opts.onDebug?.({
       backend: "builtin", configuredMode: "ragd", effectiveMode: response.reranked > 0 ? "hybrid+rerank" : "hybrid",
       searchMs: Date.now() - started, reranked: response.reranked, candidates: response.candidates,
+      rerankWindow: response.rerankWindow, timingsMs: response.timingsMs, degraded: response.degraded,
+      embedder: response.models.embedder,
     });
     return response.hits
       .filter((h) => inScope(this.scope, h.path) && h.score >= minScore)

@@ -118,10 +118,13 @@ export function createMemorySearchTool(params: { manager: ManagerFor; citations:
       let manager: RagdMemoryManager;
       try {
         manager = await params.manager();
-        const results = await manager.search(query, { maxResults, minScore, sessionKey: params.sessionKey, signal });
+        // This search's own figures (the manager is shared by the agent's concurrent calls).
+        let last: Record<string, any> = {};
+        const results = await manager.search(query, {
+          maxResults, minScore, sessionKey: params.sessionKey, signal, onDebug: (d) => { last = d; },
+        });
         const cite = includeCitations(params.citations(), params.sessionKey);
-        const last = manager.lastSearch();
-        const degraded = last?.degraded ?? [];
+        const degraded: string[] = last.degraded ?? [];
         return jsonResult({
           results: results.map((r) => ({
             ...r,
@@ -129,20 +132,20 @@ export function createMemorySearchTool(params: { manager: ManagerFor; citations:
             ...(cite ? { snippet: `${r.snippet.trimEnd()}\n\nSource: ${r.citation}` } : { citation: undefined }),
           })),
           provider: "ragd",
-          model: last?.models.embedder || undefined,
+          model: last.embedder || undefined,
           citations: params.citations(),
-          mode: last && last.reranked > 0 ? "hybrid+rerank" : "hybrid",
+          mode: last.effectiveMode,
           ...(warnings(corpus === "all", manager.indexingWarning())),
           ...(degraded.length ? { degraded } : {}),
           debug: {
             backend: "ragd",
             searchMs: Date.now() - started,
             hits: results.length,
-            candidates: last?.candidates,
-            reranked: last?.reranked,
-            rerankWindow: last?.rerankWindow,
+            candidates: last.candidates,
+            reranked: last.reranked,
+            rerankWindow: last.rerankWindow,
             deadlineMs: manager.config.deadlineMs,
-            timingsMs: last?.timingsMs,
+            timingsMs: last.timingsMs,
           },
         });
       } catch (err) {
