@@ -236,7 +236,6 @@ def test_daemon_serves_document_lines(daemon_factory: Callable[..., Any]) -> Non
     assert SENTENCES["paper.pdf"] in client.get_chunk(found.chunk_id).text
 
 
-@pytest.mark.xfail(reason="server.py does not map Hit.page / end_page and Chunk.end_page yet", strict=True)
 def test_daemon_hits_carry_pages(daemon_factory: Callable[..., Any]) -> None:  # noqa: F811
     _daemon, client, notes = daemon_factory()
     found = _pdf_hit(client, notes)

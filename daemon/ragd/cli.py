@@ -205,7 +205,11 @@ def search(
         scores = f"retrieval {hit['retrieval_score']:.3f}"
         if hit["rerank_score"] is not None:
             scores += f", rerank {hit['rerank_score']:.3f}"
-        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{heading}", bold=True)
+        pages = ""
+        if hit.get("page"):
+            last = hit.get("end_page") or hit["page"]
+            pages = f" (p. {hit['page']})" if last == hit["page"] else f" (pp. {hit['page']}-{last})"
+        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{pages}{heading}", bold=True)
         click.echo(f"   {scores}")
         click.echo(f"   {hit['snippet']}")
     t = data["timings"]

@@ -144,7 +144,7 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
         ragd_pb2.Hit(
             chunk_id=h.chunk_id, path=h.path, start_line=h.start_line, end_line=h.end_line,
             heading=h.heading, snippet=h.snippet, score=h.score, retrieval_score=h.retrieval_score,
-            rerank_score=h.rerank_score,
+            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page,
         )
         for h in result.hits
     ]
@@ -280,7 +280,7 @@ class SearchServicer(ragd_pb2_grpc.SearchServicer):
         with _rpc(context):
             c = self.s.get_chunk(request.chunk_id)
             return ragd_pb2.Chunk(chunk_id=c.chunk_id, path=c.path, start_line=c.start_line, end_line=c.end_line,
-                                  heading=c.heading, text=c.text, page=c.page or 0)
+                                  heading=c.heading, text=c.text, page=c.page or 0, end_page=c.end_page or 0)
 
     def ReadFile(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _rpc(context):

@@ -102,7 +102,8 @@ class Service:
         if any(inside(row.path, root) for root in self.d.suspended_roots()):
             raise NotFoundError(f"chunk_id: chunk {chunk_id} is in a suspended root (its folder is gone for now)")
         return Chunk(chunk_id=row.id, path=row.path, start_line=row.start_line, end_line=row.end_line,
-                     heading=list(row.heading), text=row.text, page=row.page or None)
+                     heading=list(row.heading), text=row.text, page=row.page or None,
+                     end_page=row.end_page or None)
 
     def read_file(self, path: str, from_line: int = 1, count: int = 0) -> FileLines:
         """Lines ``from_line`` .. ``from_line + count - 1`` of an indexed file's text, numbered as
@@ -289,7 +290,7 @@ def file_text(config: Config, real: str, name: str = "path") -> str:
     if len(data) > limit:
         raise FailedPreconditionError(f"{name}: grew over indexing.max_file_bytes ({limit}): not served")
     try:
-        return extract(Path(real), data).text
+        return extract(Path(real), data, config.extract).text
     except ExtractError as exc:
         raise FailedPreconditionError(f"{name}: {exc}") from exc
 
