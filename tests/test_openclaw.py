@@ -101,8 +101,24 @@ def npm_installed() -> dict[str, Path]:
     return {"node": node24, "openclaw": openclaw, "bin": host / "node_modules" / ".bin"}
 
 
+class Daemon:
+    """A `ragd serve` subprocess: its address, and stop() (SIGTERM, then wait)."""
+
+    def __init__(self, proc: subprocess.Popen[str], address: str) -> None:
+        self.proc, self.address = proc, address
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 @pytest.fixture(scope="module")
-def ragd_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[str]:
+def ragd_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[Daemon]:
     """A real `ragd serve` on a temporary socket with the tiny models and no roots of its own (the torch
     backend: it starts without converting the models, and the plugin does not see the difference)."""
     base = tmp_path_factory.mktemp("openclaw-ragd")
@@ -117,6 +133,7 @@ def ragd_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str,
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ragd"), "serve", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     address = f"unix://{sock}"
+    daemon = Daemon(proc, address)
     try:
         client = ragd_client.Client(address=address, timeout=5)
         deadline = time.monotonic() + 180
@@ -131,22 +148,17 @@ def ragd_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str,
             time.sleep(0.2)
         client.close()
         print(f"ragd serve (tiny models) up in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        yield address
+        yield daemon
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        daemon.stop()
         log.close()
 
 
-def test_node_suite(npm_installed: dict[str, Path], ragd_daemon: str) -> None:
+def test_node_suite(npm_installed: dict[str, Path], ragd_daemon: Daemon) -> None:
     """clients/openclaw/test/*.test.ts under Node 24: unit tests and the plugin against the daemon."""
     tests = sorted(str(p.relative_to(PLUGIN)) for p in (PLUGIN / "test").glob("*.test.ts"))
-    env = {**os.environ, "RAGD_TEST_ADDRESS": ragd_daemon, "OPENCLAW_PACKAGE_DIR": str(npm_installed["openclaw"]),
-           "CI": "true"}
+    env = {**os.environ, "RAGD_TEST_ADDRESS": ragd_daemon.address,
+           "OPENCLAW_PACKAGE_DIR": str(npm_installed["openclaw"]), "CI": "true"}
     proc = subprocess.run([str(npm_installed["node"]), "--test", "--test-reporter=spec", *tests], cwd=PLUGIN, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
@@ -192,10 +204,11 @@ def _details(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_openclaw_gateway_answers_memory_search_from_ragd(
-    npm_installed: dict[str, Path], ragd_daemon: str, tmp_path: Path
+    npm_installed: dict[str, Path], ragd_daemon: Daemon, tmp_path: Path
 ) -> None:
     """Real OpenClaw: the plugin is installed (--link), owns plugins.slots.memory, and the Gateway's
-    /tools/invoke runs memory_search and memory_get through OpenClaw's tool policy for two agents."""
+    /tools/invoke runs memory_search and memory_get through OpenClaw's tool policy for two agents;
+    then the daemon stops and both tools say so. Runs last: it stops the module's daemon."""
     home = tmp_path / "home"
     home.mkdir()
     ws = {"alice": tmp_path / "ws-alice", "bob": tmp_path / "ws-bob"}
@@ -222,7 +235,7 @@ def test_openclaw_gateway_answers_memory_search_from_ragd(
     config = json.loads(config_path.read_text())
     assert config["plugins"]["slots"]["memory"] == "ragd", config
     assert config["plugins"]["entries"]["ragd"]["enabled"] is True, config
-    config["plugins"]["entries"]["ragd"]["config"] = {"address": ragd_daemon, "deadlineMs": 4000}
+    config["plugins"]["entries"]["ragd"]["config"] = {"address": ragd_daemon.address, "deadlineMs": 4000}
     config["agents"] = {"entries": {name: {"workspace": str(path)} for name, path in ws.items()}}
     config["logging"] = {"file": str(tmp_path / "openclaw.log")}  # not /tmp/openclaw/
     config_path.write_text(json.dumps(config, indent=2))
@@ -284,6 +297,14 @@ def test_openclaw_gateway_answers_memory_search_from_ragd(
         status, answer = _invoke(port, token, {"tool": "memory_get", "agentId": "bob",
                                                "args": {"path": str(ws["alice"] / "MEMORY.md")}})
         assert status == 200 and _details(answer)["status"] == "error", answer
+
+        # The daemon stops (this test comes last in the module): the tools say so and name `ragd serve`.
+        ragd_daemon.stop()
+        result = search("alice", "Ragnheidur glacier")
+        assert result["unavailable"] is True and result["disabled"] is True and result["results"] == [], result
+        assert ragd_daemon.address in result["error"] and "ragd serve" in result["action"], result
+        status, answer = _invoke(port, token, {"tool": "memory_get", "agentId": "alice", "args": {"path": "MEMORY.md"}})
+        assert status == 200 and _details(answer)["code"] == "UNAVAILABLE", answer
     finally:
         os.killpg(gateway.pid, signal.SIGTERM)
         try:
