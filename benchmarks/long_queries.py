@@ -58,7 +58,10 @@ def main() -> int:
     parser.add_argument("datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = [measure(name) for name in args.datasets]
+    rows = []
+    for name in args.datasets:
+        rows.append(measure(name))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # each collection as soon as it is measured
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

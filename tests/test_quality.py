@@ -132,6 +132,34 @@ def test_covid_qa_hybrid_is_best_on_long_papers(covid: EvalIndex) -> None:
         assert chunk is not None and chunk["queries"] >= 1000, chunk  # answers located in chunks
 
 
+def _long(index: EvalIndex) -> EvalIndex:
+    import dataclasses
+
+    from ragd.evaluate import long_queries
+
+    return dataclasses.replace(index, dataset=long_queries(index.dataset))
+
+
+def test_long_queries_hybrid_is_best_and_windows_beat_truncation(
+    covid: EvalIndex, xquad_zh: EvalIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each document's questions joined into one long query (docs/quality.md, Long queries):
+    hybrid is at least as good as either signal alone, and on covid-qa, whose joined queries
+    run past MiniLM's 254 tokens, reading every window beats reading the first one only."""
+    for index in (_long(covid), _long(xquad_zh)):
+        scores = {mode: _score(index, mode).metrics["ndcg@10"] for mode in ("dense", "lexical", "hybrid")}
+        assert scores["hybrid"] >= max(scores["dense"], scores["lexical"]), (index.dataset.name, scores)
+    long_covid = _long(covid)
+    windowed = _score(long_covid, "dense")
+    assert windowed.query_use["windowed_queries"] >= 10, windowed.query_use
+    import ragd.query
+
+    monkeypatch.setattr(ragd.query, "MAX_EMBED_TOKENS", covid.engine.models.embedder.max_tokens)
+    first_window = _score(long_covid, "dense")
+    assert first_window.query_use["windowed_queries"] == 0
+    assert windowed.metrics["ndcg@10"] > first_window.metrics["ndcg@10"], (windowed.metrics, first_window.metrics)
+
+
 def test_cli_finds_the_right_file_among_hundreds(tmp_path: Path) -> None:
     """End to end through the installed `ragd` command: 240 paragraphs as files, a sentence
     from each as the query; the file it came from must come first."""
