@@ -588,8 +588,7 @@ def eval_command(
 @config_option
 def mcp_command(use_http: bool, host: str | None, port: int | None, address: str | None,
                 config_file: str | None) -> None:
-    """Serve ragd to MCP clients (assistants): tools search, get, multi_get and status, over stdio or --http."""
-    import os
+    """Serve ragd to MCP clients (assistants): search, get, multi_get, similar and status, over stdio or --http."""
 
     from ragd.errors import ConfigError, UsageError
 
@@ -618,10 +617,9 @@ def mcp_command(use_http: bool, host: str | None, port: int | None, address: str
             if not cfg.mcp.allow_remote:
                 raise ConfigError(f"{'--host' if host else 'mcp.host'}: {bind} is not a loopback address; set "
                                   "mcp.allow_remote = true to serve MCP there (with the token of server.token_file)")
-            from ragd.server import load_or_create_token
+            from ragd.auth import load_or_create_token, token_path
 
-            token = load_or_create_token(Path(os.path.expanduser(cfg.server.token_file)) if cfg.server.token_file
-                                         else cfg.data_dir / "token")
+            token = load_or_create_token(token_path(cfg))
         try:
             run_http(server, bind, port or cfg.mcp.port, token)
         except OSError as exc:

@@ -15,7 +15,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import secrets
 import signal
 import socket
 import sqlite3
@@ -33,6 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ragd.auth import load_or_create_token, token_path
 from ragd.config import Config, ConfigError
 from ragd.engine import Engine
 from ragd.errors import INTERNAL, RagdError, outcome_for
@@ -363,29 +363,6 @@ class TokenAuth(grpc.ServerInterceptor):
         return self._deny
 
 
-def load_or_create_token(path: Path) -> str:
-    """The bearer token from a private file (0600, ours), created with a fresh random token
-    when missing; a token file others could read or replace is refused."""
-    if path.exists():
-        st = path.stat()
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise ConfigError(f"{path}: server.token_file: must not be readable by others (chmod 600), mode {mode:o}")
-        if st.st_uid != os.getuid():
-            raise ConfigError(f"{path}: server.token_file: must belong to the user running ragd (uid {os.getuid()}), "
-                              f"not uid {st.st_uid}")
-        token = path.read_text(encoding="utf-8").strip()
-        if len(token) < 16:
-            raise ConfigError(f"{path}: server.token_file: token too short (at least 16 characters)")
-        return token
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-    return token
-
-
 def _check_tcp(address: str, allow_remote: bool, source: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
@@ -629,9 +606,7 @@ class Daemon:
         token = None
         if cfg.server.tcp:
             _check_tcp(cfg.server.tcp, cfg.server.allow_remote, source)
-            token_path = Path(os.path.expanduser(cfg.server.token_file)) if cfg.server.token_file \
-                else cfg.data_dir / "token"
-            token = load_or_create_token(token_path)
+            token = load_or_create_token(token_path(cfg))
         self._set_health(False)
         _prepare_socket(self.socket)
         uds = self._server()
