@@ -115,6 +115,11 @@ def test_a_long_query_is_searched_in_every_mode(indexed: Any) -> None:
             assert use.windows == 0 and use.terms_used > 0
         else:
             assert use.tokens > 3 * limit and use.windows >= 4 and use.tokens_embedded == use.tokens
+    chinese = _long_query("尼罗河每年夏天泛滥，在田地上留下黑色的淤泥，农民依靠这些淤泥耕种。", 1000, engine)
+    for mode in ("hybrid", "dense", "sparse", "lexical"):
+        pasted = search(engine, chinese, SearchOptions(mode=mode, k=2))
+        assert pasted.query_use.tokens > 1000 or mode == "lexical", mode
+        assert pasted.query_use.terms > 10 or mode != "lexical", mode
     lexical = search(engine, query, SearchOptions(k=1, mode="lexical", rerank=False))
     assert lexical.hits[0].path == str(root / "rivers" / "nile.md")  # every rare term counts
     hybrid = search(engine, query, SearchOptions(k=1))
