@@ -2,6 +2,7 @@
 same inputs, for the exact BGE-M3 / bge-reranker-v2-m3 architectures (random weights).
 
     .venv/bin/python benchmarks/inference.py [--json] [--texts 8] [--precision auto] [--backend auto] [--rounds 1]
+    .venv/bin/python benchmarks/inference.py --peers [--json] [peers.py's options]
 
 Baseline: ``BGEM3FlagModel.encode`` (dense + lexical weights) and ``FlagReranker.compute_score``
 with their defaults. ragd: ``FlagEmbedder.embed_documents`` and ``FlagCrossEncoder.score`` at
@@ -66,12 +67,19 @@ def timed(fn: Any, rounds: int) -> float:
 
 
 def main() -> int:
+    if "--peers" in sys.argv[1:]:  # ragd beside sentence-transformers' int8 engines: peers.py
+        from peers import main as peers_main
+
+        sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--peers"]
+        return peers_main()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--texts", type=int, default=8, help="texts embedded and passages reranked")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds per path (median)")
+    parser.add_argument("--peers", action="store_true",
+                        help="run peers.py instead (ragd beside sentence-transformers' OpenVINO and ONNX int8)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -1,0 +1,115 @@
+"""benchmarks/peers.py's own logic on fake results: agreement measures, ratios, the JSON shape.
+
+The benchmark itself (full-size models, the ``bench`` extra's peers) is not run here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import peers
+
+
+def row(engine: str, role: str, speed: float, agreement: float, batch: int | None = None) -> dict[str, Any]:
+    return {"engine": engine, "role": role, "batch": batch, "tokens_per_s": speed, "tokens_per_cpu_s": speed / 2,
+            "peak_rss_mb": 1000.0,
+            "load_s": 1.0, "load_average": 1.5, "agreement_to_fp32": agreement}
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=40)
+    b = a + rng.normal(scale=0.5, size=40)
+    b[:6] = 0.25  # ties
+    assert peers.spearman(a, b) == pytest.approx(float(stats.spearmanr(a, b).statistic), abs=1e-12)
+    assert peers.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert peers.spearman([1, 2, 3], [5, 5, 5]) == 0.0
+
+
+def test_mean_cosine() -> None:
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert peers.mean_cosine(a, a * 3) == pytest.approx(1.0)
+    assert peers.mean_cosine(a, np.array([[0.0, 1.0], [0.0, 1.0]])) == pytest.approx(0.5)
+
+
+def test_ratios_to_the_fastest_peer_and_to_the_fastest_at_the_gate() -> None:
+    rows = [
+        row("flagembedding", "embed", 100.0, 1.0),
+        row("st-openvino-int8", "embed", 900.0, 0.999, 32),
+        row("st-openvino-int8", "embed", 1000.0, 0.999, 1),
+        row("ragd", "embed", 1200.0, 0.998),
+        row("flagembedding", "rerank", 80.0, 1.0),
+        row("st-openvino-int8", "rerank", 1000.0, 0.76, 1),  # fastest, but fails the gate
+        row("st-onnx-int8", "rerank", 500.0, 0.985, 32),
+        row("ragd", "rerank", 800.0, 0.99),
+    ]
+    out = peers.summarize(rows, {"texts": 8})
+    assert out["embed_ratio_to_fastest_peer"] == 1.2
+    assert out["embed_fastest_peer"] == "st-openvino-int8 (batch 1)"
+    assert out["rerank_ratio_to_fastest_peer"] == 0.8
+    assert out["embed_ratio_to_fastest_peer_cpu"] == 1.2 and out["rerank_fastest_peer_cpu"].startswith("st-openvino")
+    assert out["rerank_fastest_peer_at_gate"] == "st-onnx-int8 (batch 32)"
+    assert out["rerank_ratio_to_fastest_peer_at_gate"] == 1.6
+    assert out["embed_mean_cosine_to_fp32"] == 0.998
+    assert out["rerank_spearman_to_fp32"] == 0.99
+    assert len(out["peers"]) == 6 and all(r["engine"] != "ragd" for r in out["peers"])
+    assert out["texts"] == 8
+    json.dumps(out)  # the --json object is plain JSON
+    text = peers.table(out)
+    assert "1.2x the fastest peer (st-openvino-int8 (batch 1))" in text
+    assert "0.8x the fastest peer" in text
+
+
+def test_failed_rows_and_missing_ragd() -> None:
+    rows = [row("flagembedding", "rerank", 80.0, 1.0),
+            {"engine": "st-onnx-int8", "role": "rerank", "batch": 1, "error": "export failed"}]
+    out = peers.summarize(rows, {})
+    assert out["rerank_ratio_to_fastest_peer"] is None and out["rerank_spearman_to_fp32"] is None
+    assert out["rerank_fastest_peer"] == "flagembedding"
+    assert "failed: export failed" in peers.table(out)
+
+
+def test_configurations_put_the_reference_first_and_both_batch_sizes() -> None:
+    runs = peers.configurations(["ragd", "st-onnx-int8", "flagembedding"], ["rerank"])
+    assert [(r["engine"], r["batch"]) for r in runs] == [
+        ("flagembedding", None), ("ragd", None), ("st-onnx-int8", peers.ST_DEFAULT_BATCH), ("st-onnx-int8", 1)]
+
+
+def test_agreement_is_measured_against_the_reference_outputs() -> None:
+    rows = [
+        {"engine": "flagembedding", "role": "rerank", "batch": None, "output": [0.1, 0.2, 0.3, 0.4]},
+        {"engine": "st-onnx-int8", "role": "rerank", "batch": 1, "output": [0.1, 0.3, 0.2, 0.4]},
+        {"engine": "flagembedding", "role": "embed", "batch": None, "output": [[1.0, 0.0], [0.0, 1.0]]},
+        {"engine": "ragd", "role": "embed", "batch": None, "output": [[1.0, 0.0], [1.0, 1.0]]},
+        {"engine": "st-onnx-int8", "role": "embed", "batch": 1, "error": "failed"},
+    ]
+    peers.agreement(rows)
+    assert [r.get("agreement_to_fp32") for r in rows] == [1.0, 0.8, 1.0, round((1 + 2 ** -0.5) / 2, 4), None]
+    assert all("output" not in r for r in rows)
+
+
+def test_candidates_in_a_2s_deadline() -> None:
+    assert peers.candidates_in_2s(1000.0, 20) == 6.2
+    assert peers.candidates_in_2s(1000.0, 20, 128) == 13.5
+    assert peers.candidates_in_2s(None, 20) is None
+
+
+def test_profile_aggregation() -> None:
+    nodes = [
+        ("__module.roberta.encoder.layer.0.attention.self.query/MatMul", "FullyConnected", "brgemm_avx512_FP32", 300.0),
+        ("__module.roberta.encoder.layer.11.output.dense/MatMul", "FullyConnected", "brgemm_avx512_I8", 500.0),
+        ("Multiply_123", "Eltwise", "jit_avx512_FP32", 200.0),
+    ]
+    out = peers.aggregate(nodes)
+    assert out["total_ms"] == 1.0
+    assert out["by_kind"][0] == {"kind": "FullyConnected I8", "ms": 0.5, "share": 0.5}
+    assert out["by_layer"] == {"layer 00": 0.3, "layer 11": 0.5, "rest": 0.2}
+    assert peers.op_precision("ref_any") == "other"
