@@ -212,14 +212,14 @@ def error_for(tmp_path: Path, env: dict[str, str], text: str) -> str:
          "models.colour: unknown key (known keys in [models]: embedder, reranker, fallback, device, precision, "
          "batch_size, multi_vector, backend, cache_dir)"),
         ("colour = 1",
-         "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
-         "watch, mcp)"),
+         "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
+         "server, watch, mcp)"),
         ("source = 'x'",
-         "source: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
-         "watch, mcp)"),
+         "source: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
+         "server, watch, mcp)"),
         ("[retrieval]\nk = 1",
-         "retrieval: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, server, "
-         "watch, mcp)"),
+         "retrieval: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
+         "server, watch, mcp)"),
         ("[indexing]\nmax_bytes = 1",
          "indexing.max_bytes: unknown key (known keys in [indexing]: max_file_bytes, batch_chunks)"),
         ("[roots]\npath = '.'", "roots: expected an array of tables ([[roots]]), got a table"),
@@ -392,4 +392,5 @@ def test_example_shows_the_default_values(env: dict[str, str]) -> None:
     for name, cls in SECTIONS.items():
         if name in ("", "roots"):
             continue
-        assert data[name] == dataclasses.asdict(cls()), name
+        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cls()).items()}
+        assert data[name] == defaults, name  # TOML arrays are lists; tuple defaults compare as lists
