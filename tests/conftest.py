@@ -119,6 +119,21 @@ def engine_factory(make_config: Callable[..., Any], loaded_tiny: Any) -> Iterato
         e.close()
 
 
+@pytest.fixture
+def index_tree(tmp_path: Path, engine_factory: Callable[..., Any]) -> Callable[..., tuple[Any, Path]]:
+    """Write ``files`` under tmp_path/docs and index them with a fresh engine: (engine, root)."""
+    from ragd.indexer import index_paths
+
+    def build(files: dict[str, str | bytes], **sections: Any) -> tuple[Any, Path]:
+        root = tmp_path / "docs"
+        write_tree(root, files)
+        engine = engine_factory(**sections)
+        index_paths(engine, [root])
+        return engine, root
+
+    return build
+
+
 def write_tree(root: Path, files: dict[str, str | bytes]) -> None:
     for rel, content in files.items():
         p = root / rel

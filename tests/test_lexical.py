@@ -49,12 +49,8 @@ def test_query_expression() -> None:
 
 
 @pytest.fixture
-def indexed(tmp_path: Path, engine_factory: Any) -> Any:
-    root = tmp_path / "docs"
-    write_tree(root, DOCS)
-    engine = engine_factory()
-    index_paths(engine, [root])
-    return engine, root
+def indexed(index_tree: Any) -> Any:
+    return index_tree(DOCS)
 
 
 def _top(engine: Any, query: str, **kw: Any) -> str:

@@ -17,10 +17,8 @@ from click.testing import CliRunner
 from test_daemon import daemon_factory, idle, wait_for  # noqa: F401  (daemon_factory is a fixture)
 
 import ragd_client
-from conftest import write_tree
 from ragd.cli import main
 from ragd.errors import NotFoundError, UsageError
-from ragd.indexer import index_paths
 from ragd.lexical import terms as query_terms
 from ragd.models.base import Embeddings
 from ragd.query import MAX_QUERY_TERMS, combine, select_terms, windows
@@ -38,12 +36,8 @@ DOCS = {
 
 
 @pytest.fixture
-def indexed(tmp_path: Path, engine_factory: Any) -> Any:
-    root = tmp_path / "docs"
-    write_tree(root, DOCS)
-    engine = engine_factory()
-    index_paths(engine, [root])
-    return engine, root
+def indexed(index_tree: Any) -> Any:
+    return index_tree(DOCS)
 
 
 def test_windows_cover_the_text_within_the_token_budget() -> None:

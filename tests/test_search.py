@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from conftest import write_tree
 from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, UsageError
 from ragd.indexer import index_paths
@@ -22,12 +21,8 @@ DOCS = {
 
 
 @pytest.fixture
-def indexed(tmp_path: Path, engine_factory: Any) -> Any:
-    root = tmp_path / "docs"
-    write_tree(root, DOCS)
-    engine = engine_factory()
-    index_paths(engine, [root])
-    return engine, root
+def indexed(index_tree: Any) -> Any:
+    return index_tree(DOCS)
 
 
 def test_search_returns_hits_with_every_field(indexed: Any) -> None:
