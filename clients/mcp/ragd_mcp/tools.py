@@ -22,7 +22,7 @@ from pydantic import Field
 from ragd.errors import outcome_for_code
 from ragd.requests import MAX_QUERY_CHARS
 from ragd_client import Client, DaemonUnavailable, InvalidArgument, RagdClientError
-from ragd_client.types import Chunk, FileLines, Hit
+from ragd_client.types import Chunk, FileLines, Hit, SearchResult
 from ragd_mcp.results import (
     FailedFile,
     GetFailure,
@@ -215,6 +215,17 @@ def _hit(hit: Hit) -> SearchHit:
     )
 
 
+def _output(query: str, result: SearchResult) -> SearchOutput:
+    return SearchOutput(
+        query=query,
+        hits=[_hit(h) for h in result.hits],
+        candidates=result.candidates,
+        reranked=result.reranked,
+        degraded=list(result.degraded),
+        elapsed_ms=round(result.timings.get("total_ms", 0.0), 1),
+    )
+
+
 def _lines(result: FileLines) -> Passage:
     end = result.end_line
     return Passage(
@@ -307,14 +318,7 @@ class Tools:
                 root=root_path, deadline=deadline,
             )
         )
-        return SearchOutput(
-            query=query,
-            hits=[_hit(h) for h in result.hits],
-            candidates=result.candidates,
-            reranked=result.reranked,
-            degraded=list(result.degraded),
-            elapsed_ms=round(result.timings.get("total_ms", 0.0), 1),
-        )
+        return _output(query, result)
 
     def similar(
         self,
@@ -342,14 +346,7 @@ class Tools:
             lambda c: c.search("", k=limit, deadline=deadline, like_chunk_id=chunk_id or 0, like_path=path,
                                like_line=line, like_same_file=same_file)
         )
-        return SearchOutput(
-            query=citation or f"chunk:{chunk_id}",
-            hits=[_hit(h) for h in result.hits],
-            candidates=result.candidates,
-            reranked=result.reranked,
-            degraded=list(result.degraded),
-            elapsed_ms=round(result.timings.get("total_ms", 0.0), 1),
-        )
+        return _output(citation or f"chunk:{chunk_id}", result)
 
     def get(
         self,
