@@ -46,8 +46,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from ragd.models import openvino as ovb
-    from ragd.models.flag import FlagEmbedder
+    from ragd.models.openvino.models import OpenVINOEmbedder
+    from ragd.models.openvino.scheduler import _reset
 
     if args.model == "tiny":
         from ragd.models.synthetic import build_m3_embedder
@@ -60,8 +60,8 @@ def main() -> int:
         from inference import build_models
 
         folder, _ = build_models()
-    embedder = FlagEmbedder(folder, args.model, device="cpu", precision="int8", backend="openvino", cache_dir=CACHE)
-    runner = embedder._runner
+    embedder = OpenVINOEmbedder(folder, args.model, precision="int8", cache_dir=CACHE)
+    runner = embedder.runner
     assert runner is not None
     compiled = runner._compiled
 
@@ -108,7 +108,7 @@ def main() -> int:
                 raise
             counts["cancelled"] += 1
             if args.after == "reset":
-                background = ovb._reset(background, inputs[shape])
+                background = _reset(background, inputs[shape])
             elif args.after == "fresh":
                 background = compiled.create_infer_request()
         other = pick.choice(shapes)

@@ -214,7 +214,7 @@ def float32_bytes(models: Any) -> tuple[int, list[str]]:
     for backend in (models.embedder, models.reranker):
         if backend is None:
             continue
-        runner = getattr(backend, "_runner", None)
+        runner = getattr(backend, "runner", None)
         module = getattr(getattr(backend, "_model", None), "model", None)
         if runner is not None:
             source = runner.location.source
@@ -260,9 +260,9 @@ def compare_cancelling(client: Any, queries: list[str], plain: int, deadline: in
     cancelling the batch in hand for the search (ragd) and waiting for it (before): the same
     daemon, the same moment of indexing. ``plain`` searches without reranking, ``deadline``
     reranked ones of the top 20 with a 2 s deadline, in each mode."""
-    from ragd.models import openvino as ovb
+    from ragd.models.openvino import scheduler as ov_scheduler
 
-    sched = ovb._scheduler
+    sched = ov_scheduler._scheduler
     if sched is None:
         return {"skipped": "the models do not run on OpenVINO"}
     modes = {"cancel": sched.CANCELS_PER_BATCH, "wait": 0}

@@ -87,6 +87,7 @@ def main() -> int:
     import torch
     from scipy.stats import spearmanr
 
+    from ragd.models import open_embedder, open_reranker
     from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
 
     texts, query = texts_and_query(args.texts)
@@ -97,10 +98,10 @@ def main() -> int:
     log(f"loading embedders ({args.precision}, {args.backend})")
     opts = {"device": "cpu", "precision": args.precision, "backend": args.backend, "cache_dir": CACHE}
     t0 = time.perf_counter()
-    ours = FlagEmbedder(m3_folder, "bench-m3", **opts)
+    ours = open_embedder(m3_folder, "bench-m3", **opts)
     embed_load_s = time.perf_counter() - t0
     reference = ours.precision == "fp32" and ours.backend == "torch"
-    ref = ours if reference else FlagEmbedder(m3_folder, "ref-m3", device="cpu", precision="fp32", backend="torch")
+    ref = ours if reference else FlagEmbedder(m3_folder, "ref-m3", device="cpu", precision="fp32")
     embed_tokens = sum(len(x) for x in ours.tokenizer.ids(texts))
     ours.embed_documents(texts[:1])
     ref._model.encode(texts[:1], return_dense=True, return_sparse=True)
@@ -125,11 +126,10 @@ def main() -> int:
     # --- reranking ---
     log("loading rerankers")
     t0 = time.perf_counter()
-    rr = FlagCrossEncoder(rr_folder, "bench-rr", **opts)
+    rr = open_reranker(rr_folder, "bench-rr", **opts)
     rerank_load_s = time.perf_counter() - t0
     reference = rr.precision == "fp32" and rr.backend == "torch"
-    rr_ref = rr if reference else FlagCrossEncoder(rr_folder, "ref-rr", device="cpu", precision="fp32",
-                                                   backend="torch")
+    rr_ref = rr if reference else FlagCrossEncoder(rr_folder, "ref-rr", device="cpu", precision="fp32")
     rerank_tokens = sum(len(x) for x in rr._pair_inputs(query, texts))  # the pairs as scored, special tokens included
     # The query's share of a pair: its tokens (cut to 3/4 of the length, as scored) and the pair's special tokens.
     pair_overhead = (len(rr.tokenizer.ids([query], special=False, max_length=rr.max_length * 3 // 4)[0])

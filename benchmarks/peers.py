@@ -323,16 +323,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             def run(items: list[str]) -> Any:
                 return model.compute_score([[query, t] for t in items])
     elif engine == "ragd":
-        from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
+        from ragd.models import open_embedder, open_reranker
 
         opts = {"device": "cpu", "precision": spec["precision"], "backend": "auto", "cache_dir": CACHE}
         if role == "embed":
-            model = FlagEmbedder(source, "bench-m3", **opts)
+            model = open_embedder(source, "bench-m3", **opts)
 
             def run(items: list[str]) -> Any:
                 return model.embed_documents(items).dense
         else:
-            model = FlagCrossEncoder(source, "bench-rr", **opts)
+            model = open_reranker(source, "bench-rr", **opts)
 
             def run(items: list[str]) -> Any:
                 return model.score(query, items)
@@ -438,24 +438,24 @@ def profile(xml: Path, inputs: dict[str, np.ndarray], config: dict[str, Any], re
 def profile_rerankers(reranker: Path, query: str, text: str, repeats: int) -> dict[str, Any]:
     """ragd's converted reranker (as ``Runner`` compiles it) and the OpenVINO peer's static
     int8 model on the same pair, one at a time (batch 1, no padding)."""
-    from ragd.models import openvino as ovb
-    from ragd.models.flag import FlagCrossEncoder
+    from ragd.models import open_reranker
+    from ragd.models.cpu import cpu_cores
     from ragd.models.tokens import load_tokens
 
     ids = np.asarray(load_tokens(reranker).pairs(query, [text], RERANK_MAX_LENGTH), dtype=np.int64)
     mask = np.ones_like(ids)
-    model = FlagCrossEncoder(reranker, "bench-rr", device="cpu", precision="auto", backend="auto", cache_dir=CACHE)
-    location = model._runner.location
-    config = {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": ovb.cpu_cores(),
-              "INFERENCE_PRECISION_HINT": model._runner.arithmetic, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
-    ours = model._runner._inputs(ids, mask)
+    model: Any = open_reranker(reranker, "bench-rr", device="cpu", precision="auto", backend="auto", cache_dir=CACHE)
+    location = model.runner.location
+    config = {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": cpu_cores(),
+              "INFERENCE_PRECISION_HINT": model.runner.arithmetic, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+    ours = model.runner._inputs(ids, mask)
     del model
     result = {"tokens": int(ids.shape[1]), "precision": location.precision,
               "ragd": profile(location.xml, ours, config, repeats)}
     peer = peer_folder(reranker, "rerank") / st_file("st-openvino-int8")
     if peer.is_file():
         result["st-openvino-int8"] = profile(peer, {"input_ids": ids, "attention_mask": mask},
-                                             {"INFERENCE_NUM_THREADS": ovb.cpu_cores(), "NUM_STREAMS": 1}, repeats)
+                                             {"INFERENCE_NUM_THREADS": cpu_cores(), "NUM_STREAMS": 1}, repeats)
     return result
 
 

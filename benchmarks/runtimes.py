@@ -8,7 +8,7 @@ It answers one question: would another CPU runtime, or another precision, run th
 transformers faster on this machine than what ragd's ``precision = "auto"`` runs for the
 embedder here (OpenVINO static int8 with VNNI or AMX, else w8)? Runtimes: OpenVINO fp32, int8
 weights with fp32 arithmetic (``w8``) and static int8, converted by ragd itself
-(``FlagEmbedder``, cached in ``.cache/bench-models/openvino``, as ``inference.py`` does), and
+(``OpenVINOEmbedder``, cached in ``.cache/bench-models/openvino``, as ``inference.py`` does), and
 ONNX Runtime fp32 and dynamic int8 (int8 weights per channel, activations quantised per run)
 from a ``torch.onnx`` export of the same encoder (cached in ``.cache/bench-models/onnx``).
 Every runtime runs the encoder alone, one text at a time (batch 1, the text's own length), on
@@ -88,8 +88,8 @@ def main() -> int:
         return 2
     import numpy as np
 
-    from ragd.models.flag import FlagEmbedder, openvino_auto_precision
-    from ragd.models.openvino import cpu_cores
+    from ragd.models.cpu import cpu_cores, openvino_auto_precision
+    from ragd.models.openvino.models import OpenVINOEmbedder
 
     folder = model_folder(args.model)
     texts, _ = texts_and_query(args.texts)
@@ -97,10 +97,9 @@ def main() -> int:
     tokenizer = None
     for precision in ("fp32", "w8", "int8"):
         log(f"loading OpenVINO {precision} (converted once)")
-        embedder = FlagEmbedder(folder, f"bench-{args.model}", device="cpu", precision=precision,
-                                backend="openvino", cache_dir=CACHE)
+        embedder = OpenVINOEmbedder(folder, f"bench-{args.model}", precision=precision, cache_dir=CACHE)
         tokenizer = embedder.tokenizer
-        runs[f"openvino-{precision}"] = embedder._runner
+        runs[f"openvino-{precision}"] = embedder.runner
     assert tokenizer is not None
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_cores()

@@ -1,5 +1,15 @@
-"""Shared fixtures: tiny randomly initialised models with the real models' structure,
-configs pointing at temporary folders, and the evaluation data location."""
+"""Shared fixtures: the models tests run on, configs pointing at temporary folders, and the
+evaluation data location.
+
+Two sets of models: the tiny randomly initialised ones with the real models' structure
+(``tiny_models``, ``loaded_tiny``: the real loading path) and the hashing fakes of
+``ragd.models.fake`` (``fake_models``, ``loaded_fake``: no torch, loaded at once). The
+fixtures that build configs, engines and daemons (``model_folders``, ``loaded_models`` and
+those on them) use the tiny models unless the test is marked ``models("fake")``: a module
+whose tests do not test a model says ``pytestmark = pytest.mark.models("fake")``, and one of
+its tests can take the tiny models back with ``@pytest.mark.models("tiny")``.
+``RAGD_TEST_MODELS=tiny`` puts every such test on the tiny models, to check that the converted
+tests still pass on the real path (and to time them against it)."""
 
 from __future__ import annotations
 
@@ -63,6 +73,60 @@ def scifact_abstracts(n: int, min_words: int = 180) -> list[str]:
     return out
 
 
+MODEL_SETS = ("tiny", "fake")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "models(kind): the models the config, engine and daemon fixtures use: 'tiny' (default) or 'fake'"
+    )
+
+
+def model_set(request: pytest.FixtureRequest) -> str:
+    """'tiny' or 'fake': the closest ``models`` mark, else 'tiny'; 'tiny' whatever the mark
+    with ``RAGD_TEST_MODELS=tiny``."""
+    forced = os.environ.get("RAGD_TEST_MODELS", "")
+    if forced not in ("", "tiny"):
+        raise pytest.UsageError(f"RAGD_TEST_MODELS can only be 'tiny', got {forced!r}")
+    mark = request.node.get_closest_marker("models")
+    kind = forced or (str(mark.args[0]) if mark is not None else "tiny")
+    if kind not in MODEL_SETS:
+        raise pytest.UsageError(f"the models mark takes one of {MODEL_SETS}, got {kind!r}")
+    return kind
+
+
+@pytest.fixture(scope="session")
+def fake_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders of the hashing fake models, with the keys of ``tiny_models``."""
+    from ragd.models.fake import write_fake_model
+
+    base = tmp_path_factory.mktemp("fake-models")
+    return {"m3": write_fake_model(base / "fake-m3"), "reranker": write_fake_model(base / "fake-reranker", "reranker")}
+
+
+@pytest.fixture(scope="session")
+def loaded_fake(fake_models: dict[str, Path]) -> Any:
+    """The fake models, loaded through ``load_models`` as a daemon loads them."""
+    from ragd.config import ModelsConfig
+    from ragd.models import load_models
+
+    cfg = ModelsConfig(embedder=str(fake_models["m3"]), reranker=str(fake_models["reranker"]), fallback="none")
+    return load_models(cfg, warn=False)
+
+
+@pytest.fixture
+def model_folders(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """The folders of the test's models (``tiny_models`` or ``fake_models``, see ``model_set``)."""
+    folders: dict[str, Path] = request.getfixturevalue(f"{model_set(request)}_models")
+    return folders
+
+
+@pytest.fixture
+def loaded_models(request: pytest.FixtureRequest) -> Any:
+    """The test's models, loaded once per session (``loaded_tiny`` or ``loaded_fake``)."""
+    return request.getfixturevalue(f"loaded_{model_set(request)}")
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from ragd.models.synthetic import build_m3_embedder, build_reranker
@@ -82,14 +146,15 @@ def loaded_tiny(tiny_models: dict[str, Path]) -> Any:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, tiny_models: dict[str, Path]) -> Callable[..., Any]:
-    """Build a validated Config rooted in tmp_path; keyword sections override defaults."""
+def make_config(tmp_path: Path, model_folders: dict[str, Path]) -> Callable[..., Any]:
+    """Build a validated Config rooted in tmp_path on the test's models; keyword sections
+    override defaults."""
     from ragd.config import parse_config
 
     def build(**sections: Any) -> Any:
         data: dict[str, Any] = {
             "data_dir": str(tmp_path / "data"),
-            "models": {"embedder": str(tiny_models["m3"]), "reranker": str(tiny_models["reranker"]),
+            "models": {"embedder": str(model_folders["m3"]), "reranker": str(model_folders["reranker"]),
                        "fallback": "none"},
         }
         for key, value in sections.items():
@@ -103,14 +168,14 @@ def make_config(tmp_path: Path, tiny_models: dict[str, Path]) -> Callable[..., A
 
 
 @pytest.fixture
-def engine_factory(make_config: Callable[..., Any], loaded_tiny: Any) -> Iterator[Callable[..., Any]]:
-    """Engines over the session's tiny models; every engine is closed at teardown."""
+def engine_factory(make_config: Callable[..., Any], loaded_models: Any) -> Iterator[Callable[..., Any]]:
+    """Engines over the test's models, loaded once per session; every engine is closed at teardown."""
     from ragd.engine import Engine
 
     engines: list[Engine] = []
 
     def build(**sections: Any) -> Engine:
-        engine = Engine(make_config(**sections), models=loaded_tiny)
+        engine = Engine(make_config(**sections), models=loaded_models)
         engines.append(engine)
         return engine
 

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 from conftest import write_tree
 from ragd.cli import main
 
+pytestmark = pytest.mark.models("fake")
+
 
 @pytest.fixture
-def setup(tmp_path: Path, tiny_models: dict[str, Path]) -> tuple[Path, Path]:
+def setup(tmp_path: Path, model_folders: dict[str, Path]) -> tuple[Path, Path]:
     notes = tmp_path / "notes"
     write_tree(notes, {
         "a.md": "# Apples\n\nApples grow on trees in orchards.\n",
@@ -23,7 +25,7 @@ def setup(tmp_path: Path, tiny_models: dict[str, Path]) -> tuple[Path, Path]:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'data_dir = "{tmp_path / "data"}"\n\n[[roots]]\npath = "{notes}"\n\n'
-        f'[models]\nembedder = "{tiny_models["m3"]}"\nreranker = "{tiny_models["reranker"]}"\nfallback = "none"\n',
+        f'[models]\nembedder = "{model_folders["m3"]}"\nreranker = "{model_folders["reranker"]}"\nfallback = "none"\n',
         encoding="utf-8",
     )
     return cfg, notes

@@ -1,4 +1,4 @@
-"""End to end: a real daemon on a temporary socket with the tiny models, driven through
+"""End to end: a real daemon on a temporary socket with the fake models, driven through
 ragd_client: live indexing of creates, edits, renames and deletes; reconcile after an
 overflow; request validation; token auth on TCP; SIGTERM drain."""
 
@@ -23,6 +23,8 @@ from ragd.engine import Engine
 from ragd.errors import ConfigError
 from ragd.server import Daemon
 
+pytestmark = pytest.mark.models("fake")
+
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
@@ -42,7 +44,8 @@ NOTES = {
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: Any) -> Iterator[Callable[..., Any]]:
+def daemon_factory(tmp_path: Path, model_folders: dict[str, Path], loaded_models: Any) -> Iterator[Callable[..., Any]]:
+    """Start in-process daemons over tmp_path/notes on the test's models (``conftest.model_set``)."""
     started: list[Daemon] = []
 
     def start(engine_factory: Callable[[Any], Engine] | None = None, **sections: Any) -> tuple[Daemon, Any, Path]:
@@ -52,7 +55,7 @@ def daemon_factory(tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: An
         data: dict[str, Any] = {
             "data_dir": str(tmp_path / "data"),
             "roots": [{"path": str(notes)}],
-            "models": {"embedder": str(tiny_models["m3"]), "reranker": str(tiny_models["reranker"]),
+            "models": {"embedder": str(model_folders["m3"]), "reranker": str(model_folders["reranker"]),
                        "fallback": "none"},
             "watch": {"debounce_ms": 100},
             "server": {"socket": str(tmp_path / "run" / "ragd.sock")},
@@ -62,7 +65,7 @@ def daemon_factory(tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: An
         cfg = parse_config(data, source=tmp_path / "config.toml")
         daemon = Daemon(cfg)
         started.append(daemon)
-        daemon.start(engine_factory=engine_factory or (lambda c: Engine(c, models=loaded_tiny)))
+        daemon.start(engine_factory=engine_factory or (lambda c: Engine(c, models=loaded_models)))
         client = ragd_client.Client(address=f"unix://{daemon.socket}", timeout=30)
         return daemon, client, notes
 
@@ -227,14 +230,14 @@ def test_remote_tcp_needs_explicit_permission(tmp_path: Path) -> None:
         Daemon(cfg).start()
 
 
-def test_sigterm_drains_and_exits_zero(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+def test_sigterm_drains_and_exits_zero(tmp_path: Path, model_folders: dict[str, Path]) -> None:
     notes = tmp_path / "notes"
     write_tree(notes, NOTES)
     sock = tmp_path / "run" / "ragd.sock"
     config = tmp_path / "config.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\n[[roots]]\npath = "{notes}"\n'
-        f'[models]\nembedder = "{tiny_models["m3"]}"\nreranker = "{tiny_models["reranker"]}"\nfallback = "none"\n'
+        f'[models]\nembedder = "{model_folders["m3"]}"\nreranker = "{model_folders["reranker"]}"\nfallback = "none"\n'
         f'[server]\nsocket = "{sock}"\n', encoding="utf-8")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ragd"), "serve", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -261,7 +264,7 @@ def _health(client: Any) -> str | None:
 
 
 def test_calls_while_the_daemon_loads_and_indexing_works_after(
-    daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, loaded_tiny: Any, tmp_path: Path
+    daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, loaded_models: Any, tmp_path: Path
 ) -> None:
     """`ragd serve` answers on its socket while it still loads (a first start converts the
     models for minutes). AddRoot (`ragd roots add`, the README's first step) answers at once
@@ -281,7 +284,7 @@ def test_calls_while_the_daemon_loads_and_indexing_works_after(
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
         release.wait(60)
-        return loaded_tiny
+        return loaded_models
 
     monkeypatch.setattr(ragd.models, "load_models", slow_load)
     box: dict[str, Any] = {}

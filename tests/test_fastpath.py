@@ -11,7 +11,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from conftest import scifact_sentences
-from ragd.models.flag import CPU_AUTO_PRECISION, FlagCrossEncoder, FlagEmbedder, budget_batches, resolve_precision
+from ragd.models.batching import budget_batches
+from ragd.models.cpu import CPU_AUTO_PRECISION, resolve_precision
+from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
 from ragd.models.resolve import minilm_folder
 
 # Precisions that pass the accuracy gates below; ``auto``'s CPU choice must pass both.
@@ -52,7 +54,7 @@ def test_precision_resolution() -> None:
 
 
 def test_reranker_own_loop_equals_compute_score(tiny_models: dict[str, Path]) -> None:
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=3, backend="torch")
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=3)
     assert rr.own_loop
     passages = ["ice cores", "bread " * 700, "rivers and glaciers", "a", "the quick brown fox " * 30]
     for query in ("glaciers", "long query words " * 200):
@@ -62,7 +64,7 @@ def test_reranker_own_loop_equals_compute_score(tiny_models: dict[str, Path]) ->
 
 
 def test_token_offsets_cover_the_text(tiny_models: dict[str, Path]) -> None:
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="torch")
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32")
     text = "ice cores record past climate"
     spans = rr.token_offsets(text)
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
@@ -71,8 +73,7 @@ def test_token_offsets_cover_the_text(tiny_models: dict[str, Path]) -> None:
 @pytest.fixture(scope="module")
 def minilm_reference() -> tuple[list[str], np.ndarray]:
     texts = scifact_sentences(200)
-    ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", batch_size=64,
-                       backend="torch").embed_documents(texts).dense
+    ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", batch_size=64).embed_documents(texts).dense
     return texts, ref
 
 
@@ -81,7 +82,7 @@ def test_dense_gate_on_real_minilm(precision: str, minilm_reference: tuple[list[
     """Mean cosine to fp32 >= 0.995 on real sentences with the real all-MiniLM-L6-v2 for a
     gated precision; dynamic int8 (measured 0.976) is held to a floor and kept out of auto."""
     texts, ref = minilm_reference
-    fast = FlagEmbedder(minilm_folder(), "minilm", precision=precision, batch_size=64, backend="torch")
+    fast = FlagEmbedder(minilm_folder(), "minilm", precision=precision, batch_size=64)
     fast_dense = fast.embed_documents(texts).dense
     cosine = np.sum(ref * fast_dense, axis=1)
     assert float(cosine.mean()) >= (0.995 if precision in GATED else 0.95), float(cosine.mean())
@@ -92,8 +93,8 @@ def test_rerank_gate_on_random_reranker(tiny_models: dict[str, Path], precision:
     """Spearman >= 0.98 to fp32 over many pairs. No real small cross-encoder ships on PyPI, so
     agreement is checked on random weights of the real architecture (small size)."""
     texts = scifact_sentences(200)
-    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=64, backend="torch")
-    fast = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision=precision, batch_size=64, backend="torch")
+    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=64)
+    fast = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision=precision, batch_size=64)
     query = "does vitamin d reduce the risk of fractures"
     rho = spearmanr(ref.score(query, texts), fast.score(query, texts)).statistic
     assert rho >= (0.98 if precision in GATED_RERANK else 0.3), rho

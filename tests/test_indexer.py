@@ -1,4 +1,4 @@
-"""End-to-end indexing over a temporary folder with the tiny models: incremental,
+"""End-to-end indexing over a temporary folder with the fake models: incremental,
 idempotent, content-keyed, and safe when a batch fails."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from ragd.indexer import index_paths
 from ragd.models.base import Embeddings, LoadedModels
 from ragd.store.vectors import VectorIndex
 
+pytestmark = pytest.mark.models("fake")
+
 
 class Recording:
     """Wraps an embedder and records every text it embeds."""
@@ -29,6 +31,11 @@ class Recording:
         self.has_sparse = inner.has_sparse
         self.embedded: list[str] = []
         self.fail_after = fail_after
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the Embedder protocol, as the inner one has it
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return list(self.inner.count_tokens(texts))
@@ -52,12 +59,12 @@ NOTES = {
 
 
 @pytest.fixture
-def recording_engine(make_config: Callable[..., Any], loaded_tiny: Any) -> Callable[..., tuple[Engine, Recording]]:
+def recording_engine(make_config: Callable[..., Any], loaded_models: Any) -> Callable[..., tuple[Engine, Recording]]:
     made: list[Engine] = []
 
     def build(fail_after: int | None = None, **sections: Any) -> tuple[Engine, Recording]:
-        rec = Recording(loaded_tiny.embedder, fail_after)
-        engine = Engine(make_config(**sections), models=LoadedModels(rec, loaded_tiny.reranker, []))
+        rec = Recording(loaded_models.embedder, fail_after)
+        engine = Engine(make_config(**sections), models=LoadedModels(rec, loaded_models.reranker, []))
         made.append(engine)
         return engine, rec
 

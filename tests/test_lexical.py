@@ -250,7 +250,7 @@ def test_bm25_mirror_scores_as_fts5_does(tmp_path: Path) -> None:
     chunk with no terms at all."""
     import random
 
-    from ragd.store.sparse import LexicalIndex
+    from ragd.store.postings import LexicalIndex
 
     rng = random.Random(5)
     words = [f"w{i}" for i in range(400)] + ["the", "of", "rivers", "running", "签名密钥", "钥", "café"]

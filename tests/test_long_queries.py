@@ -24,7 +24,7 @@ from ragd.models.base import Embeddings
 from ragd.query import MAX_QUERY_TERMS, combine, select_terms, windows
 from ragd.requests import MAX_QUERY_CHARS
 from ragd.search import SearchOptions, search
-from ragd.store.sparse import LexicalIndex
+from ragd.store.postings import LexicalIndex
 
 DOCS = {
     "glaciers.md": "# Glaciers\n\nIce cores from glaciers record the climate of past centuries.\n",

@@ -12,14 +12,15 @@ import pytest
 from ragd.config import ModelsConfig
 from ragd.errors import ModelNotFoundError
 from ragd.models import load_models
-from ragd.models.flag import FlagEmbedder, declared_pooling
+from ragd.models.encoder import declared_pooling
+from ragd.models.flag import FlagEmbedder
 from ragd.models.resolve import minilm_folder, resolve_model
 
 TEXTS = ["hello world 你好世界", "the quick brown fox jumps over the dog", "a", "ice cores record past climate"]
 
 
 def test_m3_outputs_match_flagembedding_encode(tiny_models: dict[str, Path]) -> None:
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", batch_size=2, multi_vector=True, backend="torch")
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", batch_size=2, multi_vector=True)
     assert emb.has_sparse and emb.dim == 32
     mine = emb.embed_documents(TEXTS)
     ref = emb._model.encode(
@@ -44,7 +45,7 @@ def test_m3_outputs_match_flagembedding_encode(tiny_models: dict[str, Path]) -> 
 def test_minilm_is_dense_with_mean_pooling() -> None:
     folder = minilm_folder()
     assert declared_pooling(folder) == "mean"
-    emb = FlagEmbedder(folder, "minilm", precision="fp32", batch_size=3, backend="torch")
+    emb = FlagEmbedder(folder, "minilm", precision="fp32", batch_size=3)
     assert not emb.has_sparse and emb.dim == 384 and emb.max_tokens == 254
     mine = emb.embed_documents(TEXTS)
     ref = emb._model.encode(TEXTS, batch_size=8, max_length=256)
@@ -128,8 +129,8 @@ def test_embedder_is_safe_across_threads(loaded_tiny: Any) -> None:
 
 def test_reduced_precision_gets_its_own_model_id(tiny_models: dict[str, Path]) -> None:
     """bf16/int8 vectors differ from fp32 ones; they must not share cached embeddings."""
-    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="bf16", backend="torch").model_id == "tiny+bf16"
-    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="torch").model_id == "tiny"
+    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="bf16").model_id == "tiny+bf16"
+    assert FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32").model_id == "tiny"
 
 
 def test_models_load_once_when_two_threads_ask(make_config: Any, monkeypatch: pytest.MonkeyPatch,
@@ -263,8 +264,8 @@ def test_models_with_the_same_tokenizer_files_share_one_tokenizer(
 
     from ragd.models.flag import FlagCrossEncoder
 
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="torch")
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="torch")
+    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32")
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32")
     files = [(tiny_models[m] / "tokenizer.json").read_bytes() for m in ("m3", "reranker")]
     assert files[0] == files[1]
     assert emb.tokenizer is rr.tokenizer
@@ -274,5 +275,5 @@ def test_models_with_the_same_tokenizer_files_share_one_tokenizer(
     config = json.loads((other / "tokenizer_config.json").read_text())
     config["model_max_length"] = 128
     (other / "tokenizer_config.json").write_text(json.dumps(config))
-    emb2 = FlagEmbedder(other, "tiny", precision="fp32", backend="torch")
+    emb2 = FlagEmbedder(other, "tiny", precision="fp32")
     assert emb2.tokenizer is not emb.tokenizer

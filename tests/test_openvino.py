@@ -20,23 +20,30 @@ from scipy.stats import spearmanr
 
 from conftest import scifact_abstracts, scifact_sentences
 from ragd.errors import ModelLoadError
-from ragd.models import openvino as ovb
-from ragd.models.flag import (
-    FlagCrossEncoder,
-    FlagEmbedder,
+from ragd.models import open_embedder, open_reranker
+from ragd.models.cpu import (
     cpu_has_amx,
+    float_arithmetic,
     model_id_for,
     openvino_auto_precision,
     resolve_backend,
     resolve_precision,
 )
+from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
+from ragd.models.m3 import M3_HEADS
+from ragd.models.openvino import convert as ovc
+from ragd.models.openvino.cache import RECIPE, default_cache_dir, ir_location
+from ragd.models.openvino.calibration import CALIBRATION_SAMPLES
+from ragd.models.openvino.models import OpenVINOCrossEncoder, OpenVINOEmbedder
+from ragd.models.openvino.runner import release_file_pages
+from ragd.models.openvino.scheduler import Scheduler
 from ragd.models.resolve import minilm_folder
 
 
 @pytest.fixture(scope="module")
 def ov_cache() -> Path:
     """The session's cache (conftest points $XDG_CACHE_HOME at a fresh folder)."""
-    return ovb.default_cache_dir()
+    return default_cache_dir()
 
 
 def test_backend_and_precision_resolution() -> None:
@@ -88,15 +95,15 @@ def test_float_arithmetic_follows_precision_role_and_cpu() -> None:
             return self.caps
 
     with_bf16, without = Core(["FP32", "BF16", "INT8"]), Core(["FP32", "INT8"])
-    assert ovb.float_arithmetic("int8", "embedder", with_bf16) == "bf16"
+    assert float_arithmetic("int8", "embedder", with_bf16) == "bf16"
     # with AMX the int8 embedder's bf16 float parts gave wrong vectors (real MiniLM 0.957): f32
-    assert ovb.float_arithmetic("int8", "embedder", with_bf16, amx=True) == "f32"
-    assert ovb.float_arithmetic("bf16", "embedder", with_bf16, amx=True) == "bf16"
-    assert ovb.float_arithmetic("int8", "embedder", without) == "f32"
+    assert float_arithmetic("int8", "embedder", with_bf16, amx=True) == "f32"
+    assert float_arithmetic("bf16", "embedder", with_bf16, amx=True) == "bf16"
+    assert float_arithmetic("int8", "embedder", without) == "f32"
     for precision in ("int8", "w8", "fp32"):
-        assert ovb.float_arithmetic(precision, "reranker", with_bf16) == "f32"
-    assert ovb.float_arithmetic("fp32", "embedder", with_bf16) == "f32"
-    assert ovb.float_arithmetic("bf16", "embedder", without) == "bf16"
+        assert float_arithmetic(precision, "reranker", with_bf16) == "f32"
+    assert float_arithmetic("fp32", "embedder", with_bf16) == "f32"
+    assert float_arithmetic("bf16", "embedder", without) == "bf16"
 
 
 def test_telemetry_is_blocked() -> None:
@@ -104,8 +111,8 @@ def test_telemetry_is_blocked() -> None:
     telemetry module unimportable, so both use their stubs (checked outside pytest, which
     NNCF itself special-cases)."""
     code = (
-        "from ragd.models import openvino as ovb\n"
-        "ovb.block_telemetry()\n"
+        "from ragd.models.openvino import block_telemetry\n"
+        "block_telemetry()\n"
         "import nncf, nncf.telemetry.wrapper as w\n"
         "import openvino.tools.ovc.convert_impl as ci\n"
         "try:\n"
@@ -123,9 +130,8 @@ def test_telemetry_is_blocked() -> None:
 def test_fp32_conversion_equals_torch(tiny_models: dict[str, Path], ov_cache: Path) -> None:
     """The converted float model computes what FlagEmbedding's modules compute."""
     texts = ["ice cores record past climate", "rivers " * 90, "冰芯记录了过去的气候", "a"]
-    ref = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="torch", multi_vector=True)
-    ov = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache,
-                      multi_vector=True)
+    ref = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", multi_vector=True)
+    ov = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="fp32", cache_dir=ov_cache, multi_vector=True)
     assert ov.backend == "openvino" and ov.model_id == "tiny"  # fp32 vectors are interchangeable
     a, b = ref.embed_documents(texts), ov.embed_documents(texts)
     np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
@@ -135,20 +141,19 @@ def test_fp32_conversion_equals_torch(tiny_models: dict[str, Path], ov_cache: Pa
         np.testing.assert_allclose(list(x.values()), [y[k] for k in x], atol=1e-5)
     for x, y in zip(a.colbert, b.colbert, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-5)
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="torch")
-    rr_ov = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="openvino",
-                             cache_dir=ov_cache)
+    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32")
+    rr_ov = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", cache_dir=ov_cache)
     np.testing.assert_allclose(rr.score("glaciers", texts), rr_ov.score("glaciers", texts), atol=1e-5)
 
 
 _NO_TORCH_RUN = """
 import json, sys
 from pathlib import Path
-from ragd.models.flag import FlagCrossEncoder, FlagEmbedder
+from ragd.models.openvino.models import OpenVINOCrossEncoder, OpenVINOEmbedder
 m3, rr_folder, cache, texts = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
-emb = FlagEmbedder(m3, "tiny", device="cpu", precision="int8", backend="openvino", cache_dir=cache,
-                   multi_vector=True, progress=lambda m: print("progress:", m, file=sys.stderr))
-rr = FlagCrossEncoder(rr_folder, "tiny", device="cpu", precision="int8", backend="openvino", cache_dir=cache)
+emb = OpenVINOEmbedder(m3, "tiny", precision="int8", cache_dir=cache, multi_vector=True,
+                       progress=lambda m: print("progress:", m, file=sys.stderr))
+rr = OpenVINOCrossEncoder(rr_folder, "tiny", precision="int8", cache_dir=cache)
 out = emb.embed_documents(texts)
 print(json.dumps({
     "dense": out.dense.tolist(), "sparse": [{str(k): v for k, v in s.items()} for s in out.sparse],
@@ -165,12 +170,11 @@ def test_converted_models_run_without_torch(tiny_models: dict[str, Path], ov_cac
     library and BGE-M3's heads and pooling are applied with numpy, computing what the process
     that converted the models computes."""
     texts = ["ice cores record past climate", "rivers " * 90, "冰芯记录了过去的气候", "a"]
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache,
-                       multi_vector=True)
-    rr = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache)
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="int8", cache_dir=ov_cache, multi_vector=True)
+    rr = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", cache_dir=ov_cache)
     a = emb.embed_documents(texts)
     assert a.sparse is not None and a.colbert is not None
-    heads = emb._runner.location.folder / "m3_heads.npz"
+    heads = emb.runner.location.folder / "m3_heads.npz"
     assert heads.is_file()  # kept next to the converted model
     heads.unlink()  # an older cache: loaded once through FlagEmbedding to write them, no new conversion
 
@@ -203,18 +207,18 @@ def test_heads_that_cannot_be_saved_are_used_from_memory(
 ) -> None:
     """A cache folder that cannot take BGE-M3's heads (read-only, full) does not stop the model:
     they are used from the loaded model, and the note says the next start loads it again."""
-    import ragd.models.flag as flag
+    import ragd.models.openvino.models as ov_models
 
     texts = ["ice cores", "冰芯"]
-    ref = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache)
-    heads = ref._runner.location.folder / flag.M3_HEADS
+    ref = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="fp32", cache_dir=ov_cache)
+    heads = ref.runner.location.folder / M3_HEADS
     heads.unlink()
 
     def refuse(*_args: Any) -> None:
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(flag, "save_m3_heads", refuse)
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache)
+    monkeypatch.setattr(ov_models, "save_m3_heads", refuse)
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="fp32", cache_dir=ov_cache)
     assert not heads.exists() and any("cannot save BGE-M3's heads" in n for n in emb.notes)
     a, b = ref.embed_documents(texts), emb.embed_documents(texts)
     np.testing.assert_allclose(a.dense, b.dense, atol=1e-6)
@@ -222,12 +226,12 @@ def test_heads_that_cannot_be_saved_are_used_from_memory(
 
 
 def test_int8_vectors_get_their_own_model_id(tiny_models: dict[str, Path], ov_cache: Path) -> None:
-    emb = FlagEmbedder(tiny_models["m3"], "tiny@1", precision="int8", backend="openvino", cache_dir=ov_cache)
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny@1", precision="int8", cache_dir=ov_cache)
     # on a CPU with AMX int8 vectors are stored apart from those earlier versions computed there
     assert emb.model_id == ("tiny@1+ov-int8-f32" if cpu_has_amx() else "tiny@1+ov-int8")
-    assert emb._runner.arithmetic in (("f32",) if cpu_has_amx() else ("f32", "bf16"))
-    meta = emb._runner.location.meta()
-    assert meta["precision"] == "int8" and meta["calibration_samples"] == ovb.CALIBRATION_SAMPLES
+    assert emb.runner.arithmetic in (("f32",) if cpu_has_amx() else ("f32", "bf16"))
+    meta = emb.runner.location.meta()
+    assert meta["precision"] == "int8" and meta["calibration_samples"] == CALIBRATION_SAMPLES
     assert meta["float_matmuls"] > 0  # the first layer stays in float
     dense = emb.embed_documents(["ice cores", "glaciers melt"]).dense
     np.testing.assert_allclose(np.linalg.norm(dense, axis=1), 1.0, atol=1e-5)
@@ -258,7 +262,7 @@ def test_release_file_pages(tmp_path: Path) -> None:
     view = np.frombuffer(mapped, dtype=np.uint8)
     assert int(view.sum()) == int(data.sum())  # every page touched
     assert _mapped_kb(path) >= 8 << 10
-    assert ovb.release_file_pages(path) >= 8 << 20
+    assert release_file_pages(path) >= 8 << 20
     assert _mapped_kb(path) == 0
     assert int(view.sum()) == int(data.sum())
     del view
@@ -269,8 +273,8 @@ def test_int8_word_embeddings_stay_int8(tiny_models: dict[str, Path], ov_cache: 
     """Compiled with quantised activations, OpenVINO turns an int8 word-embedding matrix back
     into float32 (1 GB for BGE-M3): int8 models look the rows up outside, from an int8 table
     with one scale per row, and the compiled model holds no vocabulary-sized matrix."""
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache)
-    runner = emb._runner
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="int8", cache_dir=ov_cache)
+    runner = emb.runner
     vocab = len(emb.tokenizer)
     table = np.load(runner.location.folder / "embeddings.npy", mmap_mode="r")
     assert table.dtype == np.int8 and table.shape[0] >= vocab
@@ -292,8 +296,8 @@ def test_int8_word_embeddings_stay_int8(tiny_models: dict[str, Path], ov_cache: 
     # (at this size its small constants, read in place, are most of the file).
     assert runner.released_bytes > 0
     # and the float model (w8 as well) keeps its own lookup inside.
-    w8 = FlagEmbedder(tiny_models["m3"], "tiny", precision="w8", backend="openvino", cache_dir=ov_cache)
-    assert w8._runner._words is None
+    w8 = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="w8", cache_dir=ov_cache)
+    assert w8.runner._words is None
 
 
 class _Request:
@@ -345,7 +349,7 @@ def test_scheduler_puts_searches_first() -> None:
     for searches (for ``RESERVE_S``), and wait while a search waits for a slot."""
     import threading
 
-    sched = ovb.Scheduler(2)
+    sched = Scheduler(2)
     sched.RESERVE_S = 2.0
 
     def start(req: _Request, foreground: bool) -> threading.Thread:
@@ -387,7 +391,7 @@ def test_scheduler_puts_searches_first() -> None:
     done(c, tc)
     # One slot (the default: one stream on every core): indexing pauses for RESERVE_S after
     # a search, then goes on.
-    single = ovb.Scheduler(1)
+    single = Scheduler(1)
     single.RESERVE_S = 0.3
     single.run(_finished(), {}, True)
     started = time.monotonic()
@@ -417,7 +421,7 @@ def test_a_hold_keeps_indexing_out_and_lets_searches_in() -> None:
     waits even between the search's own batches; it starts once the hold ends."""
     import threading
 
-    sched = ovb.Scheduler(1)
+    sched = Scheduler(1)
     sched.RESERVE_S = 0.0
     background = _Request()
     with sched.hold():
@@ -440,7 +444,7 @@ def test_a_search_cancels_the_indexing_batch_in_hand() -> None:
     after it on that request. A batch cancelled ``CANCELS_PER_BATCH`` times runs to the end."""
     import threading
 
-    sched = ovb.Scheduler(1)
+    sched = Scheduler(1)
     sched.RESERVE_S = 0.0
     inputs = {"inputs_embeds": np.ones((4, 20, 8), np.float32), "attention_mask": np.ones((4, 20), np.int64)}
     batch = _Request()
@@ -485,7 +489,7 @@ def test_a_search_cancels_the_indexing_batch_in_hand() -> None:
         thread.join(5)
         assert not thread.is_alive()
     # With several slots a search waits for a free one instead.
-    two = ovb.Scheduler(2)
+    two = Scheduler(2)
     busy = [_Request(), _Request()]
     threads = [threading.Thread(target=two.run, args=(r, inputs, False), daemon=True) for r in busy]
     for thread in threads:
@@ -515,15 +519,14 @@ def test_searches_run_beside_indexing_and_results_stay_right(
     same vectors, and so do the documents."""
     import threading
 
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=ov_cache,
-                       batch_size=1)
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="fp32", cache_dir=ov_cache, batch_size=1)
     assert emb.schedules_itself and emb.parallel >= 1
     texts = [f"{'rivers carry sediment to the sea ' * (4 + n % 9)} {n}" for n in range(24)]
     expected = emb.embed_documents(texts)
     query = emb.embed_query("sediment").dense
     got: list[Any] = []
     # Queries one after another: each indexing batch waits out the reserve (short here).
-    monkeypatch.setattr(emb._runner.scheduler, "RESERVE_S", 0.02)
+    monkeypatch.setattr(emb.runner.scheduler, "RESERVE_S", 0.02)
     writer = threading.Thread(target=lambda: got.extend(emb.embed_documents(texts) for _ in range(3)))
     writer.start()
     queries = 0
@@ -546,8 +549,8 @@ def test_cancelled_indexing_batches_leave_the_model_right(
     import random
     import threading
 
-    emb = FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=ov_cache)
-    runner = emb._runner
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="int8", cache_dir=ov_cache)
+    runner = emb.runner
     assert runner is not None and runner.scheduler.slots == 1
     rng = np.random.default_rng(3)
     shapes = [(16, 500), (12, 333), (16, 64), (8, 480), (1, 512), (16, 200)]
@@ -598,25 +601,25 @@ def test_conversion_is_cached_and_redone_when_the_weights_change(
     shutil.copytree(tiny_models["m3"], folder)
     cache = tmp_path / "cache"
     messages: list[str] = []
-    FlagEmbedder(folder, "tiny", precision="fp32", backend="openvino", cache_dir=cache, progress=messages.append)
+    OpenVINOEmbedder(folder, "tiny", precision="fp32", cache_dir=cache, progress=messages.append)
     assert any("converting" in m for m in messages)
-    loc = ovb.ir_location(cache, folder, "tiny", "embedder", "float")
+    loc = ir_location(cache, folder, "tiny", "embedder", "float")
     created = loc.meta()["created"]
     messages.clear()
-    FlagEmbedder(folder, "tiny", precision="fp32", backend="openvino", cache_dir=cache, progress=messages.append)
+    OpenVINOEmbedder(folder, "tiny", precision="fp32", cache_dir=cache, progress=messages.append)
     assert messages == [] and loc.meta()["created"] == created  # loaded from the cache
     weights = folder / "model.safetensors"
     os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))  # replaced weights
     assert not loc.is_current()
-    FlagEmbedder(folder, "tiny", precision="fp32", backend="openvino", cache_dir=cache, progress=messages.append)
+    OpenVINOEmbedder(folder, "tiny", precision="fp32", cache_dir=cache, progress=messages.append)
     assert any("converting" in m for m in messages) and loc.meta()["created"] > created
     assert [p.name for p in loc.folder.parent.iterdir()] == [loc.folder.name]  # no temporary leftovers
     # A conversion by an older recipe is removed once the current one is saved.
-    stale = loc.folder.parent / f"embedder-float-r{ovb.RECIPE['embedder'] - 1}"
+    stale = loc.folder.parent / f"embedder-float-r{RECIPE['embedder'] - 1}"
     shutil.copytree(loc.folder, stale)
     other = loc.folder.parent / "embedder-int8-r1"  # another precision: kept
     other.mkdir()
-    FlagEmbedder(folder, "tiny", precision="fp32", backend="openvino", cache_dir=cache, force_convert=True)
+    OpenVINOEmbedder(folder, "tiny", precision="fp32", cache_dir=cache, force_convert=True)
     assert not stale.exists() and other.is_dir() and loc.is_current()
 
 
@@ -624,8 +627,8 @@ def test_a_failed_conversion_keeps_the_cached_model(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tmp_path / "cache"
-    FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=cache)
-    loc = ovb.ir_location(cache, tiny_models["m3"], "tiny", "embedder", "float")
+    OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="fp32", cache_dir=cache)
+    loc = ir_location(cache, tiny_models["m3"], "tiny", "embedder", "float")
     before = (loc.folder / "model.bin").read_bytes()
 
     def crash(*args: Any, **kwargs: Any) -> None:
@@ -635,16 +638,15 @@ def test_a_failed_conversion_keeps_the_cached_model(
 
     monkeypatch.setattr(ov, "save_model", crash)
     with pytest.raises(ModelLoadError, match="disk full"):
-        FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", backend="openvino", cache_dir=cache,
-                     force_convert=True)
+        OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="fp32", cache_dir=cache, force_convert=True)
     assert loc.is_current() and (loc.folder / "model.bin").read_bytes() == before
 
 
 def test_calibration_files_must_hold_text(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("too short\n", encoding="utf-8")
     with pytest.raises(ModelLoadError, match="calibration"):
-        FlagEmbedder(tiny_models["m3"], "tiny", precision="int8", backend="openvino", cache_dir=tmp_path / "c",
-                     calibration=[tmp_path / "empty.txt"])
+        OpenVINOEmbedder(tiny_models["m3"], "tiny", precision="int8", cache_dir=tmp_path / "c",
+                         calibration=[tmp_path / "empty.txt"])
 
 
 def test_cli_models_convert(make_config: Callable[..., Any], tmp_path: Path) -> None:
@@ -701,12 +703,12 @@ def test_dense_gate_on_real_minilm(ov_cache: Path, precision: str) -> None:
     torch fp32 on the real all-MiniLM-L6-v2: mean cosine of dense vectors >= 0.995 over 200
     SciFact sentences."""
     texts = scifact_sentences(200)
-    ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", backend="torch", batch_size=64)
-    fast = FlagEmbedder(minilm_folder(), "minilm", precision=precision, backend="auto", cache_dir=ov_cache,
-                        batch_size=64)
+    ref = FlagEmbedder(minilm_folder(), "minilm", precision="fp32", batch_size=64)
+    fast = open_embedder(minilm_folder(), "minilm", precision=precision, backend="auto", cache_dir=ov_cache,
+                         batch_size=64)
     assert (fast.backend, fast.precision) == ("openvino", precision)
     cosine = np.sum(ref.embed_documents(texts).dense * fast.embed_documents(texts).dense, axis=1)
-    print(f"openvino {precision} ({fast._runner.arithmetic} float parts) mean cosine {cosine.mean():.5f} "
+    print(f"openvino {precision} ({fast.runner.arithmetic} float parts) mean cosine {cosine.mean():.5f} "
           f"min {cosine.min():.5f}")
     assert float(cosine.mean()) >= 0.995, float(cosine.mean())
 
@@ -716,18 +718,18 @@ def test_rerank_gate_on_random_reranker(tiny_models: dict[str, Path], ov_cache: 
     precisions auto picks from. No real small cross-encoder ships on PyPI, so agreement is
     checked on random weights of the real architecture (small)."""
     texts = scifact_sentences(200)
-    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="torch", batch_size=64)
+    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=64)
     query = "does vitamin d reduce the risk of fractures"
     reference = ref.score(query, texts)
-    fast = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="auto", backend="auto", cache_dir=ov_cache,
-                            batch_size=64)
+    fast = open_reranker(tiny_models["reranker"], "tiny", precision="auto", backend="auto", cache_dir=ov_cache,
+                         batch_size=64)
     # Static int8 where the CPU multiplies int8 natively (VNNI, AMX), else int8 weights only.
     assert (fast.backend, fast.precision) == ("openvino", openvino_auto_precision("reranker"))
     for precision in ("w8", "int8"):
-        model = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision=precision, backend="openvino",
-                                 cache_dir=ov_cache, batch_size=64)
+        model = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision=precision, cache_dir=ov_cache,
+                                     batch_size=64)
         if precision == "int8":
-            assert model._runner.location.meta()["activation_ranges"] == "minmax"
+            assert model.runner.location.meta()["activation_ranges"] == "minmax"
         rho = spearmanr(reference, model.score(query, texts)).statistic
         print(f"openvino {precision} reranker Spearman {rho:.4f}")
         # On long passages the full-size random reranker in static int8 agreed at 0.972-0.976
@@ -744,15 +746,15 @@ def test_int8_reranker_keeps_the_first_row_in_float(
     that branch."""
     texts = scifact_abstracts(60)
     query = "does vitamin d reduce the risk of fractures"
-    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", backend="torch", batch_size=16)
+    ref = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="fp32", batch_size=16)
     reference = ref.score(query, texts)
-    int8 = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", backend="openvino",
-                            cache_dir=ov_cache, batch_size=16)
-    meta = int8._runner.location.meta()
+    int8 = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", cache_dir=ov_cache,
+                                batch_size=16)
+    meta = int8.runner.location.meta()
     assert meta["first_row_in_float_layers"] == 2
     import openvino as ov
 
-    model = ov.Core().read_model(str(int8._runner.location.xml))
+    model = ov.Core().read_model(str(int8.runner.location.xml))
 
     def named(pattern: str) -> list[Any]:
         return [op for op in model.get_ops() if op.get_type_name() in ("MatMul", "ScaledDotProductAttention")
@@ -783,10 +785,10 @@ def test_int8_reranker_keeps_the_first_row_in_float(
     assert len(rest) == 4 and all(int8_inputs(op) for op in rest)
     rho = spearmanr(reference, int8.score(query, texts)).statistic
 
-    monkeypatch.setattr(ovb, "CLS_ROW_IN_FLOAT", False)
-    plain = FlagCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", backend="openvino",
-                             cache_dir=tmp_path / "plain", batch_size=16)
-    assert "first_row_in_float_layers" not in plain._runner.location.meta()
+    monkeypatch.setattr(ovc, "CLS_ROW_IN_FLOAT", False)
+    plain = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", cache_dir=tmp_path / "plain",
+                                 batch_size=16)
+    assert "first_row_in_float_layers" not in plain.runner.location.meta()
     rho_plain = spearmanr(reference, plain.score(query, texts)).statistic
     print(f"int8 reranker on long passages: Spearman {rho:.4f} with the first row in float, {rho_plain:.4f} without")
     assert rho >= 0.98, rho

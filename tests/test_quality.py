@@ -18,7 +18,7 @@ import pytest
 from conftest import shared_data
 from ragd.config import parse_config
 from ragd.evaluate import EvalIndex, EvalReport, open_eval, score_queries
-from ragd.models.flag import openvino_auto_precision
+from ragd.models.cpu import openvino_auto_precision
 
 pytestmark = pytest.mark.slow
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "eval"

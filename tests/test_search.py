@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +102,26 @@ def test_snippet_centres_on_query_words() -> None:
 
 class _SlowReranker:
     """Takes ``per_token`` seconds per token of each query-passage pair (the query's and the
-    passage's words plus 4 special tokens), like a CPU cross-encoder; records what it read."""
+    passage's words plus 4 special tokens), like a CPU cross-encoder; records what it read.
+    Implements the whole ``Reranker`` protocol, with no limit on its input (``max_length`` 0)."""
 
     model_id = "slow"
+    max_length = 0
+    parallel = 1
+    schedules_itself = False
 
     def __init__(self, per_token: float) -> None:
         self.per_token = per_token
         self.calls: list[int] = []
         self.read: list[str] = []
+        self.notes: list[str] = []
 
-    def score(self, query: str, passages: list[str]) -> list[float]:
+    def hold(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
         import time
 
         self.calls.append(len(passages))
@@ -125,47 +136,60 @@ class _SlowReranker:
         return [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
 
 
-def test_rerank_deadline_is_met_even_on_the_first_search(indexed: Any) -> None:
+def _rerank(
+    reranker: Any, head: list[tuple[int, float]], texts: dict[int, str], deadline: float | None, *,
+    pace: Any = None, gate: Any = None, query: str = "q", widest: int = 352, narrowest: int = 128,
+) -> Any:
+    """``ragd.rerank.rerank`` as a search with the default window settings calls it."""
+    from ragd.engine import ModelGate
+    from ragd.rerank import RerankPace, rerank
+
+    pace = pace if pace is not None else RerankPace(lambda: reranker, widest, narrowest)
+    return rerank(reranker, query, head, texts, pace=pace, gate=gate or ModelGate(), widest=widest,
+                  narrowest=narrowest, deadline=deadline)
+
+
+SHORT = {i: f"passage number {i}" for i in range(20)}
+
+
+def test_rerank_deadline_is_met_even_on_the_first_search() -> None:
     """A deadline shorter than one batch: the first search measures one passage first, later
     ones size their batches by the measured pace; both return on time."""
     import time
-    from types import SimpleNamespace
 
-    from ragd.search import _rerank
+    from ragd.rerank import RerankPace
 
-    engine, _ = indexed
     reranker = _SlowReranker(0.1 / 8)  # "q" + "passage number i" + 4: 0.1 s a passage
+    pace = RerankPace(lambda: reranker, 352, 128)
     head = [(i, 1.0) for i in range(20)]
-    rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
     for _ in range(2):
         started = time.monotonic()
-        reranked = _rerank(engine, reranker, "q", head, rows, started + 0.5, lambda: None)
+        reranked = _rerank(reranker, head, SHORT, started + 0.5, pace=pace)
         took = time.monotonic() - started
         assert took <= 0.55, took
         assert 3 <= len(reranked.scores) <= 5
         assert list(reranked.scores) == list(range(len(reranked.scores)))  # in retrieval order
         assert reranked.window == 0  # short passages, read whole
     assert reranker.calls[0] == 1 and max(reranker.calls) <= 4
-    reranked = _rerank(engine, reranker, "q", head, rows, None, lambda: None)
+    reranked = _rerank(reranker, head, SHORT, None, pace=pace)
     assert len(reranked.scores) == 20 and reranker.calls[-1] == 20
 
 
-def test_primed_pace_keeps_the_first_deadline_search_on_time(indexed: Any) -> None:
+def test_primed_pace_keeps_the_first_deadline_search_on_time() -> None:
     """With the pace measured at start-up (as the daemon does), even the first search with a
     deadline sizes its batches and returns on time."""
     import time
-    from types import SimpleNamespace
 
-    from ragd.search import _rerank, prime_rerank_pace
+    from ragd.rerank import RerankPace
 
-    engine, _ = indexed
     reranker = _SlowReranker(0.1 / 8)
-    pace = prime_rerank_pace(reranker, 16, 4)
-    assert pace is not None and pace >= reranker.per_token and reranker.calls == [1, 1, 1, 1]
+    pace = RerankPace(lambda: reranker, 16, 4)
+    seconds = pace.prime()
+    assert seconds is not None and seconds >= reranker.per_token and reranker.calls == [1, 1, 1, 1]
+    assert pace.estimate(reranker) == seconds and pace.estimate(_SlowReranker(0.1)) is None
     head = [(i, 1.0) for i in range(20)]
-    rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
     started = time.monotonic()
-    reranked = _rerank(engine, reranker, "q", head, rows, started + 0.35, lambda: None)
+    reranked = _rerank(reranker, head, SHORT, started + 0.35, pace=pace)
     assert time.monotonic() - started <= 0.385
     assert 2 <= len(reranked.scores) <= 3 and reranker.calls[4] > 1
 
@@ -179,7 +203,7 @@ class _CompilingReranker(_SlowReranker):
         self.compile_s = compile_s
         self.shapes: set[tuple[int, int]] = set()
 
-    def score(self, query: str, passages: list[str]) -> list[float]:
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
         import time
 
         shape = (len(passages), max(self.pair_tokens(query, p) for p in passages))
@@ -193,14 +217,40 @@ def test_primed_pace_leaves_out_the_first_run_of_a_shape() -> None:
     """The pace the daemon measures at start-up is the model's steady one: a shape's first run
     (kernels being built) is not timed, so the first deadline searches do not size their
     batches by a pace three times too slow."""
-    from ragd.search import prime_rerank_pace
+    from ragd.rerank import measure_pace
 
     reranker = _CompilingReranker(0.005, compile_s=0.5)
-    pace = prime_rerank_pace(reranker, 40, 10)
+    pace = measure_pace(reranker, 40, 10)
     # Timed with its first run, the 10-word pair (16 tokens with the query and the special
     # tokens) would give 36 ms a token.
-    assert pace is not None and reranker.per_token <= pace < 1.5 * reranker.per_token, pace
+    assert reranker.per_token <= pace < 1.5 * reranker.per_token, pace
     assert reranker.calls == [1, 1, 1, 1] and len(reranker.shapes) == 2
+
+
+def test_the_engine_owns_the_rerank_pace_and_primes_it_from_the_config(indexed: Any) -> None:
+    """``Engine.rerank_pace`` measures the engine's own reranker at ``search.rerank_max_tokens``
+    and ``rerank_floor`` (a one-shot search: the floor only); the engine's readers share it,
+    and an engine without a reranker has nothing to measure."""
+    from ragd.models.base import LoadedModels
+    from ragd.rerank import RerankPace
+
+    engine, _ = indexed
+    reranker = engine.models.reranker
+    assert engine.rerank_pace.estimate(reranker) is None
+    seconds = engine.rerank_pace.prime()
+    assert seconds is not None and seconds > 0 and engine.rerank_pace.estimate(reranker) == seconds
+    cfg = engine.config.search
+    assert (engine.rerank_pace.widest, engine.rerank_pace.narrowest) == (cfg.rerank_max_tokens, cfg.rerank_floor)
+    reader = engine.reader()
+    try:
+        assert reader.rerank_pace is engine.rerank_pace
+    finally:
+        reader.close()
+    stub = _CompilingReranker(0.0, compile_s=0.0)
+    RerankPace(lambda: stub, 40, 10).prime(widest=False)
+    assert len(stub.shapes) == 1 and stub.calls == [1, 1]  # the narrowest window only
+    with Engine(engine.config, LoadedModels(engine.models.embedder, None)) as plain:
+        assert plain.rerank_pace.prime() is None
 
 
 class _Sleep:
@@ -257,7 +307,7 @@ class _ScheduledReranker(_SlowReranker):
 
         return self.scheduler.hold() if self.holds else contextlib.nullcontext()
 
-    def score(self, query: str, passages: list[str]) -> list[float]:
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
         import time
 
         time.sleep(0.01)
@@ -269,28 +319,26 @@ class _ScheduledReranker(_SlowReranker):
         return [1.0] * len(passages)
 
 
-def test_a_deadline_search_keeps_indexing_batches_out_between_its_rerank_batches(indexed: Any) -> None:
+def test_a_deadline_search_keeps_indexing_batches_out_between_its_rerank_batches() -> None:
     """With a deadline, an indexing batch waiting for the scheduler does not get in between
     two rerank batches (it would make the search late by up to a batch); it runs after the
     reranking. Without the hold it does get in."""
     import threading
     import time
-    from types import SimpleNamespace
 
     from ragd.engine import ModelGate
-    from ragd.models.openvino import Scheduler
-    from ragd.search import _rerank, prime_rerank_pace
+    from ragd.models.openvino.scheduler import Scheduler
+    from ragd.rerank import RerankPace
 
-    engine, _ = indexed
-    held = SimpleNamespace(config=engine.config, gate=ModelGate())
+    gate = ModelGate()
     head = [(i, 1.0) for i in range(20)]
-    rows = {i: SimpleNamespace(text=f"passage number {i}") for i in range(20)}
     crossed = []
     for holds in (True, False):
         scheduler = Scheduler(1)
         scheduler.RESERVE_S = 0.0
         reranker = _ScheduledReranker(0.1 / 8, scheduler, holds)
-        prime_rerank_pace(reranker, 16)
+        pace = RerankPace(lambda reranker=reranker: reranker, 16, 16)
+        pace.prime()
         reranker.spans.clear()
         indexing: list[float] = []
         stop = threading.Event()
@@ -303,7 +351,7 @@ def test_a_deadline_search_keeps_indexing_batches_out_between_its_rerank_batches
         t.start()
         time.sleep(0.05)
         started = time.monotonic()
-        reranked = _rerank(held, reranker, "q", head, rows, started + 1.5, lambda: None)
+        reranked = _rerank(reranker, head, SHORT, started + 1.5, pace=pace, gate=gate)
         assert time.monotonic() - started <= 1.5 + (0 if holds else 0.5)
         time.sleep(0.1)
         stop.set()
@@ -380,33 +428,23 @@ LONG = [" ".join([f"filler{i}x{j}" for j in range(90)] + ["the heron nests in re
                  + [f"tail{i}x{j}" for j in range(110)]) for i in range(20)]
 
 
-def _with_search(engine: Any, **search: Any) -> Any:
-    """``engine`` as ``_rerank`` sees it, with other search settings."""
-    from dataclasses import replace
-    from types import SimpleNamespace
-
-    return SimpleNamespace(config=SimpleNamespace(search=replace(engine.config.search, **search)), gate=engine.gate)
-
-
-def test_a_deadline_narrows_the_window_so_every_candidate_is_reranked(indexed: Any) -> None:
+def test_a_deadline_narrows_the_window_so_every_candidate_is_reranked() -> None:
     """20 passages of 205 words, ~0.1 s each read whole, and 1 s: one narrower window for all
     (still around the sentence with the query's words) reranks all 20 on time; with the
     narrowing floor at the full window, only the first ~9 are reranked, also on time."""
     import time
-    from types import SimpleNamespace
 
-    from ragd.search import _rerank, prime_rerank_pace
+    from ragd.rerank import RerankPace
 
-    engine, _ = indexed
     head = [(i, 1.0) for i in range(20)]
-    rows = {i: SimpleNamespace(text=t) for i, t in enumerate(LONG)}
+    texts = dict(enumerate(LONG))
     query = "where does the heron nest"
-    narrow = _with_search(engine, rerank_min_tokens=32)
     reranker = _SlowReranker(0.0005)
-    prime_rerank_pace(reranker, 352, 32)
+    pace = RerankPace(lambda: reranker, 352, 32)
+    pace.prime()
     reranker.read.clear()
     started = time.monotonic()
-    reranked = _rerank(narrow, reranker, query, head, rows, started + 1.0, lambda: None)
+    reranked = _rerank(reranker, head, texts, started + 1.0, pace=pace, query=query, narrowest=32)
     took = time.monotonic() - started
     assert took <= 1.0, took
     assert len(reranked.scores) == 20
@@ -415,22 +453,20 @@ def test_a_deadline_narrows_the_window_so_every_candidate_is_reranked(indexed: A
     for passage in reranker.read:
         assert len(passage.split()) <= reranked.window and "the heron nests in reeds." in passage
     reranker.read.clear()
-    whole = _with_search(engine, rerank_min_tokens=352)
     started = time.monotonic()
-    reranked = _rerank(whole, reranker, query, head, rows, started + 1.0, lambda: None)
+    reranked = _rerank(reranker, head, texts, started + 1.0, pace=pace, query=query, narrowest=352)
     assert time.monotonic() - started <= 1.0
     assert 6 <= len(reranked.scores) <= 10 and reranked.window == 0  # read whole
     assert all(p in LONG for p in reranker.read)
     reranker.read.clear()
-    reranked = _rerank(narrow, reranker, query, head[:3], rows, None, lambda: None)  # no deadline: whole
+    reranked = _rerank(reranker, head[:3], texts, None, pace=pace, query=query, narrowest=32)  # no deadline: whole
     assert reranked.window == 0 and reranker.read == LONG[:3]
-    reranked = _rerank(_with_search(engine, rerank_max_tokens=100), reranker, query, head[:3], rows, None,
-                       lambda: None)
+    reranked = _rerank(reranker, head[:3], texts, None, pace=pace, query=query, widest=100, narrowest=100)
     assert reranked.window == 100 and all(len(p.split()) == 100 for p in reranker.read[3:])
 
 
 def test_the_window_fits_the_budget() -> None:
-    from ragd.search import PAIR_EXTRA_TOKENS, fit_window
+    from ragd.rerank import PAIR_EXTRA_TOKENS, fit_window
 
     lengths = [500, 300, 100, 40]
     q = 6
@@ -445,6 +481,61 @@ def test_the_window_fits_the_budget() -> None:
     assert fit_window(lengths, q, cost(16) - 1, 16, 352) == 16  # nothing fits: the floor
 
 
+def test_the_fuse_stage_ranks_candidates_by_fused_score_ties_by_chunk_id(indexed: Any) -> None:
+    """``fuse_signals`` on its own: the state's signals fused with its weights, ranked best
+    first (ties by chunk id), its time in ``fuse_ms``; ``leave_out`` drops excluded chunks first."""
+    from ragd.search import fuse_signals, leave_out, prepare
+
+    engine, _ = indexed
+    s = prepare(engine, "river deltas", SearchOptions(fusion="weighted"))
+    s.signal_weights = {"dense": 1.0, "lexical": 1.0}
+    s.signals = {"dense": {3: 0.9, 1: 0.5, 2: 0.5}, "lexical": {2: 4.0, 5: 1.0}}
+    fuse_signals(s)
+    assert s.fused == fuse(s.signals, s.signal_weights, "weighted", engine.config.search.rrf_k)
+    assert s.ranked == [(2, 1.0), (3, 1.0), (1, 0.0), (5, 0.0)]
+    assert list(s.timings) == ["fuse_ms"]
+    rrf = prepare(engine, "river deltas", SearchOptions(fusion="rrf"))
+    rrf.signal_weights, rrf.signals = s.signal_weights, s.signals
+    fuse_signals(rrf)
+    assert [cid for cid, _ in rrf.ranked] == [2, 3, 1, 5]  # 2 is second and first
+    like = prepare(engine, "river deltas", SearchOptions(exclude_path="/nowhere"))
+    like.signal_weights, like.signals = s.signal_weights, {name: dict(v) for name, v in s.signals.items()}
+    leave_out(like)  # no chunk of /nowhere: nothing is dropped
+    assert like.signals == s.signals
+
+
+def test_the_rerank_stage_puts_the_reranked_head_first_and_keeps_the_rest_in_retrieval_order(
+    indexed: Any,
+) -> None:
+    """``rerank_head`` on its own: ``on_retrieval`` gets the retrieval ranking, the top
+    ``candidates`` are ordered by their rerank scores, the rest follow in retrieval order,
+    and the result carries the rerank scores and the reranker's id."""
+    from ragd.search import build_result, prepare, read_rows, rerank_head
+
+    class ByLength(_SlowReranker):
+        def score(self, query: str, passages: Sequence[str]) -> list[float]:
+            super().score(query, passages)
+            return [float(len(p)) for p in passages]
+
+    engine, _ = indexed
+    ids = [h.chunk_id for h in search(engine, "delta", SearchOptions(k=4, rerank=False)).hits]
+    retrieval: list[Any] = []
+    s = prepare(engine, "delta", SearchOptions(k=4, candidates=3, on_retrieval=retrieval.append))
+    s.ranked = [(cid, 1.0 - i / 10) for i, cid in enumerate(ids)]
+    read_rows(s)
+    s.reranker = ByLength(0.0)
+    rerank_head(s)
+    [first] = retrieval
+    assert [h.chunk_id for h in first.hits] == ids and first.reranked == 0 and first.models["reranker"] is None
+    head = sorted(ids[:3], key=lambda cid: -len(s.rows[cid].text))
+    assert [cid for cid, _ in s.top] == [*head, ids[3]]
+    assert set(s.reranked.scores) == set(ids[:3]) and "rerank_ms" in s.timings
+    result = build_result(s)
+    assert result.reranked == 3 and result.models["reranker"] == "slow"
+    assert [h.score for h in result.hits[:3]] == [float(len(s.rows[cid].text)) for cid in head]
+    assert result.hits[3].rerank_score is None and result.hits[3].score == round(0.7, 6)
+
+
 def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hybrid search starts BM25 on a side thread before the query is embedded, and sparse
     retrieval beside the dense stage, each reading SQLite through the thread's own catalog
@@ -453,7 +544,7 @@ def test_full_text_and_sparse_stages_run_beside_the_embedding(indexed: Any, monk
     import threading
 
     from ragd.store.catalog import Catalog
-    from ragd.store.sparse import LexicalIndex
+    from ragd.store.postings import LexicalIndex
 
     engine, root = indexed
     in_line = search(engine, "river deltas and sediment", SearchOptions(rerank=False))
@@ -556,7 +647,7 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
     """The writer snapshots the mirrors with the catalog generation they hold; an engine
     started on the same data folder loads them instead of building, answers the same, and
     builds again when the catalog has moved on or a snapshot is damaged."""
-    from ragd.store.sparse import LexicalIndex, SparseIndex
+    from ragd.store.postings import LexicalIndex, SparseIndex
 
     engine, root = indexed
     sparse, lexical = engine.sparse, engine.lexical  # built (and saved) on first use
@@ -605,7 +696,7 @@ def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
     warning says the snapshot was not saved, and the next save tries again."""
     import errno
 
-    from ragd.store.sparse import Postings
+    from ragd.store.postings import Postings
 
     engine, root = indexed
     real_save = Postings.save

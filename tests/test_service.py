@@ -34,6 +34,8 @@ from ragd.requests import MAX_QUERY_CHARS, SHOWN_CHARS, SearchRequest, check_pat
 from ragd.search import SearchCancelled
 from ragd_client.aio import AsyncClient
 
+pytestmark = pytest.mark.models("fake")
+
 
 def test_the_error_table_gives_every_transport_its_outcome() -> None:
     cases = [

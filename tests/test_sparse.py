@@ -1,5 +1,7 @@
-"""Catalog.sparse_search: pruned (MaxScore) results equal an exhaustive sum, the bounds table
-survives deletes, and a catalog from before the bounds table is migrated on open."""
+"""Sparse retrieval: the SQL sum (``store/retrieval.py``, through ``Catalog.sparse_search``) pruned
+(MaxScore) equals an exhaustive sum, the bounds table survives deletes, a catalog from before
+the bounds table or the blobs is migrated on open (``store/schema.py``); the in-memory mirror
+(``store/postings.py``) answers as the exact sum and snapshots as it is."""
 
 from __future__ import annotations
 
@@ -9,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragd.store import catalog as catalog_module
+from ragd.store import retrieval, schema
 from ragd.store.catalog import Catalog
 
 
 @pytest.fixture(autouse=True)
 def _prune_small_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
     """These indexes are small: prune them anyway, as a large one would be."""
-    monkeypatch.setattr(catalog_module, "SPARSE_PRUNE_FROM", 0)
+    monkeypatch.setattr(retrieval, "SPARSE_PRUNE_FROM", 0)
 
 
 def _fill(catalog: Catalog, model: int, chunks: int, seed: int = 0) -> dict[str, dict[int, float]]:
@@ -70,7 +72,7 @@ def test_pruned_results_equal_exhaustive(tmp_path: Path) -> None:
             stats: dict[str, int] = {}
             got = catalog.sparse_search(model, q, limit, stats=stats)
             _same(got, _brute(docs, q, limit))
-            _same(got, catalog._sparse_exhaustive(model, q, limit, dict(stats), None))
+            _same(got, retrieval.sparse_exhaustive(catalog.db, model, q, limit))
             for key in used:
                 used[key] += stats[key]
     assert all(used.values()), used  # every way of reading a list was exercised
@@ -143,7 +145,7 @@ def test_falls_back_to_the_exhaustive_sum_when_pruning_does_not_pay(tmp_path: Pa
     catalog.close()
 
 
-# -- the in-memory mirror (ragd.store.sparse) -------------------------------------------
+# -- the in-memory mirror (ragd.store.postings) -----------------------------------------
 def _docs(n: int, seed: int) -> dict[str, dict[int, float]]:
     rng = random.Random(seed)
     out: dict[str, dict[int, float]] = {}
@@ -168,10 +170,11 @@ def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
     """The mirror answers as summing every posting does (same chunks, scores, tie order by
     hash) from its base, from a delta of later additions, after replacing and removing
     hashes, and after merging the delta into the base."""
-    from ragd.store import sparse as sparse_module
-    from ragd.store.sparse import SparseIndex, arrays
+    from ragd.store import postings
+    from ragd.store.codec import arrays
+    from ragd.store.postings import SparseIndex
 
-    monkeypatch.setattr(sparse_module, "COMPACT_MIN", 1 << 40)  # merge only when told below
+    monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # merge only when told below
     docs = _docs(2000, seed=11)
     index = SparseIndex()
     index.add((h, *arrays(d)) for h, d in list(docs.items())[:1500])
@@ -212,16 +215,17 @@ def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
 
 
 def test_memory_mirror_compacts_itself_when_the_delta_grows(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ragd.store import sparse as sparse_module
-    from ragd.store.sparse import SparseIndex, arrays
+    from ragd.store import postings
+    from ragd.store.codec import arrays
+    from ragd.store.postings import SparseIndex
 
-    monkeypatch.setattr(sparse_module, "COMPACT_MIN", 1000)
+    monkeypatch.setattr(postings, "COMPACT_MIN", 1000)
     docs = _docs(600, seed=21)
     index = SparseIndex()
     items = list(docs.items())
     for start in range(0, len(items), 20):  # indexing batches
         index.add((h, *arrays(d)) for h, d in items[start : start + 20])
-    assert len(index._view.delta[0]) < max(1000, sparse_module.COMPACT_FRACTION * len(index._view.base_slot)) + 20 * 40
+    assert len(index._view.delta[0]) < max(1000, postings.COMPACT_FRACTION * len(index._view.base_slot)) + 20 * 40
     assert len(index._view.base_slot) > 0
     for q in _queries(20, seed=22):
         _mirror_same(index.search(q, 20), _brute(docs, q, 20))
@@ -231,7 +235,7 @@ def test_catalog_without_sparse_blobs_is_migrated_and_the_mirror_built_from_it(t
     """Embeddings written before ``embeddings.sparse`` existed get their blobs from the
     postings on open; the mirror built from the catalog then equals the SQL sum."""
     from ragd.store.catalog import NewEmbedding
-    from ragd.store.sparse import SparseIndex
+    from ragd.store.postings import SparseIndex
 
     path = tmp_path / "catalog.db"
     catalog = Catalog(path)
@@ -253,7 +257,7 @@ def test_catalog_without_sparse_blobs_is_migrated_and_the_mirror_built_from_it(t
     assert migrated.count == len(docs) and migrated.postings == sum(len(d) for d in docs.values())
     assert SparseIndex.build(reopened.sparse_rows(other)).search({1: 1.0}, 100)[0][1] == pytest.approx(0.9)
     for q in _queries(20, seed=32):
-        want = reopened._sparse_exhaustive(model, q, 25, {}, None)
+        want = retrieval.sparse_exhaustive(reopened.db, model, q, 25)
         _mirror_same(migrated.search(q, 25), want)
         _mirror_same(built.search(q, 25), want)
     reopened.close()
@@ -274,7 +278,7 @@ def test_a_catalog_upgraded_by_another_process_is_a_clear_error(tmp_path: Path,
     catalog.close()
     holder = sqlite3.connect(str(path))
     holder.execute("BEGIN IMMEDIATE")
-    monkeypatch.setattr(catalog_module, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_S", 0.2)
     try:
         with pytest.raises(StoreError, match="being upgraded by another ragd process"):
             Catalog(path)
@@ -282,7 +286,7 @@ def test_a_catalog_upgraded_by_another_process_is_a_clear_error(tmp_path: Path,
         holder.rollback()
         holder.close()
     reopened = Catalog(path)  # and once the lock is gone, the upgrade runs
-    assert reopened._meta("sparse_blobs_version") == catalog_module.SPARSE_BLOBS_VERSION
+    assert reopened._meta("sparse_blobs_version") == schema.SPARSE_BLOBS_VERSION
     reopened.close()
 
 
@@ -292,10 +296,11 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     """``save`` writes base, delta and removed keys as they are; ``load`` gives back a mirror
     that answers, counts and keeps changing as the original does, and nothing (so the caller
     builds) for another generation, another label, a damaged file or no file."""
-    from ragd.store import sparse as sparse_module
-    from ragd.store.sparse import LexicalIndex, SparseIndex, arrays
+    from ragd.store import postings
+    from ragd.store.codec import arrays
+    from ragd.store.postings import LexicalIndex, SparseIndex
 
-    monkeypatch.setattr(sparse_module, "COMPACT_MIN", 1 << 40)  # keep a delta and dead postings
+    monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # keep a delta and dead postings
     docs = _docs(900, seed=31)
     items = list(docs.items())
     index = SparseIndex()

@@ -17,6 +17,7 @@ from watchdog.events import (
     DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
     FileCreatedEvent,
@@ -27,11 +28,13 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, EventEmitter
 
+from ragd import inotify
 from ragd.config import WatchConfig, parse_config
 from ragd.errors import ConfigError
+from ragd.inotify import FolderNotWatchedEvent
 from ragd.paths import PathFilter
 from ragd.store.jobs import Job, JobQueue
-from ragd.watch import Watcher, WatchTroubleEvent
+from ragd.watch import Watcher, WatchObserver, WatchTroubleEvent
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="inotify observer")
 
@@ -43,8 +46,8 @@ class _NullEmitter(EventEmitter):
         self.stopped_event.wait(timeout)
 
 
-def null_observer() -> BaseObserver:
-    return BaseObserver(_NullEmitter, timeout=0.05)
+def null_observer() -> WatchObserver:
+    return WatchObserver(BaseObserver(_NullEmitter, timeout=0.05))
 
 
 class Jobs:
@@ -233,6 +236,18 @@ def test_trouble_events_queue_a_scan_at_once(root: Path, jobs: Jobs, make_watche
     jobs.wait_for("<scan:watch-error>", timeout=3)
 
 
+def test_what_watchdog_and_the_inotify_seam_report_becomes_trouble(root: Path, jobs: Jobs,
+                                                                   make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher(observer_factory=null_observer, check_interval_s=30)
+    w.watch(root, PathFilter())
+    w.start()
+    w.inject(root, [EventsLostEvent(str(root), is_directory=True)])  # watchdog's own report of an overflow
+    assert jobs.wait_for("<scan:overflow>", timeout=3) == {"<scan:overflow>"}
+    w.inject(root, [FolderNotWatchedEvent(str(root / "x"))])  # ragd.inotify's report of a folder refused
+    jobs.wait_for("<scan:watch-error>", timeout=3)
+    assert f"first: {root / 'x'}" in w.trouble()[root]
+
+
 def test_stop_writes_pending_batches_and_joins_threads(root: Path, jobs: Jobs,
                                                        make_watcher: Callable[..., Watcher]) -> None:
     before = set(threading.enumerate())
@@ -344,14 +359,14 @@ def test_symlinked_root_is_watched_at_its_target(tmp_path: Path, queue: JobQueue
 def test_kernel_queue_overflow_queues_a_scan(root: Path, jobs: Jobs, make_watcher: Callable[..., Watcher]) -> None:
     from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
-    from ragd.watch import InotifyTroubleObserver
-
     w = make_watcher()
     w.watch(root, PathFilter())
     w.start()
-    observer = w._observer
-    assert isinstance(observer, InotifyTroubleObserver)
-    # What the kernel sends when its queue overflows (wd -1, IN_Q_OVERFLOW), through watchdog's own handling.
+    assert w._observer is not None
+    observer = w._observer.observer
+    assert isinstance(observer, inotify.InotifyTroubleObserver)
+    # What the kernel sends when its queue overflows (wd -1, IN_Q_OVERFLOW): watchdog rebuilds its
+    # watches and reports EventsLostEvent.
     observer.inotify_fd.handle_event(InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
     assert jobs.wait_for("<scan:overflow>") == {"<scan:overflow>"}
     (root / "after.md").write_text("x")  # the rebuilt watches still report changes
@@ -387,12 +402,12 @@ def test_dead_emitter_or_observer_is_replaced(root: Path, jobs: Jobs, make_watch
     w = make_watcher()
     w.watch(root, PathFilter())
     w.start()
-    observer = w._observer
-    assert observer is not None
+    assert w._observer is not None
+    observer = w._observer.observer
     for emitter in list(observer.emitters):
         emitter.stop()
     jobs.wait_for("<scan:watch-lost>")  # a scan after the watch is back is one pending scan with it
-    until(lambda: w.lost() == [] and w._observer is not None and len(w._observer.emitters) == 1)
+    until(lambda: w.lost() == [] and w._observer is not None and len(w._observer.observer.emitters) == 1)
     (root / "a.md").write_text("x")
     jobs.wait_for("a.md")
     jobs.reset()
@@ -400,7 +415,7 @@ def test_dead_emitter_or_observer_is_replaced(root: Path, jobs: Jobs, make_watch
     observer.stop()
     observer.join()
     jobs.wait_for("<scan:watch-error>")
-    assert w._observer is not observer and w.lost() == []
+    assert w._observer is not None and w._observer.observer is not observer and w.lost() == []
     (root / "b.md").write_text("x")
     jobs.wait_for("b.md")
 
@@ -427,3 +442,46 @@ def test_a_folder_that_cannot_be_watched_queues_a_scan(root: Path, jobs: Jobs, m
     assert jobs.wait_for("<scan:watch-error>") == {"<scan:watch-error>"}
     (root / "ok.md").write_text("x")  # the rest of the root is still watched
     jobs.wait_for("ok.md")
+
+
+# --- when watchdog's internals change ---------------------------------------------------------
+
+
+@linux_only
+def test_the_guard_names_what_changed_in_watchdogs_internals(monkeypatch: pytest.MonkeyPatch) -> None:
+    from watchdog.observers.inotify import InotifyWatchGroup
+
+    assert inotify.check_internals() == ""
+    monkeypatch.delattr(InotifyWatchGroup, "_recursive_simulate")
+    assert "InotifyWatchGroup._recursive_simulate is missing" in inotify.check_internals()
+    monkeypatch.undo()
+    monkeypatch.setattr(InotifyWatchGroup, "_add_callback", lambda self, path, mask: None)
+    assert "InotifyWatchGroup._add_callback does not take (self, path)" in inotify.check_internals()
+
+
+@linux_only
+def test_changed_internals_fall_back_to_the_public_observer_and_rescans(
+        root: Path, jobs: Jobs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        make_watcher: Callable[..., Watcher]) -> None:
+    from ragd import watch
+
+    # The guard fails as for a release without a method ragd relies on (watchdog itself left intact).
+    monkeypatch.setattr(inotify, "_SHAPE", (*inotify._SHAPE, ("observers.inotify.InotifyWatchGroup._gone", None)))
+    monkeypatch.setattr(inotify, "PROBLEM", inotify.check_internals())  # what the check at import finds
+    watch._log_fallback.cache_clear()
+    w = make_watcher(fallback_scan_s=0.5)
+    w.watch(root, PathFilter())
+    w.start()
+    assert w._observer is not None and not isinstance(w._observer.observer, inotify.InotifyTroubleObserver)
+    (root / "a.md").write_text("x")  # watchdog's public observer still reports changes
+    jobs.wait_for("a.md")
+    jobs.reset()
+    jobs.wait_for("<scan:watch-fallback>")  # and every root is scanned as well, again and again
+    jobs.reset()
+    jobs.wait_for("<scan:watch-fallback>")
+    assert "InotifyWatchGroup._gone is missing" in w.trouble()[root] and "scanned every" in w.trouble()[root]
+    assert w.lost() == []
+    w._observer.observer.stop()  # a replaced observer is the public one again, logged once in all
+    jobs.wait_for("<scan:watch-error>")
+    fallbacks = [r for r in caplog.records if "public observer" in r.getMessage()]
+    assert len(fallbacks) == 1 and "InotifyWatchGroup._gone is missing" in fallbacks[0].getMessage()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ragd.errors import ConfigError
+from ragd.requests import FUSIONS, MAX_CANDIDATES, MAX_K, MODES
 
 DEFAULTS_NAME = "<defaults>"
 """The file name errors use when no file was read."""
@@ -187,14 +188,14 @@ RULES: Mapping[str, Rule] = {
     "models.batch_size": Rule(low=1, high=1024),
     "chunking.max_tokens": Rule(low=16, high=8192),
     "chunking.overlap_tokens": Rule(low=0, half_of="max_tokens"),
-    "search.k": Rule(low=1, high=1000),
-    "search.candidates": Rule(low=1, high=1000),
+    "search.k": Rule(low=1, high=MAX_K),  # a default k must pass the request checks too
+    "search.candidates": Rule(low=1, high=MAX_CANDIDATES),
     "search.retrieve": Rule(low=1, high=10000),
     "search.dense_weight": Rule(low=0),
     "search.sparse_weight": Rule(low=0),
-    "search.mode": Rule(choices=("hybrid", "dense", "sparse", "lexical")),
+    "search.mode": Rule(choices=MODES),
     "search.lexical_weight": Rule(low=0),
-    "search.fusion": Rule(choices=("weighted", "rrf")),
+    "search.fusion": Rule(choices=FUSIONS),
     "search.rrf_k": Rule(low=1, high=10000),
     "search.snippet_chars": Rule(low=20, high=10000),
     "search.rerank_max_tokens": Rule(low=16, high=8192),
@@ -218,7 +219,7 @@ RULES: Mapping[str, Rule] = {
     "watch.reconcile_interval_s": Rule(low=60, high=604800, zero_ok=True),
     "watch.max_batch_paths": Rule(low=1, high=100000),
     "mcp.deadline_ms": Rule(low=100, high=600000),
-    "mcp.max_results": Rule(low=1, high=1000),
+    "mcp.max_results": Rule(low=1, high=MAX_K),
     "mcp.port": Rule(low=1, high=65535),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ragd.errors import RagdError
-from ragd.models.base import Holds, LoadedModels
+from ragd.models.base import Holds, LoadedModels, Scheduled
+from ragd.rerank import RerankPace
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
+from ragd.store.codec import arrays as sparse_arrays
+from ragd.store.postings import LexicalIndex, Postings, SparseIndex
 from ragd.store.private import private_dir, private_folder_files
-from ragd.store.sparse import LexicalIndex, Postings, SparseIndex
-from ragd.store.sparse import arrays as sparse_arrays
 from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -63,19 +64,19 @@ class ModelGate:
         self._holds = Holds(self._cond)
 
     @contextlib.contextmanager
-    def hold(self, model: object = None) -> Iterator[None]:
+    def hold(self, model: Scheduled | None = None) -> Iterator[None]:
         """While inside, indexing batches do not start (one already running finishes);
         foreground work still takes the model batch by batch."""
-        if getattr(model, "schedules_itself", False):
-            with getattr(model, "hold", contextlib.nullcontext)():
+        if model is not None and model.schedules_itself:
+            with model.hold():
                 yield
             return
         with self._holds():
             yield
 
     @contextlib.contextmanager
-    def foreground(self, model: object = None) -> Iterator[None]:
-        if getattr(model, "schedules_itself", False):
+    def foreground(self, model: Scheduled | None = None) -> Iterator[None]:
+        if model is not None and model.schedules_itself:
             yield
             return
         with self._cond:
@@ -92,8 +93,8 @@ class ModelGate:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
-    def background(self, model: object = None) -> Iterator[None]:
-        if getattr(model, "schedules_itself", False):
+    def background(self, model: Scheduled | None = None) -> Iterator[None]:
+        if model is not None and model.schedules_itself:
             yield
             return
         with self._cond:
@@ -135,6 +136,10 @@ class Engine:
         self._mirrors_saved: dict[str, int] = {}  # mirror -> catalog generation of its snapshot
         self._model_key: int | None = None
         self.gate = ModelGate()
+        # The reranker's seconds per pair token, for searches with a deadline; ``prime`` it while
+        # nobody waits (the daemon at start-up), and every reranking search updates it.
+        self.rerank_pace = RerankPace(lambda: self.models.reranker, config.search.rerank_max_tokens,
+                                      config.search.rerank_floor)
         # One load at a time: a thread asking for the models, the vectors or the model key while
         # another loads them (e.g. a Search or Status call during a first-start conversion) waits
         # for that load instead of starting its own on the same SQLite connection.
@@ -158,6 +163,7 @@ class Engine:
         other._sparse = sparse
         other._lexical = lexical
         other.gate = self.gate
+        other.rerank_pace = self.rerank_pace
         return other
 
     # -- models -----------------------------------------------------------------------

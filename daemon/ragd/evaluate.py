@@ -295,7 +295,7 @@ def score_queries(
     import dataclasses
     import time
 
-    from ragd.search import SearchOptions, prime_rerank_pace, search
+    from ragd.search import SearchOptions, search
 
     dataset, eng = index.dataset, index.engine
     cfg = eng.config.search
@@ -305,7 +305,7 @@ def score_queries(
     options = SearchOptions(k=3 * EVAL_DEPTH, rerank=rerank, mode=mode, weights=weights, fusion=fusion)
     reranker = eng.models.reranker if rerank else None
     if deadline is not None and reranker is not None:
-        prime_rerank_pace(reranker, cfg.rerank_max_tokens, cfg.rerank_floor)
+        eng.rerank_pace.prime()  # as the daemon does at start-up
     reranked: list[int] = []
     windows: list[int] = []
     uses: list[Any] = []
@@ -337,7 +337,7 @@ def score_queries(
         "windowed_queries": len(narrowed), "narrowest_window": min(narrowed, default=0),
     }
     used = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
-            **({"colbert": cfg.colbert_weight} if getattr(models.embedder, "multi_vector", False) else {}),
+            **({"colbert": cfg.colbert_weight} if models.embedder.multi_vector else {}),
             **(weights or {})}
     return EvalReport(
         dataset=dataset.name, embedder=models.embedder.model_id,

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -409,3 +410,42 @@ def _under(path: Path, target: Path) -> bool:
 def index_paths(engine: Engine, paths: Iterable[Path] = (), progress: Progress | None = None) -> IndexReport:
     """Index ``paths`` (or every configured and registered root) into ``engine``."""
     return Indexer(engine, progress).run(list(paths))
+
+
+@dataclass
+class WriterStatus:
+    """What the daemon's writer thread is doing (a ``Progress``, read by Status and
+    WatchStatus under its lock)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    current_file: str = ""
+    current_root: str = ""
+    files_todo: int = 0
+    files_done: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    busy_since: float | None = None
+    changes: int = 0  # raised on every update, so watchers can tell something moved
+
+    def total(self, files: int) -> None:
+        with self.lock:
+            self.files_todo += files
+            self.changes += 1
+
+    def advance(self, files: int = 0, chunks: int = 0, tokens: int = 0, current: str | None = None) -> None:
+        with self.lock:
+            self.files_done += files
+            self.chunks += chunks
+            self.tokens += tokens
+            if current is not None:
+                self.current_file = current
+            self.changes += 1
+
+    def rates(self) -> tuple[float, float, float]:
+        """(chunks/s, tokens/s, files/s) over the current busy period."""
+        with self.lock:
+            if self.busy_since is None:
+                return 0.0, 0.0, 0.0
+            elapsed = max(1e-3, time.monotonic() - self.busy_since)
+            return self.chunks / elapsed, self.tokens / elapsed, self.files_done / elapsed

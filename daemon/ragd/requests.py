@@ -1,8 +1,9 @@
 """Requests as every transport hands them to ragd: the limits, and the checks they share.
 
 Light on purpose (no numpy, no models): the CLI checks a request here before it talks to the
-daemon, the daemon's service layer checks it again, and ``ragd.search`` takes its limits from
-here. Every ``UsageError`` names the field that is wrong.
+daemon, the daemon's service layer checks it again, and ``ragd.search`` and the config's rules
+for the search defaults take their limits from here. Every ``UsageError`` names the field that
+is wrong.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Query -> retrieve (dense, sparse when the embedder has it, full-text BM25) -> fuse ->
-filter -> [ColBERT rescoring of the top fused candidates] -> rerank the top candidates ->
-hits with snippets, scores and per-stage timings.
+"""A search, stage by stage (``search`` lists them in order): prepare the request, load the
+models, embed the query (full-text retrieval runs beside it), restrict to the chunks the
+filters allow, dense retrieval (sparse beside it), leave out what the request excludes, fuse,
+rescore with ColBERT vectors, read the rows, rerank the head under the deadline
+(``ragd.rerank``), and build the hits with snippets, scores and per-stage timings.
 
 ``mode`` picks the retrievers: ``hybrid`` (every signal the embedder has, plus full-text),
 ``dense``, ``sparse`` (BGE-M3 lexical weights) or ``lexical`` (BM25, works with any
@@ -12,14 +14,15 @@ candidates, fused with the others (candidates without stored vectors get no colb
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import os
 import re
 import time
-import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,14 +30,22 @@ from ragd.engine import Engine
 from ragd.errors import CancelledError, IndexEmptyError, NotFoundError, UsageError
 from ragd.filters import Filters, matches, normalise_filters
 from ragd.lexical import terms as query_terms
-from ragd.models.base import Embeddings, FloatArray
-from ragd.query import QueryUse, rerank_part, select_terms
+from ragd.models.base import Embeddings, FloatArray, Reranker, SparseWeights
+from ragd.query import QueryUse, select_terms
 from ragd.query import embed as embed_query
 from ragd.requests import FUSIONS, MODES, RETRIEVERS, SIGNALS, check_counts, check_query
-from ragd.store.catalog import Catalog
-from ragd.store.sparse import SparseIndex
-from ragd.store.sparse import decode as decode_sparse
-from ragd.window import best_window
+from ragd.rerank import Reranked, rerank, rerank_query
+from ragd.store.catalog import Catalog, ChunkRow
+from ragd.store.codec import decode as decode_sparse
+from ragd.store.postings import LexicalIndex, SparseIndex
+from ragd.store.vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from ragd.config import SearchConfig
+
+EMBEDDED_SIGNALS = ("dense", "sparse", "colbert")  # the signals that need the query embedded
+LexicalFound = tuple[list[tuple[int, float]], float]  # chunk ids with BM25 scores, the stage's ms
+SparseFound = tuple[list[tuple[str, float]], dict[str, list[int]], float]  # hashes, their chunk ids, ms
 
 
 @dataclass(frozen=True)
@@ -105,10 +116,320 @@ class SearchResult:
         }
 
 
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 2)
+class SearchCancelled(CancelledError):
+    """The caller went away or its deadline passed before the answer was ready."""
 
 
+@dataclass(eq=False)
+class SearchState:
+    """One search on its way through the stages: the request with the config's defaults
+    applied (``prepare``), then what each stage found. ``check`` is the cancellation point
+    between stages."""
+
+    engine: Engine
+    opts: SearchOptions
+    query: str  # validated; a search by example's is its chunk's text
+    k: int
+    candidates: int
+    pool: int  # how many candidates each retriever returns
+    rerank: bool
+    mode: str
+    fusion: str
+    weights: dict[str, float]  # per signal: the request's, else the config's
+    prefix: str | None
+    filters: Filters | None
+    like: ChunkRow | None = None  # the chunk a search by example is like
+    use: QueryUse = field(default_factory=QueryUse)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    # What the stages find, in their order:
+    signal_weights: dict[str, float] = field(default_factory=dict)  # the signals that run
+    vectors: VectorIndex | None = None
+    reranker: Reranker | None = None  # None when this search does not rerank
+    bm25: LexicalIndex | None = None  # the full-text mirror; None asks FTS5
+    embedded: Embeddings | None = None
+    allowed: np.ndarray | None = None  # the chunk ids a hit may have; None for all
+    allowed_set: set[int] | None = None
+    signals: dict[str, dict[int, float]] = field(default_factory=dict)  # signal -> chunk id -> score
+    fused: dict[int, float] = field(default_factory=dict)
+    ranked: list[tuple[int, float]] = field(default_factory=list)  # fused, best first
+    top: list[tuple[int, float]] = field(default_factory=list)  # the hits so far, in order, rows read
+    rows: dict[int, ChunkRow] = field(default_factory=dict)
+    reranked: Reranked = field(default_factory=lambda: Reranked({}, 0))
+
+    @property
+    def settings(self) -> SearchConfig:
+        return self.engine.config.search
+
+    @property
+    def embeds(self) -> bool:
+        return any(name in self.signal_weights for name in EMBEDDED_SIGNALS)
+
+    def check(self) -> None:
+        if self.opts.cancelled is not None and self.opts.cancelled():
+            raise SearchCancelled("the search was cancelled")
+
+    def allows(self, chunk_id: int) -> bool:
+        return self.allowed_set is None or chunk_id in self.allowed_set
+
+
+def search(engine: Engine, query: str, options: SearchOptions | None = None) -> SearchResult:
+    """Run one search through its stages, in order."""
+    with contextlib.ExitStack() as held:  # a deadline search's hold on the models, until it returns
+        s = prepare(engine, query, options or SearchOptions())
+        load(s, held)
+        lexical = start_lexical(s)  # beside the query embedding
+        embed(s)
+        restrict(s)
+        sparse = start_sparse(s)  # beside the dense stage
+        retrieve_dense(s)
+        finish_sparse(s, sparse)
+        finish_lexical(s, lexical)
+        leave_out(s)
+        fuse_signals(s)
+        rescore_colbert(s)
+        read_rows(s)
+        rerank_head(s)
+        return build_result(s)
+
+
+# -- the stages -----------------------------------------------------------------------
+def prepare(engine: Engine, query: str, opts: SearchOptions) -> SearchState:
+    """The request with the config's defaults applied, the query validated (a search by
+    example's is its chunk's text); UsageError or NotFoundError for a bad request."""
+    cfg = engine.config.search
+    k = cfg.k if opts.k is None else opts.k
+    candidates = cfg.candidates if opts.candidates is None else opts.candidates
+    use = QueryUse()
+    like = None
+    if opts.like_chunk_id is not None:
+        like = engine.catalog.chunks([opts.like_chunk_id]).get(opts.like_chunk_id)
+        if like is None:
+            raise NotFoundError(f"like_chunk_id: no chunk {opts.like_chunk_id}")
+        query = like.text
+        use.like_chunk_id = like.id
+    q = validate(query, k, candidates)
+    return SearchState(
+        engine=engine, opts=opts, query=q, k=k, candidates=candidates, pool=max(cfg.retrieve, candidates, k),
+        rerank=cfg.rerank if opts.rerank is None else opts.rerank,
+        mode=opts.mode or cfg.mode, fusion=opts.fusion or cfg.fusion,
+        weights={"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
+                 "colbert": cfg.colbert_weight, **(opts.weights or {})},
+        prefix=normalise_prefix(opts.path_prefix),
+        filters=normalise_filters(opts.filters) if opts.filters is not None else None,
+        like=like, use=use,
+    )
+
+
+def load(s: SearchState, held: contextlib.ExitStack) -> None:
+    """The models and vectors (loaded on first use: ``load_ms``) and the signals that run.
+    A search that reranks under a deadline holds the models from here (``held``), so that no
+    indexing batch starts between its query embedding and its reranking."""
+    engine = s.engine
+    if engine.catalog.count_chunks() == 0:
+        raise IndexEmptyError("the index is empty: run `ragd index PATH` first")
+    t = time.perf_counter()
+    models = engine.models
+    s.vectors = engine.vectors
+    s.timings["load_ms"] = _ms(t)
+    s.reranker = models.reranker if s.rerank else None
+    if s.opts.deadline is not None and s.reranker is not None:
+        held.enter_context(engine.gate.hold(s.reranker))
+    s.signal_weights = resolve_signals(s.mode, s.weights, bool(models.embedder.has_sparse), s.fusion,
+                                       bool(models.embedder.multi_vector))
+
+
+def start_lexical(s: SearchState) -> concurrent.futures.Future[LexicalFound] | None:
+    """Full-text retrieval: the in-memory mirror is fetched here (built on first use through
+    this engine's own connection); when the query is embedded, BM25 starts now on a side
+    thread (``Engine.beside``), else it runs in line in ``finish_lexical``."""
+    if "lexical" not in s.signal_weights:
+        return None
+    s.bm25 = s.engine.lexical if s.prefix is None and s.engine.mirrors else None
+    return s.engine.beside(functools.partial(lexical_search, s)) if s.embeds else None
+
+
+def lexical_search(s: SearchState, catalog: Catalog) -> LexicalFound:
+    """BM25's top ``pool`` chunks over the query's rarest terms, from the mirror, or from
+    FTS5 through ``catalog`` (a path prefix, no mirrors); with the stage's time."""
+    started = time.perf_counter()
+    every = query_terms(s.query)
+    if s.bm25 is not None:
+        chosen = select_terms(every, s.bm25.document_frequency)
+        found = s.bm25.search(chosen, s.pool)
+    else:
+        chosen = select_terms(every, catalog.lexical_document_frequency)
+        found = catalog.lexical_search(s.query, s.pool, s.prefix, terms=chosen)
+    s.use.terms, s.use.terms_used = len(set(every)), len(chosen)
+    return found, _ms(started)
+
+
+def embed(s: SearchState) -> None:
+    """The query's embedding (or, searching by example, the chunk's stored one: nothing is
+    embedded), when a signal needs it; then the first cancellation point."""
+    if s.embeds:
+        t = time.perf_counter()
+        # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
+        # it; the long reranker calls use the gate.
+        s.embedded = (_stored_query(s.engine, s.like.id) if s.like is not None
+                      else embed_query(s.engine.models.embedder, s.query, s.use))
+        s.timings["embed_ms"] = _ms(t)
+    s.check()
+
+
+def restrict(s: SearchState) -> None:
+    """The chunk ids a hit may have: the path prefix, the filters, and never a suspended root's."""
+    filtered = s.prefix is not None or (s.filters is not None and s.filters.active)
+    hidden = s.engine.catalog.suspended_roots()
+    s.allowed = _allowed_ids(s.engine, s.prefix, s.filters, hidden) if filtered or hidden else None
+    s.allowed_set = None if s.allowed is None else set(s.allowed.tolist())
+
+
+def start_sparse(s: SearchState) -> concurrent.futures.Future[SparseFound] | None:
+    """Learned-sparse retrieval on a side thread, beside the dense stage. The mirror (or,
+    without mirrors, the model key) is fetched here, through this engine's connection: the
+    side thread touches only its own."""
+    if s.embedded is None or s.embedded.sparse is None or "sparse" not in s.signal_weights:
+        return None
+    mirror = s.engine.sparse if s.engine.mirrors else None
+    index: SparseIndex | int = mirror if mirror is not None else s.engine.model_key
+    return s.engine.beside(functools.partial(sparse_search, s, index, s.embedded.sparse[0]))
+
+
+def sparse_search(s: SearchState, index: SparseIndex | int, weights: SparseWeights, catalog: Catalog) -> SparseFound:
+    """The top ``pool`` chunk hashes by lexical matching score (the mirror, or the catalog's
+    pruned sum for model key ``index``), their chunk ids, and the stage's time."""
+    started = time.perf_counter()
+    if isinstance(index, int):
+        by_hash = catalog.sparse_search(index, weights, s.pool)
+    else:
+        by_hash = index.search(weights, s.pool)
+    return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
+
+
+def retrieve_dense(s: SearchState) -> None:
+    """FAISS's top ``pool`` chunks by cosine, within the allowed ids."""
+    if s.embedded is None or s.vectors is None or "dense" not in s.signal_weights:
+        return
+    t = time.perf_counter()
+    s.signals["dense"] = dict(s.vectors.search(s.embedded.dense[0], s.pool, s.allowed))
+    s.timings["dense_ms"] = _ms(t)
+
+
+def finish_sparse(s: SearchState, job: concurrent.futures.Future[SparseFound] | None) -> None:
+    """The sparse stage's chunks (every chunk of each hash found), within the allowed ids."""
+    if job is None:
+        return
+    by_hash, ids, s.timings["sparse_ms"] = job.result()
+    sparse: dict[int, float] = {}
+    for h, score in by_hash:
+        for cid in ids.get(h, []):
+            if s.allows(cid):
+                sparse[cid] = score
+    s.signals["sparse"] = sparse
+
+
+def finish_lexical(
+    s: SearchState, job: concurrent.futures.Future[LexicalFound] | None
+) -> None:
+    """The full-text stage's chunks (from its side thread, or run now), within the allowed ids."""
+    if "lexical" not in s.signal_weights:
+        return
+    found, s.timings["lexical_ms"] = job.result() if job is not None else lexical_search(s, s.engine.catalog)
+    s.signals["lexical"] = {c: v for c, v in found if s.allows(c)}
+
+
+def leave_out(s: SearchState) -> None:
+    """Drop what the request excludes from every signal, before fusion (``_excluded``)."""
+    excluded = _excluded(s.engine, s.like, s.opts)
+    if excluded:
+        s.signals = {name: {c: v for c, v in found.items() if c not in excluded} for name, found in s.signals.items()}
+
+
+def fuse_signals(s: SearchState) -> None:
+    """One score per candidate (``fuse``) and the candidates ranked by it, ties by chunk id."""
+    t = time.perf_counter()
+    _fuse_and_rank(s)
+    s.timings["fuse_ms"] = _ms(t)
+
+
+def rescore_colbert(s: SearchState) -> None:
+    """With multi-vectors: the ColBERT score of the top ``search.colbert_candidates`` fused
+    candidates becomes a signal, and every signal is fused again (it reorders, never adds)."""
+    if "colbert" not in s.signal_weights or s.embedded is None or s.embedded.colbert is None or not s.ranked:
+        return
+    s.check()
+    t = time.perf_counter()
+    query_vecs = s.embedded.colbert[0]
+    head = [cid for cid, _ in s.ranked[: s.settings.colbert_candidates]]
+    stored = s.engine.catalog.colbert_by_chunk(s.engine.model_key, head, int(query_vecs.shape[1]))
+    s.signals["colbert"] = colbert_scores(query_vecs, stored)
+    _fuse_and_rank(s)
+    s.timings["colbert_ms"] = _ms(t)
+
+
+def _fuse_and_rank(s: SearchState) -> None:
+    s.fused = fuse(s.signals, s.signal_weights, s.fusion, s.settings.rrf_k)
+    s.ranked = sorted(s.fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def read_rows(s: SearchState) -> None:
+    """The rows of the top ``max(k, candidates)``, read through the main connection at the
+    end, so a hit is never a chunk it cannot show (a side connection may see a later commit)."""
+    top = s.ranked[: max(s.k, s.candidates)]
+    s.rows = s.engine.catalog.chunks([cid for cid, _ in top])
+    s.top = [(cid, score) for cid, score in top if cid in s.rows]
+
+
+def rerank_head(s: SearchState) -> None:
+    """The top ``candidates`` reranked (``ragd.rerank.rerank``: within the deadline, if any)
+    and put first by their rerank score; the rest keep retrieval order. ``on_retrieval``
+    gets the retrieval ranking first."""
+    if s.reranker is None or not s.top:
+        return
+    s.check()
+    if s.opts.on_retrieval is not None:
+        s.opts.on_retrieval(build_result(s))
+    cfg, t = s.settings, time.perf_counter()
+    head = s.top[: s.candidates]
+    s.reranked = rerank(
+        s.reranker, rerank_query(s.reranker, s.query, cfg.rerank_max_tokens, s.use), head,
+        {cid: s.rows[cid].text for cid, _ in head}, pace=s.engine.rerank_pace, gate=s.engine.gate,
+        widest=cfg.rerank_max_tokens, narrowest=cfg.rerank_floor, deadline=s.opts.deadline, check=s.check,
+    )
+    scores = s.reranked.scores
+    s.timings["rerank_ms"] = _ms(t)
+    first = sorted((cs for cs in s.top if cs[0] in scores), key=lambda cs: -scores[cs[0]])
+    s.top = first + [cs for cs in s.top if cs[0] not in scores]
+
+
+def build_result(s: SearchState) -> SearchResult:
+    """The first ``k`` of ``top`` as hits (a rerank score, where there is one, is the score),
+    with the timings so far and ``total_ms``."""
+    scores = s.reranked.scores
+    hits = []
+    for cid, retrieval in s.top[: s.k]:
+        row = s.rows[cid]
+        rr = scores.get(cid)
+        hits.append(Hit(
+            chunk_id=cid, path=row.path, start_line=row.start_line, end_line=row.end_line,
+            heading=list(row.heading), snippet=snippet(row.text, s.query, s.settings.snippet_chars),
+            score=round(rr if rr is not None else retrieval, 6), retrieval_score=round(retrieval, 6),
+            rerank_score=None if rr is None else round(rr, 6), page=row.page, end_page=row.end_page,
+            text=row.text,
+        ))
+    s.timings["total_ms"] = _ms(s.started)
+    models = s.engine.models
+    return SearchResult(
+        query=s.query, hits=hits, timings=dict(s.timings),
+        models={"embedder": models.embedder.model_id,
+                "reranker": s.reranker.model_id if s.reranker and scores else None},
+        degraded=list(models.degraded), candidates=len(s.fused), reranked=len(scores),
+        rerank_window=s.reranked.window, query_use=replace(s.use),
+    )
+
+
+# -- scoring ----------------------------------------------------------------------------
 def validate(query: str, k: int, candidates: int) -> str:
     """The stripped query, or UsageError naming what is wrong."""
     q = check_query(query)
@@ -209,6 +530,11 @@ def resolve_signals(
     return chosen
 
 
+# -- helpers ----------------------------------------------------------------------------
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
 _WORD = re.compile(r"\w{3,}", re.UNICODE)
 
 
@@ -251,10 +577,6 @@ def _allowed_ids(engine: Engine, prefix: str | None, filters: Filters | None = N
     return np.array(engine.catalog.chunk_ids_under(prefix), dtype=np.int64)
 
 
-class SearchCancelled(CancelledError):
-    """The caller went away or its deadline passed before the answer was ready."""
-
-
 def normalise_prefix(prefix: str | None) -> str | None:
     """A --path value as an absolute path prefix (relative values are taken from the cwd)."""
     if prefix is None or prefix == "":
@@ -278,7 +600,7 @@ def _stored_query(engine: Engine, chunk_id: int) -> Embeddings:
     return Embeddings(dense=dense.reshape(1, -1), sparse=weights, colbert=None if colbert is None else [colbert])
 
 
-def _excluded(engine: Engine, like: Any, opts: SearchOptions) -> set[int]:
+def _excluded(engine: Engine, like: ChunkRow | None, opts: SearchOptions) -> set[int]:
     """Chunks a search leaves out: the chunk it is like (and by default the rest of its
     file), and the chunks of ``exclude_path``."""
     out: set[int] = set()
@@ -289,346 +611,6 @@ def _excluded(engine: Engine, like: Any, opts: SearchOptions) -> set[int]:
     if opts.exclude_path:
         out.update(engine.catalog.chunk_ids_of(opts.exclude_path))
     return out
-
-
-def _rerank_query(reranker: Any, query: str, window: int, use: QueryUse) -> str:
-    """The part of the query the reranker reads: all of it when it fits beside a passage
-    window of ``window`` tokens in the reranker's input, else its start."""
-    offsets = getattr(reranker, "token_offsets", None)
-    limit = int(getattr(reranker, "max_length", 0) or 0)
-    if offsets is None or not limit:
-        return query
-    spans = offsets(query)
-    room = max(MIN_RERANK_QUERY_TOKENS, limit - window - PAIR_EXTRA_TOKENS)
-    use.rerank_tokens = min(len(spans), room)
-    return rerank_part(query, spans, room)
-
-
-def search(engine: Engine, query: str, options: SearchOptions | None = None) -> SearchResult:
-    """Run one search through every stage; see the module docstring."""
-    with contextlib.ExitStack() as held:
-        return _search(engine, query, options or SearchOptions(), held)
-
-
-def _search(engine: Engine, query: str, opts: SearchOptions, held: contextlib.ExitStack) -> SearchResult:
-    """``search``; a search that reranks under a deadline enters the models' hold into
-    ``held`` (see ``_rerank``) as soon as they are loaded, so that no indexing batch starts
-    between its query embedding and its reranking either."""
-    cfg = engine.config.search
-    k = cfg.k if opts.k is None else opts.k
-    candidates = cfg.candidates if opts.candidates is None else opts.candidates
-    use = QueryUse()
-    like = None
-    if opts.like_chunk_id is not None:
-        like = engine.catalog.chunks([opts.like_chunk_id]).get(opts.like_chunk_id)
-        if like is None:
-            raise NotFoundError(f"like_chunk_id: no chunk {opts.like_chunk_id}")
-        query = like.text
-        use.like_chunk_id = like.id
-    q = validate(query, k, candidates)
-    want_rerank = cfg.rerank if opts.rerank is None else opts.rerank
-    weights = {"dense": cfg.dense_weight, "sparse": cfg.sparse_weight, "lexical": cfg.lexical_weight,
-               "colbert": cfg.colbert_weight, **(opts.weights or {})}
-    fusion = opts.fusion or cfg.fusion
-    mode = opts.mode or cfg.mode
-    prefix = normalise_prefix(opts.path_prefix)
-    filters = normalise_filters(opts.filters) if opts.filters is not None else None
-    timings: dict[str, float] = {}
-    t_total = time.perf_counter()
-
-    def check() -> None:
-        if opts.cancelled is not None and opts.cancelled():
-            raise SearchCancelled("the search was cancelled")
-
-    if engine.catalog.count_chunks() == 0:
-        raise IndexEmptyError("the index is empty: run `ragd index PATH` first")
-    t = time.perf_counter()
-    models = engine.models
-    vectors = engine.vectors
-    timings["load_ms"] = _ms(t)
-    if opts.deadline is not None and want_rerank and models.reranker is not None:
-        held.enter_context(engine.gate.hold(models.reranker))
-    signal_weights = resolve_signals(mode, weights, bool(models.embedder.has_sparse), fusion,
-                                     bool(getattr(models.embedder, "multi_vector", False)))
-
-    pool = max(cfg.retrieve, candidates, k)
-    signals: dict[str, dict[int, float]] = {}
-    embeds = "dense" in signal_weights or "sparse" in signal_weights or "colbert" in signal_weights
-
-    # Full-text retrieval (BM25 over the in-memory mirror; FTS5 in SQLite, on the side
-    # thread's own connection, for a path prefix) starts now, beside the query embedding
-    # (Engine.beside). Sparse retrieval (the in-memory mirror, then the hashes' chunk ids from
-    # SQLite) starts as soon as the embedding is there, beside the dense stage. The mirrors
-    # are fetched here: built on first use through this engine's own connection.
-    bm25 = engine.lexical if "lexical" in signal_weights and prefix is None and engine.mirrors else None
-
-    def lexical_stage(catalog: Catalog) -> tuple[list[tuple[int, float]], float]:
-        started = time.perf_counter()
-        every = query_terms(q)
-        if bm25 is not None:
-            chosen = select_terms(every, bm25.document_frequency)
-            found = bm25.search(chosen, pool)
-        else:
-            chosen = select_terms(every, catalog.lexical_document_frequency)
-            found = catalog.lexical_search(q, pool, prefix, terms=chosen)
-        use.terms, use.terms_used = len(set(every)), len(chosen)
-        return found, _ms(started)
-
-    def sparse_stage(
-        catalog: Catalog, index: SparseIndex | int, weights: Any
-    ) -> tuple[list[tuple[str, float]], dict[str, list[int]], float]:
-        started = time.perf_counter()
-        if isinstance(index, int):  # no mirror: the catalog's pruned sum, for this model key
-            by_hash = catalog.sparse_search(index, weights, pool)
-        else:
-            by_hash = index.search(weights, pool)
-        return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
-
-    lexical_job = engine.beside(lexical_stage) if "lexical" in signal_weights and embeds else None
-    sparse_job = None
-    qemb = None
-    if embeds:
-        t = time.perf_counter()
-        # A query is a few tokens: it runs alongside an indexing batch instead of waiting for
-        # it (inference does not change the model; on OpenVINO it takes a core from the batch);
-        # the long reranker calls use the gate.
-        qemb = _stored_query(engine, like.id) if like is not None else embed_query(models.embedder, q, use)
-        timings["embed_ms"] = _ms(t)
-    check()
-    filtered = prefix is not None or (filters is not None and filters.active)
-    hidden = engine.catalog.suspended_roots()
-    allowed = _allowed_ids(engine, prefix, filters, hidden) if filtered or hidden else None
-    allowed_set = None if allowed is None else set(allowed.tolist())
-    if qemb is not None and qemb.sparse is not None and "sparse" in signal_weights:
-        # The mirror (or, without mirrors, the model key) is fetched here, built on first use
-        # through this engine's connection: the side thread touches only its own connection.
-        mirror = engine.sparse if engine.mirrors else None
-        sparse_index: SparseIndex | int = mirror if mirror is not None else engine.model_key
-        lexical_weights = qemb.sparse[0]
-        sparse_job = engine.beside(lambda catalog: sparse_stage(catalog, sparse_index, lexical_weights))
-    if qemb is not None and "dense" in signal_weights:
-        t = time.perf_counter()
-        signals["dense"] = dict(vectors.search(qemb.dense[0], pool, allowed))
-        timings["dense_ms"] = _ms(t)
-
-    if sparse_job is not None:
-        by_hash, ids, timings["sparse_ms"] = sparse_job.result()
-        sparse: dict[int, float] = {}
-        for h, s in by_hash:
-            for cid in ids.get(h, []):
-                if allowed_set is None or cid in allowed_set:
-                    sparse[cid] = s
-        signals["sparse"] = sparse
-
-    if "lexical" in signal_weights:
-        lexical_hits, timings["lexical_ms"] = (lexical_job.result() if lexical_job is not None
-                                               else lexical_stage(engine.catalog))
-        signals["lexical"] = {c: v for c, v in lexical_hits if allowed_set is None or c in allowed_set}
-
-    excluded = _excluded(engine, like, opts)
-    if excluded:
-        signals = {name: {c: v for c, v in found.items() if c not in excluded} for name, found in signals.items()}
-    t = time.perf_counter()
-    fused = fuse(signals, signal_weights, fusion, cfg.rrf_k)
-    ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-    timings["fuse_ms"] = _ms(t)
-
-    if "colbert" in signal_weights and qemb is not None and qemb.colbert is not None and ranked:
-        check()
-        t = time.perf_counter()
-        query_vecs = qemb.colbert[0]
-        head = [cid for cid, _ in ranked[: cfg.colbert_candidates]]
-        stored = engine.catalog.colbert_by_chunk(engine.model_key, head, int(query_vecs.shape[1]))
-        signals["colbert"] = colbert_scores(query_vecs, stored)
-        fused = fuse(signals, signal_weights, fusion, cfg.rrf_k)
-        ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-        timings["colbert_ms"] = _ms(t)
-
-    top = ranked[: max(k, candidates)]
-    rows = engine.catalog.chunks([cid for cid, _ in top])
-    top = [(cid, s) for cid, s in top if cid in rows]
-
-    reranker = models.reranker if want_rerank else None
-
-    def result(order: list[tuple[int, float]], rerank_scores: dict[int, float], window: int = 0) -> SearchResult:
-        hits = []
-        for cid, retrieval in order[:k]:
-            row = rows[cid]
-            rr = rerank_scores.get(cid)
-            hits.append(Hit(
-                chunk_id=cid, path=row.path, start_line=row.start_line, end_line=row.end_line,
-                heading=list(row.heading), snippet=snippet(row.text, q, cfg.snippet_chars),
-                score=round(rr if rr is not None else retrieval, 6), retrieval_score=round(retrieval, 6),
-                rerank_score=None if rr is None else round(rr, 6), page=row.page, end_page=row.end_page,
-                text=row.text,
-            ))
-        timings["total_ms"] = _ms(t_total)
-        return SearchResult(
-            query=q, hits=hits, timings=dict(timings),
-            models={"embedder": models.embedder.model_id,
-                    "reranker": reranker.model_id if reranker and rerank_scores else None},
-            degraded=list(models.degraded), candidates=len(fused), reranked=len(rerank_scores),
-            rerank_window=window, query_use=replace(use),
-        )
-
-    rerank_scores: dict[int, float] = {}
-    window = 0
-    if reranker is not None and top:
-        check()
-        if opts.on_retrieval is not None:
-            opts.on_retrieval(result(top, {}))
-        t = time.perf_counter()
-        reranked = _rerank(engine, reranker, _rerank_query(reranker, q, cfg.rerank_max_tokens, use),
-                           top[:candidates], rows, opts.deadline, check)
-        rerank_scores, window = reranked.scores, reranked.window
-        timings["rerank_ms"] = _ms(t)
-        reranked_part = sorted((cs for cs in top if cs[0] in rerank_scores), key=lambda cs: -rerank_scores[cs[0]])
-        top = reranked_part + [cs for cs in top if cs[0] not in rerank_scores]
-    return result(top, rerank_scores, window)
-
-
-# Seconds per unit of reranker input, per reranker, measured by earlier searches: a search
-# with a deadline sizes even its first batch, and its window, by it instead of finding out
-# after the deadline. The unit is a token of the query-passage pair for a reranker that says
-# where its tokens fall (``token_offsets``), else a passage.
-_RERANK_PACE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-PAIR_EXTRA_TOKENS = 4  # <s> query </s></s> passage </s>
-MIN_RERANK_QUERY_TOKENS = 32  # a long query's part the reranker reads, however wide the passage window
-FIT_SHARE = 0.9  # of the time left that the window and each batch plan to use (the rest absorbs the pace's noise)
-
-
-def _remember_pace(reranker: Any, pace: float) -> bool:
-    """Keep ``pace`` for ``reranker``; False when it cannot be weakly referenced."""
-    try:
-        _RERANK_PACE[reranker] = pace
-    except TypeError:
-        return False
-    return True
-
-
-def prime_rerank_pace(reranker: Any, *lengths: int) -> float | None:
-    """Score passages of each of ``lengths`` tokens (the window's limits), as many at a time
-    as the reranker runs side by side, and remember the slowest pace, so the first search
-    with a deadline sizes its window and batches by a measurement instead of overshooting
-    while it takes one (short inputs cost a little more per token: ~1.4 ms against ~1.15 at
-    352 tokens for the int8 bge-reranker-v2-m3 architecture on 2 cores). Each length runs
-    once before it is timed: a converted model's first run of a shape builds its kernels,
-    which made the pace ~3x too slow (int8 reranker on a 2-core AMX CPU: 3.3 ms per token
-    on the first run against 1.15 after), and the first searches then reranked too few.
-    Returns the pace (seconds per pair token, or per passage for a reranker without
-    ``token_offsets``)."""
-    query = "warm-up query"
-    n = max(1, int(getattr(reranker, "parallel", 1)))
-    offsets = getattr(reranker, "token_offsets", None)
-    pace = 0.0
-    for length in sorted(set(lengths)) or [1]:
-        passage = " ".join(["the"] * max(1, length))  # one token per word in these vocabularies
-        units = 1 if offsets is None else len(offsets(query)) + len(offsets(passage)) + PAIR_EXTRA_TOKENS
-        reranker.score(query, [passage] * n)  # the shape's first run, not timed
-        started = time.monotonic()
-        reranker.score(query, [passage] * n)
-        pace = max(pace, (time.monotonic() - started) / (n * units))
-    return pace if _remember_pace(reranker, pace) else None
-
-
-def fit_window(lengths: Sequence[int], query_tokens: int, budget: float, low: int, high: int) -> int:
-    """The largest window in ``low..high`` tokens at which every passage (``lengths`` tokens
-    each, read up to the window, plus the query and the pair's special tokens) fits in
-    ``budget`` tokens; ``low`` when even that does not fit."""
-    def cost(window: int) -> int:
-        return sum(query_tokens + PAIR_EXTRA_TOKENS + min(n, window) for n in lengths)
-
-    if cost(high) <= budget:
-        return high
-    while low < high:  # cost grows with the window: find the largest that fits
-        mid = (low + high + 1) // 2
-        if cost(mid) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    return low
-
-
-@dataclass
-class Reranked:
-    scores: dict[int, float]
-    window: int  # the window that cut at least one reranked passage; 0 when every one was read whole
-
-
-def _rerank(
-    engine: Engine, reranker: Any, query: str, head: list[tuple[int, float]], rows: Mapping[int, Any],
-    deadline: float | None, check: Callable[[], None],
-) -> Reranked:
-    """Rerank ``head`` in retrieval order, each long passage by its best window.
-
-    With a deadline and a known pace, the window first shrinks (from
-    ``search.rerank_max_tokens`` down to ``search.rerank_min_tokens``) until every candidate
-    fits in the time left, one window for all so their scores compare; then batches go in
-    retrieval order, each sized by the measured pace to end within 90% of the time left,
-    stopping before one that would not. Without a pace yet, one round is measured first at
-    the full window. A round is as many passages as the reranker runs side by side (one per
-    stream on OpenVINO); batches hold at most 4 passages or one round."""
-    scores: dict[int, float] = {}
-    try:
-        pace: float | None = _RERANK_PACE.get(reranker)
-    except TypeError:  # not weak-referenceable: measure within this search only
-        pace = None
-    cfg = engine.config.search
-    window = cfg.rerank_max_tokens
-    offsets = getattr(reranker, "token_offsets", None)
-    spans: dict[int, list[tuple[int, int]]] = {}
-    query_tokens = 0
-    if offsets is not None:
-        spans = {cid: offsets(rows[cid].text) for cid, _ in head}
-        query_tokens = len(offsets(query))
-        if deadline is not None and pace is not None:
-            budget = FIT_SHARE * (deadline - time.monotonic()) / pace
-            window = fit_window([len(spans[cid]) for cid, _ in head], query_tokens, budget, cfg.rerank_floor, window)
-
-    def units(cid: int) -> int:
-        if offsets is None:
-            return 1
-        return query_tokens + PAIR_EXTRA_TOKENS + min(len(spans[cid]), window)
-
-    def text(cid: int) -> str:
-        full = rows[cid].text
-        if offsets is None:
-            return str(full)
-        a, b = best_window(query, full, window, lambda _text: spans[cid])
-        return str(full[a:b])
-
-    per_round = max(1, int(getattr(reranker, "parallel", 1)))
-    # With a deadline, no indexing batch may start between two rerank batches (it would
-    # make the search late by up to a batch: ~0.5 s on a 2-core CPU).
-    with engine.gate.hold(reranker) if deadline is not None else contextlib.nullcontext():
-        i = 0
-        while i < len(head):
-            check()
-            n = len(head) - i
-            if deadline is not None:
-                if pace is None:
-                    n = min(n, per_round)
-                else:
-                    left = FIT_SHARE * (deadline - time.monotonic())
-                    total, n = 0, 0
-                    for cid, _ in head[i : i + max(4, per_round)]:
-                        total += units(cid)
-                        if total * pace > left:
-                            break
-                        n += 1
-                    if n < 1:
-                        break
-            part = head[i : i + n]
-            with engine.gate.foreground(reranker):
-                started = time.monotonic()
-                values = reranker.score(query, [text(cid) for cid, _ in part])
-                took = (time.monotonic() - started) / sum(units(cid) for cid, _ in part)
-            pace = took if pace is None else 0.5 * pace + 0.5 * took
-            _remember_pace(reranker, pace)
-            scores.update({cid: v for (cid, _), v in zip(part, values, strict=True)})
-            i += n
-    cut = offsets is not None and any(len(spans[cid]) > window for cid in scores)
-    return Reranked(scores, window if cut else 0)
 
 
 def rank_documents(hits: Sequence[Hit]) -> list[str]:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,10 @@ from ragd.config import Config, ConfigError
 from ragd.engine import Engine
 from ragd.errors import INTERNAL, RagdError, outcome_for
 from ragd.filters import Filters
-from ragd.indexer import Indexer, root_problem
+from ragd.indexer import Indexer, WriterStatus, root_problem
 from ragd.paths import PathFilter
 from ragd.requests import SearchRequest
-from ragd.search import SearchOptions, SearchResult, prime_rerank_pace
+from ragd.search import SearchOptions, SearchResult
 from ragd.service import Service
 from ragd.store.catalog import Catalog
 from ragd.store.jobs import Job, JobQueue
@@ -52,56 +52,39 @@ from ragd_client.v1 import ragd_pb2, ragd_pb2_grpc
 log = logging.getLogger("ragd.server")
 
 SERVICES = ("ragd.v1.Search", "ragd.v1.Index")
+
+# -- the gRPC servers
+MAX_WORKERS = 256  # threads of one gRPC server at most, whatever the limits in the config say
+SPARE_WORKERS = 4  # threads beyond the calls and streams it admits
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+MAX_PORT = 65535
+SOCKET_UMASK = 0o177  # the Unix socket is created 0600: never readable by others, not even for a moment
+SOCKET_MODE = 0o600
+STREAM_POLL_S = 0.05  # how often SearchStream looks for its next stage
+STATUS_INTERVAL_MS = 500  # WatchStatus's interval_ms when the request gives 0 (as ragd.proto says)
+STATUS_MIN_INTERVAL_S = 0.05
+STATUS_KEEPALIVE_S = 5.0  # WatchStatus sends an unchanged status again after this long
+
+# -- the writer
 SNAPSHOT_DELAY_S = 60.0
 """The daemon writes changed snapshots at most this often (and at stop), not after every edit."""
+WRITER_IDLE_S = 1.0  # an idle writer looks at the queue again this often (a change wakes it at once)
+JOB_FAILURE_PAUSE_S = 1.0  # after a batch failed by its own fault
+WRITER_BACKOFF_MIN_S = 1.0
 WRITER_BACKOFF_MAX_S = 30.0
-"""The longest pause between two tries of a writer that fails for a reason outside its jobs."""
+"""A writer that fails for a reason outside its jobs retries after 1 s, doubling up to this."""
 _TRANSIENT_SQLITE = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 """SQLite's primary result codes BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL."""
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EAGAIN,
                                errno.EBUSY, errno.EIO, errno.ENOMEM})
-MAX_WORKERS = 256  # threads of one gRPC server at most, whatever the limits in the config say
-SPARE_WORKERS = 4
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
-
-# -- status of the writer -------------------------------------------------------------
-@dataclass
-class WriterStatus:
-    """What the writer thread is doing; read by Status/WatchStatus (a lock guards it)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    current_file: str = ""
-    current_root: str = ""
-    files_todo: int = 0
-    files_done: int = 0
-    chunks: int = 0
-    tokens: int = 0
-    started: float = field(default_factory=time.monotonic)
-    busy_since: float | None = None
-    changes: int = 0  # raised on every update, so watchers can tell something moved
-
-    def total(self, files: int) -> None:
-        with self.lock:
-            self.files_todo += files
-            self.changes += 1
-
-    def advance(self, files: int = 0, chunks: int = 0, tokens: int = 0, current: str | None = None) -> None:
-        with self.lock:
-            self.files_done += files
-            self.chunks += chunks
-            self.tokens += tokens
-            if current is not None:
-                self.current_file = current
-            self.changes += 1
-
-    def rates(self) -> tuple[float, float, float]:
-        """(chunks/s, tokens/s, files/s) over the current busy period."""
-        with self.lock:
-            if self.busy_since is None:
-                return 0.0, 0.0, 0.0
-            elapsed = max(1e-3, time.monotonic() - self.busy_since)
-            return self.chunks / elapsed, self.tokens / elapsed, self.files_done / elapsed
+# -- start-up and shutdown
+START_POLL_S = 0.2  # how soon a stop is noticed while the models load
+STOP_POLL_S = 0.5  # how soon a stop is noticed while serving
+STOP_MARGIN_S = 1.0
+"""How long past the grace the servers are waited for (and the least grace the writer gets)."""
+WRITER_STOP_S = 30.0
+"""How long past that the writer is waited for: the batch in hand commits or rolls back."""
 
 
 # -- errors -> status codes: ragd.errors.ERROR_TABLE -----------------------------------
@@ -266,7 +249,7 @@ class SearchServicer(ragd_pb2_grpc.SearchServicer):
             worker.start()
             sent = 0
             while True:
-                done.wait(0.05)
+                done.wait(STREAM_POLL_S)
                 while sent < len(stages):
                     yield stages[sent]
                     sent += 1
@@ -299,14 +282,14 @@ class IndexServicer(ragd_pb2_grpc.IndexServicer):
             return _status_proto(self.s.status())
 
     def WatchStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        interval = max(0.05, (request.interval_ms or 500) / 1000)
+        interval = max(STATUS_MIN_INTERVAL_S, (request.interval_ms or STATUS_INTERVAL_MS) / 1000)
         stopping = self.s.d.stopping
         with _rpc(context), self.s.stream_slot():
             last: Any = None
             last_sent = 0.0
             while context.is_active() and not stopping.is_set():
                 current = _status_proto(self.s.status())
-                if current != last or time.monotonic() - last_sent > 5:
+                if current != last or time.monotonic() - last_sent > STATUS_KEEPALIVE_S:
                     yield current
                     last, last_sent = current, time.monotonic()
                 stopping.wait(interval)
@@ -365,7 +348,7 @@ class TokenAuth(grpc.ServerInterceptor):
 
 def _check_tcp(address: str, allow_remote: bool, source: str) -> None:
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+    if not sep or not port.isdigit() or not 0 <= int(port) <= MAX_PORT or not host:
         raise ConfigError(f"{source}: server.tcp: expected \"host:port\", got {address!r}")
     if allow_remote:
         return
@@ -390,12 +373,9 @@ def socket_path(config: Config) -> Path:
 
 
 def _prepare_socket(path: Path) -> None:
-    """Give the socket a private folder; remove a stale socket, refuse when a daemon already answers.
-
-    A missing folder is created 0700. An existing one is made 0700 only when it holds nothing
-    but the socket (a folder of ragd's); one with other files (a home, /tmp) keeps its mode, the
-    socket's own 0600 guarding it, and one that others may write to (without the sticky bit
-    that keeps them from replacing the socket) is refused."""
+    """Give the socket a private folder (0700 when it holds nothing else; refused when others
+    could replace the socket), remove a stale socket, refuse when a daemon already answers
+    (docs/architecture.md, "The daemon")."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     st = folder.stat()
@@ -600,58 +580,86 @@ class Daemon:
         return server
 
     def start(self, engine_factory: Callable[[Config], Engine] | None = None) -> None:
-        """Bind, report NOT_SERVING, load models and the index, then start watching and writing."""
-        cfg = self.config
-        source = str(cfg.source) if cfg.source else "<defaults>"
-        token = None
-        if cfg.server.tcp:
-            _check_tcp(cfg.server.tcp, cfg.server.allow_remote, source)
-            token = load_or_create_token(token_path(cfg))
+        """Start up: bind and answer NOT_SERVING, load the models and the index, restore the
+        roots, start watching and writing, then answer SERVING."""
+        token = self._tcp_token()
         self._set_health(False)
+        self._bind(token)
+        self._load(engine_factory)
+        self._restore_roots()
+        self._start_watching()
+        self._start_writer()
+        self._set_health(True)
+
+    def _tcp_token(self) -> str | None:
+        """Check ``server.tcp`` and read (or make) the token TCP callers need; None without TCP."""
+        cfg = self.config
+        if not cfg.server.tcp:
+            return None
+        _check_tcp(cfg.server.tcp, cfg.server.allow_remote, str(cfg.source) if cfg.source else "<defaults>")
+        return load_or_create_token(token_path(cfg))
+
+    def _bind(self, token: str | None) -> None:
+        """Listen on the Unix socket (0600 from the start) and, given a token, on TCP."""
         _prepare_socket(self.socket)
         uds = self._server()
-        old_umask = os.umask(0o177)
+        old_umask = os.umask(SOCKET_UMASK)
         try:
             uds.add_insecure_port(f"unix:{self.socket}")
         finally:
             os.umask(old_umask)
         uds.start()
-        os.chmod(self.socket, 0o600)
+        os.chmod(self.socket, SOCKET_MODE)
         self._servers.append(uds)
         if token is not None:
             tcp = self._server((TokenAuth(token),), remote=True)
-            self.tcp_port = tcp.add_insecure_port(cfg.server.tcp)
+            self.tcp_port = tcp.add_insecure_port(self.config.server.tcp)
             tcp.start()
             self._servers.append(tcp)
+
+    def _load(self, engine_factory: Callable[[Config], Engine] | None) -> None:
+        """Take the data folder's writer lock and load the models and the caches (minutes on a
+        first start, which converts the models)."""
+        cfg = self.config
         self.engine = (engine_factory or (lambda c: Engine(c)))(cfg)
         self._exit.enter_context(self.engine.writer())
         _ = self.engine.models, self.engine.vectors, self.engine.sparse, self.engine.lexical  # load now
-        if self.engine.models.reranker is not None:  # measure the rerank pace for deadlines
-            prime_rerank_pace(self.engine.models.reranker, cfg.search.rerank_max_tokens, cfg.search.rerank_floor)
+        self.engine.rerank_pace.prime()  # before SERVING: the first search with a deadline has a pace
+
+    def _restore_roots(self) -> None:
+        """Jobs a crash left running go back to the queue; the roots are those of the catalog (also
+        those added while loading) and of the config, and one whose folder is gone is suspended
+        now, before SERVING, so its files are never served."""
+        assert self.engine is not None
         self.queue.recover()
         catalog = self.engine.catalog
         with self._roots_lock:  # roots added while loading are in _extra_roots already
             self._extra_roots.update(catalog.roots())  # a root whose folder is gone stays a root
-            for r in cfg.roots:
+            for r in self.config.roots:
                 catalog.add_root(str(r.path))
             self._suspended.update(catalog.suspended_roots())
             roots = sorted(self.root_paths())
-        for root in roots:  # before SERVING: a gone root's files are never served
+        for root in roots:
             problem = self._problem(root, catalog)
             if problem is not None:
                 self._suspend(root, problem, catalog)
+
+    def _start_watching(self) -> None:
+        """Queue a start scan of every root and watch them all; from here on ``add_root`` does it."""
+        enabled = self.config.watch.enabled
         self.watcher.on_check = self._recheck_suspended
         with self._roots_lock:
             for root in sorted(self.root_paths()):
                 self.queue.put_scan(root, "start")
-                if cfg.watch.enabled:
+                if enabled:
                     self.watcher.watch(Path(root), self._filter_for(Path(root)))
             self._roots_live = True
-        if cfg.watch.enabled:
+        if enabled:
             self.watcher.start()
+
+    def _start_writer(self) -> None:
         self._writer = threading.Thread(target=self._write_loop, name="ragd-writer", daemon=True)
         self._writer.start()
-        self._set_health(True)
 
     # -- the writer -----------------------------------------------------------------------
     def writer_problem(self) -> str:
@@ -703,9 +711,8 @@ class Daemon:
         assert self.engine is not None
         engine = self.engine
         engine.snapshot_delay_s = SNAPSHOT_DELAY_S  # snapshots when idle, not after every edit
-        # Indexing leaves one core to searches: torch's intra-op thread count is per thread,
-        # so this caps only the writer's batches, not the queries and reranking. (torch is
-        # loaded only where it runs the models; the OpenVINO path has its own Scheduler.)
+        # Indexing leaves one core to searches: torch's thread count is per thread, so this caps
+        # only the writer's batches (the OpenVINO path has its own Scheduler).
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
@@ -742,7 +749,7 @@ class Daemon:
                         engine.save_snapshots()  # a deferred snapshot, once its delay has passed
                     self._writer_works()
                     failures = 0
-                    self.wake.wait(1.0)
+                    self.wake.wait(WRITER_IDLE_S)
                     self.wake.clear()
                     continue
                 ids = [j.id for j in jobs]
@@ -758,7 +765,7 @@ class Daemon:
                     settle = functools.partial(self.queue.retry, ids, why)
                     settle()
                     settle = None
-                    self.stopping.wait(1.0)
+                    self.stopping.wait(JOB_FAILURE_PAUSE_S)
                     continue
                 if self.stopping.is_set():  # interrupted between batches: again at the next start
                     settle = functools.partial(self.queue.retry, ids, "daemon stopped", count=False)
@@ -770,7 +777,7 @@ class Daemon:
                 failures = 0
             except Exception as exc:  # the writer never dies: it pauses, says why, and retries
                 failures += 1
-                delay = min(WRITER_BACKOFF_MAX_S, 0.5 * 2 ** min(failures, 8))
+                delay = min(WRITER_BACKOFF_MAX_S, WRITER_BACKOFF_MIN_S * 2 ** min(failures - 1, 8))
                 self._writer_trouble(exc, delay)
                 self.stopping.wait(delay)
         if settle is not None:  # what is still owed; else recover() requeues it at the next start
@@ -810,18 +817,27 @@ class Daemon:
                     info.changes += 1
 
     def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls, finish or roll back the batch in hand, close everything."""
+        """Shut down: stop taking calls (``grace`` seconds for those in flight), stop watching,
+        let the writer finish or roll back the batch in hand, then close everything."""
         grace = self.config.server.shutdown_grace_s if grace is None else grace
         self.stopping.set()
         self.wake.set()
         self._set_health(False)
-        events = [s.stop(grace) for s in self._servers]
+        servers_stopped = [s.stop(grace) for s in self._servers]
         with contextlib.suppress(Exception):
             self.watcher.stop()
+        self._join_writer(grace)
+        for stopped in servers_stopped:
+            stopped.wait(grace + STOP_MARGIN_S)
+        self._close()
+
+    def _join_writer(self, grace: float) -> None:
         if self._writer is not None:
-            self._writer.join(timeout=max(grace, 1.0) + 30)
-        for e in events:
-            e.wait(grace + 1)
+            self._writer.join(timeout=max(grace, STOP_MARGIN_S) + WRITER_STOP_S)
+
+    def _close(self) -> None:
+        """Close the readers and the engine (saving every snapshot still owed), the queue and
+        the socket."""
         with self._readers_lock:
             for r in self._all_readers:
                 with contextlib.suppress(Exception):
@@ -837,18 +853,30 @@ class Daemon:
 
 
 def serve(config: Config, ready: Callable[[Daemon], None] | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the exit status.
+    """Run the daemon until SIGTERM/SIGINT and return the exit status: set up logging and the
+    signals, start up, serve until a stop, shut down (docs/architecture.md, "The daemon")."""
+    _configure_logging()
+    daemon = Daemon(config)
+    _handle_signals(daemon)
+    _startup(daemon)
+    _announce(daemon)
+    if ready is not None:
+        ready(daemon)
+    _main_loop(daemon)
+    daemon.stop()
+    log.info("stopped")
+    return 0
 
-    Signals: SIGTERM/SIGINT stop cleanly (exit 0), also while the models load (``start()``
-    runs on a thread of its own so the main thread can act at once; what it left half done is
-    SQLite's to roll back, and the process ends there). A second one forces exit at once with
-    128 + the signal's number, after removing the socket. SIGHUP rescans every root (a
-    reconcile, as `ragd reindex` asks). The handlers stay after the daemon stopped, so a late
-    signal never kills the process uncleanly."""
+
+def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="ragd: %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it picked
-    daemon = Daemon(config)
-    signals_seen: list[int] = []
+
+
+def _handle_signals(daemon: Daemon) -> None:
+    """SIGTERM/SIGINT stop the daemon, a second one forces exit (``_forced_exit``); SIGHUP
+    rescans every root. The handlers stay to the end, so a late signal never kills the process."""
+    seen: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
@@ -856,14 +884,19 @@ def serve(config: Config, ready: Callable[[Daemon], None] | None = None) -> int:
             daemon.rescan.set()
             daemon.wake.set()
             return
-        signals_seen.append(signum)
-        if len(signals_seen) > 1:
+        seen.append(signum)
+        if len(seen) > 1:
             _forced_exit(daemon, signum)
         log.info("stopping (signal %d); a second signal forces exit", signum)
         daemon.stopping.set()
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
+
+
+def _startup(daemon: Daemon) -> None:
+    """``Daemon.start()`` on a thread of its own, so that a stop while the models load is acted
+    on at once (``_abandon_start``); a failed start is stopped and raised."""
     failure: list[BaseException] = []
     loaded = threading.Event()
 
@@ -876,23 +909,25 @@ def serve(config: Config, ready: Callable[[Daemon], None] | None = None) -> int:
             loaded.set()
 
     threading.Thread(target=start, name="ragd-start", daemon=True).start()
-    while not loaded.wait(0.2):
+    while not loaded.wait(START_POLL_S):
         if daemon.stopping.is_set():  # a stop while the models load: leave the load behind
             _abandon_start(daemon)
     if failure:
         daemon.stop(0)
         raise failure[0]
+
+
+def _announce(daemon: Daemon) -> None:
     if not daemon.root_paths():
         log.info("no roots yet: add one with `ragd roots add PATH` or [[roots]] in the config")
     log.info("serving on unix:%s%s", daemon.socket,
-             f" and tcp {config.server.tcp} (port {daemon.tcp_port})" if daemon.tcp_port else "")
-    if ready is not None:
-        ready(daemon)
-    while not daemon.stopping.wait(0.5):
+             f" and tcp {daemon.config.server.tcp} (port {daemon.tcp_port})" if daemon.tcp_port else "")
+
+
+def _main_loop(daemon: Daemon) -> None:
+    """Serve until a stop is asked for (a signal sets ``daemon.stopping``)."""
+    while not daemon.stopping.wait(STOP_POLL_S):
         pass
-    daemon.stop()
-    log.info("stopped")
-    return 0
 
 
 def _flush_logs() -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ragd import __version__
 from ragd.errors import (
@@ -29,23 +29,55 @@ from ragd.errors import (
 )
 from ragd.filters import normalise_filters
 from ragd.requests import MAX_QUERY_CHARS, SearchRequest, check_path, check_search, inside, shown
-from ragd.search import SearchOptions, SearchResult, prime_rerank_pace, search
+from ragd.search import SearchOptions, SearchResult, search
 from ragd_client.types import Chunk, FailedFile, FileLines, Models, Root, RootStatus, Status
 
 if TYPE_CHECKING:
     from ragd.config import Config
-    from ragd.server import Daemon
+    from ragd.engine import Engine
+    from ragd.indexer import WriterStatus
     from ragd.store.catalog import Catalog, FileRow
+    from ragd.store.jobs import JobQueue
+    from ragd.watch import Watcher
 
 MAX_READ_LINES = 5000
 MESSAGE_MARGIN = 4096  # bytes of a response kept free for everything but the lines themselves
 DEADLINE_MARGIN_S = 0.05  # a call's deadline, less this, is when the search must answer
 
 
+class Host(Protocol):
+    """What the service needs of the daemon that runs it (``server.Daemon``)."""
+
+    config: Config
+    engine: Engine | None
+    serving: bool
+    queue: JobQueue
+    watcher: Watcher
+    wake: threading.Event
+    stopping: threading.Event
+    status_info: WriterStatus
+
+    def reader(self) -> Engine: ...
+
+    def configured_roots(self) -> set[Path]: ...
+
+    def root_paths(self, real: bool = False) -> set[str]: ...
+
+    def suspended_roots(self) -> dict[str, str]: ...
+
+    def watch_problems(self) -> dict[str, str]: ...
+
+    def writer_problem(self) -> str: ...
+
+    def add_root(self, root: Path) -> None: ...
+
+    def remove_root(self, root: str) -> int: ...
+
+
 class Service:
     """The operations of one daemon; safe to call from many threads."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.config = daemon.config
         self._streams = threading.BoundedSemaphore(self.config.server.max_streams)
@@ -329,9 +361,9 @@ def search_in_process(
             query, like_chunk_id, exclude = resolve_like(engine.catalog, config, roots, like_path, like_line)
         due = None
         if deadline_s is not None:
-            reranker = engine.models.reranker if rerank else None  # loads the models: not counted
-            if reranker is not None:  # what the daemon measures at start-up, at the narrowest window only
-                prime_rerank_pace(reranker, config.search.rerank_floor)
+            _ = engine.models  # loaded, and the pace measured (at the narrowest window only): not counted
+            if rerank:
+                engine.rerank_pace.prime(widest=False)
             due = time.monotonic() + deadline_s
         return search(engine, query, SearchOptions(
             k=k, candidates=candidates, rerank=rerank, path_prefix=path_prefix, deadline=due,

@@ -1,25 +1,16 @@
-"""Watching roots: watchdog observers -> debounced batches -> the durable ``JobQueue``.
+"""Watching roots: watchdog events -> debounced batches per root -> the durable ``JobQueue``.
 
-Events are collected per root; a root's batch is written when no event came for
-``debounce_s`` (and at least every ``max_delay_s`` under a constant stream). Created, modified
-and deleted paths and both ends of a move become path jobs (the writer indexes what exists
-and removes what does not, so an editor's atomic save is one job for the target); a changed
-folder (created, deleted, moved) becomes one job for the folder, which covers the files under
-it; a batch larger than ``max_batch_paths`` becomes one scan of the root.
-
-Where events may have been lost, the root gets a scan job instead: the kernel's inotify queue
-overflowed (watchdog 7 handles ``IN_Q_OVERFLOW`` silently, so ragd's inotify emitter hooks its
-``on_queue_overflow``), a folder could not be watched (e.g. the inotify watch limit), the root's
-watch ended (its folder was deleted, moved, replaced or unmounted), or an emitter or the
-observer thread died. A check every ``check_interval_s`` notices the last three and watches the
-root again once its folder is back.
-
-Symlinks are never followed (watchdog's default: ``IN_DONT_FOLLOW``, symlinked folders are not
-watched), so loops are harmless; a root that is itself a symlink is watched at its target.
+A root's batch is written once no event came for ``debounce_s`` (and at least every
+``max_delay_s``): changed paths become path jobs, a changed folder one job for the folder, a
+batch over ``max_batch_paths`` one scan of the root. Where events may have been lost (an
+overflow, a folder that cannot be watched, a watch or an observer that ended) the root gets a
+scan instead. docs/architecture.md, "Watching", gives the reasons; ``ragd.inotify`` holds the
+only use of watchdog's internals.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -30,17 +21,36 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import watchdog.events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver, ObservedWatch
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from ragd import inotify
+from ragd.config import WatchConfig
+from ragd.inotify import FolderNotWatchedEvent
 from ragd.paths import PathFilter
 from ragd.store.jobs import JobQueue
-from ragd.walk import walk
 
 log = logging.getLogger(__name__)
 
+_MIN_WAIT_S = 0.005  # the debounce thread never waits less (a deadline just past)
+
+DEBOUNCE_S = WatchConfig.debounce_ms / 1000
+MAX_BATCH_PATHS = WatchConfig.max_batch_paths
+MAX_DELAY_S = 2.0
+"""Under a constant stream of events a root's batch is still written this often."""
+CHECK_INTERVAL_S = 1.0
+"""How often the watches are checked: ended, folder replaced, observer dead."""
+FALLBACK_SCAN_S = 300.0
+"""How often a root that is not fully watched is scanned instead."""
+OBSERVER_JOIN_S = 5.0
+"""How long a dead observer is waited for before it is replaced."""
+
 TROUBLE = "ragd_trouble"
 """``event_type`` of ``WatchTroubleEvent``."""
+EVENTS_LOST: str = getattr(watchdog.events, "EVENT_TYPE_EVENTS_LOST", "events_lost")
+"""``event_type`` of watchdog's ``EventsLostEvent`` (7.1+): the kernel's queue overflowed."""
 
 _REASONS = {"created": "created", "modified": "modified", "closed": "modified", "attrib": "modified",
             "deleted": "deleted", "moved": "moved"}
@@ -60,139 +70,73 @@ class WatchTroubleEvent(FileSystemEvent):
     detail: str = ""
 
 
-if sys.platform == "linux":
-    from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask, WatchDescriptor
-
-    _CREATE_DIR = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR)
-
-    @dataclass
-    class _WatchGroup(InotifyWatchGroup):
-        """watchdog's inotify watch group, reporting what it otherwise handles silently."""
-
-        on_trouble: Callable[[str, str], None] | None = None
-        _reported: set[bytes] = field(default_factory=set, init=False)
-
-        def _trouble(self, reason: str, detail: bytes = b"") -> None:
-            if self.on_trouble is not None:
-                self.on_trouble(reason, os.fsdecode(detail))
-
-        def on_queue_overflow(self) -> None:
-            """The kernel dropped events (IN_Q_OVERFLOW): watchdog rebuilds the watches; ragd rescans."""
-            super().on_queue_overflow()
-            if self.is_active:
-                self._trouble("overflow")
-
-        def on_watch_deleted(self, wd: WatchDescriptor) -> None:
-            """The kernel ended a watch (IN_IGNORED): the root's means its folder is gone or unmounted."""
-            root_lost = self.is_active and self._active_callbacks_by_watch.get(wd) == self.path
-            super().on_watch_deleted(wd)
-            if root_lost:
-                self._trouble("watch-lost", self.path)
-
-        def _add_callback(self, path: bytes) -> None:
-            """A sub-folder that cannot be watched is reported and skipped, so the rest of the
-            root stays watched. watchdog skips it without a word, except that since 7.1.1 it
-            raises when the watch limit runs out while a root is first watched, which would
-            leave the whole root unwatched. Only the first such folder is logged and reported (the
-            root then falls back to scans): a full watch limit may refuse thousands."""
-            try:
-                super()._add_callback(path)
-            except OSError:
-                if path == self.path:
-                    raise
-            node = self._find_node_by_path(path)
-            if node is not None and node.wd >= 0:  # watchdog marks a node without a watch with wd -1
-                return
-            try:
-                unwatched = stat.S_ISDIR(os.lstat(path).st_mode)
-            except FileNotFoundError:
-                unwatched = False  # gone meanwhile: nothing to watch
-            except OSError:
-                unwatched = True  # e.g. a path longer than PATH_MAX
-            if unwatched:
-                self._unwatched(path)
-
-        def _unwatched(self, path: bytes) -> None:
-            if path in self._reported:
-                return
-            self._reported.add(path)
-            if len(self._reported) == 1:
-                log.warning("cannot watch %s (inotify watch limit fs.inotify.max_user_watches, no access, or "
-                            "a path too long); changes there are found by scans", os.fsdecode(path))
-                self._trouble("watch-error", path)
-
-        def _add_all_callbacks(self, path: bytes) -> None:
-            """Watch ``path`` and, when recursive, every folder below it, walking with ragd's
-            iterative ``walk``: watchdog's ``os.walk`` recurses per level and fails with
-            RecursionError on a folder nested deeper than about 1,000 levels."""
-            self._add_callback(path)
-            if not (self.is_recursive and os.path.isdir(path)):
-                return
-
-            def unlisted(exc: OSError) -> None:
-                if not isinstance(exc, FileNotFoundError | NotADirectoryError) and exc.filename is not None:
-                    self._unwatched(os.fsencode(exc.filename))
-
-            for folder, dirnames, _ in walk(path, unlisted, follow_symlinks=self.follow_symlink):
-                for name in dirnames:
-                    full = os.path.join(folder, name)
-                    if self.follow_symlink or not os.path.islink(full):
-                        self._add_callback(full)
-
-        def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
-            """Created events for what a new or moved-in folder already holds (its files may
-            have come before its watch), found with the iterative ``walk`` (see above)."""
-            events: list[InotifyEvent] = []
-            for folder, dirnames, filenames in walk(src_path, follow_symlinks=self.follow_symlink):
-                node = self._find_node_by_path(folder)
-                if node is None:  # not watched: its own IN_CREATE (or a scan) reports its content
-                    continue
-                events.extend(InotifyEvent(node.wd, _CREATE_DIR, 0, name) for name in dirnames)
-                events.extend(InotifyEvent(node.wd, InotifyConstants.IN_CREATE, 0, name) for name in filenames)
-            return events
-
-    class _Emitter(InotifyEmitter):
-        """watchdog's inotify emitter with ragd's watch group; trouble becomes a ``WatchTroubleEvent``."""
-
-        def on_thread_start(self) -> None:
-            self._inotify = _WatchGroup(
-                self._inotify_fd,
-                os.fsencode(self.watch.path),
-                is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                follow_symlink=self.watch.follow_symlink,
-                on_trouble=self._trouble,
-            )
-
-        def _trouble(self, reason: str, detail: str) -> None:
-            self.queue_event(WatchTroubleEvent(self.watch.path, reason=reason, detail=detail))
-
-    class InotifyTroubleObserver(BaseObserver):
-        """An inotify observer (one inotify instance) whose emitters report overflows and lost watches."""
-
-        def __init__(self) -> None:
-            self.inotify_fd = InotifyFD()
-            self.inotify_fd.start()
-            super().__init__(_Emitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self.inotify_fd)
-
-        def healthy(self) -> bool:
-            """False once the thread reading the inotify descriptor has died."""
-            return self.inotify_fd.is_alive()
-
-        def on_thread_stop(self) -> None:
-            super().on_thread_stop()
-            self.inotify_fd.stop()
-            self.inotify_fd.join()
+def _trouble(event: FileSystemEvent) -> WatchTroubleEvent | None:
+    """The trouble an event reports, as ragd's own event; None for a change."""
+    if isinstance(event, WatchTroubleEvent):
+        return event
+    if event.event_type == EVENTS_LOST:
+        return WatchTroubleEvent(event.src_path, reason="overflow")
+    if isinstance(event, FolderNotWatchedEvent):
+        return WatchTroubleEvent(event.src_path, reason="watch-error", detail=os.fsdecode(event.src_path))
+    return None
 
 
-def default_observer() -> BaseObserver:
-    """inotify with trouble reports on Linux; watchdog's platform observer elsewhere."""
-    if sys.platform == "linux":
-        return InotifyTroubleObserver()
-    from watchdog.observers import Observer
+class WatchObserver:
+    """ragd's observer type: a watchdog observer and the little more the Watcher asks of it.
 
-    return Observer()
+    ``reader`` is a thread the observer needs besides its own (inotify's reader), checked by
+    ``healthy``. ``blind_spot`` says why losses of events may go unreported ("" when none may);
+    the Watcher then scans every root every ``fallback_scan_s`` as well.
+    """
+
+    def __init__(self, observer: BaseObserver, *, reader: threading.Thread | None = None,
+                 blind_spot: str = "") -> None:
+        self.observer = observer
+        self.reader = reader
+        self.blind_spot = blind_spot
+
+    def start(self) -> None:
+        self.observer.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the observer and wait for it (at most ``timeout`` seconds)."""
+        self.observer.stop()
+        if self.observer.is_alive():
+            self.observer.join(timeout)
+
+    def healthy(self) -> bool:
+        """False once the observer or its reader has died: the Watcher then replaces it."""
+        return self.observer.is_alive() and (self.reader is None or self.reader.is_alive())
+
+    def schedule(self, handler: FileSystemEventHandler, folder: str) -> ObservedWatch:
+        return self.observer.schedule(handler, folder, recursive=True)
+
+    def unschedule(self, watch: ObservedWatch) -> None:
+        self.observer.unschedule(watch)
+
+    def live_watches(self) -> set[ObservedWatch]:
+        """The watches whose emitter still runs (watchdog ends one whose folder was deleted)."""
+        return {e.watch for e in list(self.observer.emitters) if e.is_alive()}
+
+
+def default_observer() -> WatchObserver:
+    """ragd's inotify observer on Linux, watchdog's platform observer elsewhere. Where the inotify
+    internals ragd relies on changed (``inotify.PROBLEM``), watchdog's public observer, with every
+    root also scanned periodically: a watchdog release degrades watching but cannot break it."""
+    if sys.platform != "linux":
+        return WatchObserver(Observer())
+    if not inotify.PROBLEM:
+        observer = inotify.InotifyTroubleObserver()
+        return WatchObserver(observer, reader=observer.inotify_fd)
+    _log_fallback(inotify.PROBLEM)
+    return WatchObserver(Observer(), blind_spot="watched by watchdog's public observer, which does not report "
+                                                f"folders it cannot watch ({inotify.PROBLEM})")
+
+
+@functools.cache
+def _log_fallback(problem: str) -> None:
+    log.warning("the inotify internals ragd relies on have changed (%s): watching with watchdog's public "
+                "observer, and scanning every root periodically as well", problem)
 
 
 @dataclass
@@ -214,7 +158,7 @@ class _Root:
     failure: str = ""  # why the root's folder cannot be watched, when it exists
     partial: str = ""  # the first folder below the root that could not be watched
     retry_at: float = 0.0  # a watch that failed other than by OSError is tried again then
-    next_scan: float = 0.0  # the next fallback scan while the root is not fully watched
+    next_scan: float = 0.0  # the next fallback scan while the root is not fully watched (or watched blind)
 
 
 class _Handler(FileSystemEventHandler):
@@ -228,19 +172,19 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    """watchdog observers over roots -> debounced batches -> JobQueue."""
+    """A watchdog observer over the roots -> debounced batches -> JobQueue."""
 
     def __init__(
         self,
         queue: JobQueue,
-        debounce_s: float = 0.5,
-        observer_factory: Callable[[], BaseObserver] | None = None,
+        debounce_s: float = DEBOUNCE_S,
+        observer_factory: Callable[[], WatchObserver] | None = None,
         on_change: Callable[[], None] | None = None,
         *,
-        max_batch_paths: int = 1000,
-        max_delay_s: float = 2.0,
-        check_interval_s: float = 1.0,
-        fallback_scan_s: float = 300.0,
+        max_batch_paths: int = MAX_BATCH_PATHS,
+        max_delay_s: float = MAX_DELAY_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
+        fallback_scan_s: float = FALLBACK_SCAN_S,
     ) -> None:
         self._queue = queue
         self._debounce = max(0.0, debounce_s)
@@ -259,7 +203,7 @@ class Watcher:
         self._roots: dict[Path, _Root] = {}
         self._scans_owed: dict[Path, str] = {}  # scans to queue: reported by a handler, or refused by the database
         self._scans_new = False  # a handler owes a scan: write it now rather than at the next check
-        self._observer: BaseObserver | None = None
+        self._observer: WatchObserver | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -302,7 +246,8 @@ class Watcher:
     def trouble(self) -> dict[Path, str]:
         """Roots not (fully) watched right now, with the reason; each falls back to a scan every
         ``fallback_scan_s`` while its folder exists (a missing folder is watched again when back)."""
-        if not self._running():
+        observer = self._observer
+        if observer is None:
             return {}
         every = f"scanned every {self._fallback_scan:.0f} s instead"
         out: dict[Path, str] = {}
@@ -314,6 +259,8 @@ class Watcher:
                 elif s.partial:
                     out[s.root] = (f"some folders not watched (first: {s.partial}; the inotify watch limit "
                                    f"fs.inotify.max_user_watches, no access, or a path too long); {every}")
+                elif observer.blind_spot:
+                    out[s.root] = f"{observer.blind_spot}; scanned every {self._fallback_scan:.0f} s as well"
         return out
 
     def start(self) -> None:
@@ -338,8 +285,6 @@ class Watcher:
             thread, self._thread = self._thread, None
         if observer is not None:
             observer.stop()
-            if observer.is_alive():
-                observer.join()
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -366,18 +311,19 @@ class Watcher:
             self._owe_scan(root, "watch-error")
 
     def _handle(self, root: Path, event: FileSystemEvent) -> None:
-        if isinstance(event, WatchTroubleEvent):
-            log.warning("watch %s: %s%s; the root will be scanned", root, event.reason,
-                        f" ({event.detail})" if event.detail else "")
-            if event.reason == "watch-lost":
+        trouble = _trouble(event)
+        if trouble is not None:
+            log.warning("watch %s: %s%s; the root will be scanned", root, trouble.reason,
+                        f" ({trouble.detail})" if trouble.detail else "")
+            if trouble.reason == "watch-lost":
                 self._request_check(root)
-            elif event.reason == "watch-error" and event.detail:
+            elif trouble.reason == "watch-error" and trouble.detail:
                 with self._lock:
                     state = self._roots.get(root)
                     if state is not None and state.watch is not None and not state.partial:
-                        state.partial = event.detail
+                        state.partial = trouble.detail
                         state.next_scan = time.monotonic() + self._fallback_scan
-            self._owe_scan(root, event.reason)
+            self._owe_scan(root, trouble.reason)
             return
         reason = _REASONS.get(event.event_type)
         if reason is None or (event.is_directory and reason == "modified"):
@@ -441,7 +387,7 @@ class Watcher:
                         break
                     deadlines = [next_check] + [min(s.last + self._debounce, s.first + self._max_delay)
                                                 for s in self._roots.values() if s.batch]
-                    self._cond.wait(max(0.005, min(deadlines) - now))
+                    self._cond.wait(max(_MIN_WAIT_S, min(deadlines) - now))
                 batches = [self._take_batch(s) for s in due]
             try:
                 self._write_owed_scans()  # before the batches: a pending scan covers their paths
@@ -562,7 +508,7 @@ class Watcher:
             st = os.stat(state.watch_path)
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(f"not a folder: {state.watch_path}")
-            watch = self._observer.schedule(_Handler(self, state.root), state.watch_path, recursive=True)
+            watch = self._observer.schedule(_Handler(self, state.root), state.watch_path)
         except Exception as exc:
             missing = isinstance(exc, FileNotFoundError | NotADirectoryError)
             why = f"{exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
@@ -580,6 +526,8 @@ class Watcher:
         with self._lock:
             state.watch, state.ident, state.warned = watch, (st.st_dev, st.st_ino), False
             state.failure, state.partial, state.retry_at = "", "", 0.0
+            if self._observer.blind_spot:  # just watched, and scanned: the next scan is due in full
+                state.next_scan = now + self._fallback_scan
         return True
 
     def _unschedule(self, state: _Root) -> None:
@@ -602,12 +550,11 @@ class Watcher:
                 states = list(self._roots.values())
                 for s in states:
                     s.check = False
-            healthy = getattr(observer, "healthy", None)
-            if not observer.is_alive() or (callable(healthy) and not healthy()):
+            if not observer.healthy():
                 log.error("watcher: the file system observer died; restarting it and scanning every root")
                 self._restart_observer(states)
                 return
-            alive = {e.watch for e in list(observer.emitters) if e.is_alive()}
+            alive = observer.live_watches()
             for state in states:
                 if state.watch is not None:
                     if state.watch in alive and _ident(state.watch_path) == state.ident:
@@ -621,11 +568,12 @@ class Watcher:
                 elif state.failure:
                     self._fallback(state)
             for state in states:
-                if state.watch is not None and state.partial:
+                if state.watch is not None and (state.partial or observer.blind_spot):
                     self._fallback(state)
 
     def _fallback(self, state: _Root) -> None:
-        """A root not fully watched (its folder exists) is scanned every ``fallback_scan_s``."""
+        """A root not fully watched (its folder exists) is scanned every ``fallback_scan_s``; so is
+        every root under an observer with a ``blind_spot``."""
         now = time.monotonic()
         if now >= state.next_scan:
             state.next_scan = now + self._fallback_scan
@@ -635,9 +583,7 @@ class Watcher:
         old = self._observer
         if old is not None:
             try:
-                old.stop()
-                if old.is_alive():
-                    old.join(timeout=5)
+                old.stop(timeout=OBSERVER_JOIN_S)
             except Exception:
                 log.exception("watcher: cannot stop the dead observer")
         observer = self._factory()

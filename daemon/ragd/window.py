@@ -9,7 +9,7 @@ context on both sides. Words match on their first six letters (a crude stem: "tr
 matches "transmitted"). On COVID-QA the window holds the whole answer span for 96% of the
 question/answer pairs at 352 tokens of 512-token chunks (benchmarks/windowing.py), 92% at 256,
 86% at 192, 77% at 128 (the narrowest a deadline shrinks it to by default, see
-``search._rerank``).
+``rerank.rerank``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A real ``ragd serve`` process for the fault tests: a config over the tiny models, start,
+"""A real ``ragd serve`` process for the fault tests: a config over the test's models, start,
 wait until it serves, signal, kill, read its log."""
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import ragd_client
 RAGD = Path(sys.executable).parent / "ragd"
 
 
-def write_config(folder: Path, tiny_models: dict[str, Path], roots: Sequence[Path], *, watch: bool = True,
+def write_config(folder: Path, models: dict[str, Path], roots: Sequence[Path], *, watch: bool = True,
                  reranker: bool = False, extra: str = "") -> Path:
-    """A config in ``folder``: data in ``folder/data``, the socket in ``folder/run``."""
+    """A config in ``folder`` over ``models`` (``model_folders``): data in ``folder/data``, the
+    socket in ``folder/run``."""
     lines = [f'data_dir = "{folder / "data"}"']
     for root in roots:
         lines += ["[[roots]]", f'path = "{root}"']
-    rerank = f'"{tiny_models["reranker"]}"' if reranker else '"none"'
-    lines += ["[models]", f'embedder = "{tiny_models["m3"]}"', f"reranker = {rerank}", 'fallback = "none"',
+    rerank = f'"{models["reranker"]}"' if reranker else '"none"'
+    lines += ["[models]", f'embedder = "{models["m3"]}"', f"reranker = {rerank}", 'fallback = "none"',
               "[watch]", f"enabled = {'true' if watch else 'false'}", "debounce_ms = 100",
               "[server]", f'socket = "{folder / "run" / "ragd.sock"}"', extra]
     config = folder / "config.toml"

@@ -20,6 +20,8 @@ from ragd.config import parse_config
 from ragd.errors import ConfigError, RagdError
 from ragd.server import Daemon, _prepare_socket
 
+pytestmark = pytest.mark.models("fake")
+
 daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 
 

@@ -31,6 +31,8 @@ from ragd.engine import Engine
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, search
 
+pytestmark = pytest.mark.models("fake")
+
 KILLS = int(os.environ.get("RAGD_FAULT_KILLS", "50"))
 SEED = int(os.environ.get("RAGD_FAULT_SEED", "20251206"))
 SETTLE_EVERY = 10  # kills between two full checks on a settled daemon
@@ -157,10 +159,10 @@ def _phase(serve: Serve) -> str:
     return "indexing" if st.files_pending or st.current_file else "idle"
 
 
-def engine_for(folder: Path, loaded_tiny: Any) -> Engine:
+def engine_for(folder: Path, loaded_models: Any) -> Engine:
     cfg = parse_config({"data_dir": str(folder / "data"), "models": {"reranker": "none", "fallback": "none"}},
                        source=folder / "check.toml")
-    return Engine(cfg, models=loaded_tiny, rerank=False)
+    return Engine(cfg, models=loaded_models, rerank=False)
 
 
 def index_contents(engine: Engine) -> tuple[list[tuple[Any, ...]], dict[str, bytes]]:
@@ -193,18 +195,18 @@ def same_answers(got: list[dict[tuple[str, int], float]], want: list[dict[tuple[
 
 
 @pytest.fixture
-def crash_site(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[tuple[Serve, Tree]]:
+def crash_site(tmp_path: Path, model_folders: dict[str, Path]) -> Iterator[tuple[Serve, Tree]]:
     root = tmp_path / "tree"
     tree = Tree(root, random.Random(SEED))
     for i in range(24):
         tree.write(f"d{i % 4}/n{i:05d}.md")
-    serve = Serve(write_config(tmp_path, tiny_models, [root], watch=True), tmp_path)
+    serve = Serve(write_config(tmp_path, model_folders, [root], watch=True), tmp_path)
     yield serve, tree
     serve.close()
 
 
 def test_kill_9_at_random_moments_loses_nothing(
-    crash_site: tuple[Serve, Tree], loaded_tiny: Any, tmp_path: Path,
+    crash_site: tuple[Serve, Tree], loaded_models: Any, tmp_path: Path,
 ) -> None:
     serve, tree = crash_site
     rng = random.Random(SEED + 1)
@@ -240,7 +242,7 @@ def test_kill_9_at_random_moments_loses_nothing(
 
     # Offline: FAISS as the daemon left it (snapshot or rebuilt) holds exactly the catalog's
     # chunks, and the index equals one built from scratch on the same tree.
-    with engine_for(serve.folder, loaded_tiny) as engine:
+    with engine_for(serve.folder, loaded_models) as engine:
         import faiss
 
         ids = set(faiss.vector_to_array(engine.vectors._index.id_map).tolist())
@@ -250,7 +252,7 @@ def test_kill_9_at_random_moments_loses_nothing(
         assert ids == expected and engine.vectors.count == len(expected)
         scratch_dir = tmp_path / "scratch"
         scratch_dir.mkdir()
-        with engine_for(scratch_dir, loaded_tiny) as scratch:
+        with engine_for(scratch_dir, loaded_models) as scratch:
             index_paths(scratch, [tree.root])
             got_rows, got_vectors = index_contents(engine)
             want_rows, want_vectors = index_contents(scratch)

@@ -20,6 +20,8 @@ from ragd.paths import PathFilter
 from ragd.store.jobs import JobQueue
 from ragd.watch import Watcher
 
+pytestmark = pytest.mark.models("fake")
+
 DEPTH = 1200
 assert DEPTH > sys.getrecursionlimit()
 DEEP_TEXT = "Abyssal anglerfish lure prey with a bioluminescent esca in the deep sea.\n"

@@ -17,6 +17,8 @@ import ragd_client
 from conftest import write_tree
 from ragd_client.v1 import ragd_pb2
 
+pytestmark = pytest.mark.models("fake")
+
 daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 
 

@@ -16,14 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bigtree
 
 FILES = int(os.environ.get("RAGD_FAULT_TREE_FILES", "2000"))
+pytestmark = pytest.mark.models("fake")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_a_restart_over_a_large_tree_is_quick_small_and_embeds_nothing(
-        tmp_path: Path, tiny_models: dict[str, Path], loaded_tiny: Any) -> None:
-    # loaded_tiny: the models are converted (and cached) once, so the daemon's start is timed, not that
+        tmp_path: Path, model_folders: dict[str, Path], loaded_models: Any) -> None:
+    # loaded_models: on the tiny models, converted (and cached) once, so the daemon's start is timed, not that
     out = bigtree.run(FILES, per_folder=100, keep=tmp_path, timeout=300,
-                      folders=(tiny_models["m3"], tiny_models["reranker"]))
+                      folders=(model_folders["m3"], model_folders["reranker"]))
     assert out["embeddings"] == FILES and out["embedded_by_restart"] == 0
     assert out["restart_serving_s"] < 30  # ~4 s here; the bound leaves room for a loaded CI machine
     assert out["restart_idle_mib"]["VmRSS"] < 1024

@@ -17,6 +17,8 @@ from test_daemon import daemon_factory, idle, wait_for  # noqa: F401 (daemon_fac
 
 from conftest import write_tree
 
+pytestmark = pytest.mark.models("fake")
+
 NOTES = {f"note{i:02d}.md": f"# Note {i}\n\nThe harbour crane number {i} lifts containers of {word}.\n"
          for i, word in enumerate(["copper", "timber", "coffee", "grain", "cotton", "steel", "salt", "tea"])}
 QUERY = "harbour crane lifts containers of timber"

@@ -14,6 +14,8 @@ from daemons import Serve, wait_for, write_config
 
 from conftest import write_tree
 
+pytestmark = pytest.mark.models("fake")
+
 NOTES = {
     "alpha.md": "# Alpha\n\nThe alpha project studies glaciers in Iceland with ice cores.\n",
     "beta.txt": "Sourdough bread needs a starter made of flour and water.\n",
@@ -21,10 +23,10 @@ NOTES = {
 
 
 @pytest.fixture
-def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[tuple[Serve, Path]]:
+def served(tmp_path: Path, model_folders: dict[str, Path]) -> Iterator[tuple[Serve, Path]]:
     notes = tmp_path / "notes"
     write_tree(notes, NOTES)
-    serve = Serve(write_config(tmp_path, tiny_models, [notes], watch=False), tmp_path)
+    serve = Serve(write_config(tmp_path, model_folders, [notes], watch=False), tmp_path)
     yield serve, notes
     serve.close()
 
@@ -71,6 +73,7 @@ def test_a_second_sigterm_forces_a_clean_exit(served: tuple[Serve, Path]) -> Non
     assert not serve.sock.exists()
 
 
+@pytest.mark.models("tiny")  # needs a load that takes a while: converting a real model
 def test_a_stop_while_the_models_load_is_acted_on(served: tuple[Serve, Path], tmp_path: Path) -> None:
     """A stop request while the models load (a first start converts them, minutes for the
     full-size models) was ignored until they were loaded; then the daemon started serving and

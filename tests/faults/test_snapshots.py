@@ -27,6 +27,8 @@ from ragd.indexer import index_paths
 from ragd.search import SearchOptions, search
 from ragd.store.vectors import VectorIndex
 
+pytestmark = pytest.mark.models("fake")
+
 NOTES = {
     "alpha.md": "# Alpha\n\nThe alpha project studies glaciers in Iceland with ice cores.\n",
     "bread.txt": "Sourdough bread needs a starter made of flour and water.\n",
@@ -150,7 +152,7 @@ def test_every_damaged_snapshot_is_detected_and_rebuilt(
     real_rebuild = VectorIndex.rebuild.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(VectorIndex, "rebuild", classmethod(
         lambda cls, *a: rebuilt.append("vectors") or real_rebuild(cls, *a)))
-    from ragd.store.sparse import LexicalIndex, SparseIndex
+    from ragd.store.postings import LexicalIndex, SparseIndex
     for kind, name in ((SparseIndex, "sparse"), (LexicalIndex, "lexical")):
         real = kind.build.__func__  # type: ignore[attr-defined]
         monkeypatch.setattr(kind, "build", classmethod(
@@ -171,7 +173,7 @@ def test_every_damaged_snapshot_is_detected_and_rebuilt(
 
 
 def test_the_daemon_is_not_serving_until_its_caches_are_consistent(
-    daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, loaded_tiny: Any,
+    daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, loaded_models: Any,
 ) -> None:
     """A damaged snapshot found at start: health says NOT_SERVING while the cache is rebuilt
     from SQLite, and the first answers after SERVING hold every chunk."""
@@ -258,7 +260,7 @@ def test_a_real_kill_during_a_save_leaves_no_temp_file_after_restart(
     folder = engine.data_dir / "vectors"
     script = tmp_path / "save_forever.py"
     script.write_text(
-        "import sys, time\nfrom pathlib import Path\nfrom ragd.store.vectors import atomic_write\n"
+        "import sys, time\nfrom pathlib import Path\nfrom ragd.store.private import atomic_write\n"
         "def write(tmp):\n    Path(tmp).write_bytes(b'x')\n    print('writing', flush=True)\n    time.sleep(60)\n"
         "atomic_write(Path(sys.argv[1]), write)\n", encoding="utf-8")
     proc = subprocess.Popen([sys.executable, str(script), str(folder / "lexical.npz")], stdout=subprocess.PIPE,

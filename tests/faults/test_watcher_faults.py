@@ -24,7 +24,7 @@ from test_watch import Jobs, make_watcher, queue, until  # noqa: F401 (make_watc
 from ragd.paths import PathFilter
 from ragd.watch import Watcher
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify observer")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="inotify observer"), pytest.mark.models("fake")]
 
 BURST = 10_000
 FILES = int(os.environ.get("RAGD_FAULT_FILES", "2000"))
@@ -32,9 +32,8 @@ FILES = int(os.environ.get("RAGD_FAULT_FILES", "2000"))
 
 def watch_group(watcher: Watcher) -> Any:
     """The inotify watch group of the watcher's only root."""
-    observer = watcher._observer
-    assert observer is not None
-    (emitter,) = list(observer.emitters)
+    assert watcher._observer is not None
+    (emitter,) = list(watcher._observer.observer.emitters)
     return emitter._inotify  # type: ignore[attr-defined]
 
 
@@ -47,7 +46,7 @@ def burst(watcher: Watcher, folder: Path, n: int, text: Callable[[int], str] = l
     key = os.fsencode(folder)
     group = watch_group(watcher)
     until(lambda: (node := group._find_node_by_path(key)) is not None and node.wd >= 0)  # watched first
-    inotify = watcher._observer.inotify_fd  # type: ignore[union-attr]
+    inotify = watcher._observer.reader  # type: ignore[union-attr]  # the thread that reads the inotify descriptor
     gate = threading.Event()
     read = inotify._read_event_buffer
 

@@ -22,8 +22,10 @@ import pytest
 import test_daemon
 from test_daemon import idle, top_path, wait_for
 
-import ragd.store.catalog
+import ragd.store.schema
 from ragd.store.catalog import Catalog
+
+pytestmark = pytest.mark.models("fake")
 
 EXTRA = {f"extra/bird{i:02d}.md": f"# Bird {i}\n\nThe bird number {i} called wren{i} sings at dawn in hedge {i}.\n"
          for i in range(12)}
@@ -70,7 +72,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path | None]:
 @pytest.fixture
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite waits 30 s for a lock before it fails; the tests wait 0.3 s."""
-    monkeypatch.setattr(ragd.store.catalog, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(ragd.store.schema, "BUSY_TIMEOUT_S", 0.3)
 
 
 def _trouble(daemon: Any, client: Any, needle: str) -> str:

@@ -7,18 +7,24 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from collections.abc import Callable
 from email.message import EmailMessage, MIMEPart
 from pathlib import Path
 
 from ragd.errors import ExtractError
-from ragd.extract.base import Document, DocumentError, Format, Limits, TextBuilder
+from ragd.extract.base import Document, DocumentError, Extractor, Format, Limits, TextBuilder
 from ragd.extract.text import decode_text
 
 _MBOX_SPLIT = re.compile(rb"^From [^\n]*\n", re.MULTILINE)
 _MAX_ATTACHMENT_DEPTH = 3
 
+Choose = Callable[[Path, bytes], Extractor]
+"""Picks the extractor for an attachment (the registry's ``choose``, passed in so that this
+module does not import the registry that imports it)."""
 
-def add_message(msg: EmailMessage, builder: TextBuilder, limits: Limits, level: int = 1, depth: int = 0) -> None:
+
+def add_message(msg: EmailMessage, builder: TextBuilder, limits: Limits, choose: Choose, level: int = 1,
+                depth: int = 0) -> None:
     """One message: headers, body and attachments, into ``builder``."""
     subject = " ".join(str(msg.get("subject", "") or "").split()) or "(no subject)"
     builder.heading(subject, level)
@@ -34,7 +40,7 @@ def add_message(msg: EmailMessage, builder: TextBuilder, limits: Limits, level: 
     if body is not None:
         _add_part(body, builder)
     for part in msg.iter_attachments():
-        _add_attachment(part, builder, limits, level + 1, depth)
+        _add_attachment(part, builder, limits, choose, level + 1, depth)
 
 
 def _add_part(part: MIMEPart, builder: TextBuilder) -> None:
@@ -54,15 +60,14 @@ def _add_part(part: MIMEPart, builder: TextBuilder) -> None:
     builder.blank()
 
 
-def _add_attachment(part: MIMEPart, builder: TextBuilder, limits: Limits, level: int, depth: int) -> None:
+def _add_attachment(part: MIMEPart, builder: TextBuilder, limits: Limits, choose: Choose, level: int,
+                    depth: int) -> None:
     """A readable attachment's text under "Attachment: NAME"; others are named only."""
-    from ragd.extract.registry import choose
-
     name = part.get_filename() or "attachment"
     if part.get_content_type() == "message/rfc822" and depth < _MAX_ATTACHMENT_DEPTH:
         inner = part.get_payload()
         if isinstance(inner, list) and inner and isinstance(inner[0], EmailMessage):
-            add_message(inner[0], builder, limits, level, depth + 1)
+            add_message(inner[0], builder, limits, choose, level, depth + 1)
         return
     data = part.get_payload(decode=True)
     if not isinstance(data, bytes) or depth >= _MAX_ATTACHMENT_DEPTH:
@@ -88,18 +93,25 @@ def _parse(data: bytes) -> EmailMessage:
     return msg
 
 
-class EmlExtractor(Format):
+class _Mail(Format):
+    """An e-mail format; ``choose`` reads its attachments."""
+
+    def __init__(self, choose: Choose) -> None:
+        self._choose = choose
+
+
+class EmlExtractor(_Mail):
     name = "eml"
     label = "e-mail message"
     suffixes = frozenset({".eml"})
 
     def extract(self, path: Path, data: bytes, limits: Limits) -> Document:
         builder = TextBuilder()
-        add_message(_parse(data), builder, limits)
+        add_message(_parse(data), builder, limits, self._choose)
         return builder.document(self.name)
 
 
-class MboxExtractor(Format):
+class MboxExtractor(_Mail):
     name = "mbox"
     label = "mailbox"
     suffixes = frozenset({".mbox"})
@@ -111,7 +123,7 @@ class MboxExtractor(Format):
             if not raw.strip():
                 continue
             raw = re.sub(rb"^>(>*From )", rb"\1", raw, flags=re.MULTILINE)  # mboxrd unquoting
-            add_message(_parse(raw), builder, limits)
+            add_message(_parse(raw), builder, limits, self._choose)
             builder.blank()
         if not builder.lines:
             text, _ = decode_text(data)

@@ -18,7 +18,8 @@ from ragd.extract.text import TextExtractor
 TEXT: Extractor = TextExtractor()
 _EXTRACTORS: list[Extractor] = [
     PdfExtractor(), DocxExtractor(), PptxExtractor(), XlsxExtractor(), OdtExtractor(), OdsExtractor(),
-    EpubExtractor(), RtfExtractor(), OleExtractor(), HtmlExtractor(), EmlExtractor(), MboxExtractor(),
+    EpubExtractor(), RtfExtractor(), OleExtractor(), HtmlExtractor(),
+    EmlExtractor(lambda path, data: choose(path, data)), MboxExtractor(lambda path, data: choose(path, data)),
     NotebookExtractor(),
 ]
 

@@ -1,5 +1,11 @@
 """Embedder and reranker backends, chosen from the config by ``load_models``.
 
+``open_embedder`` / ``open_reranker`` are the factory: they resolve ``models.backend``
+(``cpu.resolve_backend``) and construct the one class for it, ``flag.FlagEmbedder`` /
+``FlagCrossEncoder`` (torch) or ``openvino.models.OpenVINOEmbedder`` / ``OpenVINOCrossEncoder``;
+a folder holding ``FAKE_MARKER`` loads the test models of ``fake``. Backends are imported
+inside these functions only, so importing this package stays light.
+
 The configured embedder is used when it can be found and loaded; otherwise, with
 ``models.fallback = "minilm"``, the packaged all-MiniLM-L6-v2 takes its place with
 reranking off, and every reason is kept in ``LoadedModels.degraded`` so callers can say so.
@@ -15,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from ragd.errors import ModelLoadError, ModelNotFoundError
 from ragd.models.base import Embedder, Embeddings, LoadedModels, Reranker
+from ragd.models.fake import MARKER as FAKE_MARKER
 from ragd.models.resolve import MINILM, ModelLocation, model_fingerprint, resolve_model
 
 if TYPE_CHECKING:
     from ragd.config import ModelsConfig
+    from ragd.models.encoder import EmbedderBase, RerankerBase
+
 
 __all__ = [
     "Embedder",
@@ -28,45 +37,104 @@ __all__ = [
     "load_embedder",
     "load_models",
     "load_reranker",
+    "open_embedder",
+    "open_reranker",
     "resolve_model",
 ]
 
 
 def cache_dir(cfg: ModelsConfig) -> Path:
     """Where converted models are kept: ``models.cache_dir``, else ``$XDG_CACHE_HOME/ragd``."""
-    from ragd.models.openvino import default_cache_dir
+    from ragd.models.openvino.cache import default_cache_dir
 
     return Path(os.path.expanduser(cfg.cache_dir)).absolute() if cfg.cache_dir else default_cache_dir()
 
 
-def load_embedder(
-    location: ModelLocation, cfg: ModelsConfig, calibration: Sequence[Path] = (), **extra: Any
-) -> Embedder:
-    from ragd.models.flag import FlagEmbedder
+def open_embedder(
+    folder: Path, model_id: str, *, device: str = "auto", precision: str = "auto", backend: str = "auto",
+    batch_size: int = 16, multi_vector: bool = False, cache_dir: Path | None = None, calibration: Sequence[Path] = (),
+    progress: Callable[[str], None] | None = None, force_convert: bool = False,
+) -> EmbedderBase:
+    """The embedder in ``folder``, of the class for the backend ``backend`` resolves to
+    (``cpu.resolve_backend``), with the reasons a setting is not met first in its ``notes``.
+    ``cache_dir``, ``calibration``, ``progress`` and ``force_convert`` concern OpenVINO's
+    conversion only."""
+    from ragd.models.cpu import pick_device, resolve_backend
 
-    return FlagEmbedder(
-        location.require(),
-        model_fingerprint(location),
-        device=cfg.device,
-        precision=cfg.precision,
-        batch_size=cfg.batch_size,
-        multi_vector=cfg.multi_vector,
-        backend=cfg.backend,
-        cache_dir=cache_dir(cfg),
-        calibration=calibration,
-        **extra,
+    device = pick_device(device)
+    chosen, notes = resolve_backend(backend, device)
+    model: EmbedderBase
+    if chosen == "openvino":
+        from ragd.models.openvino.models import OpenVINOEmbedder
+
+        model = OpenVINOEmbedder(folder, model_id, precision=precision, batch_size=batch_size,
+                                 multi_vector=multi_vector, cache_dir=cache_dir, calibration=calibration,
+                                 progress=progress, force_convert=force_convert)
+    else:
+        from ragd.models.flag import FlagEmbedder
+
+        model = FlagEmbedder(folder, model_id, device=device, precision=precision, batch_size=batch_size,
+                             multi_vector=multi_vector)
+    model.notes[:0] = notes
+    return model
+
+
+def open_reranker(
+    folder: Path, model_id: str, *, device: str = "auto", precision: str = "auto", backend: str = "auto",
+    batch_size: int = 16, cache_dir: Path | None = None, calibration: Sequence[Path] = (),
+    progress: Callable[[str], None] | None = None, force_convert: bool = False,
+) -> RerankerBase:
+    """The reranker in ``folder``, as ``open_embedder`` opens an embedder."""
+    from ragd.models.cpu import pick_device, resolve_backend
+
+    device = pick_device(device)
+    chosen, notes = resolve_backend(backend, device)
+    model: RerankerBase
+    if chosen == "openvino":
+        from ragd.models.openvino.models import OpenVINOCrossEncoder
+
+        model = OpenVINOCrossEncoder(folder, model_id, precision=precision, batch_size=batch_size,
+                                     cache_dir=cache_dir, calibration=calibration, progress=progress,
+                                     force_convert=force_convert)
+    else:
+        from ragd.models.flag import FlagCrossEncoder
+
+        model = FlagCrossEncoder(folder, model_id, device=device, precision=precision, batch_size=batch_size)
+    model.notes[:0] = notes
+    return model
+
+
+def load_embedder(
+    location: ModelLocation, cfg: ModelsConfig, calibration: Sequence[Path] = (), *,
+    progress: Callable[[str], None] | None = None, force_convert: bool = False,
+) -> Embedder:
+    """The embedder a setting points to, loaded as ``cfg`` says (``open_embedder``)."""
+    folder = location.require()
+    if (folder / FAKE_MARKER).is_file():
+        from ragd.models.fake import FakeEmbedder
+
+        return FakeEmbedder(folder, model_fingerprint(location), multi_vector=cfg.multi_vector)
+    return open_embedder(
+        folder, model_fingerprint(location), device=cfg.device, precision=cfg.precision, backend=cfg.backend,
+        batch_size=cfg.batch_size, multi_vector=cfg.multi_vector, cache_dir=cache_dir(cfg),
+        calibration=calibration, progress=progress, force_convert=force_convert,
     )
 
 
 def load_reranker(
-    location: ModelLocation, cfg: ModelsConfig, calibration: Sequence[Path] = (), **extra: Any
+    location: ModelLocation, cfg: ModelsConfig, calibration: Sequence[Path] = (), *,
+    progress: Callable[[str], None] | None = None, force_convert: bool = False,
 ) -> Reranker:
-    from ragd.models.flag import FlagCrossEncoder
+    """The reranker a setting points to, loaded as ``cfg`` says (``open_reranker``)."""
+    folder = location.require()
+    if (folder / FAKE_MARKER).is_file():
+        from ragd.models.fake import FakeReranker
 
-    return FlagCrossEncoder(
-        location.require(), model_fingerprint(location), device=cfg.device, precision=cfg.precision,
-        batch_size=cfg.batch_size, backend=cfg.backend, cache_dir=cache_dir(cfg), calibration=calibration,
-        **extra,
+        return FakeReranker(folder, model_fingerprint(location))
+    return open_reranker(
+        folder, model_fingerprint(location), device=cfg.device, precision=cfg.precision, backend=cfg.backend,
+        batch_size=cfg.batch_size, cache_dir=cache_dir(cfg), calibration=calibration, progress=progress,
+        force_convert=force_convert,
     )
 
 
@@ -87,13 +155,13 @@ def load_models(cfg: ModelsConfig, *, rerank: bool = True, warn: bool = True) ->
         degraded.append(f"embedder unavailable ({exc}); using the fallback {MINILM} with reranking off")
         embedder = load_embedder(resolve_model(MINILM), cfg)
         reranker_allowed = False
-    degraded.extend(getattr(embedder, "notes", []))
+    degraded.extend(embedder.notes)
 
     reranker: Reranker | None = None
     if rerank and reranker_allowed and cfg.reranker != "none":
         try:
             reranker = load_reranker(resolve_model(cfg.reranker), cfg)
-            degraded.extend(getattr(reranker, "notes", []))
+            degraded.extend(reranker.notes)
         except (ModelNotFoundError, ModelLoadError) as exc:
             degraded.append(f"reranker unavailable ({exc}); reranking off")
     if warn:
@@ -113,6 +181,8 @@ def convert_models(
     import time
 
     from ragd.errors import UsageError
+    from ragd.models.encoder import EmbedderBase, RerankerBase
+    from ragd.models.openvino.models import OpenVINOCrossEncoder, OpenVINOEmbedder
 
     out: list[dict[str, Any]] = []
     started = time.time()
@@ -123,14 +193,15 @@ def convert_models(
         load = load_embedder if role == "embedder" else load_reranker
         model = load(resolve_model(setting), cfg, calibration, force_convert=force or bool(calibration),
                      progress=progress)
-        runner = getattr(model, "_runner", None)
-        if runner is None:
+        if not isinstance(model, (OpenVINOEmbedder, OpenVINOCrossEncoder)):
+            backend = model.backend if isinstance(model, (EmbedderBase, RerankerBase)) else type(model).__name__
             raise UsageError(
-                f"{role} {setting}: runs on {getattr(model, 'backend', 'torch')}, not OpenVINO; nothing to convert "
+                f"{role} {setting}: runs on {backend}, not OpenVINO; nothing to convert "
                 "(set models.backend = \"openvino\" or \"auto\" on a CPU)"
             )
+        runner = model.runner
         meta = runner.location.meta() or {}
-        precision = getattr(model, "precision", "")
+        precision = model.precision
         note = None
         if calibration and precision != "int8":
             note = (f"--calibration applies to static int8 only; the {role} runs in {precision}"

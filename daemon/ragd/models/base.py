@@ -24,14 +24,28 @@ class Embeddings:
     colbert: list[FloatArray] | None = None
 
 
-class Embedder(Protocol):
+class Scheduled(Protocol):
+    """How a model shares the CPU with searches. A model that ``schedules_itself`` (the
+    OpenVINO backend's process-wide scheduler) puts searches first on its own, and ``hold``
+    keeps indexing batches out while inside; otherwise ``engine.ModelGate`` does both."""
+
+    schedules_itself: bool
+    notes: list[str]
+    """Why the model runs below its configured setting, for ``LoadedModels.degraded``."""
+
+    def hold(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+class Embedder(Scheduled, Protocol):
     """Turns texts into vectors. ``max_tokens`` is the most text tokens one input may hold
-    (special tokens excluded); callers must not pass longer texts."""
+    (special tokens excluded); callers must not pass longer texts. ``has_sparse`` and
+    ``multi_vector`` say whether ``Embeddings.sparse`` and ``Embeddings.colbert`` are filled."""
 
     model_id: str
     dim: int
     max_tokens: int
     has_sparse: bool
+    multi_vector: bool
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
 
@@ -44,12 +58,18 @@ class Embedder(Protocol):
     def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
 
 
-class Reranker(Protocol):
-    """Scores (query, passage) pairs; higher is more relevant."""
+class Reranker(Scheduled, Protocol):
+    """Scores (query, passage) pairs; higher is more relevant. ``max_length`` is the most
+    tokens one pair may hold (0: no limit known); ``parallel`` how many batches run side by
+    side; ``token_offsets`` the character spans of a text's tokens in the reranker's tokenizer."""
 
     model_id: str
+    max_length: int
+    parallel: int
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]: ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
 
 
 @dataclass

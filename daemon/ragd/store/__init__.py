@@ -1,4 +1,5 @@
-"""Storage: the SQLite catalog (source of truth) and the FAISS vector cache."""
+"""Storage: the SQLite catalog (source of truth) and the caches mirrored from it; which module
+does which job: docs/architecture.md, Storage."""
 
 from ragd.store.catalog import Catalog, ChunkRow, FileRow, FileUpdate, NewChunk, NewEmbedding
 from ragd.store.vectors import VectorIndex

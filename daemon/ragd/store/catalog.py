@@ -1,5 +1,8 @@
 """The catalog: SQLite (through sqlite-utils, WAL) is the source of truth for roots, files,
-chunks, embeddings and sparse weights. Everything else (FAISS) is rebuilt from it.
+chunks, embeddings and sparse weights; everything else (FAISS, the in-memory mirrors) is
+rebuilt from it. ``Catalog`` holds the reads and the one write path (``apply``); the schema
+and its migrations are in ``store/schema.py``, sparse and full-text retrieval in
+``store/retrieval.py``.
 
 Embeddings are keyed by (model, chunk text hash): a chunk that is unchanged, renamed or
 copied is never embedded twice.
@@ -8,7 +11,6 @@ copied is never embedded twice.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,128 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
+import ragd.store.retrieval as retrieval
 from ragd import lexical
 from ragd.errors import StoreError
 from ragd.models.base import FloatArray, SparseWeights
-from ragd.store.private import private_db, private_dir
-from ragd.store.sparse import encode as encode_sparse
-
-SCHEMA_VERSION = 2
-"""2: chunks carry their first and last page (``page``, ``end_page``); 1 is upgraded in place."""
-REREAD_SUFFIXES = (".html", ".htm", ".xhtml", ".shtml", ".ipynb", ".eml", ".mbox", ".rtf")
-"""Formats schema 1 indexed as raw text that now have an extractor: read again after the upgrade."""
-BUSY_TIMEOUT_S = 30.0
-"""How long a connection waits for another one's write lock before failing."""
-SPARSE_BLOBS_VERSION = "1"
-"""Stored in the catalog once every embedding row carries its sparse weights as a blob."""
-SPARSE_STATS_VERSION = "1"
-"""Stored in the catalog once ``sparse_stats`` holds every posting list's bounds."""
-SPARSE_PRUNE_BUDGET = 0.2
-"""``sparse_search`` sums every posting in SQL instead once pruning has handled this fraction
-of the query's postings in Python (measured: ~1.2 us a posting there, ~0.45 us summed in SQL)."""
-SPARSE_PRUNE_FROM = 50_000
-"""Queries whose lists hold fewer postings than this are summed exhaustively (a few ms)."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, dim INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS roots (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
-    added_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
-    root_id INTEGER NOT NULL REFERENCES roots(id) ON DELETE CASCADE,
-    path TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    content_hash TEXT,
-    status TEXT NOT NULL,          -- indexed | skipped | failed
-    error TEXT,
-    kind TEXT,
-    encoding TEXT,
-    model INTEGER,                 -- models.id the chunks were embedded with
-    indexed_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS files_root ON files(root_id);
--- Roots whose folder is missing, unreadable or suddenly empty (unmounted?): their files stay in
--- the index, unscanned and not served, until the folder is back. A table of its own, created
--- where missing, so that no schema version changes for it.
-CREATE TABLE IF NOT EXISTS suspended_roots (
-    root_id INTEGER PRIMARY KEY REFERENCES roots(id) ON DELETE CASCADE,
-    reason TEXT NOT NULL,
-    since REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
-    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
-    ordinal INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    start_line INTEGER NOT NULL,
-    end_line INTEGER NOT NULL,
-    heading TEXT NOT NULL,         -- JSON array of the heading path
-    token_count INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    page INTEGER NOT NULL DEFAULT 0,      -- first page (1-based), 0 for formats without pages
-    end_page INTEGER NOT NULL DEFAULT 0   -- last page
-);
-CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
-CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(content_hash);
-CREATE TABLE IF NOT EXISTS embeddings (
-    id INTEGER PRIMARY KEY,
-    model INTEGER NOT NULL REFERENCES models(id),
-    chunk_hash TEXT NOT NULL,
-    dense BLOB NOT NULL,           -- float32, L2-normalised
-    colbert BLOB,                  -- float16 (tokens x dim), only with models.multi_vector
-    sparse BLOB,                   -- lexical weights (ragd.store.sparse.encode), for the in-memory mirror
-    UNIQUE (model, chunk_hash)
-);
-CREATE TABLE IF NOT EXISTS sparse (
-    model INTEGER NOT NULL,
-    token INTEGER NOT NULL,
-    chunk_hash TEXT NOT NULL,
-    weight REAL NOT NULL,
-    PRIMARY KEY (model, token, chunk_hash)
-) WITHOUT ROWID;
--- Per posting list (model, token): bounds of its weights and its length, kept by the triggers
--- below, for sparse_search's pruning. max_weight / min_weight are the largest / smallest
--- weight ever written (a delete never narrows them, so they stay bounds); postings is a cost
--- hint only (an INSERT OR REPLACE of an existing posting counts it twice).
-CREATE TABLE IF NOT EXISTS sparse_stats (
-    model INTEGER NOT NULL,
-    token INTEGER NOT NULL,
-    max_weight REAL NOT NULL,
-    min_weight REAL NOT NULL,
-    postings INTEGER NOT NULL,
-    PRIMARY KEY (model, token)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS sparse_stats_insert AFTER INSERT ON sparse BEGIN
-    INSERT INTO sparse_stats(model, token, max_weight, min_weight, postings)
-    VALUES (new.model, new.token, new.weight, new.weight, 1)
-    ON CONFLICT (model, token) DO UPDATE SET max_weight = max(max_weight, excluded.max_weight),
-        min_weight = min(min_weight, excluded.min_weight), postings = postings + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS sparse_stats_update AFTER UPDATE ON sparse BEGIN
-    UPDATE sparse_stats SET postings = postings - 1 WHERE model = old.model AND token = old.token;
-    INSERT INTO sparse_stats(model, token, max_weight, min_weight, postings)
-    VALUES (new.model, new.token, new.weight, new.weight, 1)
-    ON CONFLICT (model, token) DO UPDATE SET max_weight = max(max_weight, excluded.max_weight),
-        min_weight = min(min_weight, excluded.min_weight), postings = postings + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS sparse_stats_delete AFTER DELETE ON sparse BEGIN
-    UPDATE sparse_stats SET postings = postings - 1 WHERE model = old.model AND token = old.token;
-END;
--- Full-text (BM25) rows, one per chunk (rowid = chunks.id): the chunk's terms from
--- ragd.lexical, space-separated, so FTS5 only splits on spaces. Written by apply() in the
--- chunk's transaction; the trigger removes them with their chunk (cascades included).
-CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
-CREATE TRIGGER IF NOT EXISTS chunks_lexical_delete AFTER DELETE ON chunks BEGIN
-    DELETE FROM lexical WHERE rowid = old.id;
-END;
-"""
+from ragd.store.codec import encode as encode_sparse
+from ragd.store.schema import open_database, read_meta
 
 
 @dataclass(frozen=True)
@@ -219,134 +106,15 @@ class Catalog:
     """One SQLite database file; one instance per thread of use."""
 
     def __init__(self, path: Path) -> None:
-        private_dir(path.parent)  # the catalog holds every document's full text: 0700 / 0600
-        private_db(path)
-        try:
-            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-            self.db = sqlite_utils.Database(conn)
-            self.db.enable_wal()
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
+        self.db = open_database(path)
         self.path = path
-        version = self._meta("schema_version")
-        if version is None:
-            with self.db.atomic():
-                self._set_meta("schema_version", str(SCHEMA_VERSION))
-                self._set_meta("generation", "0")
-        elif int(version) == 1:
-            self._upgrade_to_pages()
-        elif int(version) != SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has catalog schema {version}, this ragd reads {SCHEMA_VERSION}: "
-                "move the data folder away and index again"
-            )
-        try:
-            self._ensure_lexical()
-            self._ensure_sparse_stats()
-            self._ensure_sparse_blobs()
-        except sqlite3.OperationalError as exc:
-            self.db.close()
-            if "locked" in str(exc):
-                raise StoreError(
-                    f"{path} is being upgraded by another ragd process (a one-time step that takes "
-                    "minutes for a large index): try again when it has finished"
-                ) from exc
-            raise StoreError(f"cannot upgrade the catalog {path}: {exc}") from exc
-
-    def _upgrade_to_pages(self) -> None:
-        """Schema 1 -> 2 in place: add the chunks' page columns (0: no pages) and have the next
-        scan read again the files this version extracts differently (skipped binaries that may
-        be documents now, HTML and notebooks indexed as raw markup). Nothing is embedded again
-        for text that is unchanged, since embeddings are keyed by the chunk text's hash."""
-        with self.db.atomic():
-            if self._meta("schema_version") != "1":  # another process did it
-                return
-            columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(chunks)")}
-            for column in ("page", "end_page"):
-                if column not in columns:
-                    self.db.execute(f"ALTER TABLE chunks ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-            suffixes = " OR ".join("lower(path) LIKE ?" for _ in REREAD_SUFFIXES)
-            self.db.execute(
-                f"UPDATE files SET content_hash = NULL, mtime_ns = -1 WHERE status != 'indexed' OR {suffixes}",
-                [f"%{s}" for s in REREAD_SUFFIXES],
-            )
-            self._set_meta("schema_version", str(SCHEMA_VERSION))
-
-    def _ensure_sparse_blobs(self) -> None:
-        """Give every embedding of a catalog made before ``embeddings.sparse`` existed its
-        weights as a blob (the in-memory mirror is built from them): once, one pass over the
-        postings grouped by chunk (SQLite sorts them; ~1 min for 100k chunks)."""
-        if self._meta("sparse_blobs_version") == SPARSE_BLOBS_VERSION:
-            return
-        with self.db.atomic():
-            columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(embeddings)")}
-            if "sparse" not in columns:
-                self.db.execute("ALTER TABLE embeddings ADD COLUMN sparse BLOB")
-            if self._meta("sparse_blobs_version") == SPARSE_BLOBS_VERSION:  # another process did it
-                return
-            cur = self.db.execute("SELECT model, chunk_hash, token, weight FROM sparse ORDER BY model, chunk_hash")
-            key: tuple[int, str] | None = None
-            weights: dict[int, float] = {}
-
-            def flush() -> None:
-                if key is not None:
-                    self.db.execute("UPDATE embeddings SET sparse = ? WHERE model = ? AND chunk_hash = ?",
-                                    [encode_sparse(weights), key[0], key[1]])
-
-            while rows := cur.fetchmany(4096):
-                for model, chunk_hash, token, weight in rows:
-                    if key != (model, chunk_hash):
-                        flush()
-                        key, weights = (int(model), str(chunk_hash)), {}
-                    weights[int(token)] = float(weight)
-            flush()
-            self._set_meta("sparse_blobs_version", SPARSE_BLOBS_VERSION)
-
-    def _ensure_sparse_stats(self) -> None:
-        """Fill ``sparse_stats`` from the postings in a catalog made before it existed (its
-        triggers keep it current from then on): one pass over the table in key order."""
-        if self._meta("sparse_stats_version") == SPARSE_STATS_VERSION:
-            return
-        with self.db.atomic():
-            if self._meta("sparse_stats_version") == SPARSE_STATS_VERSION:  # another process did it
-                return
-            self.db.execute("DELETE FROM sparse_stats")
-            self.db.execute(
-                "INSERT INTO sparse_stats(model, token, max_weight, min_weight, postings) "
-                "SELECT model, token, max(weight), min(weight), count(*) FROM sparse GROUP BY model, token"
-            )
-            self._set_meta("sparse_stats_version", SPARSE_STATS_VERSION)
-
-    def _ensure_lexical(self) -> None:
-        """Fill the full-text table from the chunks when it was made by another tokeniser
-        version or did not exist yet (a catalog from before it): cheap, nothing is embedded."""
-        if self._meta("lexical_version") == lexical.TOKENIZER_VERSION:
-            return
-        with self.db.atomic():
-            if self._meta("lexical_version") == lexical.TOKENIZER_VERSION:  # another process did it
-                return
-            self.db.execute("DELETE FROM lexical")
-            cur = self.db.execute("SELECT id, text FROM chunks ORDER BY id")
-            while rows := cur.fetchmany(2048):
-                self.db.conn.executemany(
-                    "INSERT INTO lexical(rowid, terms) VALUES (?, ?)",
-                    [(int(i), lexical.document_terms(str(t))) for i, t in rows],
-                )
-            self._set_meta("lexical_version", lexical.TOKENIZER_VERSION)
 
     def close(self) -> None:
         self.db.close()
 
     # -- meta -------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return None if row is None else str(row[0])
-
-    def _set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [key, value])
+        return read_meta(self.db, key)
 
     def generation(self) -> int:
         """A counter raised by every change to chunks or embeddings; FAISS snapshots record it."""
@@ -716,262 +484,6 @@ class Catalog:
         )
         return [int(r[0]) for r in rows]
 
-    def sparse_search(
-        self, model: int, weights: SparseWeights, limit: int, stats: dict[str, int] | None = None
-    ) -> list[tuple[str, float]]:
-        """The ``limit`` chunk hashes with the highest lexical matching score (FlagEmbedding's:
-        the sum over shared tokens of query weight x document weight), best first, ties by
-        hash. Exact: the same chunks and scores as summing every posting of every query token.
-
-        Each posting list is contiguous in the ``sparse`` primary key (model, token, hash): one
-        index seek, then a range. Summing every list costs O(P), P = the sum of the query
-        tokens' list lengths: millions of postings at 1M chunks for a query holding a frequent
-        token. So the sum is pruned, MaxScore style, and stays exact, using that a token adds
-        at most its query weight x the largest weight in its list (``sparse_stats``):
-
-        1. Lists are read from the shortest. theta, a lower bound of the answer's ``limit``-th
-           score, is the ``limit``-th exact score (one primary-key seek per token and chunk)
-           of the best chunks so far, refreshed when a refresh costs less than what is next.
-           A chunk first seen in a list can add at most the bounds of the longer lists, so it
-           needs a minimum weight there: when cheaper, only those postings leave SQLite (the
-           list is scanned inside it) and chunks seen before are looked up. Chunks whose
-           partial score + the longer lists' bounds is below theta are dropped.
-        2. Once the unread lists' bounds sum below theta, no unseen chunk can enter the answer:
-           the unread tokens, largest bound first, are looked up for the chunks left (or their
-           list read, when shorter), dropping chunks after each.
-        3. Pruning costs ~3x per posting what summing inside SQLite does, so below
-           ``SPARSE_PRUNE_FROM`` postings in all, and once it has
-           handled ``SPARSE_PRUNE_BUDGET`` x P postings (or theta says it will), the
-           exhaustive SQL sum answers instead (weights it cannot bound, too).
-
-        Cost: O(postings read + chunks looked up x log N), at most ~(1 + 3 x the budget) x the
-        exhaustive O(P). ``stats``, when given, receives what was done: postings_read /
-        lists_read (whole lists), postings_scanned / lists_scanned (inside SQLite, above a
-        weight), postings_looked_up / lists_looked_up, and exhaustive = 1 when that answered."""
-        counts = {"postings_read": 0, "postings_scanned": 0, "postings_looked_up": 0,
-                  "lists_read": 0, "lists_scanned": 0, "lists_looked_up": 0}
-        if stats is not None:
-            stats.update(counts)
-        if not weights or limit <= 0:
-            return []
-        query = {int(t): float(w) for t, w in weights.items()}
-        bounds: dict[int, tuple[float, float, int]] = {}  # token -> (max weight, min weight, postings)
-        tokens = list(query)
-        for i in range(0, len(tokens), 500):
-            part = tokens[i : i + 500]
-            for tok, hi, lo, n in self.db.execute(
-                "SELECT token, max_weight, min_weight, postings FROM sparse_stats WHERE model = ? AND token IN "
-                f"({','.join('?' * len(part))})", [model, *part]
-            ):
-                bounds[int(tok)] = (float(hi), float(lo), int(n))
-        if any(not 0 < query[t] < float("inf") or not b[1] >= 0 for t, b in bounds.items()):
-            # Pruning needs every contribution >= 0 (a partial score is then a lower bound).
-            return self._sparse_exhaustive(model, query, limit, counts, stats)
-        if sum(b[2] for b in bounds.values()) < SPARSE_PRUNE_FROM:
-            return self._sparse_exhaustive(model, query, limit, counts, stats)
-        ub = {t: query[t] * b[0] for t, b in bounds.items()}  # most a token can add to a score
-        acc: dict[str, float] = {}  # chunk hash -> partial score
-
-        class OverBudget(Exception):
-            """Pruning is not paying off for this query: the exhaustive sum is cheaper."""
-
-        # A posting handled in Python (read or looked up) costs ~3x one summed inside SQLite:
-        # past this many, the exhaustive sum would have been about as quick.
-        budget = SPARSE_PRUNE_BUDGET * sum(b[2] for b in bounds.values())
-        spent = 0.0
-
-        def spend(units: float) -> None:
-            nonlocal spent
-            spent += units
-            if spent > budget:
-                raise OverBudget
-
-        def best(n: int) -> tuple[list[str], float]:
-            """The ``n`` chunks with the best partial scores (any order) and the n-th score."""
-            if len(acc) < n:
-                return list(acc), -1.0
-            keys = list(acc)
-            values = np.fromiter(acc.values(), dtype=np.float64, count=len(keys))
-            idx = np.argpartition(values, len(keys) - n)[len(keys) - n :]
-            return [keys[i] for i in idx.tolist()], float(values[idx].min())
-
-        def keep_from(cut: float) -> dict[str, float]:
-            """The chunks whose partial score is at least ``cut`` (all of them when that is
-            most: dropping chunks only saves work)."""
-            values = np.fromiter(acc.values(), dtype=np.float64, count=len(acc))
-            idx = np.flatnonzero(values >= cut)
-            if len(idx) > 0.8 * len(acc):
-                return acc
-            keys = list(acc)
-            return dict(zip(map(keys.__getitem__, idx.tolist()), values[idx].tolist(), strict=True))
-
-        def add(part: dict[str, float], only_known: bool = False) -> None:
-            """Add ``part``'s contributions to ``acc`` (only to the chunks in it already)."""
-            common = acc.keys() & part.keys()  # the per-chunk Python work is for these only
-            sums = {h: acc[h] + part[h] for h in common}
-            if not only_known:
-                acc.update(part)
-            acc.update(sums)
-
-        def read_list(tok: int, only_known: bool = False) -> None:
-            spend(bounds[tok][2])
-            rows = self.db.execute(
-                "SELECT chunk_hash, weight * ? FROM sparse WHERE model = ? AND token = ?", [query[tok], model, tok]
-            )
-            add(dict(rows), only_known)
-            counts["postings_read"] += bounds[tok][2]
-            counts["lists_read"] += 1
-
-        def lookup(toks: list[int], hashes: list[str], below: float = float("inf")) -> dict[str, float]:
-            """The sum of ``toks``' contributions (postings with weight < ``below``) to each of
-            ``hashes`` (absent: nothing): one primary-key seek per token and chunk."""
-            spend(len(toks) * len(hashes))
-            counts["postings_looked_up"] += len(toks) * len(hashes)
-            if len(toks) == 1:
-                return dict(self.db.execute(
-                    "SELECT chunk_hash, weight * ? FROM sparse WHERE model = ? AND token = ? "
-                    "AND chunk_hash IN (SELECT value FROM json_each(?)) AND weight < ?",
-                    [query[toks[0]], model, toks[0], json.dumps(hashes), below],
-                ))
-            values = ",".join("(?, ?)" for _ in toks)
-            return dict(self.db.execute(
-                f"WITH q(token, w) AS (VALUES {values}) SELECT s.chunk_hash, SUM(s.weight * q.w) FROM q "
-                "JOIN sparse s ON s.model = ? AND s.token = q.token "
-                "AND s.chunk_hash IN (SELECT value FROM json_each(?)) AND s.weight < ? GROUP BY s.chunk_hash",
-                [*(x for t in toks for x in (t, query[t])), model, json.dumps(hashes), below],
-            ))
-
-        def exact_theta(unread: list[int]) -> float:
-            """The ``limit``-th best exact score among the best partial ones: a lower bound
-            of the answer's ``limit``-th score (every contribution is >= 0)."""
-            seeds, _ = best(limit)
-            if len(seeds) < limit:
-                return -1.0
-            extra = lookup(unread, seeds) if unread else {}
-            return min(acc[h] + extra.get(h, 0.0) for h in seeds)
-
-        def read_above(tok: int, tau: float) -> None:
-            """Postings of ``tok`` with weight >= ``tau`` (the index range is scanned inside
-            SQLite, only those rows come out), plus seeks for the chunks seen before."""
-            below = lookup([tok], list(acc), below=tau)
-            spend(0.1 * bounds[tok][2])
-            add(dict(self.db.execute(
-                "SELECT chunk_hash, weight * ? FROM sparse WHERE model = ? AND token = ? AND weight >= ?",
-                [query[tok], model, tok, tau],
-            )))
-            add(below, only_known=True)
-            counts["postings_scanned"] += bounds[tok][2]
-            counts["lists_scanned"] += 1
-
-        def outside(x: float) -> float:  # x plus a margin that absorbs rounding
-            return x * (1 + 1e-9) + 1e-12
-
-        try:
-            # (1) read lists from the shortest. A chunk first seen in list t can score at most
-            # its weight there x q_t + the bounds of the longer lists, so once theta is known only
-            # the postings of t above a weight need to come out (the rest of the list is scanned
-            # inside SQLite; chunks seen before are looked up) and chunks whose partial score +
-            # those bounds is below theta are dropped. Once no chunk first seen from here on can
-            # reach theta, the reading stops. theta is refreshed (the exact scores of the best
-            # chunks so far) before a list that costs more than a refresh, and once the reading
-            # since the last refresh cost as much as one.
-            order = sorted(bounds, key=lambda t: (bounds[t][2], t))
-            after = [0.0] * (len(order) + 1)  # after[i]: the bounds of order[i:] summed
-            for k in range(len(order) - 1, -1, -1):
-                after[k] = after[k + 1] + ub[order[k]]
-            theta = -1.0
-            i = 0
-            since = 0
-            while i < len(order) and not theta > outside(after[i]):
-                tok = order[i]
-                hi, lo, n = bounds[tok]
-                if since and len(acc) >= limit and n > limit * (len(order) - i):
-                    # a refresh costs less than this list: theta as good as can be first
-                    theta = max(theta, exact_theta(order[i:]))
-                    since = 0
-                    if theta > outside(after[i]):
-                        break
-                if theta > 0:  # the reading needed before theta stops it, if theta rose no more
-                    stop = next((k for k in range(i, len(order)) if theta > outside(after[k])), len(order))
-                    if spent + sum(bounds[t][2] for t in order[i:stop]) > budget:
-                        raise OverBudget
-                tau = (theta - outside(after[i + 1])) / query[tok]  # the weight a new chunk needs here
-                above = n if hi <= lo else n * min(1.0, max(0.0, (hi - tau) / (hi - lo)))  # if weights are uniform
-                if acc and tau > lo and n * 0.1 + above + len(acc) < n:
-                    read_above(tok, tau)
-                else:
-                    read_list(tok)
-                since += n
-                i += 1
-                if theta > 0:
-                    acc = keep_from(theta - outside(after[i]))
-                if i < len(order) and len(acc) >= limit and since >= limit * (len(order) - i):
-                    theta = max(theta, exact_theta(order[i:]))
-                    since = 0
-            # (2) the tokens left, largest bound first: only chunks seen can still reach theta;
-            # each token is looked up for them, or its list read when that is cheaper
-            rest = sorted(order[i:], key=lambda t: (-ub[t], t))
-            if rest:
-                theta = max(theta, exact_theta(rest))
-            for j, tok in enumerate(rest):
-                left = sum(ub[t] for t in rest[j:])
-                theta = max(theta, best(limit)[1])
-                acc = keep_from(theta - outside(left))
-                if not acc:
-                    break
-                if len(acc) < bounds[tok][2]:
-                    add(lookup([tok], list(acc)), only_known=True)
-                    counts["lists_looked_up"] += 1
-                else:
-                    read_list(tok, only_known=True)
-
-        except OverBudget:
-            return self._sparse_exhaustive(model, query, limit, counts, stats)
-        if stats is not None:
-            stats.update(counts)
-        _, kth = best(limit)
-        return sorted(((h, v) for h, v in acc.items() if v >= kth), key=lambda kv: (-kv[1], kv[0]))[:limit]
-
-    def _sparse_exhaustive(
-        self, model: int, query: dict[int, float], limit: int, counts: dict[str, int], stats: dict[str, int] | None
-    ) -> list[tuple[str, float]]:
-        """Every posting of every query token, summed in SQL (for weights pruning cannot bound)."""
-        values = ",".join("(?, ?)" for _ in query)
-        params: list[Any] = []
-        for tok, w in query.items():
-            params.extend([tok, w])
-        rows = self.db.execute(
-            f"WITH q(token, w) AS (VALUES {values}) "
-            "SELECT s.chunk_hash, SUM(s.weight * q.w) AS score FROM q JOIN sparse s "
-            "ON s.model = ? AND s.token = q.token GROUP BY s.chunk_hash ORDER BY score DESC, s.chunk_hash LIMIT ?",
-            [*params, model, limit],
-        )
-        out = [(str(h), float(s)) for h, s in rows]
-        if stats is not None:
-            listed = self.db.execute(
-                f"SELECT coalesce(sum(postings), 0), count(*) FROM sparse_stats WHERE model = ? AND token IN "
-                f"({','.join('?' * len(query))})", [model, *query]
-            ).fetchone()
-            counts["postings_read"] += int(listed[0])
-            counts["lists_read"] += int(listed[1])
-            counts["exhaustive"] = 1
-            stats.update(counts)
-        return out
-
-    def lexical_document_frequency(self, terms: Sequence[str]) -> dict[str, int]:
-        """How many chunks hold each term (FTS5's own counts, through a temporary fts5vocab
-        table of this connection); terms no chunk has are left out."""
-        self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexical_vocab USING fts5vocab(main, lexical, row)")
-        out: dict[str, int] = {}
-        unique = list(dict.fromkeys(terms))
-        for i in range(0, len(unique), 500):
-            part = unique[i : i + 500]
-            marks = ",".join("?" * len(part))
-            for term, doc in self.db.execute(f"SELECT term, doc FROM temp.lexical_vocab WHERE term IN ({marks})",
-                                             part):
-                out[str(term)] = int(doc)
-        return out
-
     def stored_query(self, model: int, chunk_id: int, dim: int) -> tuple[FloatArray, bytes | None, FloatArray | None]:
         """A chunk's stored embedding for ``model``: its dense vector, its lexical weights as
         stored (or None) and its multi-vector rows (or None); KeyError when it has none."""
@@ -989,26 +501,6 @@ class Catalog:
             vectors = np.frombuffer(colbert, dtype=np.float16).reshape(-1, dim).astype(np.float32)
         return np.frombuffer(dense, dtype=np.float32), None if sparse is None else bytes(sparse), vectors
 
-    def lexical_search(self, query: str, limit: int, prefix: str | None = None,
-                       terms: Sequence[str] | None = None) -> list[tuple[int, float]]:
-        """Chunk ids by BM25 (FTS5's ``bm25()``, k1 = 1.2, b = 0.75) over any of the query's
-        terms (see ragd.lexical; ``terms`` when the caller chose them), best first, as positive
-        scores; only files under ``prefix`` when given."""
-        expr = lexical.query_expression(query) if terms is None else lexical.terms_expression(terms)
-        if expr is None:
-            return []
-        where = ""
-        params: list[Any] = [expr]
-        if prefix is not None:
-            where = (" AND rowid IN (SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id"
-                     " WHERE substr(f.path, 1, ?) = ?)")
-            params += [len(prefix), prefix]
-        rows = self.db.execute(
-            f"SELECT rowid, bm25(lexical) AS s FROM lexical WHERE lexical MATCH ?{where} ORDER BY s LIMIT ?",
-            [*params, limit],
-        )
-        return [(int(cid), -float(s)) for cid, s in rows]
-
     def chunk_ids_by_hash(self, hashes: Sequence[str]) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         for i in range(0, len(hashes), 500):
@@ -1019,3 +511,19 @@ class Catalog:
             ):
                 out.setdefault(str(h), []).append(int(cid))
         return out
+
+    # -- sparse and full-text retrieval in SQL (store/retrieval.py) -----------------------
+    def sparse_search(
+        self, model: int, weights: SparseWeights, limit: int, stats: dict[str, int] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``limit`` chunk hashes with the best lexical matching score: ``retrieval.sparse_search``."""
+        return retrieval.sparse_search(self.db, model, weights, limit, stats)
+
+    def lexical_search(self, query: str, limit: int, prefix: str | None = None,
+                       terms: Sequence[str] | None = None) -> list[tuple[int, float]]:
+        """Chunk ids by FTS5's BM25, best first: ``retrieval.lexical_search``."""
+        return retrieval.lexical_search(self.db, query, limit, prefix, terms)
+
+    def lexical_document_frequency(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many chunks hold each term, by FTS5: ``retrieval.lexical_document_frequency``."""
+        return retrieval.lexical_document_frequency(self.db, terms)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ragd.errors import StoreError
-from ragd.store import catalog
+from ragd.store import schema
 from ragd.store.private import private_db, private_dir
 
 MAX_ATTEMPTS = 5
@@ -76,7 +76,7 @@ class JobQueue:
         private_db(db_path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=catalog.BUSY_TIMEOUT_S,
+            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=schema.BUSY_TIMEOUT_S,
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -1,6 +1,7 @@
 """Private storage: the data folder holds the full text of every indexed document, so it is
 kept 0700 and what ragd writes in it 0600, whatever the umask. A folder or file made by an
-earlier version (0755 / 0644 under a common umask) is tightened when it is opened.
+earlier version (0755 / 0644 under a common umask) is tightened when it is opened. Snapshots
+are written through ``atomic_write``, whose temp files a later open can tell apart.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import logging
 import os
 import re
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,28 @@ def private_dir(path: Path) -> None:
     """Create ``path`` as 0700 (its missing parents as usual), or tighten it when it exists."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     tighten(path)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync the result and rename it over ``path``. The temp file
+    (0600, in a 0700 folder) carries the writer's pid, so a later open can tell one left by a
+    killed writer (``stale_temp``) from one being written."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def private_db(path: Path) -> None:

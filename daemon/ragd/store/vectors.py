@@ -11,47 +11,27 @@ snapshot is rebuilt from SQLite.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import threading
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ragd.models.base import FloatArray
-from ragd.store.private import private_dir
-
-if TYPE_CHECKING:
-    from ragd.store.catalog import Catalog
+from ragd.store.private import atomic_write
 
 MAGIC = b"RAGD-FAISS-1\n"
 """First bytes of a snapshot; then, little-endian, the CRC-32 of the FAISS bytes and the length
 of the JSON label (4 bytes each), the label, and FAISS's own bytes."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result and rename it over ``path``. The temp file
-    (0600, in a 0700 folder) carries the writer's pid, so a later open can tell one left by a
-    killed writer (``private.stale_temp``) from one being written."""
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+class DenseSource(Protocol):
+    """What ``VectorIndex.rebuild`` reads: ``Catalog`` is one."""
+
+    def iter_dense(self, model: int) -> Iterable[tuple[np.ndarray, FloatArray]]: ...
 
 
 class VectorIndex:
@@ -60,9 +40,8 @@ class VectorIndex:
     def __init__(self, dim: int, index: Any = None) -> None:
         import faiss
 
-        # One query at a time: FAISS's OpenMP split of one query's scan costs more than it
-        # saves (100k x 1,024 on 2 cores: 17 ms on one thread, 28 ms on two, 68 ms on two
-        # while another thread computes, as a search's side stages do), so it runs on one.
+        # One thread: FAISS's OpenMP split of one query's scan costs more than it saves,
+        # most of all beside a search's side stages (docs/performance.md, Search caches).
         faiss.omp_set_num_threads(1)
         self.dim = dim
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -191,7 +170,8 @@ class VectorIndex:
         return loaded
 
     @classmethod
-    def rebuild(cls, catalog: Catalog, model: int, dim: int) -> VectorIndex:
+    def rebuild(cls, catalog: DenseSource, model: int, dim: int) -> VectorIndex:
+        """A new index of every vector of ``model`` the catalog holds (``Catalog.iter_dense``)."""
         index = cls(dim)
         for ids, vecs in catalog.iter_dense(model):
             index.add(ids, vecs)

@@ -1,23 +1,21 @@
-"""Posting lists in memory, summed in numpy: ``SparseIndex`` mirrors one model's BGE-M3
-lexical weights (keyed by chunk hash), ``LexicalIndex`` the full-text terms for BM25 (keyed by
-chunk id). Like FAISS for the dense vectors each is a cache of the catalog, never the only
-copy: built at load (``Catalog.sparse_rows`` blobs, ``Catalog.lexical_rows``) and kept current
-by the writer (added after each committed batch, removed with their chunks or at garbage
-collection).
+"""Posting lists in memory, summed in numpy: the mirrors searches read for sparse and full-text
+retrieval. ``SparseIndex`` mirrors one model's BGE-M3 lexical weights (keyed by chunk hash),
+``LexicalIndex`` the full-text terms for BM25 (keyed by chunk id); each answers as its SQL
+reference in ``store/retrieval.py`` does. Like FAISS for the dense vectors each is a cache of
+the catalog, never the only copy: built at load (``Catalog.sparse_rows`` blobs,
+``Catalog.lexical_rows``) and kept current by the writer (added after each committed batch,
+removed with their chunks or at garbage collection).
 
-Layout (``Postings``): every posting (token, slot, weight), a slot per key. The base part is sorted by
-token, so a token's postings are one slice (``ptr``); postings added since are appended to a
-delta, scanned whole per query with a token table, and merged into the base (one sort) once
-they pass a twentieth of it. A query's score for a chunk is FlagEmbedding's lexical matching
-score, the sum over shared tokens of query weight x document weight: one ``np.bincount`` over
-the query tokens' postings, O(P) for P postings, ~10x cheaper a posting than SQLite summing
-them and ~30x cheaper than handling them in Python (benchmarks/README.md). Memory: 8 bytes a
-posting (int32 slot, float32 weight), ~1.4 KB for a chunk of 180 distinct tokens.
+Layout (``Postings``): every posting (token, slot, weight), a slot per key. The base part is
+sorted by token, so a token's postings are one slice (``ptr``); postings added since are
+appended to a delta, scanned whole per query, and merged into the base (one sort) once they
+pass a twentieth of it. A query's score is one ``np.bincount`` over the query tokens'
+postings, O(P) for P postings. Memory: 8 bytes a posting (int32 slot, float32 weight).
+Measurements: docs/performance.md, Search caches.
 
 Snapshots (``save`` / ``load``): the arrays as they are, base, delta and live slots, in one
 ``.npz`` written atomically, with the catalog generation they mirror; the daemon loads a
-current one at start instead of building (seconds for a large index) and builds when it is
-missing, stale or unreadable.
+current one at start instead of building and builds when it is missing, stale or unreadable.
 """
 
 from __future__ import annotations
@@ -34,33 +32,15 @@ from typing import Any, Self
 import numpy as np
 
 from ragd.models.base import SparseWeights
-from ragd.store.vectors import atomic_write
+from ragd.store.codec import decode
+from ragd.store.private import atomic_write
 
 COMPACT_FRACTION = 0.05
-"""The delta (plus removed hashes' postings) is merged into the base once it holds this
-fraction of the base's postings... (a merge sorts every posting: ~3 s for 18M, 100k chunks,
-about once per 5k chunks embedded, which takes the embedder the better part of an hour)"""
+"""The delta (plus removed keys' postings) is merged into the base once it holds this fraction
+of the base's postings (a merge sorts every posting)..."""
 COMPACT_MIN = 1 << 18
-"""...and at least this many (scanning a delta costs ~2 ms a query per 1M postings)."""
+"""...and at least this many (a query scans the whole delta): docs/performance.md, Search caches."""
 SNAPSHOT_VERSION = 1
-
-
-def arrays(weights: SparseWeights) -> tuple[np.ndarray, np.ndarray]:
-    """One embedding's weights as (int32 tokens, float32 weights)."""
-    tokens = np.fromiter(weights.keys(), dtype="<i4", count=len(weights))
-    values = np.fromiter(weights.values(), dtype="<f4", count=len(weights))
-    return tokens, values
-
-
-def encode(weights: SparseWeights) -> bytes:
-    """One embedding's weights as stored in the catalog: int32 tokens, then float32 weights."""
-    tokens, values = arrays(weights)
-    return tokens.tobytes() + values.tobytes()
-
-
-def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-    n = len(blob) // 8
-    return np.frombuffer(blob, dtype="<i4", count=n), np.frombuffer(blob, dtype="<f4", count=n, offset=4 * n)
 
 
 @dataclass(frozen=True)
@@ -383,7 +363,7 @@ class SparseIndex(Postings):
     def search(self, weights: SparseWeights, limit: int) -> list[tuple[str, float]]:
         """The ``limit`` chunk hashes with the highest lexical matching score (the sum over
         shared tokens of query weight x document weight), best first, ties by hash; every
-        chunk sharing a token with the query is a candidate (as in the catalog's SQL sum)."""
+        chunk sharing a token with the query is a candidate (as in ``retrieval.sparse_search``)."""
         if not weights or limit <= 0:
             return []
         q_tokens = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
@@ -396,7 +376,7 @@ class LexicalIndex(Postings):
     """BM25 over the chunks' full-text terms (``ragd.lexical``), computed as SQLite FTS5's
     ``bm25()`` computes it for the catalog's ``lexical`` table (k1 1.2, b 0.75; idf
     ln((N - n + 0.5) / (n + 0.5)), at least 1e-6; a chunk's length is its number of terms,
-    the average over every chunk), so it answers as ``Catalog.lexical_search`` does. Keys are
+    the average over every chunk), so it answers as ``retrieval.lexical_search`` does. Keys are
     chunk ids, tokens are term ids from a vocabulary that only grows, weights are term
     counts, and each slot's value is the chunk's length. 6-8 bytes a (chunk, distinct term)
     pair plus the vocabulary."""

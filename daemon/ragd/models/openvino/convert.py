@@ -1,0 +1,336 @@
+"""Conversion of a torch model to OpenVINO, once per model, role, precision and recipe.
+
+The embedder's transformer (hidden states out) and the whole reranker (logits out) are traced
+from the modules FlagEmbedding loaded, so both backends start from the same weights.
+``int8`` is NNCF static quantisation calibrated on real text (``calibration``), with some
+operations kept in float (``FLOAT_OPS``; the reranker's scored row, ``_cls_row_in_float``) and
+the word embeddings looked up outside the model (``words.WordTable``); ``w8`` compresses the
+weights to int8 and computes in fp32; ``fp32`` and ``bf16`` share one float model. Why each
+part of the recipe is there, with its measurements: docs/performance.md, "Accuracy gates".
+torch, OpenVINO and NNCF are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragd.errors import ModelLoadError
+from ragd.models.openvino import block_telemetry
+from ragd.models.openvino.cache import RECIPE, IRLocation, older_recipes, source_files
+from ragd.models.openvino.words import WordTable
+
+Progress = Callable[[str], None]
+Samples = Sequence[dict[str, np.ndarray]]
+
+FLOAT_OPS = {"embedder": r"layer\.0\.", "reranker": r"layer\.0[./]|classifier\."}
+"""MatMuls kept in float by int8: the first transformer layer (it quantises worst) and the
+reranker's classification head (its output is the score)."""
+ACTIVATION_RANGES = {"embedder": "default", "reranker": "minmax"}
+"""How int8 reads activation ranges from calibration: NNCF's transformer preset, or the
+extremes over all samples (the reranker agrees better with fp32 that way)."""
+CLS_ROW_IN_FLOAT = True
+"""The int8 reranker computes the row its score is read from in float (``_cls_row_in_float``)."""
+BRANCH_FLOAT_OPS = r"\.cls_|attention\.self\.(key|value)/|/aten::scaled_dot_product_attention/"
+"""What that branch keeps in float arithmetic over int8 weights: its own modules and the keys
+and values it attends to (every row's key and value projections, and the attention)."""
+
+
+def _traceable(model: Any, output: str, embeds: bool = False) -> Any:
+    """``model`` wrapped so tracing sees ``(input_ids, attention_mask) -> model(...).<output>``:
+    ``last_hidden_state`` for the embedder's transformer, ``logits`` for the reranker; with
+    ``embeds``, ``(inputs_embeds, attention_mask)`` (the word embeddings looked up outside)."""
+    import torch
+
+    class Traceable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return getattr(self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True), output)
+
+    class TraceableEmbeds(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, inputs_embeds: Any, attention_mask: Any) -> Any:
+            return getattr(self.m(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), output)
+
+    return (TraceableEmbeds() if embeds else Traceable()).eval()
+
+
+@contextlib.contextmanager
+def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
+    """While converting, every transformer layer of a cross-encoder also computes its first
+    row (the ``<s>`` token, the only one the score is read from) through a branch of its own:
+    the query projection, the attention output, the feed-forward network and the attention
+    of that row alone, with their own modules named ``cls_*`` (copies of the layer's, so the
+    converted model holds their weights separately). Quantising then keeps those in float
+    (``float_ops`` gets their name pattern; their weights are compressed to int8 afterwards,
+    as for "w8") while all rows go through the int8 path, whose first row is replaced by the
+    float one. Yields how many layers were rewritten (0 when the encoder is not BERT-shaped;
+    the model is then converted as it is).
+
+    Why: the first row's own int8 rounding reaches the score directly, the other rows' only
+    through attention, averaged over the passage."""
+    import copy
+
+    import torch
+
+    layers = getattr(getattr(getattr(module, "base_model", None), "encoder", None), "layer", None)
+    parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+    def has(layer: Any, part: str) -> bool:
+        try:
+            layer.get_submodule(part)
+        except AttributeError:
+            return False
+        return True
+
+    if not isinstance(layers, torch.nn.ModuleList) or not all(has(layer, p) for layer in layers for p in parts):
+        yield 0
+        return
+
+    def merge_heads(x: Any) -> Any:  # (batch, heads, rows, head size) -> (batch, rows, hidden)
+        return x.transpose(1, 2).flatten(2)
+
+    class Attend(torch.nn.Module):
+        """The first row's attention as plain products (named ``cls_attention``, so they stay
+        float; a fused attention op would be named after the layer and get int8 inputs)."""
+
+        def forward(self, q: Any, k: Any, v: Any, mask: Any) -> Any:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+            if mask is not None:
+                scores = scores + mask
+            return merge_heads(torch.matmul(torch.softmax(scores, dim=-1), v))
+
+    class ClsRowLayer(torch.nn.Module):
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.layer = layer
+            a = layer.attention
+            self.heads = int(a.self.num_attention_heads)
+            self.head_size = int(a.self.attention_head_size)
+            # Copies, so the converted model gives the branch weights of its own that stay
+            # unquantised by the int8 pass (they are compressed to int8 weights afterwards).
+            self.cls_query = copy.deepcopy(a.self.query)
+            self.cls_attention_output = copy.deepcopy(a.output.dense)
+            self.cls_intermediate = copy.deepcopy(layer.intermediate.dense)
+            self.cls_output = copy.deepcopy(layer.output.dense)
+            self.cls_attention = Attend()
+
+        def _split(self, x: Any) -> Any:
+            return x.view(x.shape[0], -1, self.heads, self.head_size).transpose(1, 2)
+
+        def forward(self, hidden: Any, attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+            layer, a = self.layer, self.layer.attention
+            k, v = self._split(a.self.key(hidden)), self._split(a.self.value(hidden))
+            # every row, int8
+            context = merge_heads(torch.nn.functional.scaled_dot_product_attention(
+                self._split(a.self.query(hidden)), k, v, attn_mask=attention_mask))
+            attended = a.output.LayerNorm(a.output.dense(context) + hidden)
+            rows = layer.output.LayerNorm(
+                layer.output.dense(layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended)))
+                + attended)
+            # the first row, float (against the same keys and values)
+            first = hidden[:, :1]
+            mask = attention_mask[:, :, :1, :] if attention_mask is not None else None
+            context0 = self.cls_attention(self._split(self.cls_query(first)), k, v, mask)
+            attended0 = a.output.LayerNorm(self.cls_attention_output(context0) + first)
+            row0 = layer.output.LayerNorm(
+                self.cls_output(layer.intermediate.intermediate_act_fn(self.cls_intermediate(attended0)))
+                + attended0)
+            return (torch.cat([row0, rows[:, 1:]], dim=1),)
+
+    originals = list(layers)
+    try:
+        for i, layer in enumerate(originals):
+            layers[i] = ClsRowLayer(layer)
+        float_ops.append(BRANCH_FLOAT_OPS)
+        yield len(originals)
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+
+
+def _float_ops(model: Any, patterns: Sequence[str]) -> list[str]:
+    """Names of the MatMuls and attentions kept in float: those matching any of ``patterns``."""
+    pattern = re.compile("|".join(patterns))
+    return [op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() in ("MatMul", "ScaledDotProductAttention") and pattern.search(op.get_friendly_name())]
+
+
+def _stderr(message: str) -> None:
+    print(f"ragd: {message}", file=sys.stderr, flush=True)
+
+
+def convert_once(
+    module: Any, location: IRLocation, calibration: Callable[[], Samples], progress: Progress | None,
+) -> None:
+    """Convert ``module`` into ``location``, saying so (minutes for a full-size model);
+    ``calibration`` is called for int8 only. Any failure is a ``ModelLoadError``."""
+    say = progress or _stderr
+    say(f"{location.role} {location.model_id.split('@')[0]}: converting to OpenVINO {location.precision}, once "
+        f"(a few minutes for a full-size model; cached in {location.folder})")
+    try:
+        convert(module, location.role, location, calibration() if location.precision == "int8" else None, say)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot convert the {location.role} to OpenVINO: {exc}") from exc
+
+
+def convert(
+    module: Any,
+    role: str,
+    location: IRLocation,
+    calibration: Samples | None,
+    progress: Progress | None = None,
+) -> IRLocation:
+    """Trace ``module`` (a HF encoder for the embedder, a sequence classifier for the
+    reranker), quantise it when ``location.precision == "int8"`` and save it atomically:
+    written to a temporary folder that replaces the old one only when complete."""
+    block_telemetry()
+    import openvino as ov
+
+    if location.precision == "int8" and not calibration:
+        raise ModelLoadError("int8 conversion needs calibration text")
+    say = progress or (lambda _m: None)
+    started = time.monotonic()
+    parent = location.folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{location.folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model, detail = _build(module, role, location.precision, calibration, tmp, say)
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        del model
+        meta = {
+            "model_id": location.model_id, "role": role, "precision": location.precision, "recipe": RECIPE[role],
+            "source": str(location.source), "sources": source_files(location.source), "openvino": ov.get_version(),
+            "created": time.time(), "seconds": round(time.monotonic() - started, 1), **detail,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = parent / f".{location.folder.name}.old-{os.getpid()}"
+    if location.folder.exists():
+        location.folder.rename(old)
+    tmp.rename(location.folder)
+    shutil.rmtree(old, ignore_errors=True)
+    for older in older_recipes(location):
+        shutil.rmtree(older, ignore_errors=True)
+    say(f"saved the {role} in {location.folder} ({meta['seconds']} s)")
+    return location
+
+
+def _build(
+    module: Any, role: str, precision: str, calibration: Samples | None, folder: Path, say: Progress,
+) -> tuple[Any, dict[str, Any]]:
+    """The OpenVINO model for ``precision`` (side files, the int8 ``WordTable``, go to ``folder``)."""
+    import openvino as ov
+    import torch
+
+    # int8: the word embeddings are looked up outside the model (``WordTable``), so the
+    # model takes ``inputs_embeds`` and calibrates on the same int8-rounded embeddings.
+    outside = precision == "int8"
+    wrapped = _traceable(module, "last_hidden_state" if role == "embedder" else "logits", embeds=outside)
+    ids = torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long)
+    example = {"attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)}
+    dyn = ov.PartialShape([-1, -1])
+    if outside:
+        table, scales = WordTable.save(module.get_input_embeddings().weight.detach().float().cpu().numpy(), folder)
+        example["inputs_embeds"] = torch.from_numpy(WordTable.lookup_in(table, scales, ids.numpy()))
+        inputs = [("inputs_embeds", ov.PartialShape([-1, -1, table.shape[1]]), ov.Type.f32),
+                  ("attention_mask", dyn, ov.Type.i64)]
+        calibration = [{"inputs_embeds": WordTable.lookup_in(table, scales, c["input_ids"]),
+                        "attention_mask": c["attention_mask"]} for c in calibration or ()]
+        del table
+    else:
+        example["input_ids"] = ids
+        inputs = [("input_ids", dyn, ov.Type.i64), ("attention_mask", dyn, ov.Type.i64)]
+    say(f"converting the {role} to OpenVINO")
+    float_patterns = [FLOAT_OPS[role]]
+    rewrite = (_cls_row_in_float(module, float_patterns) if (precision, role) == ("int8", "reranker")
+               and CLS_ROW_IN_FLOAT else contextlib.nullcontext(0))
+    with rewrite as cls_layers, torch.inference_mode(), _quiet():
+        model = ov.convert_model(wrapped, example_input=example, input=inputs)
+    detail: dict[str, Any] = {}
+    if precision == "w8":
+        import nncf
+
+        say(f"compressing the {role}'s weights to int8")
+        with _quiet():
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        detail["weights"] = "int8, asymmetric per channel; fp32 arithmetic"
+    elif precision == "int8":
+        import nncf
+
+        assert calibration, "checked by convert()"
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        ignored = _float_ops(model, float_patterns)
+        ranges = ACTIVATION_RANGES[role]
+        advanced = None
+        if ranges == "minmax":
+            advanced = AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+        if cls_layers:
+            # The first row's branch: int8 weights, float arithmetic (as "w8"), compressed
+            # before quantising, since NNCF's SmoothQuant rescales the weights of every MatMul
+            # (ignored ones included) but leaves compressed weights alone.
+            branch = re.compile(BRANCH_FLOAT_OPS)
+            others = [op.get_friendly_name() for op in model.get_ops()
+                      if op.get_type_name() == "MatMul" and not branch.search(op.get_friendly_name())]
+            with _quiet():
+                model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                              ignored_scope=nncf.IgnoredScope(names=others, validate=False))
+            detail["first_row_in_float_layers"] = cls_layers
+        say(f"quantising the {role} to int8 on {len(calibration)} calibration samples")
+        with _quiet():
+            model = nncf.quantize(
+                model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                advanced_parameters=advanced,
+            )
+        detail.update(word_embeddings="int8 per row, looked up outside the model",
+                      calibration_samples=len(calibration), float_matmuls=len(ignored), activation_ranges=ranges)
+    return model, detail
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The converter's and NNCF's notices and warnings are silenced; NNCF's progress bars stay."""
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("nncf", "openvino")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        # NNCF draws its progress bars on stdout: they go to stderr, keeping stdout for results.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

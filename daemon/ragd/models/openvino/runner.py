@@ -1,0 +1,161 @@
+"""A converted model compiled for the CPU, its batches run through the process's
+``Scheduler``; and the release of the model file's pages once OpenVINO no longer reads them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragd.errors import ModelLoadError
+from ragd.models.cpu import cpu_cores, cpu_has_amx, float_arithmetic
+from ragd.models.openvino import block_telemetry
+from ragd.models.openvino.cache import IRLocation
+from ragd.models.openvino.scheduler import STREAMS, scheduler
+from ragd.models.openvino.words import WordTable
+
+WARM_UP_TOKENS = 16
+MADV_DONTNEED = 4
+
+Inputs = dict[str, np.ndarray]
+
+
+def release_file_pages(path: Path) -> int:
+    """Drop this process's resident pages of ``path``'s read-only mappings, and the file's
+    clean pages from the page cache; returns the bytes of mappings released. Only for files
+    whose mapped pages are no longer read (they would be read from the file again)."""
+    import ctypes
+
+    target = os.path.realpath(path)
+    released = 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            maps = fh.read().splitlines()
+    except (OSError, AttributeError):  # not Linux: nothing to release
+        return 0
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target and "w" not in fields[1]:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+                released += end - start
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return released
+
+
+class Runner:
+    """A converted model compiled once for the CPU (``STREAMS`` streams sharing every core);
+    calls from any thread, batches through the process's ``Scheduler``. One compiled model
+    serves the writer and the searches alike (a second one would double its memory). The
+    source ``ov.Model`` is released after compiling, so its memory-mapped file pages can go
+    too."""
+
+    def __init__(self, location: IRLocation, precision: str, streams: int = STREAMS) -> None:
+        block_telemetry()
+        import openvino as ov
+
+        self.location = location
+        self.precision = precision
+        self.scheduler = scheduler()
+        core = ov.Core()
+        self.arithmetic = float_arithmetic(precision, location.role, core, cpu_has_amx())
+        try:
+            model = core.read_model(str(location.xml))
+            self._compiled = core.compile_model(model, "CPU", {
+                "NUM_STREAMS": streams,
+                "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
+                "INFERENCE_PRECISION_HINT": self.arithmetic,
+                # No on-the-fly int8 activations for int8 weights ("w8"): faster, but the
+                # reranker's agreement with fp32 fell below its gate (docs/performance.md).
+                "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+            })
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the converted model {location.xml}: {exc}") from exc
+        del model
+        names = {n for port in self._compiled.inputs for n in port.get_names()}
+        self._words = WordTable(location.folder) if "inputs_embeds" in names else None
+        self.streams = int(self._compiled.get_property("NUM_STREAMS"))
+        self.scheduler.slots = min(self.scheduler.slots, self.streams)
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+        # A first run on every stream makes OpenVINO lay the weights out for its kernels in
+        # its own memory; the mapped model file is not read after that, so its pages go back.
+        ids = np.zeros((1, WARM_UP_TOKENS), dtype=np.int64)
+        for _ in self.map([(ids, np.ones_like(ids))] * self.streams, foreground=False):
+            pass
+        self.released_bytes = release_file_pages(location.folder / "model.bin")
+
+    def _inputs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Inputs:
+        mask = attention_mask.astype(np.int64, copy=False)
+        if self._words is not None:
+            return {"inputs_embeds": self._words(input_ids), "attention_mask": mask}
+        return {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": mask}
+
+    def _request(self) -> Any:
+        with self._lock:
+            return self._free.pop() if self._free else self._compiled.create_infer_request()
+
+    def _run_one(self, inputs: Inputs, foreground: bool) -> np.ndarray:
+        request = self.scheduler.run(self._request(), inputs, foreground)
+        out = np.array(request.get_output_tensor(0).data, copy=True)
+        with self._lock:
+            self._free.append(request)
+        return out
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, foreground: bool = True) -> np.ndarray:
+        return self._run_one(self._inputs(input_ids, attention_mask), foreground)
+
+    def map(
+        self, batches: Sequence[tuple[np.ndarray, np.ndarray]], foreground: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Run every (input_ids, attention_mask) batch, one per stream at a time plus one
+        waiting; yields (position, output) as batches finish, so the caller post-processes
+        one batch while the next one runs."""
+        if len(batches) == 1:
+            yield 0, self(*batches[0], foreground)
+            return
+        import queue
+
+        done: queue.Queue[tuple[int, np.ndarray | BaseException]] = queue.Queue()
+        todo = iter(range(len(batches)))
+        todo_lock = threading.Lock()
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                with todo_lock:
+                    n = next(todo, None)
+                if n is None:
+                    return
+                try:
+                    done.put((n, self._run_one(self._inputs(*batches[n]), foreground)))
+                except BaseException as exc:  # handed to the caller's thread
+                    done.put((n, exc))
+                    return
+
+        workers = [threading.Thread(target=work, name="ragd-openvino", daemon=True)
+                   for _ in range(min(self.streams + 1, len(batches)))]
+        for w in workers:
+            w.start()
+        try:
+            for _ in range(len(batches)):
+                n, out = done.get()
+                if isinstance(out, BaseException):
+                    raise out
+                yield n, out
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
