@@ -13,6 +13,8 @@ from ragd.chunk import chunk_document
 from ragd.errors import ExtractError
 from ragd.extract import Document, DocumentError, Limits, extract
 
+pytestmark = pytest.mark.models("fake")
+
 IN_PROCESS = Limits(isolate=False)
 
 

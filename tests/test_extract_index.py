@@ -21,6 +21,8 @@ from ragd.engine import Engine
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, search
 
+pytestmark = pytest.mark.models("fake")
+
 LEXICAL = SearchOptions(k=3, rerank=False, mode="lexical")
 
 # One sentence per file, with words no other file has, and where it must be found.
@@ -61,6 +63,7 @@ def document_folder(root: Path) -> None:
     })
 
 
+@pytest.mark.models("tiny")  # page spans depend on where the real tokenizer cuts the chunks
 def test_every_format_indexes_and_is_found(tmp_path: Path, engine_factory: Callable[..., Engine]) -> None:
     root = tmp_path / "docs"
     document_folder(root)

@@ -13,6 +13,8 @@ from ragd import filters as filters_module
 from ragd.filters import Filters, matches, normalise_filters
 from ragd.paths import PathFilter
 
+pytestmark = pytest.mark.models("fake")
+
 GLOBS = (*(f"**/topic{i}/*.md" for i in range(63)), "notes/*.txt")
 
 

@@ -26,6 +26,8 @@ from ragd.requests import MAX_QUERY_CHARS
 from ragd.search import SearchOptions, search
 from ragd.store.postings import LexicalIndex
 
+pytestmark = pytest.mark.models("fake")
+
 DOCS = {
     "glaciers.md": "# Glaciers\n\nIce cores from glaciers record the climate of past centuries.\n",
     "bread.txt": "Sourdough bread needs a starter made of flour and water.\n",

@@ -1,4 +1,4 @@
-"""Search over a small indexed folder with the tiny models: stages, filters, errors."""
+"""Search over a small indexed folder with the fake models: stages, filters, errors."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from ragd.engine import Engine
 from ragd.errors import IndexEmptyError, UsageError
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, fuse, normalise, search, snippet
+
+pytestmark = pytest.mark.models("fake")
 
 DOCS = {
     "glaciers.md": "# Glaciers\n\nIce cores from glaciers record the climate of past centuries.\n",
@@ -47,7 +49,7 @@ def test_search_returns_hits_with_every_field(indexed: Any) -> None:
 
 
 def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
-    """The tiny model is random, but its sparse weights still match shared tokens."""
+    """A query made of a file's own words finds it through the sparse weights alone."""
     engine, root = indexed
     result = search(engine, "Sourdough bread needs a starter made of flour and water.", SearchOptions(rerank=False))
     assert result.hits[0].path == str(root / "bread.txt")
@@ -635,7 +637,9 @@ def test_sparse_retrieval_reads_a_memory_mirror_the_indexer_keeps_current(indexe
         assert fresh.sparse is mirror
         weights = engine.models.embedder.embed_query("sourdough bread starter").sparse[0]
         assert rebuilt.sparse is not None and rebuilt.sparse is not mirror
-        assert rebuilt.sparse.search(weights, 20) == pytest.approx(mirror.search(weights, 20))
+        got, want = rebuilt.sparse.search(weights, 20), mirror.search(weights, 20)
+        assert want and [h for h, _ in got] == [h for h, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-6)
     finally:
         fresh.close()
         rebuilt.close()
