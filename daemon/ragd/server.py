@@ -959,6 +959,9 @@ def _abandon_start(daemon: Daemon) -> None:
             server.stop(0)
     with contextlib.suppress(OSError):
         daemon.socket.unlink()
-    log.info("stopped while loading")
     _flush_logs()
+    # Straight to the descriptor: the loading thread may be inside a library call that holds
+    # or redirects Python's stderr stream, and os._exit flushes nothing.
+    with contextlib.suppress(OSError):
+        os.write(2, b"ragd: stopped while loading\n")
     os._exit(0)
