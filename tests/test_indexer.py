@@ -158,7 +158,7 @@ def test_crash_mid_run_loses_nothing_committed(tmp_path: Path, recording_engine:
     committed = engine.catalog.count_chunks()
     assert committed == 10  # the first batch landed, the failed one left no trace
     generation = engine.catalog.generation()
-    snapshot = engine._snapshot_path()
+    snapshot = engine.snapshot_paths()["vectors"]
     engine.close()
 
     # The FAISS snapshot on disk is older than the catalog: loading it must refuse it.

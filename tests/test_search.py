@@ -654,8 +654,8 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
     assert sparse is not None
     (root / "quokka.md").write_text("# Quokkas\n\nQuokkas hop around Rottnest Island near Perth.\n", encoding="utf-8")
     index_paths(engine, [root])  # the run ends by saving the snapshots
-    sparse_path, _ = engine._mirror_snapshot("sparse")
-    lexical_path, _ = engine._mirror_snapshot("lexical")
+    sparse_path = engine.snapshot_paths()["sparse"]
+    lexical_path = engine.snapshot_paths()["lexical"]
     assert sparse_path.is_file() and lexical_path.is_file()
 
     builds: list[str] = []
@@ -711,10 +711,10 @@ def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
         hits = search(engine, "Sourdough bread needs a starter", SearchOptions(mode="hybrid", rerank=False)).hits
     assert hits[0].path == str(root / "bread.txt")
     assert "cannot save the lexical mirror's snapshot" in caplog.text and "No space left" in caplog.text
-    assert not engine._mirror_snapshot("lexical")[0].exists()
+    assert not engine.snapshot_paths()["lexical"].exists()
     monkeypatch.setattr(Postings, "save", real_save)
     engine.save_snapshots()  # the catalog did not change, but this generation was never saved
-    assert engine._mirror_snapshot("lexical")[0].is_file() and engine._mirror_snapshot("sparse")[0].is_file()
+    assert engine.snapshot_paths()["lexical"].is_file() and engine.snapshot_paths()["sparse"].is_file()
 
 
 def test_a_vector_snapshot_that_cannot_be_written_costs_only_a_slower_start(
@@ -732,7 +732,7 @@ def test_a_vector_snapshot_that_cannot_be_written_costs_only_a_slower_start(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(VectorIndex, "save", full_disk)
-    engine._snapshot_path().unlink()  # the next engine must rebuild (and try to save)
+    engine.snapshot_paths()["vectors"].unlink()  # the next engine must rebuild (and try to save)
     with caplog.at_level("WARNING", logger="ragd.engine"), Engine(engine.config, engine.models) as fresh:
         assert fresh.vectors.count == fresh.catalog.count_embedded_chunks(fresh.model_key)
         hits = search(fresh, "Sourdough bread needs a starter", SearchOptions(mode="dense", rerank=False)).hits
@@ -776,4 +776,4 @@ def test_without_mirrors_a_search_asks_sqlite_and_answers_the_same(indexed: Any)
                 b = search(plain, query, SearchOptions(mode=mode, rerank=False)).hits
                 assert [h.chunk_id for h in a] == [h.chunk_id for h in b], (mode, query)
                 assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-6), (mode, query)
-        assert plain._sparse is None and plain._lexical is None
+        assert plain._lexical is None and getattr(plain.store, "mirror", None) is None
