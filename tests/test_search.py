@@ -13,6 +13,8 @@ from ragd.errors import IndexEmptyError, UsageError
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, fuse, normalise, search, snippet
 
+BOTH_STORES = pytest.mark.stores("faiss", "milvus")  # the vector-store backends this test runs on
+
 DOCS = {
     "glaciers.md": "# Glaciers\n\nIce cores from glaciers record the climate of past centuries.\n",
     "bread.txt": "Sourdough bread needs a starter made of flour and water.\n",
@@ -26,6 +28,7 @@ def indexed(index_tree: Any) -> Any:
     return index_tree(DOCS)
 
 
+@BOTH_STORES
 def test_search_returns_hits_with_every_field(indexed: Any) -> None:
     engine, root = indexed
     result = search(engine, "sourdough bread starter", SearchOptions(k=3, candidates=4))
@@ -46,6 +49,7 @@ def test_search_returns_hits_with_every_field(indexed: Any) -> None:
     assert data["rerank_window"] == result.rerank_window
 
 
+@BOTH_STORES
 def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
     """The tiny model is random, but its sparse weights still match shared tokens."""
     engine, root = indexed
@@ -54,6 +58,7 @@ def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
     assert result.hits[0].rerank_score is None and result.reranked == 0
 
 
+@BOTH_STORES
 def test_path_prefix_filters(indexed: Any) -> None:
     engine, root = indexed
     result = search(engine, "delta", SearchOptions(k=10, rerank=False, path_prefix=str(root / "rivers")))
@@ -63,6 +68,7 @@ def test_path_prefix_filters(indexed: Any) -> None:
     assert none.hits == []
 
 
+@BOTH_STORES
 def test_heading_path_is_reported(indexed: Any) -> None:
     engine, _root = indexed
     result = search(engine, "Nile delta", SearchOptions(k=10, rerank=False))
@@ -80,6 +86,7 @@ def test_bad_requests(indexed: Any, query: str, k: int, message: str) -> None:
         search(engine, query, SearchOptions(k=k))
 
 
+@BOTH_STORES
 def test_empty_index(engine_factory: Any) -> None:
     engine = engine_factory()
     with pytest.raises(IndexEmptyError, match="index is empty"):
@@ -481,6 +488,7 @@ def test_the_window_fits_the_budget() -> None:
     assert fit_window(lengths, q, cost(16) - 1, 16, 352) == 16  # nothing fits: the floor
 
 
+@BOTH_STORES
 def test_the_fuse_stage_ranks_candidates_by_fused_score_ties_by_chunk_id(indexed: Any) -> None:
     """``fuse_signals`` on its own: the state's signals fused with its weights, ranked best
     first (ties by chunk id), its time in ``fuse_ms``; ``leave_out`` drops excluded chunks first."""
@@ -504,6 +512,7 @@ def test_the_fuse_stage_ranks_candidates_by_fused_score_ties_by_chunk_id(indexed
     assert like.signals == s.signals
 
 
+@BOTH_STORES
 def test_the_rerank_stage_puts_the_reranked_head_first_and_keeps_the_rest_in_retrieval_order(
     indexed: Any,
 ) -> None:
@@ -765,6 +774,7 @@ def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: A
     assert lexical.count == engine.catalog.count_chunks()
 
 
+@BOTH_STORES
 def test_without_mirrors_a_search_asks_sqlite_and_answers_the_same(indexed: Any) -> None:
     """A one-shot search in a process of its own (`ragd search` with no daemon) builds no
     mirror: sparse and full-text retrieval ask SQLite, with the same hits and scores."""
