@@ -149,7 +149,7 @@ class SearchState:
     bm25: LexicalIndex | None = None  # the full-text mirror; None asks FTS5
     embedded: Embeddings | None = None
     where: ChunkFilter = EVERY_CHUNK  # the chunk ids a hit may have, for the vector store
-    allowed_set: set[int] | None = None
+    allowed_set: frozenset[int] | None = None
     signals: dict[str, dict[int, float]] = field(default_factory=dict)  # signal -> chunk id -> score
     fused: dict[int, float] = field(default_factory=dict)
     ranked: list[tuple[int, float]] = field(default_factory=list)  # fused, best first
@@ -283,7 +283,7 @@ def restrict(s: SearchState) -> None:
     hidden = s.engine.catalog.suspended_roots()
     allowed = _allowed_ids(s.engine, s.prefix, s.filters, hidden) if filtered or hidden else None
     s.where = ChunkFilter(allowed)
-    s.allowed_set = None if allowed is None else set(allowed.tolist())
+    s.allowed_set = s.where.id_set
 
 
 def start_sparse(s: SearchState) -> concurrent.futures.Future[SparseFound] | None:

@@ -11,6 +11,7 @@ backend's: it stays in SQLite FTS5 and its in-memory mirror for both.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ class ChunkFilter:
     @property
     def nothing(self) -> bool:
         return self.ids is not None and len(self.ids) == 0
+
+    @functools.cached_property
+    def id_set(self) -> frozenset[int] | None:
+        """``ids`` as a set (made once per filter: a search and its side threads share it)."""
+        return None if self.ids is None else frozenset(self.ids.tolist())
 
 
 EVERY_CHUNK = ChunkFilter()

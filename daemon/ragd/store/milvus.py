@@ -129,7 +129,8 @@ class MilvusStore(VectorStore):
         store = cls(ctx, connect(config), config.collection)
         try:
             store._ensure_collection()
-            store.reconcile()
+            if store.reconcile():
+                store.client.flush(store.collection)  # Milvus Lite scans unflushed rows one by one
         except StoreError:
             store.close()
             raise

@@ -390,7 +390,7 @@ def chunks_of_hashes(by_hash: list[tuple[str, float]], where: ChunkFilter,
                      catalog: Catalog) -> list[tuple[int, float]]:
     """Every chunk id of each (hash, score), in the hashes' order, within ``where``."""
     ids = catalog.chunk_ids_by_hash([h for h, _ in by_hash])
-    allowed = None if where.ids is None else set(where.ids.tolist())
+    allowed = where.id_set
     return [(cid, score) for h, score in by_hash for cid in ids.get(h, [])
             if allowed is None or cid in allowed]
 
