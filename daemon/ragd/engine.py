@@ -198,8 +198,7 @@ class Engine:
         them); the local backend builds its in-memory mirror on first use."""
         if not self.models.embedder.has_sparse:
             return None
-        with self._load_lock:
-            return self.store.sparse
+        return self.store.sparse  # lock-free once built: a search never waits for a writer's check
 
     @property
     def lexical(self) -> LexicalIndex:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class LocalStore(VectorStore):
         self.vectors = vectors
         self.mirror: SparseIndex | None = None  # built on first use of ``sparse``, with mirrors
         self._saved: dict[str, int] = {}  # part -> catalog generation of its snapshot on disk
+        self._building = threading.Lock()
 
     @classmethod
     def open(cls, ctx: StoreContext) -> LocalStore:
@@ -75,7 +77,9 @@ class LocalStore(VectorStore):
         if not self.ctx.mirrors:
             return SqlSparse(self.ctx)
         if self.mirror is None:
-            self.mirror = self._load_sparse()
+            with self._building:  # one build: the first callers wait for it
+                if self.mirror is None:
+                    self.mirror = self._load_sparse()
         return self.mirror
 
     def _load_sparse(self) -> SparseIndex:
