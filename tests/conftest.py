@@ -74,12 +74,37 @@ def scifact_abstracts(n: int, min_words: int = 180) -> list[str]:
 
 
 MODEL_SETS = ("tiny", "fake")
+STORES = ("faiss", "milvus")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "models(kind): the models the config, engine and daemon fixtures use: 'tiny' (default) or 'fake'"
     )
+    config.addinivalue_line(
+        "markers", "stores(*backends): run the test once per vector-store backend ('faiss', 'milvus') through "
+        "the store_backend fixture that make_config reads"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``stores(...)`` that builds its config through ``make_config`` runs once
+    per backend named; ``RAGD_TEST_STORE=milvus`` puts every other such test on Milvus Lite."""
+    if "store_backend" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("stores")
+    forced = os.environ.get("RAGD_TEST_STORE", "")
+    if forced and forced not in STORES:
+        raise pytest.UsageError(f"RAGD_TEST_STORE takes one of {STORES}, got {forced!r}")
+    backends = tuple(mark.args) if mark is not None else ((forced,) if forced else ())
+    if backends:
+        metafunc.parametrize("store_backend", backends)
+
+
+@pytest.fixture
+def store_backend() -> str:
+    """The vector-store backend of ``make_config``: 'faiss' unless the test is marked ``stores``."""
+    return "faiss"
 
 
 def model_set(request: pytest.FixtureRequest) -> str:
@@ -146,9 +171,9 @@ def loaded_tiny(tiny_models: dict[str, Path]) -> Any:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, model_folders: dict[str, Path]) -> Callable[..., Any]:
-    """Build a validated Config rooted in tmp_path on the test's models; keyword sections
-    override defaults."""
+def make_config(tmp_path: Path, model_folders: dict[str, Path], store_backend: str) -> Callable[..., Any]:
+    """Build a validated Config rooted in tmp_path on the test's models and vector store
+    (Milvus Lite in tmp_path for 'milvus'); keyword sections override defaults."""
     from ragd.config import parse_config
 
     def build(**sections: Any) -> Any:
@@ -157,6 +182,8 @@ def make_config(tmp_path: Path, model_folders: dict[str, Path]) -> Callable[...,
             "models": {"embedder": str(model_folders["m3"]), "reranker": str(model_folders["reranker"]),
                        "fallback": "none"},
         }
+        if store_backend != "faiss":
+            data["store"] = {"backend": store_backend, "uri": str(tmp_path / "milvus" / "ragd.db")}
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}

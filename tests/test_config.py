@@ -213,13 +213,13 @@ def error_for(tmp_path: Path, env: dict[str, str], text: str) -> str:
          "batch_size, multi_vector, backend, cache_dir)"),
         ("colour = 1",
          "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
-         "server, watch, mcp)"),
+         "server, watch, mcp, store)"),
         ("source = 'x'",
          "source: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
-         "server, watch, mcp)"),
+         "server, watch, mcp, store)"),
         ("[retrieval]\nk = 1",
          "retrieval: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
-         "server, watch, mcp)"),
+         "server, watch, mcp, store)"),
         ("[indexing]\nmax_bytes = 1",
          "indexing.max_bytes: unknown key (known keys in [indexing]: max_file_bytes, batch_chunks)"),
         ("[roots]\npath = '.'", "roots: expected an array of tables ([[roots]]), got a table"),

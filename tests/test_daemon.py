@@ -23,7 +23,7 @@ from ragd.engine import Engine
 from ragd.errors import ConfigError
 from ragd.server import Daemon
 
-pytestmark = pytest.mark.models("fake")
+pytestmark = [pytest.mark.models("fake"), pytest.mark.stores("faiss", "milvus")]  # every test on both backends
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -44,8 +44,10 @@ NOTES = {
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path, model_folders: dict[str, Path], loaded_models: Any) -> Iterator[Callable[..., Any]]:
-    """Start in-process daemons over tmp_path/notes on the test's models (``conftest.model_set``)."""
+def daemon_factory(tmp_path: Path, model_folders: dict[str, Path], loaded_models: Any,
+                   store_backend: str) -> Iterator[Callable[..., Any]]:
+    """Start in-process daemons over tmp_path/notes on the test's models (``conftest.model_set``)
+    and vector store (``store_backend``: Milvus Lite in tmp_path for 'milvus')."""
     started: list[Daemon] = []
 
     def start(engine_factory: Callable[[Any], Engine] | None = None, **sections: Any) -> tuple[Daemon, Any, Path]:
@@ -60,6 +62,8 @@ def daemon_factory(tmp_path: Path, model_folders: dict[str, Path], loaded_models
             "watch": {"debounce_ms": 100},
             "server": {"socket": str(tmp_path / "run" / "ragd.sock")},
         }
+        if store_backend != "faiss":
+            data["store"] = {"backend": store_backend, "uri": str(tmp_path / "milvus" / "ragd.db")}
         for key, value in sections.items():
             data[key] = {**data.get(key, {}), **value}
         cfg = parse_config(data, source=tmp_path / "config.toml")

@@ -18,6 +18,8 @@ from ragd.models.base import Embeddings, LoadedModels
 from ragd.store.vectors import VectorIndex
 
 pytestmark = pytest.mark.models("fake")
+BOTH_STORES = pytest.mark.stores("faiss", "milvus")  # the vector-store backends this test runs on
+
 
 
 class Recording:
@@ -73,6 +75,7 @@ def recording_engine(make_config: Callable[..., Any], loaded_models: Any) -> Cal
         e.close()
 
 
+@BOTH_STORES
 def test_index_then_nothing_to_do(tmp_path: Path, recording_engine: Any) -> None:
     root = tmp_path / "notes"
     write_tree(root, NOTES)
@@ -88,6 +91,7 @@ def test_index_then_nothing_to_do(tmp_path: Path, recording_engine: Any) -> None
     assert second.files_indexed == 0 and second.files_unchanged == 4
 
 
+@BOTH_STORES
 def test_edit_reembeds_only_changed_chunks(tmp_path: Path, recording_engine: Any) -> None:
     root = tmp_path / "notes"
     write_tree(root, NOTES)
@@ -106,6 +110,7 @@ def test_edit_reembeds_only_changed_chunks(tmp_path: Path, recording_engine: Any
     assert engine.vectors.count == engine.catalog.count_chunks()
 
 
+@BOTH_STORES
 def test_rename_embeds_nothing_and_delete_removes(tmp_path: Path, recording_engine: Any) -> None:
     root = tmp_path / "notes"
     write_tree(root, NOTES)
@@ -141,6 +146,7 @@ def test_binary_and_unreadable_files_are_recorded(tmp_path: Path, recording_engi
     assert "binary" in reasons["photo.png"] and "binary" in reasons["blob.txt"]
 
 
+@BOTH_STORES
 def test_excludes_hidden_and_vcs_folders(tmp_path: Path, recording_engine: Any) -> None:
     root = tmp_path / "notes"
     write_tree(root, {**NOTES, ".git/config": "x", "node_modules/m/index.js": "x", ".hidden.md": "x"})
@@ -158,7 +164,7 @@ def test_crash_mid_run_loses_nothing_committed(tmp_path: Path, recording_engine:
     committed = engine.catalog.count_chunks()
     assert committed == 10  # the first batch landed, the failed one left no trace
     generation = engine.catalog.generation()
-    snapshot = engine._snapshot_path()
+    snapshot = engine.snapshot_paths()["vectors"]
     engine.close()
 
     # The FAISS snapshot on disk is older than the catalog: loading it must refuse it.

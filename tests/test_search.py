@@ -14,6 +14,7 @@ from ragd.indexer import index_paths
 from ragd.search import SearchOptions, fuse, normalise, search, snippet
 
 pytestmark = pytest.mark.models("fake")
+BOTH_STORES = pytest.mark.stores("faiss", "milvus")  # the vector-store backends this test runs on
 
 DOCS = {
     "glaciers.md": "# Glaciers\n\nIce cores from glaciers record the climate of past centuries.\n",
@@ -28,6 +29,7 @@ def indexed(index_tree: Any) -> Any:
     return index_tree(DOCS)
 
 
+@BOTH_STORES
 def test_search_returns_hits_with_every_field(indexed: Any) -> None:
     engine, root = indexed
     result = search(engine, "sourdough bread starter", SearchOptions(k=3, candidates=4))
@@ -48,6 +50,7 @@ def test_search_returns_hits_with_every_field(indexed: Any) -> None:
     assert data["rerank_window"] == result.rerank_window
 
 
+@BOTH_STORES
 def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
     """A query made of a file's own words finds it through the sparse weights alone."""
     engine, root = indexed
@@ -56,6 +59,7 @@ def test_exact_text_query_finds_its_file_with_sparse(indexed: Any) -> None:
     assert result.hits[0].rerank_score is None and result.reranked == 0
 
 
+@BOTH_STORES
 def test_path_prefix_filters(indexed: Any) -> None:
     engine, root = indexed
     result = search(engine, "delta", SearchOptions(k=10, rerank=False, path_prefix=str(root / "rivers")))
@@ -65,6 +69,7 @@ def test_path_prefix_filters(indexed: Any) -> None:
     assert none.hits == []
 
 
+@BOTH_STORES
 def test_heading_path_is_reported(indexed: Any) -> None:
     engine, _root = indexed
     result = search(engine, "Nile delta", SearchOptions(k=10, rerank=False))
@@ -82,6 +87,7 @@ def test_bad_requests(indexed: Any, query: str, k: int, message: str) -> None:
         search(engine, query, SearchOptions(k=k))
 
 
+@BOTH_STORES
 def test_empty_index(engine_factory: Any) -> None:
     engine = engine_factory()
     with pytest.raises(IndexEmptyError, match="index is empty"):
@@ -483,6 +489,7 @@ def test_the_window_fits_the_budget() -> None:
     assert fit_window(lengths, q, cost(16) - 1, 16, 352) == 16  # nothing fits: the floor
 
 
+@BOTH_STORES
 def test_the_fuse_stage_ranks_candidates_by_fused_score_ties_by_chunk_id(indexed: Any) -> None:
     """``fuse_signals`` on its own: the state's signals fused with its weights, ranked best
     first (ties by chunk id), its time in ``fuse_ms``; ``leave_out`` drops excluded chunks first."""
@@ -506,6 +513,7 @@ def test_the_fuse_stage_ranks_candidates_by_fused_score_ties_by_chunk_id(indexed
     assert like.signals == s.signals
 
 
+@BOTH_STORES
 def test_the_rerank_stage_puts_the_reranked_head_first_and_keeps_the_rest_in_retrieval_order(
     indexed: Any,
 ) -> None:
@@ -658,8 +666,8 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
     assert sparse is not None
     (root / "quokka.md").write_text("# Quokkas\n\nQuokkas hop around Rottnest Island near Perth.\n", encoding="utf-8")
     index_paths(engine, [root])  # the run ends by saving the snapshots
-    sparse_path, _ = engine._mirror_snapshot("sparse")
-    lexical_path, _ = engine._mirror_snapshot("lexical")
+    sparse_path = engine.snapshot_paths()["sparse"]
+    lexical_path = engine.snapshot_paths()["lexical"]
     assert sparse_path.is_file() and lexical_path.is_file()
 
     builds: list[str] = []
@@ -715,10 +723,10 @@ def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
         hits = search(engine, "Sourdough bread needs a starter", SearchOptions(mode="hybrid", rerank=False)).hits
     assert hits[0].path == str(root / "bread.txt")
     assert "cannot save the lexical mirror's snapshot" in caplog.text and "No space left" in caplog.text
-    assert not engine._mirror_snapshot("lexical")[0].exists()
+    assert not engine.snapshot_paths()["lexical"].exists()
     monkeypatch.setattr(Postings, "save", real_save)
     engine.save_snapshots()  # the catalog did not change, but this generation was never saved
-    assert engine._mirror_snapshot("lexical")[0].is_file() and engine._mirror_snapshot("sparse")[0].is_file()
+    assert engine.snapshot_paths()["lexical"].is_file() and engine.snapshot_paths()["sparse"].is_file()
 
 
 def test_a_vector_snapshot_that_cannot_be_written_costs_only_a_slower_start(
@@ -736,7 +744,7 @@ def test_a_vector_snapshot_that_cannot_be_written_costs_only_a_slower_start(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(VectorIndex, "save", full_disk)
-    engine._snapshot_path().unlink()  # the next engine must rebuild (and try to save)
+    engine.snapshot_paths()["vectors"].unlink()  # the next engine must rebuild (and try to save)
     with caplog.at_level("WARNING", logger="ragd.engine"), Engine(engine.config, engine.models) as fresh:
         assert fresh.vectors.count == fresh.catalog.count_embedded_chunks(fresh.model_key)
         hits = search(fresh, "Sourdough bread needs a starter", SearchOptions(mode="dense", rerank=False)).hits
@@ -769,6 +777,7 @@ def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: A
     assert lexical.count == engine.catalog.count_chunks()
 
 
+@BOTH_STORES
 def test_without_mirrors_a_search_asks_sqlite_and_answers_the_same(indexed: Any) -> None:
     """A one-shot search in a process of its own (`ragd search` with no daemon) builds no
     mirror: sparse and full-text retrieval ask SQLite, with the same hits and scores."""
@@ -780,4 +789,4 @@ def test_without_mirrors_a_search_asks_sqlite_and_answers_the_same(indexed: Any)
                 b = search(plain, query, SearchOptions(mode=mode, rerank=False)).hits
                 assert [h.chunk_id for h in a] == [h.chunk_id for h in b], (mode, query)
                 assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-6), (mode, query)
-        assert plain._sparse is None and plain._lexical is None
+        assert plain._lexical is None and getattr(plain.store, "mirror", None) is None

@@ -17,7 +17,7 @@ import re
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -143,6 +143,17 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where the dense vectors and lexical weights live: ``faiss`` (FAISS and in-memory
+    postings, snapshot in the data folder) or ``milvus`` (a Milvus Lite file or a server)."""
+
+    backend: str = "faiss"
+    uri: str = ""
+    token: str = ""
+    collection: str = "ragd"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (None for defaults)."""
 
@@ -156,6 +167,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     watch: WatchConfig = WatchConfig()
     mcp: McpConfig = McpConfig()
+    store: StoreConfig = StoreConfig()
     source: Path | None = None
 
 
@@ -221,6 +233,9 @@ RULES: Mapping[str, Rule] = {
     "mcp.deadline_ms": Rule(low=100, high=600000),
     "mcp.max_results": Rule(low=1, high=MAX_K),
     "mcp.port": Rule(low=1, high=65535),
+    "store.backend": Rule(choices=("faiss", "milvus")),
+    "store.uri": Rule(empty_ok=True),
+    "store.token": Rule(empty_ok=True),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
 
@@ -278,7 +293,35 @@ def parse_config(
     config = _build(Config, data, ctx, prefix="", where="top-level keys",
                     fill={"data_dir": default_data_dir(env), "source": source})
     assert isinstance(config, Config)
-    return config
+    return replace(config, store=_check_store(config.store, ctx))
+
+
+COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+"""What Milvus accepts as a collection name."""
+
+
+def _check_store(store: StoreConfig, ctx: _Context) -> StoreConfig:
+    """The ``[store]`` keys that depend on each other; a Milvus Lite path is anchored at the
+    config file's folder like any other path."""
+    if not COLLECTION_NAME.fullmatch(store.collection):
+        ctx.fail("store.collection", "expected a Milvus collection name (a letter or _, then letters, digits "
+                                     f"or _, at most 255), got {_describe(store.collection)}")
+    if store.backend != "milvus":
+        return store
+    uri = store.uri.strip()
+    if not uri:
+        ctx.fail("store.uri", 'backend "milvus" needs a uri: a file path ending in .db for Milvus Lite '
+                              '(e.g. "~/.local/share/ragd/milvus.db") or a server address such as '
+                              '"http://localhost:19530"')
+    if "://" in uri:
+        if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
+            ctx.fail("store.uri", f"expected a server address starting http://, https:// or tcp://, got {uri!r}")
+        return store
+    if not uri.endswith(".db"):
+        ctx.fail("store.uri", f"expected a Milvus Lite file path ending in .db, or a server address "
+                              f"(http://host:19530), got {uri!r}")
+    path = Path(_expand_user(uri, ctx.environ))
+    return replace(store, uri=str(path if path.is_absolute() else ctx.base / path))
 
 
 def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:

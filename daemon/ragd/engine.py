@@ -1,8 +1,9 @@
-"""The opened index: catalog, vector cache and models for one data folder.
+"""The opened index: catalog, vector store and models for one data folder.
 
 The indexer, the search path, the CLI and the server all work through an ``Engine``; it
-owns the SQLite connection, loads the FAISS snapshot (or rebuilds it from SQLite) and holds
-the models with the reasons they are degraded.
+owns the SQLite connection, opens the vector store the config names (``store.backend``,
+through ``ragd.store.open_store``; it never knows which one runs), keeps the BM25 mirror and
+holds the models with the reasons they are degraded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, TypeVar
 from ragd.errors import RagdError
 from ragd.models.base import Holds, LoadedModels, Scheduled
 from ragd.rerank import RerankPace
+from ragd.store import open_store
+from ragd.store.base import DenseStore, SparseStore, StoreContext, VectorStore
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
-from ragd.store.codec import arrays as sparse_arrays
-from ragd.store.postings import LexicalIndex, Postings, SparseIndex
+from ragd.store.postings import LexicalIndex, load_mirror, save_mirror
 from ragd.store.private import private_dir, private_folder_files
-from ragd.store.vectors import VectorIndex
 
 if TYPE_CHECKING:
     from ragd.config import Config
@@ -34,19 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-M = TypeVar("M", bound=Postings)
-
-
-def _zip_intact(path: Path) -> bool:
-    """Whether every member of the zip (npz) at ``path`` matches its CRC-32: numpy reads
-    arrays without checking it, so a damaged byte would otherwise be served."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.testzip() is None
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
-        return False
 
 
 class ModelGate:
@@ -125,15 +112,14 @@ class Engine:
         self.catalog = Catalog(self.data_dir / "catalog.db")
         # Snapshots may be older versions' 0644 files, or a killed save's temp files.
         private_folder_files(self.data_dir / "vectors")
-        self._vectors: VectorIndex | None = None
-        self._vectors_saved: int | None = None  # catalog generation of the FAISS snapshot on disk
+        self._store: VectorStore | None = None
+        self._owns_store = True  # False for a reader: the store is its engine's
         # Snapshots are written at most this often (seconds; 0 = at every save_snapshots): the
         # daemon defers them, so a one-line edit does not rewrite and fsync every snapshot.
         self.snapshot_delay_s = 0.0
         self._unsaved_since: float | None = None
-        self._sparse: SparseIndex | None = None
         self._lexical: LexicalIndex | None = None
-        self._mirrors_saved: dict[str, int] = {}  # mirror -> catalog generation of its snapshot
+        self._lexical_saved: int | None = None  # catalog generation of the BM25 mirror's snapshot
         self._model_key: int | None = None
         self.gate = ModelGate()
         # The reranker's seconds per pair token, for searches with a deadline; ``prime`` it while
@@ -155,12 +141,12 @@ class Engine:
         Loads this engine first (or waits for the load in progress): once loaded, nothing
         here touches this engine's connection, which belongs to its writer."""
         with self._load_lock:
-            models, vectors, key = self.models, self.vectors, self.model_key
-            sparse, lexical = self.sparse, self.lexical
-        other = Engine(self.config, models, rerank=self._want_reranker)
-        other._vectors = vectors
+            models, store, key = self.models, self.store, self.model_key
+            _, lexical = self.sparse, self.lexical  # the sparse mirror is built here, not by a reader
+        other = Engine(self.config, models, rerank=self._want_reranker, mirrors=self.mirrors)
+        other._store = store
+        other._owns_store = False
         other._model_key = key
-        other._sparse = sparse
         other._lexical = lexical
         other.gate = self.gate
         other.rerank_pace = self.rerank_pace
@@ -186,51 +172,33 @@ class Engine:
                     self._model_key = self.catalog.model_key(emb.model_id, emb.dim)
         return self._model_key
 
-    # -- vectors ----------------------------------------------------------------------
-    def _snapshot_path(self) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.models.embedder.model_id)
-        return self.data_dir / "vectors" / f"{slug}.faiss"
+    # -- the vector store -------------------------------------------------------------
+    @property
+    def store(self) -> VectorStore:
+        """The backend holding the embedder's dense vectors and lexical weights
+        (``store.backend``), opened on first use and made to agree with the catalog."""
+        if self._store is None:
+            with self._load_lock:
+                if self._store is None:
+                    emb = self.models.embedder
+                    ctx = StoreContext(catalog=self.catalog, data_dir=self.data_dir, model_id=emb.model_id,
+                                       model_key=self.model_key, dim=int(emb.dim), has_sparse=bool(emb.has_sparse),
+                                       mirrors=self.mirrors)
+                    self._store = open_store(self.config.store, ctx)
+        return self._store
 
     @property
-    def vectors(self) -> VectorIndex:
-        """The FAISS index for the current embedder: the snapshot if current, else rebuilt."""
-        if self._vectors is None:
-            with self._load_lock:
-                if self._vectors is None:
-                    self._vectors = self._load_vectors()
-        return self._vectors
-
-    def _load_vectors(self) -> VectorIndex:
-        """The snapshot when its own label and its ids agree with the catalog, else rebuilt."""
-        emb = self.models.embedder
-        generation = self.catalog.generation()
-        index = VectorIndex.load(self._snapshot_path(), generation, emb.model_id, emb.dim,
-                                 expect=self._catalog_ids())
-        if index is None:
-            index = VectorIndex.rebuild(self.catalog, self.model_key, emb.dim)
-            self._save_vectors(index)
-        else:
-            self._vectors_saved = generation
-        return index
-
-    def _catalog_ids(self) -> tuple[int, int]:
-        """(count, sum) of the ids of the chunks that have a vector of this embedder: what the
-        FAISS cache must hold."""
-        row = self.catalog.db.execute(
-            "SELECT count(*), coalesce(sum(c.id), 0) FROM chunks c "
-            "JOIN embeddings e ON e.model = ? AND e.chunk_hash = c.content_hash", [self.model_key],
-        ).fetchone()
-        return int(row[0]), int(row[1])
+    def vectors(self) -> DenseStore:
+        """The dense store of the current embedder."""
+        return self.store.dense
 
     @property
-    def sparse(self) -> SparseIndex | None:
-        """The in-memory mirror of the embedder's sparse weights (None for an embedder
-        without them), built from the catalog on first use."""
-        if self._sparse is None and self.models.embedder.has_sparse:
-            with self._load_lock:
-                if self._sparse is None:
-                    self._sparse = self._load_mirror(SparseIndex, "sparse")
-        return self._sparse
+    def sparse(self) -> SparseStore | None:
+        """The sparse store of the embedder's lexical weights (None for an embedder without
+        them); the local backend builds its in-memory mirror on first use."""
+        if not self.models.embedder.has_sparse:
+            return None
+        return self.store.sparse  # lock-free once built: a search never waits for a writer's check
 
     @property
     def lexical(self) -> LexicalIndex:
@@ -238,121 +206,73 @@ class Engine:
         if self._lexical is None:
             with self._load_lock:
                 if self._lexical is None:
-                    self._lexical = self._load_mirror(LexicalIndex, "lexical")
+                    self._lexical = self._load_lexical()
         return self._lexical
 
-    def _mirror_snapshot(self, name: str) -> tuple[Path, str]:
-        """Where the snapshot of mirror ``name`` lives and what it is labelled with (the sparse
-        weights belong to one embedder; the full-text rows to none)."""
-        if name == "sparse":
-            return self._snapshot_path().with_suffix(".sparse.npz"), self.models.embedder.model_id
-        return self.data_dir / "vectors" / "lexical.npz", "lexical"
+    def _lexical_path(self) -> Path:
+        return self.data_dir / "vectors" / "lexical.npz"
 
-    def _mirror_source(self, name: str) -> tuple[int, Callable[[], Postings]]:
-        """How many keys the catalog holds for mirror ``name``, and how to build it from there."""
-        if name == "sparse":
-            key = self.model_key
-            return self.catalog.count_sparse(key), lambda: SparseIndex.build(self.catalog.sparse_rows(key))
-        return self.catalog.count_chunks(), lambda: LexicalIndex.build(self.catalog.lexical_rows())
+    def snapshot_paths(self) -> dict[str, Path]:
+        """The snapshot files in the data folder, by cache (the backend's and the BM25 mirror's)."""
+        return {**self.store.snapshot_paths(), "lexical": self._lexical_path()}
 
-    def _load_mirror(self, kind: type[M], name: str) -> M:
-        """The snapshot of mirror ``name`` when it holds the catalog's current generation (and
-        as many keys), else built from the catalog and saved."""
-        path, label = self._mirror_snapshot(name)
+    def _load_lexical(self) -> LexicalIndex:
+        """The BM25 mirror's snapshot when it holds the catalog's current generation (and as
+        many chunks), else built from the catalog and saved."""
         generation = self.catalog.generation()
-        index = kind.load(path, generation, label) if _zip_intact(path) else None
-        count, build = self._mirror_source(name)
-        if index is not None and index.count == count:
-            self._mirrors_saved[name] = generation
-            return index
-        built = build()
-        assert isinstance(built, kind)
-        self._save_mirror(name, built, generation)
-        return built
-
-    def _save_mirror(self, name: str, mirror: Postings, generation: int) -> None:
-        """Snapshot one mirror; a snapshot that cannot be written (a full disk, a read-only
-        data folder) is only a slower next start, so it is logged, not raised."""
-        path, label = self._mirror_snapshot(name)
-        try:
-            mirror.save(path, generation, label)
-        except OSError as exc:
-            log.warning("cannot save the %s mirror's snapshot %s (%s); the next start builds it again",
-                        name, path, exc)
-            return
-        self._mirrors_saved[name] = generation
+        mirror, loaded = load_mirror(LexicalIndex, self._lexical_path(), generation, "lexical",
+                                     self.catalog.count_chunks(),
+                                     lambda: LexicalIndex.build(self.catalog.lexical_rows()))
+        if loaded or save_mirror("lexical", mirror, self._lexical_path(), generation, "lexical"):
+            self._lexical_saved = generation
+        return mirror
 
     def check_mirrors(self) -> list[str]:
-        """Rebuild an in-memory mirror whose size disagrees with the catalog (a stale cache is
-        rebuilt, never served); returns the names of those rebuilt."""
+        """Rebuild, in place, a cache whose contents disagree with the catalog (a stale cache
+        is rebuilt, never served); returns the names of those rebuilt."""
         rebuilt: list[str] = []
         with self._load_lock:
-            for name, mirror in (("lexical", self._lexical), ("sparse", self._sparse)):
-                if mirror is None:
-                    continue
-                count, build = self._mirror_source(name)
-                if mirror.count != count:
-                    mirror.replace(build())  # in place: the daemon's readers hold this object
-                    rebuilt.append(name)
-                    self._mirrors_saved.pop(name, None)  # a snapshot of this generation may hold the same error
+            if self._lexical is not None and self._lexical.count != self.catalog.count_chunks():
+                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows()))  # the readers hold it
+                rebuilt.append("lexical")
+                self._lexical_saved = None  # a snapshot of this generation may hold the same error
+            if self._store is not None:
+                rebuilt += self._store.check()
         return rebuilt
 
     def forget_chunks(self, ids: list[int]) -> None:
         """Chunks left the catalog: drop them from the caches keyed by chunk id."""
-        self.vectors.remove(ids)
+        self.store.remove(ids)
         if self._lexical is not None:
             self._lexical.remove(ids)
 
     def batch_written(self, embeddings: Sequence[NewEmbedding], result: BatchResult) -> None:
-        """A batch committed (``Catalog.apply``): the in-memory mirrors that are built follow
-        it (the chunks it removed, its new embeddings' sparse weights, its chunks' terms)."""
-        self.forget_chunks(result.removed_ids)
-        if self._sparse is not None:
-            self._sparse.add((e.chunk_hash, *sparse_arrays(e.sparse)) for e in embeddings if e.sparse is not None)
+        """A batch committed (``Catalog.apply``): the vector store and the BM25 mirror follow
+        it (the chunks it removed and added, its new embeddings, its chunks' terms)."""
+        self.store.add(embeddings, result)
         if self._lexical is not None:
+            self._lexical.remove(result.removed_ids)
             self._lexical.add_terms(result.terms.items())
 
     def collect_garbage(self) -> None:
-        """Drop embeddings no chunk uses any more, from the catalog and the sparse mirror."""
+        """Drop embeddings no chunk uses any more, from the catalog and the vector store."""
         gone = self.catalog.collect_garbage()
-        if self._sparse is not None:
-            self._sparse.remove(gone)
+        if self._store is not None:
+            self._store.collected(gone)
 
     def rebuild_vectors(self) -> None:
-        """Rebuild the FAISS cache from the catalog, in place (readers see the new contents)."""
-        fresh = VectorIndex.rebuild(self.catalog, self.model_key, self.models.embedder.dim)
-        if self._vectors is None:
-            self._vectors = fresh
-        else:
-            self._vectors.replace(fresh)
-        self.save_vectors()
-
-    def save_vectors(self) -> None:
-        if self._vectors is not None:
-            self._save_vectors(self._vectors)
-
-    def _save_vectors(self, index: VectorIndex) -> None:
-        """Snapshot FAISS; one that cannot be written (a full disk, a read-only data folder)
-        only makes the next start rebuild it, so it is logged, not raised."""
-        path = self._snapshot_path()
-        generation = self.catalog.generation()
-        try:
-            index.save(path, generation, self.models.embedder.model_id)
-        except OSError as exc:
-            log.warning("cannot save the vector snapshot %s (%s); the next start rebuilds it", path, exc)
-            return
-        self._vectors_saved = generation
+        """Rebuild the vector store from the catalog, in place (readers see the new contents)."""
+        self.store.rebuild()
 
     def unsaved_snapshots(self) -> list[str]:
-        """The loaded caches whose snapshot on disk is older than the catalog (or missing)."""
+        """The loaded caches whose flushed state is older than the catalog (or missing)."""
         generation = self.catalog.generation()
-        out = ["vectors"] if self._vectors is not None and self._vectors_saved != generation else []
-        return out + [name for name, mirror in (("sparse", self._sparse), ("lexical", self._lexical))
-                      if mirror is not None and self._mirrors_saved.get(name) != generation]
+        out = self._store.unsaved(generation) if self._store is not None else []
+        return out + (["lexical"] if self._lexical is not None and self._lexical_saved != generation else [])
 
     def save_snapshots(self, *, force: bool = False) -> list[str]:
-        """Snapshot the loaded caches that changed since their snapshot (FAISS, the mirrors),
-        for a fast next start; returns those written. The writer calls it, with every committed
+        """Snapshot (flush) the loaded caches that changed since their last one, for a fast
+        next start; returns those written. The writer calls it, with every committed
         change already applied to the caches. With ``snapshot_delay_s`` (the daemon) a change
         is written once that long has passed since the first unsaved one, unless ``force``:
         a crash meanwhile costs only a rebuild from SQLite at the next start."""
@@ -366,11 +286,11 @@ class Engine:
         if not force and now - self._unsaved_since < self.snapshot_delay_s:
             return []
         generation = self.catalog.generation()
-        if "vectors" in stale and self._vectors is not None:
-            self._save_vectors(self._vectors)
-        for name, mirror in (("sparse", self._sparse), ("lexical", self._lexical)):
-            if name in stale and mirror is not None:
-                self._save_mirror(name, mirror, generation)
+        if self._store is not None:
+            self._store.save([n for n in stale if n != "lexical"], generation)
+        if "lexical" in stale and self._lexical is not None:
+            if save_mirror("lexical", self._lexical, self._lexical_path(), generation, "lexical"):
+                self._lexical_saved = generation
         self._unsaved_since = None if not self.unsaved_snapshots() else now
         return stale
 
@@ -419,6 +339,8 @@ class Engine:
         for catalog in self._side_catalogs:
             catalog.close()
         self._side_catalogs.clear()
+        if self._store is not None and self._owns_store:
+            self._store.close()
         self.catalog.close()
 
     def __enter__(self) -> Engine:

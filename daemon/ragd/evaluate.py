@@ -263,8 +263,9 @@ def open_eval(
     dataset = load_beir(folder)
     base = cache_dir / dataset.name
     corpus = materialise(dataset, base / "corpus")
+    data_dir = base / _slug(config.models.embedder) / "index"
     cfg = dataclasses.replace(
-        config, data_dir=base / _slug(config.models.embedder) / "index", roots=(),
+        config, data_dir=data_dir, roots=(), store=_eval_store(config, data_dir),
         search=dataclasses.replace(config.search, retrieve=max(config.search.retrieve, 3 * EVAL_DEPTH)),
     )
     own = engine is None
@@ -279,6 +280,23 @@ def open_eval(
 
 
 EVAL_DEPTH = 100
+
+
+def _eval_store(config: Config, data_dir: Path) -> Any:
+    """The evaluation index's own vector store, never the configured index's: with Milvus,
+    a Milvus Lite file in its folder, or on a server a collection of its own."""
+    import dataclasses
+
+    store = config.store
+    if store.backend != "milvus":
+        return store
+    if "://" in store.uri or store.uri.startswith("unix:"):
+        import re
+
+        dataset, model = data_dir.parent.parent.name, data_dir.parent.name
+        name = re.sub(r"[^A-Za-z0-9_]", "_", f"{store.collection}_eval_{dataset}_{model}")
+        return dataclasses.replace(store, collection=name[:255])
+    return dataclasses.replace(store, uri=str(data_dir / "milvus.db"))
 
 
 def _flat(text: str) -> str:

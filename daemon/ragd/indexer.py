@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ragd.chunk import chunk_document
 from ragd.config import RootConfig
 from ragd.engine import Engine
@@ -228,15 +226,13 @@ class Indexer:
 
     def _run_scopes(self, scopes: Sequence[Scope], report: IndexReport) -> None:
         engine = self.engine
-        vectors = engine.vectors  # load or rebuild before changing anything
+        _ = engine.store  # opened (and made to agree with the catalog) before changing anything
         for scope in scopes:
             if self.should_stop():
                 break
             self._index_scope(scope, report)
         engine.collect_garbage()
-        if vectors.count != engine.catalog.count_embedded_chunks(engine.model_key):
-            engine.rebuild_vectors()  # a stale cache is rebuilt, never served
-        engine.check_mirrors()
+        engine.check_mirrors()  # a stale cache is rebuilt, never served
         engine.save_snapshots()
 
     def _index_scope(self, scope: Scope, report: IndexReport) -> None:
@@ -370,14 +366,7 @@ class Indexer:
         report.tokens_embedded += sum(c.token_count for c in todo.values())
         report.chunks_reused += len(chunks) - len(new_embeddings)
         result = engine.catalog.apply(model, new_embeddings, [p.update for p in batch])
-        vectors = engine.vectors
         engine.batch_written(new_embeddings, result)
-        if result.added:
-            fresh = {e.chunk_hash: e.dense for e in new_embeddings}
-            missing = [h for _, h in result.added if h not in fresh]
-            fresh.update(engine.catalog.dense_by_hash(model, missing))
-            ids = np.array([cid for cid, _ in result.added], dtype=np.int64)
-            vectors.add(ids, np.stack([fresh[h] for _, h in result.added]))
 
     def _embed(self, chunks: list[NewChunk], batch: list[_Pending]) -> list[NewEmbedding]:
         """Embed in length-sorted groups so each model batch pads little; report progress."""

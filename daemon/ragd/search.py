@@ -35,17 +35,17 @@ from ragd.query import QueryUse, select_terms
 from ragd.query import embed as embed_query
 from ragd.requests import FUSIONS, MODES, RETRIEVERS, SIGNALS, check_counts, check_query
 from ragd.rerank import Reranked, rerank, rerank_query
+from ragd.store.base import EVERY_CHUNK, ChunkFilter, DenseStore, SparseStore
 from ragd.store.catalog import Catalog, ChunkRow
 from ragd.store.codec import decode as decode_sparse
-from ragd.store.postings import LexicalIndex, SparseIndex
-from ragd.store.vectors import VectorIndex
+from ragd.store.postings import LexicalIndex
 
 if TYPE_CHECKING:
     from ragd.config import SearchConfig
 
 EMBEDDED_SIGNALS = ("dense", "sparse", "colbert")  # the signals that need the query embedded
 LexicalFound = tuple[list[tuple[int, float]], float]  # chunk ids with BM25 scores, the stage's ms
-SparseFound = tuple[list[tuple[str, float]], dict[str, list[int]], float]  # hashes, their chunk ids, ms
+SparseFound = tuple[list[tuple[int, float]], float]  # chunk ids with lexical matching scores, the stage's ms
 
 
 @dataclass(frozen=True)
@@ -144,12 +144,12 @@ class SearchState:
     started: float = field(default_factory=time.perf_counter)
     # What the stages find, in their order:
     signal_weights: dict[str, float] = field(default_factory=dict)  # the signals that run
-    vectors: VectorIndex | None = None
+    vectors: DenseStore | None = None
     reranker: Reranker | None = None  # None when this search does not rerank
     bm25: LexicalIndex | None = None  # the full-text mirror; None asks FTS5
     embedded: Embeddings | None = None
-    allowed: np.ndarray | None = None  # the chunk ids a hit may have; None for all
-    allowed_set: set[int] | None = None
+    where: ChunkFilter = EVERY_CHUNK  # the chunk ids a hit may have, for the vector store
+    allowed_set: frozenset[int] | None = None
     signals: dict[str, dict[int, float]] = field(default_factory=dict)  # signal -> chunk id -> score
     fused: dict[int, float] = field(default_factory=dict)
     ranked: list[tuple[int, float]] = field(default_factory=list)  # fused, best first
@@ -281,38 +281,36 @@ def restrict(s: SearchState) -> None:
     """The chunk ids a hit may have: the path prefix, the filters, and never a suspended root's."""
     filtered = s.prefix is not None or (s.filters is not None and s.filters.active)
     hidden = s.engine.catalog.suspended_roots()
-    s.allowed = _allowed_ids(s.engine, s.prefix, s.filters, hidden) if filtered or hidden else None
-    s.allowed_set = None if s.allowed is None else set(s.allowed.tolist())
+    allowed = _allowed_ids(s.engine, s.prefix, s.filters, hidden) if filtered or hidden else None
+    s.where = ChunkFilter(allowed)
+    s.allowed_set = s.where.id_set
 
 
 def start_sparse(s: SearchState) -> concurrent.futures.Future[SparseFound] | None:
-    """Learned-sparse retrieval on a side thread, beside the dense stage. The mirror (or,
-    without mirrors, the model key) is fetched here, through this engine's connection: the
-    side thread touches only its own."""
+    """Learned-sparse retrieval on a side thread, beside the dense stage. The sparse store
+    (built on first use) is fetched here, through this engine's connection: the side thread
+    touches only its own."""
     if s.embedded is None or s.embedded.sparse is None or "sparse" not in s.signal_weights:
         return None
-    mirror = s.engine.sparse if s.engine.mirrors else None
-    index: SparseIndex | int = mirror if mirror is not None else s.engine.model_key
-    return s.engine.beside(functools.partial(sparse_search, s, index, s.embedded.sparse[0]))
+    store = s.engine.sparse
+    if store is None:
+        return None
+    return s.engine.beside(functools.partial(sparse_search, s, store, s.embedded.sparse[0]))
 
 
-def sparse_search(s: SearchState, index: SparseIndex | int, weights: SparseWeights, catalog: Catalog) -> SparseFound:
-    """The top ``pool`` chunk hashes by lexical matching score (the mirror, or the catalog's
-    pruned sum for model key ``index``), their chunk ids, and the stage's time."""
+def sparse_search(s: SearchState, store: SparseStore, weights: SparseWeights, catalog: Catalog) -> SparseFound:
+    """The chunks of the top ``pool`` matches by lexical matching score within the allowed
+    ids, and the stage's time."""
     started = time.perf_counter()
-    if isinstance(index, int):
-        by_hash = catalog.sparse_search(index, weights, s.pool)
-    else:
-        by_hash = index.search(weights, s.pool)
-    return by_hash, catalog.chunk_ids_by_hash([h for h, _ in by_hash]), _ms(started)
+    return store.search_chunks(weights, s.pool, s.where, catalog), _ms(started)
 
 
 def retrieve_dense(s: SearchState) -> None:
-    """FAISS's top ``pool`` chunks by cosine, within the allowed ids."""
+    """The dense store's top ``pool`` chunks by cosine, within the allowed ids."""
     if s.embedded is None or s.vectors is None or "dense" not in s.signal_weights:
         return
     t = time.perf_counter()
-    s.signals["dense"] = dict(s.vectors.search(s.embedded.dense[0], s.pool, s.allowed))
+    s.signals["dense"] = dict(s.vectors.search(s.embedded.dense[0], s.pool, s.where))
     s.timings["dense_ms"] = _ms(t)
 
 
@@ -320,13 +318,8 @@ def finish_sparse(s: SearchState, job: concurrent.futures.Future[SparseFound] | 
     """The sparse stage's chunks (every chunk of each hash found), within the allowed ids."""
     if job is None:
         return
-    by_hash, ids, s.timings["sparse_ms"] = job.result()
-    sparse: dict[int, float] = {}
-    for h, score in by_hash:
-        for cid in ids.get(h, []):
-            if s.allows(cid):
-                sparse[cid] = score
-    s.signals["sparse"] = sparse
+    found, s.timings["sparse_ms"] = job.result()
+    s.signals["sparse"] = {cid: score for cid, score in found if s.allows(cid)}
 
 
 def finish_lexical(

@@ -3,7 +3,7 @@ embedding, committing, saving snapshots, idle) while its tree changes, restartin
 time. After every kill the catalog passes SQLite's integrity and foreign-key checks; every
 few kills, and at the end, the daemon is let settle and must hold exactly the tree: every
 file current, none pending, no hit for a deleted file or an overwritten version, FAISS
-holding exactly the catalog's chunks; and the final index equals one built from scratch on
+(or the Milvus collection) holding exactly the catalog's chunks; and the final index equals one built from scratch on
 the same tree (same chunks, same vectors, same search results).
 
 ``RAGD_FAULT_KILLS`` sets the number of kills (50 by default, ~2-3 minutes on 2 cores;
@@ -159,9 +159,14 @@ def _phase(serve: Serve) -> str:
     return "indexing" if st.files_pending or st.current_file else "idle"
 
 
-def engine_for(folder: Path, loaded_models: Any) -> Engine:
-    cfg = parse_config({"data_dir": str(folder / "data"), "models": {"reranker": "none", "fallback": "none"}},
-                       source=folder / "check.toml")
+def store_section(folder: Path, backend: str) -> dict[str, str]:
+    """The ``[store]`` keys of the daemon under ``folder`` (Milvus Lite beside its data)."""
+    return {} if backend == "faiss" else {"backend": backend, "uri": str(folder / "milvus" / "ragd.db")}
+
+
+def engine_for(folder: Path, loaded_models: Any, backend: str = "faiss") -> Engine:
+    cfg = parse_config({"data_dir": str(folder / "data"), "models": {"reranker": "none", "fallback": "none"},
+                        "store": store_section(folder, backend)}, source=folder / "check.toml")
     return Engine(cfg, models=loaded_models, rerank=False)
 
 
@@ -195,18 +200,21 @@ def same_answers(got: list[dict[tuple[str, int], float]], want: list[dict[tuple[
 
 
 @pytest.fixture
-def crash_site(tmp_path: Path, model_folders: dict[str, Path]) -> Iterator[tuple[Serve, Tree]]:
+def crash_site(tmp_path: Path, model_folders: dict[str, Path], store_backend: str) -> Iterator[tuple[Serve, Tree]]:
     root = tmp_path / "tree"
     tree = Tree(root, random.Random(SEED))
     for i in range(24):
         tree.write(f"d{i % 4}/n{i:05d}.md")
-    serve = Serve(write_config(tmp_path, model_folders, [root], watch=True), tmp_path)
+    store = "".join(f'{k} = "{v}"\n' for k, v in store_section(tmp_path, store_backend).items())
+    serve = Serve(write_config(tmp_path, model_folders, [root], watch=True,
+                               extra=f"[store]\n{store}" if store else ""), tmp_path)
     yield serve, tree
     serve.close()
 
 
+@pytest.mark.stores("faiss", "milvus")
 def test_kill_9_at_random_moments_loses_nothing(
-    crash_site: tuple[Serve, Tree], loaded_models: Any, tmp_path: Path,
+    crash_site: tuple[Serve, Tree], loaded_models: Any, tmp_path: Path, store_backend: str,
 ) -> None:
     serve, tree = crash_site
     rng = random.Random(SEED + 1)
@@ -240,12 +248,11 @@ def test_kill_9_at_random_moments_loses_nothing(
         raise AssertionError(f"seed {SEED}, after: {history[-3:]}: {exc}") from exc
     assert settles >= KILLS // SETTLE_EVERY
 
-    # Offline: FAISS as the daemon left it (snapshot or rebuilt) holds exactly the catalog's
-    # chunks, and the index equals one built from scratch on the same tree.
-    with engine_for(serve.folder, loaded_models) as engine:
-        import faiss
-
-        ids = set(faiss.vector_to_array(engine.vectors._index.id_map).tolist())
+    # Offline: the vector store as the daemon left it (a FAISS snapshot or rebuilt; the Milvus
+    # collection reconciled) holds exactly the catalog's chunks, and the index equals one built
+    # from scratch on the same tree.
+    with engine_for(serve.folder, loaded_models, store_backend) as engine:
+        ids = set(engine.vectors.ids().tolist())
         expected = {int(r[0]) for r in engine.catalog.db.execute(
             "SELECT c.id FROM chunks c JOIN embeddings e ON e.model = ? AND e.chunk_hash = c.content_hash",
             [engine.model_key])}

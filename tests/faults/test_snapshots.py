@@ -73,7 +73,7 @@ def test_an_older_snapshot_with_a_current_label_is_rebuilt(indexed: tuple[Engine
     chunk never appeared in dense results. The label is inside the snapshot now, and its ids
     are checked against the catalog."""
     engine, root = indexed
-    path = engine._snapshot_path()
+    path = engine.snapshot_paths()["vectors"]
     old = path.read_bytes()
     count = engine.vectors.count
     (root / "bread.txt").write_text(NEW_TEXT + "\n", encoding="utf-8")  # one chunk for one: same count
@@ -93,7 +93,7 @@ def test_a_snapshot_whose_ids_disagree_with_its_label_is_rebuilt(indexed: tuple[
     wrong = VectorIndex(vectors.dim)
     ids = vectors.ids()
     wrong.add(ids + 1000, np.random.default_rng(0).random((len(ids), vectors.dim), dtype=np.float32))
-    wrong.save(engine._snapshot_path(), engine.catalog.generation(), engine.models.embedder.model_id)
+    wrong.save(engine.snapshot_paths()["vectors"], engine.catalog.generation(), engine.models.embedder.model_id)
     with Engine(engine.config, engine.models) as fresh:
         assert held_ids(fresh.vectors) == catalog_ids(fresh)
         assert dense_top(fresh, "Sourdough bread starter") == str(root / "bread.txt")
@@ -134,8 +134,8 @@ def test_every_damaged_snapshot_is_detected_and_rebuilt(
     back, one byte flipped): the next engine builds that cache from SQLite instead of
     serving it, and its searches answer as an engine built from scratch does."""
     engine, root = indexed
-    paths = {"vectors": engine._snapshot_path(), "sparse": engine._mirror_snapshot("sparse")[0],
-             "lexical": engine._mirror_snapshot("lexical")[0]}
+    paths = {"vectors": engine.snapshot_paths()["vectors"], "sparse": engine.snapshot_paths()["sparse"],
+             "lexical": engine.snapshot_paths()["lexical"]}
     older = {name: p.read_bytes() for name, p in paths.items()}
     (root / "bread.txt").write_text(NEW_TEXT + "\n", encoding="utf-8")
     index_paths(engine, [root])

@@ -282,6 +282,27 @@ class Catalog:
             vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
             yield ids, vecs
 
+    def embedded_chunks(self, model: int) -> dict[int, str]:
+        """Chunk id -> content hash of every chunk with an embedding of ``model``: what a
+        vector store must hold."""
+        return {int(cid): str(h) for cid, h in self.db.execute(
+            "SELECT c.id, c.content_hash FROM chunks c JOIN embeddings e "
+            "ON e.model = ? AND e.chunk_hash = c.content_hash", [model])}
+
+    def vectors_by_hash(self, model: int, hashes: Sequence[str]) -> dict[str, tuple[FloatArray, bytes | None]]:
+        """Chunk hash -> (dense vector, encoded lexical weights or None) for ``model``."""
+        out: dict[str, tuple[FloatArray, bytes | None]] = {}
+        unique = list(set(hashes))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for h, dense, sparse in self.db.execute(
+                f"SELECT chunk_hash, dense, sparse FROM embeddings WHERE model = ? AND chunk_hash IN ({marks})",
+                [model, *part],
+            ):
+                out[str(h)] = (np.frombuffer(dense, dtype=np.float32), None if sparse is None else bytes(sparse))
+        return out
+
     def count_embedded_chunks(self, model: int) -> int:
         row = self.db.execute(
             "SELECT count(*) FROM chunks c JOIN embeddings e ON e.model = ? AND e.chunk_hash = c.content_hash",

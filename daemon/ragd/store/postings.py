@@ -21,19 +21,26 @@ current one at start instead of building and builds when it is missing, stale or
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import numpy as np
 
 from ragd.models.base import SparseWeights
+from ragd.store.base import ChunkFilter
 from ragd.store.codec import decode
 from ragd.store.private import atomic_write
+
+if TYPE_CHECKING:
+    from ragd.store.catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.05
 """The delta (plus removed keys' postings) is merged into the base once it holds this fraction
@@ -350,7 +357,8 @@ class Postings:
 
 
 class SparseIndex(Postings):
-    """The sparse weights of every live chunk hash of one model, searchable in memory."""
+    """The sparse weights of every live chunk hash of one model, searchable in memory: the
+    local backend's sparse store (``search_chunks``)."""
 
     @classmethod
     def build(cls, rows: Iterable[tuple[str, bytes]]) -> SparseIndex:
@@ -370,6 +378,21 @@ class SparseIndex(Postings):
         q_weights = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
         got = self._gather(q_tokens)
         return self._best(got, got.weights * q_weights[got.query_token], limit)
+
+    def search_chunks(self, weights: SparseWeights, n: int, where: ChunkFilter,
+                      catalog: Catalog) -> list[tuple[int, float]]:
+        """``search``'s top ``n`` hashes as the chunk ids that have them (each with its hash's
+        score, best first), within ``where``."""
+        return chunks_of_hashes(self.search(weights, n), where, catalog)
+
+
+def chunks_of_hashes(by_hash: list[tuple[str, float]], where: ChunkFilter,
+                     catalog: Catalog) -> list[tuple[int, float]]:
+    """Every chunk id of each (hash, score), in the hashes' order, within ``where``."""
+    ids = catalog.chunk_ids_by_hash([h for h, _ in by_hash])
+    allowed = where.id_set
+    return [(cid, score) for h, score in by_hash for cid in ids.get(h, [])
+            if allowed is None or cid in allowed]
 
 
 class LexicalIndex(Postings):
@@ -484,3 +507,40 @@ class LexicalIndex(Postings):
         tf = got.weights.astype(np.float64)
         norm = self.K1 * (1 - self.B + self.B * lengths[got.slots] / (average or 1.0))
         return self._best(got, idf[got.query_token] * tf * (self.K1 + 1) / (tf + norm), limit)
+
+
+M = TypeVar("M", bound=Postings)
+
+
+def zip_intact(path: Path) -> bool:
+    """Whether every member of the zip (npz) at ``path`` matches its CRC-32: numpy reads
+    arrays without checking it, so a damaged byte would otherwise be served."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def load_mirror(kind: type[M], path: Path, generation: int, label: str, count: int,
+                build: Callable[[], Postings]) -> tuple[M, bool]:
+    """(the mirror, whether it came from its snapshot): the snapshot at ``path`` when it
+    holds exactly ``generation`` of ``label`` with ``count`` keys, else ``build()``."""
+    index = kind.load(path, generation, label) if zip_intact(path) else None
+    if index is not None and index.count == count:
+        return index, True
+    built = build()
+    assert isinstance(built, kind)
+    return built, False
+
+
+def save_mirror(name: str, mirror: Postings, path: Path, generation: int, label: str) -> bool:
+    """Snapshot one mirror; one that cannot be written (a full disk, a read-only data folder)
+    is only a slower next start, so it is logged, not raised. Whether it was written."""
+    try:
+        mirror.save(path, generation, label)
+    except OSError as exc:
+        log.warning("cannot save the %s mirror's snapshot %s (%s); the next start builds it again",
+                    name, path, exc)
+        return False
+    return True

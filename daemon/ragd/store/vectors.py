@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ragd.models.base import FloatArray
+from ragd.store.base import EVERY_CHUNK, ChunkFilter
 from ragd.store.private import atomic_write
 
 MAGIC = b"RAGD-FAISS-1\n"
@@ -35,7 +36,8 @@ class DenseSource(Protocol):
 
 
 class VectorIndex:
-    """Exact inner-product search over L2-normalised vectors (cosine similarity)."""
+    """Exact inner-product search over L2-normalised vectors (cosine similarity): the local
+    backend's dense store."""
 
     def __init__(self, dim: int, index: Any = None) -> None:
         import faiss
@@ -72,19 +74,15 @@ class VectorIndex:
         with self._lock:
             self._index = other._index
 
-    def search(
-        self, query: FloatArray, n: int, allowed: np.ndarray | None = None
-    ) -> list[tuple[int, float]]:
-        """Top ``n`` (chunk id, cosine) pairs, optionally only among ``allowed`` ids."""
+    def search(self, query: FloatArray, n: int, where: ChunkFilter = EVERY_CHUNK) -> list[tuple[int, float]]:
+        """Top ``n`` (chunk id, cosine) pairs among the ids ``where`` allows (an id selector)."""
         import faiss
 
-        if self.count == 0 or n <= 0:
+        if self.count == 0 or n <= 0 or where.nothing:
             return []
         params = None
-        if allowed is not None:
-            if len(allowed) == 0:
-                return []
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        if where.ids is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(where.ids, dtype=np.int64))
             params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
         with self._lock:
