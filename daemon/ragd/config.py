@@ -151,6 +151,12 @@ class StoreConfig:
     uri: str = ""
     token: str = ""
     collection: str = "ragd"
+    # FAISS (docs/architecture.md, Vector stores): exact search up to ``exact_limit`` chunks, an
+    # IVF index trained in the background past it, searched over ``nprobe`` lists; ``vectors``
+    # is how the approximate index stores them.
+    exact_limit: int = 50_000
+    nprobe: int = 32
+    vectors: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,9 @@ RULES: Mapping[str, Rule] = {
     "store.backend": Rule(choices=("faiss", "milvus")),
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
+    "store.exact_limit": Rule(low=100, high=1 << 40),
+    "store.nprobe": Rule(low=1, high=65536),
+    "store.vectors": Rule(choices=("float32", "float16", "int8")),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
 

@@ -23,5 +23,6 @@ def open_store(config: StoreConfig, ctx: StoreContext) -> VectorStore:
 
         return MilvusStore.open(config, ctx)
     from ragd.store.local import LocalStore
+    from ragd.store.vectors import IndexPlan
 
-    return LocalStore.open(ctx)
+    return LocalStore.open(ctx, IndexPlan(config.exact_limit, config.nprobe, config.vectors))

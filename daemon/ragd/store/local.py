@@ -18,7 +18,7 @@ from ragd.store.base import ChunkFilter, DenseStore, SparseStore, StoreContext, 
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
 from ragd.store.codec import arrays as sparse_arrays
 from ragd.store.postings import SparseIndex, chunks_of_hashes, load_mirror, save_mirror
-from ragd.store.vectors import VectorIndex
+from ragd.store.vectors import IndexPlan, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,26 @@ class LocalStore(VectorStore):
         self.vectors = vectors
         self.mirror: SparseIndex | None = None  # built on first use of ``sparse``, with mirrors
         self._saved: dict[str, int] = {}  # part -> catalog generation of its snapshot on disk
+        self._saved_builds = vectors.builds  # IVF indexes swapped in when the vectors were last saved
         self._building = threading.Lock()
 
     @classmethod
-    def open(cls, ctx: StoreContext) -> LocalStore:
+    def open(cls, ctx: StoreContext, plan: IndexPlan | None = None) -> LocalStore:
         """The FAISS snapshot when its own label and its ids agree with the catalog, else
-        rebuilt from the catalog (and saved)."""
+        rebuilt from the catalog (and saved). Either serves at once; past ``plan.exact_limit``
+        an exact index is the one served while its IVF index is built in the background."""
+        plan = plan or IndexPlan()
         generation = ctx.catalog.generation()
         path = _slug_path(ctx)
-        index = VectorIndex.load(path, generation, ctx.model_id, ctx.dim, expect=_catalog_ids(ctx))
+        index = VectorIndex.load(path, generation, ctx.model_id, ctx.dim, _catalog_ids(ctx), plan)
         if index is None:
-            store = cls(ctx, VectorIndex.rebuild(ctx.catalog, ctx.model_key, ctx.dim))
+            store = cls(ctx, VectorIndex.rebuild(ctx.catalog, ctx.model_key, ctx.dim, plan))
             store.save(["vectors"], generation)
         else:
             store = cls(ctx, index)
             store._saved["vectors"] = generation
+        if ctx.mirrors:  # a one-shot search ends before a build would
+            store.vectors.tune()
         return store
 
     # -- the stores ---------------------------------------------------------------------
@@ -126,8 +131,12 @@ class LocalStore(VectorStore):
         return rebuilt
 
     def rebuild(self) -> None:
-        self.vectors.replace(VectorIndex.rebuild(self.ctx.catalog, self.ctx.model_key, self.ctx.dim))
+        self.vectors.replace(VectorIndex.rebuild(self.ctx.catalog, self.ctx.model_key, self.ctx.dim,
+                                                 self.vectors.plan))
         self.save(["vectors"], self.ctx.catalog.generation())
+
+    def close(self) -> None:
+        self.vectors.close()  # a background IVF build stops at its next step
 
     # -- snapshots ----------------------------------------------------------------------
     def snapshot_paths(self) -> dict[str, Path]:
@@ -136,11 +145,15 @@ class LocalStore(VectorStore):
 
     def unsaved(self, generation: int) -> list[str]:
         parts = ["vectors"] + (["sparse"] if self.mirror is not None else [])
-        return [name for name in parts if self._saved.get(name) != generation]
+        out = [name for name in parts if self._saved.get(name) != generation]
+        if "vectors" not in out and self.vectors.builds != self._saved_builds:
+            out.insert(0, "vectors")  # an IVF index swapped in since: worth a snapshot of its own
+        return out
 
     def save(self, names: Sequence[str], generation: int) -> None:
         paths = self.snapshot_paths()
         if "vectors" in names:
+            builds = self.vectors.builds
             try:
                 self.vectors.save(paths["vectors"], generation, self.ctx.model_id)
             except OSError as exc:
@@ -148,6 +161,7 @@ class LocalStore(VectorStore):
                             paths["vectors"], exc)
             else:
                 self._saved["vectors"] = generation
+                self._saved_builds = builds
         if "sparse" in names and self.mirror is not None:
             if save_mirror("sparse", self.mirror, paths["sparse"], generation, self.ctx.model_id):
                 self._saved["sparse"] = generation
