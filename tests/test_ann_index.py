@@ -172,6 +172,34 @@ def test_an_ivf_snapshot_round_trips_and_another_kind_is_stale(tmp_path: Path) -
     assert VectorIndex.load(path, 8, "model", DIM, expect, PLAN) is None
 
 
+def test_searches_answer_while_a_snapshot_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot of a large index takes seconds to write: searches go on meanwhile (only
+    adds and removes wait for it), and the snapshot holds what the index held when it began."""
+    index, _ = built()
+    writing, release = threading.Event(), threading.Event()
+    real = vectors_module.atomic_write
+
+    def held(path: Path, write: Any) -> None:
+        writing.set()
+        assert release.wait(30)
+        real(path, write)
+
+    monkeypatch.setattr(vectors_module, "atomic_write", held)
+    path = tmp_path / "m.faiss"
+    saver = threading.Thread(target=index.save, args=(path, 1, "model"))
+    saver.start()
+    try:
+        assert writing.wait(30)
+        answered = threading.Event()
+        threading.Thread(target=lambda: index.search(QUERIES[0], 10) and answered.set(), daemon=True).start()
+        assert answered.wait(10), "a search waited for the snapshot"
+    finally:
+        release.set()
+        saver.join(30)
+    loaded = VectorIndex.load(path, 1, "model", DIM, (index.count, int(index.ids().sum())), PLAN)
+    assert loaded is not None and loaded.search(QUERIES[0], 10) == index.search(QUERIES[0], 10)
+
+
 def test_an_exact_snapshot_past_the_limit_serves_then_grows(tmp_path: Path, gate: threading.Event) -> None:
     """An exact snapshot (as earlier versions wrote) of more vectors than the limit is read
     and serves at once; ``tune`` builds its IVF index in the background."""

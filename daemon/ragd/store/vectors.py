@@ -128,6 +128,8 @@ class VectorIndex:
         self._trained_for = trained_for  # vectors the IVF index was built from (0: exact)
         # FAISS indexes are not safe under concurrent add/remove and search: one lock guards all.
         self._lock = threading.RLock()
+        # Changes and snapshots take turns (a snapshot writes outside ``_lock``, beside searches).
+        self._changing = threading.Lock()
         self._settled = threading.Condition(self._lock)  # notified when a build ends
         self._job: _Build | None = None
         self._epoch = 0  # raised by replace and close: a build of an older epoch is dropped
@@ -156,7 +158,7 @@ class VectorIndex:
         if len(ids):
             ids = np.ascontiguousarray(ids, dtype=np.int64)
             vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-            with self._lock:
+            with self._changing, self._lock:
                 self._index.add_with_ids(vecs, ids)
                 if self._job is not None:
                     self._job.journal.append((ids.copy(), vecs.copy()))
@@ -165,7 +167,7 @@ class VectorIndex:
     def remove(self, ids: np.ndarray | list[int]) -> None:
         if len(ids):
             gone = np.ascontiguousarray(ids, dtype=np.int64)
-            with self._lock:
+            with self._changing, self._lock:
                 _remove(self._index, gone)
                 if self._job is not None:
                     self._job.journal.append((gone.copy(), None))
@@ -175,7 +177,7 @@ class VectorIndex:
         """Take over ``other``'s contents in place, so every holder of this object sees them;
         a build under way is dropped (and started again on the new contents when due)."""
         other.close()
-        with self._lock:
+        with self._changing, self._lock:
             self._epoch += 1
             self._job = None
             self._index, self._trained_for = other._index, other._trained_for
@@ -193,6 +195,7 @@ class VectorIndex:
             if not due:
                 return
             job = self._job = _Build(self._epoch, self.ids())
+            log.info("dense index: %d vectors, building an IVF index in the background", n)
         threading.Thread(target=self._build, args=(job,), name="ragd-ivf", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -304,13 +307,17 @@ class VectorIndex:
         return {"kind": "exact", "vectors": self.plan.vectors}
 
     def save(self, path: Path, generation: int, model: str) -> None:
-        """Snapshot to ``path`` with its label inside the same file (see the module docstring)."""
+        """Snapshot to ``path`` with its label inside the same file (see the module docstring).
+        Adds and removes wait for it; searches do not (FAISS's write only reads the index),
+        and a build swapping in meanwhile leaves this snapshot of the index it replaced."""
         import faiss
 
-        with self._lock:
-            ids = self.ids()
-            meta = {"generation": generation, "model": model, "count": self.count, "dim": self.dim,
-                    "id_sum": int(ids.sum()), "index": self._label()}
+        with self._changing:
+            with self._lock:
+                index = self._index
+                ids = self.ids()
+                meta = {"generation": generation, "model": model, "count": int(index.ntotal), "dim": self.dim,
+                        "id_sum": int(ids.sum()), "index": self._label()}
             header = json.dumps(meta).encode("utf-8")
 
             def write(tmp: str) -> None:
@@ -323,7 +330,7 @@ class VectorIndex:
 
                 with open(tmp, "wb") as fh:
                     fh.write(MAGIC + struct.pack("<II", 0, len(header)) + header)
-                    faiss.write_index(self._index, faiss.PyCallbackIOWriter(out))  # type: ignore[attr-defined]
+                    faiss.write_index(index, faiss.PyCallbackIOWriter(out))  # type: ignore[attr-defined]
                     fh.seek(len(MAGIC))
                     fh.write(struct.pack("<I", crc))
 
