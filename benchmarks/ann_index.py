@@ -8,12 +8,14 @@ while the IVF build runs beside it, the build's time, search p50 / p95 and recal
 IVF index (against exact float32 scores, computed as the blocks stream by), filtered
 searches (random allow-lists), peak and final RSS, the snapshot's size and load time.
 
-    .venv/bin/python benchmarks/ann_index.py [--size 1000000] [--vectors float32,int8] [--nprobe 32] [--json]
+    .venv/bin/python benchmarks/ann_index.py [--size 1000000] [--vectors float32,int8] [--nprobe 32]
+        [--nprobes 16,64] [--spread 1.2] [--filters 1000,10000,100000] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -106,6 +108,11 @@ def run(n: int, storage: str, args: argparse.Namespace) -> dict[str, Any]:
     found, times = timed(index, source.queries)  # the second pass: pages warm
     row["ivf_p50_p95_ms"] = pct(times)
     row["recall@10"] = round(recall(found, source.best_ids), 4)
+    for probes in (int(p) for p in args.nprobes.split(",") if p):
+        index.plan = dataclasses.replace(plan, nprobe=probes)
+        found, times = timed(index, source.queries)
+        row[f"nprobe{probes}_p50_p95_ms_recall"] = f"{pct(times)} / {recall(found, source.best_ids):.4f}"
+    index.plan = plan
     rng = np.random.default_rng(2)
     for size in (int(f) for f in args.filters.split(",") if f):
         where = ChunkFilter(np.sort(rng.choice(n, min(n, size), replace=False)).astype(np.int64))
@@ -141,6 +148,7 @@ def main() -> int:
     parser.add_argument("--exact-limit", type=int, default=IndexPlan.exact_limit)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--spread", type=float, default=1.2, help="noise around each topic, as in ann.py")
+    parser.add_argument("--nprobes", default="", help="more nprobe values to time after the build, e.g. 16,64")
     parser.add_argument("--filters", default="1000,10000,100000",
                         help="allow-list sizes to time filtered searches (top 100) with")
     parser.add_argument("--tmp", default=None, help="folder for the snapshot (default: the system's)")

@@ -127,6 +127,21 @@ def test_adds_and_removes_during_the_build_are_not_lost(gate: threading.Event) -
     assert recall(index, data) >= 0.95
 
 
+def test_an_ivf_index_grown_past_its_training_is_trained_again() -> None:
+    """Trained on 300 vectors, the IVF index is built again once it holds ``regrow`` (4x) as
+    many, with more lists; every vector is still there."""
+    index = VectorIndex(DIM, plan=PLAN)
+    index.add(np.arange(1, 301, dtype=np.int64), DATA[:300])
+    assert index.wait(60) and index.approximate and index.builds == 1
+    first = index._index.nlist
+    index.add(np.arange(301, 1201, dtype=np.int64), DATA[300:1200])  # 4x: not yet past it
+    assert not index.building and index.builds == 1
+    index.add(np.arange(1201, N + 1, dtype=np.int64), DATA[1200:])
+    assert index.wait(60) and index.builds == 2 and index._index.nlist > first
+    assert sorted(index.ids().tolist()) == list(range(1, N + 1))
+    assert recall(index, dict(zip(range(1, N + 1), DATA, strict=True))) >= 0.95
+
+
 def test_a_short_filter_gives_exact_results_on_the_ivf_index() -> None:
     """An allow-list scattered over the lists: a probe of a few lists would miss some of it,
     so its vectors are scored exactly. A long one still finds its exact top 10."""

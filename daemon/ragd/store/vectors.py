@@ -51,7 +51,7 @@ for both others: 8-bit codes need a range trained on data)."""
 TRAIN_PER_LIST = 40  # training sample: vectors per IVF list (FAISS warns under 39)
 BLOCK = 8192  # vectors copied per hold of the lock while an IVF index is filled
 LAST_REPLAY = 512  # journalled vectors replayed under the lock at the swap; more are replayed before it
-SMALL_FILTER = 2048  # an allow-list this short (or 1/64 of the index) is scored exactly on the IVF
+SMALL_FILTER = 2048  # an allow-list this short is scored exactly on an IVF index (reading each vector by id)
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ class VectorIndex:
                 params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             elif where.ids is None:
                 params = faiss.SearchParametersIVF(nprobe=min(self.plan.nprobe, index.nlist))  # type: ignore[call-arg]
-            elif len(where.ids) <= max(SMALL_FILTER, count // 64):
+            elif len(where.ids) <= SMALL_FILTER:
                 return _score(index, where.ids, q[0], n)  # a probe could miss a few allowed ids: all of them
             else:  # probe as many more lists as the filter is rarer, to scan as many allowed vectors
                 probes = min(index.nlist, -(-self.plan.nprobe * count // len(where.ids)))
