@@ -206,7 +206,12 @@ def test_searches_answer_while_a_snapshot_is_written(tmp_path: Path, monkeypatch
     try:
         assert writing.wait(30)
         answered = threading.Event()
-        threading.Thread(target=lambda: index.search(QUERIES[0], 10) and answered.set(), daemon=True).start()
+
+        def ask() -> None:
+            if index.search(QUERIES[0], 10):
+                answered.set()
+
+        threading.Thread(target=ask, daemon=True).start()
         assert answered.wait(10), "a search waited for the snapshot"
     finally:
         release.set()
@@ -229,6 +234,40 @@ def test_an_exact_snapshot_past_the_limit_serves_then_grows(tmp_path: Path, gate
     assert loaded.search(QUERIES[0], 10) == exact.search(QUERIES[0], 10)
     gate.set()
     assert loaded.wait(60) and loaded.approximate
+
+
+def test_a_failed_build_leaves_the_exact_index_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build that fails (out of memory, say) is logged; the exact index answers, and no
+    other build starts by itself until the contents are replaced (a rebuild)."""
+    calls: list[int] = []
+
+    def broken(dim: int, nlist: int, vectors: str) -> Any:
+        calls.append(nlist)
+        raise MemoryError("no room for the IVF index")
+
+    monkeypatch.setattr(vectors_module, "_ivf", broken)
+    index = VectorIndex(DIM, plan=PLAN)
+    data = dict(zip(range(1, N + 1), DATA, strict=True))
+    index.add(np.arange(1, N + 1, dtype=np.int64), DATA)
+    assert index.wait(30) and not index.approximate and len(calls) == 1
+    index.add(np.array([N + 1]), DATA[:1])
+    assert not index.building and len(calls) == 1
+    assert [i for i, _ in index.search(QUERIES[1], 10)] == exact_top({**data, N + 1: DATA[0]}, QUERIES[1], 10)
+    monkeypatch.undo()
+    index.replace(VectorIndex.rebuild(FakeCatalog(DATA), 0, DIM, PLAN))
+    assert index.wait(60) and index.approximate
+
+
+class FakeCatalog:
+    """A ``DenseSource`` of the given vectors under ids 1..n, in two blocks."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    def iter_dense(self, model: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        half = len(self.data) // 2
+        yield np.arange(1, half + 1, dtype=np.int64), self.data[:half]
+        yield np.arange(half + 1, len(self.data) + 1, dtype=np.int64), self.data[half:]
 
 
 def test_a_replace_during_a_build_drops_it(gate: threading.Event) -> None:

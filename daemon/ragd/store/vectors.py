@@ -44,10 +44,6 @@ class DenseSource(Protocol):
     def iter_dense(self, model: int) -> Iterable[tuple[np.ndarray, FloatArray]]: ...
 
 
-PRECISIONS = ("float32", "float16", "int8")
-"""``store.vectors``: how the IVF index stores vectors (the exact one keeps float32, or float16
-for both others: 8-bit codes need a range trained on data)."""
-
 TRAIN_PER_LIST = 40  # training sample: vectors per IVF list (FAISS warns under 39)
 BLOCK = 8192  # vectors copied per hold of the lock while an IVF index is filled
 LAST_REPLAY = 512  # journalled vectors replayed under the lock at the swap; more are replayed before it
@@ -56,7 +52,9 @@ SMALL_FILTER = 2048  # an allow-list this short is scored exactly on an IVF inde
 
 @dataclass(frozen=True)
 class IndexPlan:
-    """Which index for how many vectors: ``store.exact_limit``, ``store.nprobe``, ``store.vectors``."""
+    """Which index for how many vectors: ``store.exact_limit``, ``store.nprobe``, ``store.vectors``
+    (float32, float16 or int8: how the IVF index stores vectors; the exact one keeps float32, or
+    float16 for both others, since 8-bit codes need a range trained on data)."""
 
     exact_limit: int = 50_000
     nprobe: int = 32
@@ -134,6 +132,7 @@ class VectorIndex:
         self._job: _Build | None = None
         self._epoch = 0  # raised by replace and close: a build of an older epoch is dropped
         self.builds = 0  # IVF indexes swapped in
+        self._failed = False  # a build failed: no other starts by itself (a replace tries again)
 
     @property
     def count(self) -> int:
@@ -181,6 +180,7 @@ class VectorIndex:
             self._epoch += 1
             self._job = None
             self._index, self._trained_for = other._index, other._trained_for
+            self._failed = False
             self._settled.notify_all()
         self.tune()
 
@@ -188,7 +188,7 @@ class VectorIndex:
         """Start a background IVF build when the index outgrew its kind: an exact index past
         ``exact_limit``, an IVF index past ``regrow`` times what it was trained on."""
         with self._lock:
-            if self._job is not None:
+            if self._job is not None or self._failed:
                 return
             n = self.count
             due = n > self.plan.regrow * self._trained_for if self.approximate else n > self.plan.exact_limit
@@ -222,7 +222,7 @@ class VectorIndex:
             index = _ivf(self.dim, nlist, self.plan.vectors)
             rng = np.random.default_rng(n)
             sample = np.sort(rng.choice(job.ids, min(n, TRAIN_PER_LIST * nlist), replace=False))
-            index.train(self._read(job, sample)[1])
+            index.train(np.concatenate([self._read(job, sample[i:i + BLOCK])[1] for i in range(0, len(sample), BLOCK)]))
             index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # remove and read by id
             for start in range(0, n, BLOCK):
                 kept, vecs = self._read(job, job.ids[start:start + BLOCK])
@@ -249,7 +249,7 @@ class VectorIndex:
             log.exception("dense index: the IVF build failed; the current index keeps serving")
             with self._lock:
                 if self._job is job:
-                    self._job = None
+                    self._job, self._failed = None, True
                     self._settled.notify_all()
 
     def _read(self, job: _Build, ids: np.ndarray) -> tuple[np.ndarray, FloatArray]:
