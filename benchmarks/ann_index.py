@@ -8,7 +8,7 @@ while the IVF build runs beside it, the build's time, search p50 / p95 and recal
 IVF index (against exact float32 scores, computed as the blocks stream by), filtered
 searches (random allow-lists), peak and final RSS, the snapshot's size and load time.
 
-    .venv/bin/python benchmarks/ann_index.py [--size 1000000] [--vectors float32,int8] [--nprobe 32]
+    .venv/bin/python benchmarks/ann_index.py [--size 1000000] [--vectors float32,int8] [--nprobe 0]
         [--nprobes 16,64] [--spread 1.2] [--filters 1000,10000,100000] [--json]
 """
 
@@ -104,6 +104,7 @@ def run(n: int, storage: str, args: argparse.Namespace) -> dict[str, Any]:
     row["ivf_build_s"] = round(time.perf_counter() - t, 1)
     row["exact_p50_p95_ms_during_build"] = pct(during) if during else ""
     row["index"] = index.describe()
+    row["probes"] = plan.probes(index._index.nlist)
     found, times = timed(index, source.queries)
     found, times = timed(index, source.queries)  # the second pass: pages warm
     row["ivf_p50_p95_ms"] = pct(times)
@@ -144,7 +145,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--vectors", default="float32,int8", help="store.vectors values to run, comma-separated")
-    parser.add_argument("--nprobe", type=int, default=IndexPlan.nprobe)
+    parser.add_argument("--nprobe", type=int, default=IndexPlan.nprobe, help="store.nprobe (0: 1/16 of the lists)")
     parser.add_argument("--exact-limit", type=int, default=IndexPlan.exact_limit)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--spread", type=float, default=1.2, help="noise around each topic, as in ann.py")

@@ -160,6 +160,13 @@ def test_a_short_filter_gives_exact_results_on_the_ivf_index() -> None:
     assert np.mean(hits) >= 0.95
 
 
+def test_nprobe_zero_scans_a_sixteenth_of_the_lists() -> None:
+    assert IndexPlan().probes(4000) == 250 and IndexPlan().probes(10) == 1
+    assert IndexPlan(nprobe=32).probes(4000) == 32 and IndexPlan(nprobe=32).probes(10) == 10
+    index, data = built(IndexPlan(exact_limit=200))
+    assert recall(index, data) >= 0.95
+
+
 @pytest.mark.parametrize("storage", ["float16", "int8"])
 def test_compact_storage_keeps_recall(storage: str) -> None:
     index, data = built(IndexPlan(exact_limit=200, nprobe=8, vectors=storage))

@@ -156,7 +156,7 @@ def test_a_collection_of_another_embedder_is_made_again(tmp_path: Path, make_con
     ({"collection": "my-index"}, "store.collection: expected a Milvus collection name"),
     ({"vectors": "bf16"}, "store.vectors: expected one of"),
     ({"exact_limit": 10}, "store.exact_limit: expected"),
-    ({"nprobe": 0}, "store.nprobe: expected"),
+    ({"nprobe": -1}, "store.nprobe: expected"),
 ])
 def test_a_wrong_store_setting_is_a_one_line_config_error(make_config: Any, store: dict[str, Any],
                                                           words: str) -> None:

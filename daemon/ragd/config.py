@@ -152,10 +152,10 @@ class StoreConfig:
     token: str = ""
     collection: str = "ragd"
     # FAISS (docs/architecture.md, Vector stores): exact search up to ``exact_limit`` chunks, an
-    # IVF index trained in the background past it, searched over ``nprobe`` lists; ``vectors``
-    # is how the approximate index stores them.
+    # IVF index trained in the background past it, searched over ``nprobe`` lists (0: 1/16 of
+    # them); ``vectors`` is how the approximate index stores them.
     exact_limit: int = 50_000
-    nprobe: int = 32
+    nprobe: int = 0
     vectors: str = "float32"
 
 
@@ -243,7 +243,7 @@ RULES: Mapping[str, Rule] = {
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
     "store.exact_limit": Rule(low=100, high=1 << 40),
-    "store.nprobe": Rule(low=1, high=65536),
+    "store.nprobe": Rule(low=1, high=65536, zero_ok=True),
     "store.vectors": Rule(choices=("float32", "float16", "int8")),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""

@@ -47,6 +47,7 @@ class DenseSource(Protocol):
 TRAIN_PER_LIST = 40  # training sample: vectors per IVF list (FAISS warns under 39)
 BLOCK = 8192  # vectors copied per hold of the lock while an IVF index is filled
 LAST_REPLAY = 512  # journalled vectors replayed under the lock at the swap; more are replayed before it
+AUTO_PROBE = 16  # nprobe 0 scans 1/16 of the lists: recall@10 ~0.95 on real MiniLM vectors (docs)
 SMALL_FILTER = 2048  # an allow-list this short is scored exactly on an IVF index (reading each vector by id)
 
 
@@ -57,9 +58,13 @@ class IndexPlan:
     float16 for both others, since 8-bit codes need a range trained on data)."""
 
     exact_limit: int = 50_000
-    nprobe: int = 32
+    nprobe: int = 0  # 0: a share of the lists, ``AUTO_PROBE``
     vectors: str = "float32"
     regrow: float = 4.0  # retrain once the IVF index holds this many times the vectors it was trained on
+
+    def probes(self, nlist: int) -> int:
+        """Lists an unfiltered search scans."""
+        return min(nlist, self.nprobe or -(-nlist // AUTO_PROBE))
 
 
 def ivf_lists(n: int) -> int:
@@ -277,11 +282,11 @@ class VectorIndex:
             if not _is_ivf(index):
                 params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             elif where.ids is None:
-                params = faiss.SearchParametersIVF(nprobe=min(self.plan.nprobe, index.nlist))  # type: ignore[call-arg]
+                params = faiss.SearchParametersIVF(nprobe=self.plan.probes(index.nlist))  # type: ignore[call-arg]
             elif len(where.ids) <= SMALL_FILTER:
                 return _score(index, where.ids, q[0], n)  # a probe could miss a few allowed ids: all of them
             else:  # probe as many more lists as the filter is rarer, to scan as many allowed vectors
-                probes = min(index.nlist, -(-self.plan.nprobe * count // len(where.ids)))
+                probes = min(index.nlist, -(-self.plan.probes(index.nlist) * count // len(where.ids)))
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=probes)  # type: ignore[call-arg]
             scores, ids = index.search(q, min(n, count), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
