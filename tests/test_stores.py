@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_tree
 from ragd.engine import Engine
-from ragd.errors import ConfigError, StoreError
+from ragd.errors import ConfigError, StoreError, StoreUnavailable
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, search
 from ragd.store.base import ChunkFilter
@@ -168,12 +168,13 @@ def test_a_relative_lite_path_is_anchored_at_the_config_file(make_config: Any, t
 
 
 def test_an_unreachable_server_is_a_one_line_store_error(make_config: Any, loaded_models: Any) -> None:
-    """Nothing listens there: opening the store says which setting to check, on one line."""
+    """Nothing listens there: opening the store says which setting to check, on one line, as
+    ``StoreUnavailable`` (the daemon waits for it; a wrong Lite path is a plain StoreError)."""
     config = make_config(store={"backend": "milvus", "uri": "http://127.0.0.1:9"})
-    with Engine(config, models=loaded_models) as engine, pytest.raises(StoreError) as caught:
+    with Engine(config, models=loaded_models) as engine, pytest.raises(StoreUnavailable) as caught:
         _ = engine.vectors
     message = str(caught.value)
-    assert message.startswith("store.uri: cannot open the Milvus server at http://127.0.0.1:9") and "\n" not in message
+    assert message.startswith("store.uri: cannot reach the Milvus server at http://127.0.0.1:9") and "\n" not in message
 
 
 def test_a_lite_file_that_cannot_be_made_is_a_one_line_store_error(

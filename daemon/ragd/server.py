@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ragd.auth import load_or_create_token, token_path
 from ragd.config import Config, ConfigError
 from ragd.engine import Engine
-from ragd.errors import INTERNAL, RagdError, outcome_for
+from ragd.errors import INTERNAL, RagdError, StoreUnavailable, outcome_for
 from ragd.filters import Filters
 from ragd.indexer import Indexer, WriterStatus, root_problem
 from ragd.paths import PathFilter
@@ -80,6 +80,8 @@ _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EA
 
 # -- start-up and shutdown
 START_POLL_S = 0.2  # how soon a stop is noticed while the models load
+STORE_RETRY_FIRST_S = 1.0  # first wait for a store server that does not answer, doubled up to...
+STORE_RETRY_MAX_S = 30.0
 STOP_POLL_S = 0.5  # how soon a stop is noticed while serving
 STOP_MARGIN_S = 1.0
 """How long past the grace the servers are waited for (and the least grace the writer gets)."""
@@ -623,8 +625,36 @@ class Daemon:
         cfg = self.config
         self.engine = (engine_factory or (lambda c: Engine(c)))(cfg)
         self._exit.enter_context(self.engine.writer())
-        _ = self.engine.models, self.engine.vectors, self.engine.sparse, self.engine.lexical  # load now
+        _ = self.engine.models
+        self._open_store()
+        _ = self.engine.sparse, self.engine.lexical  # load now
         self.engine.rerank_pace.prime()  # before SERVING: the first search with a deadline has a pace
+
+    def _open_store(self) -> None:
+        """Open the vector store; a store server that does not answer (``StoreUnavailable``)
+        is waited for with backoff, NOT_SERVING, the reason in ``Status.writer_error`` and
+        the log, until it answers or the daemon stops (which leaves this wait behind)."""
+        assert self.engine is not None
+        delay, since = STORE_RETRY_FIRST_S, ""
+        while True:
+            try:
+                _ = self.engine.vectors
+            except StoreUnavailable as exc:
+                if not since:
+                    since = time.strftime("%H:%M:%S")
+                    log.warning("waiting for the vector store, retrying with backoff: %s", exc)
+                with self._writer_problem_lock:
+                    self._writer_problem = (f"waiting for the vector store: {exc} "
+                                            f"(retrying in {delay:.0f} s; since {since})")
+                if self.stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            if since:
+                log.info("the vector store answers: loading goes on")
+                with self._writer_problem_lock:
+                    self._writer_problem = ""
+            return
 
     def _restore_roots(self) -> None:
         """Jobs a crash left running go back to the queue; the roots are those of the catalog (also

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragd.errors import StoreError
+from ragd.errors import StoreError, StoreUnavailable
 from ragd.models.base import FloatArray, SparseWeights
 from ragd.store.base import EVERY_CHUNK, ChunkFilter, DenseStore, SparseStore, StoreContext, VectorStore
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
@@ -66,9 +66,11 @@ def connect(config: StoreConfig) -> Any:
     try:
         return MilvusClient(uri=uri, token=config.token, timeout=CONNECT_TIMEOUT_S)
     except Exception as exc:  # pymilvus raises its own exceptions and grpc's
-        where = f"the Milvus Lite file {uri}" if lite else f"the Milvus server at {uri}"
-        raise StoreError(f"store.uri: cannot open {where} ({_one_line(exc)}); check store.uri and "
-                         "store.token, and that the server runs") from None
+        if lite:
+            raise StoreError(f"store.uri: cannot open the Milvus Lite file {uri} ({_one_line(exc)}); "
+                             "check store.uri") from None
+        raise StoreUnavailable(f"store.uri: cannot reach the Milvus server at {uri} ({_one_line(exc)}); "
+                               "check store.uri and store.token, and that the server runs") from None
 
 
 class MilvusDense:
