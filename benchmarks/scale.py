@@ -13,6 +13,17 @@ of the dense and hybrid top 10 against the ``exact`` configuration's (same queri
     .venv/bin/python benchmarks/scale.py [--sizes 100000,1000000] [--queries 200]
                                           [--configs exact,faiss,faiss-int8,milvus-lite] [--json]
 
+``--layer stores`` measures the layer that grows with the index without the catalog (writing
+a catalog of a million chunks through ``Catalog.apply`` takes hours on a 2-core machine): the
+dense index (``VectorIndex`` as the local backend builds it: exact, then its IVF index built
+in the background), the sparse and full-text mirrors (``SparseIndex`` / ``LexicalIndex``,
+in ``store.mirrors``'s form for that size) built from the same synthetic rows, and a hybrid
+query as ``search`` runs it: sparse and full text on side threads beside the dense search,
+then ``fuse``. Recall@10 is against the same signals with exact dense scores.
+
+    .venv/bin/python benchmarks/scale.py --layer stores [--sizes 1000000,5000000]
+                                          [--configs faiss,faiss-int8] [--json]
+
 Data (deterministic, ``--seed``): 1024-dimensional unit vectors clustered around one random
 centre per 1,000 chunks (noise per dimension ``--spread`` times a centre's, as in
 ``benchmarks/ann.py``); chunk text of 120 pseudo-words, three quarters drawn from a Zipf-like
@@ -218,12 +229,142 @@ class QueryEmbedder:
 
 
 def wait_ready(store: Any, limit_s: float) -> float:
-    """Seconds until the store says its background work is done (``pending``), at most ``limit_s``."""
+    """Seconds until the dense index's background build (if any) is done, at most ``limit_s``."""
     started = time.monotonic()
     dense = getattr(store, "vectors", None)
-    while dense is not None and getattr(dense, "pending", False) and time.monotonic() - started < limit_s:
-        time.sleep(0.5)
+    if hasattr(dense, "wait"):
+        dense.wait(limit_s)
     return time.monotonic() - started
+
+
+class Generated:
+    """The collection as the catalog would give it to the stores: a ``DenseSource`` and the
+    rows the mirrors build from; keeps each query's exact dense top ``pool`` as blocks go by."""
+
+    def __init__(self, coll: Collection, queries: list[dict[str, Any]], pool: int) -> None:
+        self.coll, self.pool = coll, pool
+        self.q = np.stack([q["dense"] for q in queries])
+        self.best = np.full((len(queries), pool), -np.inf, dtype=np.float32)
+        self.best_ids = np.full((len(queries), pool), -1, dtype=np.int64)
+
+    def iter_dense(self, model: int) -> Any:
+        for start in range(0, self.coll.size, BLOCK):
+            dense = self.coll.block(start)["dense"]
+            ids = np.arange(start + 1, start + 1 + len(dense), dtype=np.int64)  # chunk ids from 1
+            scores = self.q @ dense.T
+            merged = np.concatenate([self.best, scores], axis=1)
+            merged_ids = np.concatenate([self.best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+            top = np.argsort(-merged, axis=1, kind="stable")[:, : self.pool]
+            self.best = np.take_along_axis(merged, top, axis=1)
+            self.best_ids = np.take_along_axis(merged_ids, top, axis=1)
+            yield ids, dense
+
+    def sparse_rows(self) -> Any:
+        """(key, encoded weights): the key stands for a content hash (64 hex digits), here
+        the chunk id's, so that a hit maps back to its chunk without a catalog."""
+        from ragd.store.codec import encode
+
+        for start in range(0, self.coll.size, BLOCK):
+            b = self.coll.block(start)
+            for j in range(b["n"]):
+                yield format(start + j + 1, "064x"), encode(self.coll.weights(b["words"][j], b["jitter"][j]))
+
+    def lexical_rows(self) -> Any:
+        from ragd.lexical import document_terms
+
+        for start in range(0, self.coll.size, BLOCK):
+            b = self.coll.block(start)
+            for j in range(b["n"]):
+                yield start + j + 1, document_terms(self.coll.text(b["words"][j]))
+
+
+def run_stores(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The stores alone (``--layer stores``), in this process."""
+    import concurrent.futures
+
+    from ragd.config import SearchConfig
+    from ragd.lexical import query_terms
+    from ragd.search import fuse
+    from ragd.store.postings import LexicalIndex, SparseIndex, mirror_form
+    from ragd.store.vectors import IndexPlan, VectorIndex
+
+    store = CONFIGS[name]
+    defaults = config_for(CACHE, {"backend": "faiss"}, fake_model()).store
+    plan = IndexPlan(exact_limit=int(store.get("exact_limit", defaults.exact_limit)),
+                     nprobe=int(store.get("nprobe", defaults.nprobe)),
+                     vectors=str(store.get("vectors", defaults.vectors)))
+    search_cfg = SearchConfig()
+    pool = search_cfg.retrieve
+    weights = {"dense": search_cfg.dense_weight, "sparse": search_cfg.sparse_weight,
+               "lexical": search_cfg.lexical_weight}
+    coll = Collection(size, args.seed, args.spread)
+    queries = coll.queries(args.queries)
+    source = Generated(coll, queries, pool)
+    out: dict[str, Any] = {"config": name, "store": store, "load_average_start": round(os.getloadavg()[0], 2)}
+    folder = CACHE / f"stores-{size}-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    t = time.perf_counter()
+    dense = VectorIndex.rebuild(source, 0, DIM, plan)
+    out["dense_build_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    dense.tune()
+    dense.wait(args.wait)
+    out["dense_background_s"] = round(time.perf_counter() - t, 1)
+    out["dense_index"] = dense.describe()
+    mapped = mirror_form(str(store.get("mirrors", defaults.mirrors)), size)
+    t = time.perf_counter()
+    sparse = SparseIndex.build(source.sparse_rows(), folder / "sparse.npz" if mapped else None)
+    out["sparse_build_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    lexical = LexicalIndex.build(source.lexical_rows(), folder / "lexical.npz" if mapped else None)
+    out["lexical_build_s"] = round(time.perf_counter() - t, 1)
+    out["mirrors"] = "mapped" if mapped else "memory"
+    t = time.perf_counter()
+    dense.save(folder / "vectors.faiss", 1, "bench")
+    sparse.save(folder / "sparse.npz", 1, "bench")
+    lexical.save(folder / "lexical.npz", 1, "lexical")
+    out["save_s"] = round(time.perf_counter() - t, 1)
+    out["snapshot_bytes"] = folder_bytes(folder)
+    side = concurrent.futures.ThreadPoolExecutor(2)
+    exact = {i: dict(zip(source.best_ids[i].tolist(), source.best[i].tolist(), strict=True))
+             for i in range(len(queries))}
+
+    def hybrid(i: int, q: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+        terms = query_terms(q["text"])
+        lex = side.submit(lambda: lexical.search(terms, pool))
+        sp = side.submit(lambda: sparse.search(q["sparse"], pool))
+        found = dict(dense.search(q["dense"], pool))
+        signals = {"dense": found, "lexical": dict(lex.result()), "sparse": {int(h, 16): s for h, s in sp.result()}}
+        ranked = sorted(fuse(signals, weights).items(), key=lambda kv: (-kv[1], kv[0]))
+        truth = sorted(fuse({**signals, "dense": exact[i]}, weights).items(), key=lambda kv: (-kv[1], kv[0]))
+        dense_top = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        return [c for c, _ in ranked[:10]], [c for c, _ in truth[:10]], [c for c, _ in dense_top]
+
+    hybrid(0, queries[0])  # warm-up
+    walls, got, want, dense_got = [], [], [], []
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        a, b, c = hybrid(i, q)
+        walls.append((time.perf_counter() - t) * 1000)
+        got.append(a)
+        want.append(b)
+        dense_got.append(c)
+    dense_walls = []
+    for q in queries:
+        t = time.perf_counter()
+        dense.search(q["dense"], pool)
+        dense_walls.append((time.perf_counter() - t) * 1000)
+    side.shutdown()
+    out["hybrid"] = {"p50_ms": round(percentile(walls, 0.5), 1), "p95_ms": round(percentile(walls, 0.95), 1),
+                     "recall_at_10": recall(got, want)}
+    out["dense"] = {"p50_ms": round(percentile(dense_walls, 0.5), 1),
+                    "p95_ms": round(percentile(dense_walls, 0.95), 1),
+                    "recall_at_10": recall(dense_got, [row[:10].tolist() for row in source.best_ids])}
+    out["memory"] = memory()
+    out["load_average_end"] = round(os.getloadavg()[0], 2)
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
 
 
 def run_one(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -291,28 +432,33 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=28)
     parser.add_argument("--spread", type=float, default=1.2, help="noise per dimension around a topic's centre")
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for background training")
+    parser.add_argument("--layer", choices=["catalog", "stores"], default="catalog",
+                        help="end to end through the catalog, or the stores alone")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "size:config": run one in this process
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.one:
         size, name = args.one.split(":")
-        print(json.dumps(run_one(int(size), name, args)))
+        run = run_stores if args.layer == "stores" else run_one
+        print(json.dumps(run(int(size), name, args)))
         return 0
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
-    if "exact" in configs:  # the reference every other configuration is compared with
+    if "exact" in configs and args.layer == "catalog":  # the reference the others are compared with
         configs = ["exact"] + [c for c in configs if c != "exact"]
     result: dict[str, Any] = {"machine": machine(), "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",") if s.strip()):
-        built = ensure_catalog(size, args)
-        per: dict[str, Any] = {"catalog_write_s": built["write_s"], "catalog_bytes": built["catalog_bytes"],
-                               "configs": {}}
+        per: dict[str, Any] = {"configs": {}}
+        if args.layer == "catalog":
+            built = ensure_catalog(size, args)
+            per.update(catalog_write_s=built["write_s"], catalog_bytes=built["catalog_bytes"])
         for name in configs:
             log(f"[{size}] {name}")
-            cmd = [sys.executable, __file__, "--one", f"{size}:{name}", "--queries", str(args.queries),
+            cmd = [sys.executable, __file__, "--one", f"{size}:{name}", "--layer", args.layer,
+                   "--queries", str(args.queries),
                    "--seed", str(args.seed), "--spread", str(args.spread), "--wait", str(args.wait)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -334,6 +480,11 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['machine']['cpu']}, {result['machine']['cores']} cores")
+    if args.layer == "stores":
+        for size, per in result["sizes"].items():
+            for name, got in per["configs"].items():
+                print(f"{int(size):,} {name}: " + json.dumps(got))
+        return 0
     for size, per in result["sizes"].items():
         print(f"{int(size):,} chunks: catalog written in {per['catalog_write_s']} s, "
               f"{per['catalog_bytes'] / 1e9:.2f} GB")
