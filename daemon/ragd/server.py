@@ -127,7 +127,7 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
         ragd_pb2.Hit(
             chunk_id=h.chunk_id, path=h.path, start_line=h.start_line, end_line=h.end_line,
             heading=h.heading, snippet=h.snippet, score=h.score, retrieval_score=h.retrieval_score,
-            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page,
+            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page, origin=h.origin,
         )
         for h in result.hits
     ]

@@ -45,6 +45,7 @@ class Hit:
     rerank_score: float | None  # None when the hit was not reranked
     page: int | None = None  # first page (1-based); None for formats without pages
     end_page: int | None = None  # last page
+    origin: str = ""  # another daemon's chunk (chunk_id < 0) in a shared collection: that daemon's origin
 
     @classmethod
     def from_proto(cls, msg: pb.Hit) -> Hit:
@@ -60,6 +61,7 @@ class Hit:
             rerank_score=msg.rerank_score if msg.HasField("rerank_score") else None,
             page=msg.page or None,
             end_page=msg.end_page or msg.page or None,
+            origin=msg.origin,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class Hit:
             "chunk_id": self.chunk_id,
             "page": self.page,
             "end_page": self.end_page,
+            "origin": self.origin,
         }
 
 

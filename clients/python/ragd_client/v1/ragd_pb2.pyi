@@ -61,7 +61,7 @@ class SearchRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., candidates: _Optional[int] = ..., rerank: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., fusion: _Optional[str] = ..., like_chunk_id: _Optional[int] = ..., like_path: _Optional[str] = ..., like_line: _Optional[int] = ..., like_same_file: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("chunk_id", "path", "start_line", "end_line", "page", "heading", "snippet", "score", "retrieval_score", "rerank_score", "end_page")
+    __slots__ = ("chunk_id", "path", "start_line", "end_line", "page", "heading", "snippet", "score", "retrieval_score", "rerank_score", "end_page", "origin")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     START_LINE_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class Hit(_message.Message):
     RETRIEVAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     END_PAGE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     chunk_id: int
     path: str
     start_line: int
@@ -84,7 +85,8 @@ class Hit(_message.Message):
     retrieval_score: float
     rerank_score: float
     end_page: int
-    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., page: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., end_page: _Optional[int] = ...) -> None: ...
+    origin: str
+    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., page: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., end_page: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Models(_message.Message):
     __slots__ = ("embedder", "reranker")
