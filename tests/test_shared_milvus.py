@@ -199,6 +199,10 @@ def test_an_origin_is_made_once_per_data_folder_and_checked(
     with pytest.raises(ConfigError) as caught:
         shared("x", origin="bad:name")
     assert "store.origin: expected a name of letters" in str(caught.value) and "\n" not in str(caught.value)
+    (tmp_path / "one" / "data" / "origin").write_text("bad:name\n")
+    with Engine(shared("one", origin=""), models=loaded_models) as damaged, pytest.raises(StoreError) as failed:
+        _ = damaged.vectors
+    assert str(failed.value).startswith("store.origin: ") and "not an origin name" in str(failed.value)
 
 
 def test_a_long_text_is_cut_on_a_character_boundary() -> None:
@@ -213,7 +217,7 @@ def test_a_daemon_serves_the_others_hits_and_points_at_their_origin(
 ) -> None:
     """Through gRPC: Alice's daemon returns Bob's chunk with its origin; GetChunk and ReadFile
     of it say which origin serves it instead of failing."""
-    alice, _, alice_root, bob_root = team
+    alice, bob, alice_root, bob_root = team
     alice.close()
     config = parse_config({
         **{k: v for k, v in _as_table(shared("alice")).items()},
@@ -225,6 +229,7 @@ def test_a_daemon_serves_the_others_hits_and_points_at_their_origin(
     try:
         client = ragd_client.Client(address=f"unix://{daemon.socket}", timeout=30)
         wait_for(lambda: client.status().serving, what="serving")
+        assert client.status().shared_chunks == bob.vectors.count > 0
         hit = client.search("kestrels hunting voles", rerank=False).hits[0]
         assert (hit.path, hit.origin, hit.heading) == (str(bob_root / "kestrel.md"), "bob", ["Birds", "Kestrels"])
         assert hit.chunk_id < 0 and hit.start_line > 0

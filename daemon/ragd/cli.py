@@ -674,7 +674,9 @@ def _print_status(st: dict[str, Any]) -> None:
     state = "serving" if st["serving"] else "not serving (loading or rebuilding)"
     click.echo(f"ragd {st.get('version', '')}: {state}")
     click.echo(f"  files: {st['files_indexed']} indexed, {st['files_pending']} pending, "
-               f"{st['files_failed']} not indexed; {st.get('chunks', 0)} chunks")
+               f"{st['files_failed']} not indexed; {st.get('chunks', 0)} chunks"
+               + (f" (+ {st['shared_chunks']} of other daemons in the shared collection)"
+                  if st.get("shared_chunks") else ""))
     models = st.get("models") or {}
     click.echo(f"  models: embedder {models.get('embedder') or '-'}, reranker {models.get('reranker') or 'off'}")
     for reason in st.get("degraded", []):

@@ -253,13 +253,14 @@ class Service:
         info = d.status_info
         roots: list[RootStatus] = []
         totals = {"indexed": 0, "pending": 0, "failed": 0}
-        chunks = 0
+        chunks = shared = 0
         models = Models(embedder="", reranker=None)
         degraded: list[str] = []
         if d.engine is not None and serving:  # while loading, the engine is not ready to read
             cat = d.reader().catalog
             stats = cat.root_stats()
             chunks = cat.count_chunks()
+            shared = d.reader().shared_chunks()
             watching = set(d.watcher.watching())
             suspended = d.suspended_roots()
             troubles = d.watch_problems()
@@ -294,7 +295,7 @@ class Service:
             files_failed=totals["failed"], chunks=chunks, roots=roots, models=models, degraded=degraded,
             current_file=(info.current_file or None) if info.busy_since is not None else None,
             throughput=round(chunk_rate, 2), eta=eta, tokens_per_second=round(token_rate, 1), version=__version__,
-            writer_error=d.writer_problem() or None,
+            writer_error=d.writer_problem() or None, shared_chunks=shared,
         )
 
 

@@ -325,6 +325,7 @@ class Status:
     tokens_per_second: float = 0.0
     version: str = ""
     writer_error: str | None = None  # why changes are not indexed now (retried); None when the writer works
+    shared_chunks: int = 0  # other daemons' chunks searched with these (a shared Milvus collection)
 
     @classmethod
     def from_proto(cls, msg: pb.StatusResponse) -> Status:
@@ -343,6 +344,7 @@ class Status:
             tokens_per_second=msg.tokens_per_second,
             version=msg.version,
             writer_error=msg.writer_error or None,
+            shared_chunks=msg.shared_chunks,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,4 +363,5 @@ class Status:
             "tokens_per_second": self.tokens_per_second,
             "eta": self.eta,
             "writer_error": self.writer_error,
+            "shared_chunks": self.shared_chunks,
         }

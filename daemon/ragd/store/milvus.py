@@ -98,10 +98,11 @@ def connect(config: StoreConfig) -> Any:
 
 
 def resolve_origin(config: StoreConfig, data_dir: Path) -> tuple[str, str | None]:
-    """This data folder's origin and the one its rows were written under before, when
-    ``store.origin`` renamed it (those rows are this folder's, to delete). Without
-    ``store.origin`` the name is made once (host name + a random tag, so two data folders on
-    one host differ) and kept in ``data_dir/origin``."""
+    """This data folder's origin and the one recorded in ``data_dir/origin`` (what its rows
+    are under; None before the first open). Without ``store.origin`` the name is made once:
+    the host name and a random tag, so two data folders on one host differ."""
+    from ragd.config import ORIGIN_NAME
+
     path = data_dir / ORIGIN_FILE
     try:
         recorded: str | None = path.read_text(encoding="utf-8").strip() or None
@@ -109,13 +110,20 @@ def resolve_origin(config: StoreConfig, data_dir: Path) -> tuple[str, str | None
         recorded = None
     except OSError as exc:
         raise StoreError(f"store.origin: cannot read {path} ({exc.strerror or exc})") from None
-    origin = config.origin or recorded or _new_origin()
-    if origin != recorded:
-        try:
-            atomic_write(path, lambda tmp: _write_text(tmp, origin + "\n"))
-        except OSError as exc:
-            raise StoreError(f"store.origin: cannot record the origin in {path} ({exc.strerror or exc})") from None
-    return origin, recorded if recorded not in (None, origin) else None
+    if recorded is not None and not ORIGIN_NAME.fullmatch(recorded):
+        raise StoreError(f"store.origin: {path} holds {recorded[:80]!r}, not an origin name: set store.origin "
+                         "to the name this data folder's rows are under, or delete the file")
+    return config.origin or recorded or _new_origin(), recorded
+
+
+def record_origin(data_dir: Path, origin: str) -> None:
+    """Keep ``origin`` in ``data_dir/origin``: written before any row is, and after a renamed
+    origin's old rows are deleted, so rows never lie under a name the folder forgot."""
+    path = data_dir / ORIGIN_FILE
+    try:
+        atomic_write(path, lambda tmp: _write_text(tmp, origin + "\n"))
+    except OSError as exc:
+        raise StoreError(f"store.origin: cannot record the origin in {path} ({exc.strerror or exc})") from None
 
 
 def _write_text(path: str, text: str) -> None:
@@ -250,13 +258,15 @@ class MilvusStore(VectorStore):
 
     @classmethod
     def open(cls, config: StoreConfig, ctx: StoreContext) -> MilvusStore:
-        origin, retired = resolve_origin(config, ctx.data_dir)
+        origin, recorded = resolve_origin(config, ctx.data_dir)
         store = cls(ctx, connect(config), config.collection, origin)
         try:
             store._ensure_collection()
-            if retired is not None:  # store.origin renamed this folder's rows: the old ones go
-                log.info("store.origin is now %s: deleting this data folder's rows under %s", origin, retired)
-                store.client.delete(store.collection, filter=f"origin == {_quoted(retired)}")
+            if recorded not in (None, origin):  # store.origin renamed this folder's rows: the old ones go
+                log.info("store.origin is now %s: deleting this data folder's rows under %s", origin, recorded)
+                store.client.delete(store.collection, filter=f"origin == {_quoted(str(recorded))}")
+            if recorded != origin:
+                record_origin(ctx.data_dir, origin)
             if store.reconcile():
                 store.client.flush(store.collection)  # Milvus Lite scans unflushed rows one by one
         except StoreError:

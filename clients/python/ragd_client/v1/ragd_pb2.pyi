@@ -244,7 +244,7 @@ class RootStatus(_message.Message):
     def __init__(self, path: _Optional[str] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[FailedFile, _Mapping]]] = ..., current_file: _Optional[str] = ..., watching: _Optional[bool] = ..., suspended: _Optional[bool] = ..., suspended_reason: _Optional[str] = ..., watch_problem: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error")
+    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error", "shared_chunks")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     FILES_INDEXED_FIELD_NUMBER: _ClassVar[int]
     FILES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,7 @@ class StatusResponse(_message.Message):
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WRITER_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     files_indexed: int
     files_pending: int
@@ -273,7 +274,8 @@ class StatusResponse(_message.Message):
     eta_seconds: float
     version: str
     writer_error: str
-    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ...) -> None: ...
+    shared_chunks: int
+    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ..., shared_chunks: _Optional[int] = ...) -> None: ...
 
 class Root(_message.Message):
     __slots__ = ("path", "configured")
