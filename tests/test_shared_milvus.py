@@ -249,3 +249,49 @@ def _as_table(config: Any) -> dict[str, Any]:
             "models": {"embedder": config.models.embedder, "reranker": config.models.reranker, "fallback": "none"},
             "store": {"backend": "milvus", "uri": config.store.uri, "collection": config.store.collection,
                       "origin": config.store.origin}}
+
+
+def test_the_command_line_shows_where_a_hit_lives(
+    team: tuple[Engine, Engine, Path, Path], tmp_path: Path, model_folders: dict[str, Path],
+) -> None:
+    """``ragd search`` in a process of its own (no daemon), from a data folder with no chunks
+    of its own: the team's hits, each of another daemon's marked with its origin."""
+    from click.testing import CliRunner
+
+    from ragd.cli import main
+
+    _, _, _, bob_root = team
+    cfg = tmp_path / "carl.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "carl" / "data"}"\n\n'
+        f'[models]\nembedder = "{model_folders["m3"]}"\nreranker = "{model_folders["reranker"]}"\nfallback = "none"\n\n'
+        f'[store]\nbackend = "milvus"\nuri = "{tmp_path / "team" / "milvus.db"}"\ncollection = "team"\n'
+        'origin = "carl"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["search", "kestrels hunting voles", "--config", str(cfg), "--no-rerank"])
+    assert result.exit_code == 0, result.output
+    assert f"1. {bob_root / 'kestrel.md'}:" in result.stdout and "(on bob)" in result.stdout.splitlines()[0]
+
+
+def test_a_collection_of_only_its_own_rows_follows_a_new_embedder(
+    tmp_path: Path, shared: Callable[..., Any], loaded_models: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody else's rows in it: a new embedder drops the collection and fills it again, as
+    with one daemon; the label survives a reopen (Milvus Lite keeps properties, not
+    descriptions), so an unchanged daemon does not refill it."""
+    from ragd.models import load_models
+    from ragd.models.fake import write_fake_model
+
+    root = tmp_path / "notes"
+    write_tree(root, ALICE)
+    with Engine(shared("solo"), models=loaded_models) as solo:
+        index_paths(solo, [root])
+        rows = solo.store.held()  # type: ignore[attr-defined]
+    caplog.clear()
+    with Engine(shared("solo"), models=loaded_models) as again:
+        store: Any = again.store
+        assert store.held() == rows and "made again" not in caplog.text
+    config = shared("solo", embedder=write_fake_model(tmp_path / "other-embedder", dim=64))
+    with Engine(config, models=load_models(config.models, warn=False)) as changed:
+        index_paths(changed, [root])
+        assert "made again" in caplog.text and changed.store._label()["dim"] == 64  # type: ignore[attr-defined]
+        assert hits(changed, "sourdough starter", "dense")[0].path == str(root / "bread.txt")

@@ -209,7 +209,8 @@ def search(
         if hit.get("page"):
             last = hit.get("end_page") or hit["page"]
             pages = f" (p. {hit['page']})" if last == hit["page"] else f" (pp. {hit['page']}-{last})"
-        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{pages}{heading}", bold=True)
+        origin = f"  (on {hit['origin']})" if hit.get("origin") else ""  # another daemon's, in a shared index
+        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{pages}{heading}{origin}", bold=True)
         click.echo(f"   {scores}")
         click.echo(f"   {hit['snippet']}")
     t = data["timings"]
