@@ -87,11 +87,11 @@ def test_the_collection_converges_with_the_catalog_at_open(
         store: Any = engine.store
         ids = sorted(want)
         gone, stale = ids[0], ids[1]
-        store.client.delete(store.collection, ids=[gone])  # a chunk whose row was never written
-        other = store.client.query(store.collection, filter=f"id == {ids[2]}", output_fields=["dense", "sparse"])[0]
+        store._delete([gone])  # a chunk whose row was never written
+        other = next(store._rows([(ids[2], want[ids[2]])], {}))
         store.client.upsert(store.collection, [  # a deleted chunk's row, and a reused id with another's vector
-            {"id": 10_000_000, "hash": "f" * 64, "dense": other["dense"], "sparse": other["sparse"]},
-            {"id": stale, "hash": "e" * 64, "dense": other["dense"], "sparse": other["sparse"]},
+            {**other, "pk": f"{store.origin}:10000000", "chunk": 10_000_000, "hash": "f" * 64},
+            {**other, "pk": f"{store.origin}:{stale}", "chunk": stale, "hash": "e" * 64},
         ])
         assert store.held().keys() != want.keys() or store.held() != want
     with Engine(config, models=loaded_models) as fresh:
@@ -112,7 +112,7 @@ def test_a_run_whose_count_disagrees_reconciles(tmp_path: Path, make_config: Any
     with Engine(milvus_config(make_config, tmp_path), models=loaded_models) as engine:
         index_paths(engine, [root])
         store: Any = engine.store
-        store.client.delete(store.collection, ids=[min(store.held())])
+        store._delete([min(store.held())])
         store._count -= 1
         assert engine.check_mirrors() == ["vectors"]
         assert store.held() == engine.catalog.embedded_chunks(engine.model_key)

@@ -151,6 +151,9 @@ class StoreConfig:
     uri: str = ""
     token: str = ""
     collection: str = "ragd"
+    # This daemon's name for its rows in a shared collection; "" derives one once per data
+    # folder (host name + a random tag, kept in data_dir/origin).
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,7 @@ RULES: Mapping[str, Rule] = {
     "store.backend": Rule(choices=("faiss", "milvus")),
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
+    "store.origin": Rule(empty_ok=True),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
 
@@ -298,6 +302,9 @@ def parse_config(
 
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 """What Milvus accepts as a collection name."""
+ORIGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A daemon's origin in a shared collection: safe inside a Milvus string literal and before
+the ``:`` of a row's key."""
 
 
 def _check_store(store: StoreConfig, ctx: _Context) -> StoreConfig:
@@ -306,6 +313,9 @@ def _check_store(store: StoreConfig, ctx: _Context) -> StoreConfig:
     if not COLLECTION_NAME.fullmatch(store.collection):
         ctx.fail("store.collection", "expected a Milvus collection name (a letter or _, then letters, digits "
                                      f"or _, at most 255), got {_describe(store.collection)}")
+    if store.origin and not ORIGIN_NAME.fullmatch(store.origin):
+        ctx.fail("store.origin", "expected a name of letters, digits, '.', '_' or '-' (starting with a letter or "
+                                 f"digit, at most 64), got {_describe(store.origin)}")
     if store.backend != "milvus":
         return store
     uri = store.uri.strip()

@@ -129,7 +129,7 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
         ragd_pb2.Hit(
             chunk_id=h.chunk_id, path=h.path, start_line=h.start_line, end_line=h.end_line,
             heading=h.heading, snippet=h.snippet, score=h.score, retrieval_score=h.retrieval_score,
-            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page,
+            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page, origin=h.origin,
         )
         for h in result.hits
     ]
@@ -159,7 +159,7 @@ def _status_proto(st: Status) -> Any:
         models=ragd_pb2.Models(embedder=st.models.embedder, reranker=st.models.reranker or ""),
         degraded=st.degraded, current_file=st.current_file or "", chunks_per_second=st.throughput,
         tokens_per_second=st.tokens_per_second, eta_seconds=-1.0 if st.eta is None else st.eta, version=st.version,
-        writer_error=st.writer_error or "",
+        writer_error=st.writer_error or "", shared_chunks=st.shared_chunks,
     )
 
 
