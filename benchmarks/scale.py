@@ -283,7 +283,8 @@ def run_stores(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]
     import concurrent.futures
 
     from ragd.config import SearchConfig
-    from ragd.lexical import query_terms
+    from ragd.lexical import terms as query_terms
+    from ragd.query import select_terms
     from ragd.search import fuse
     from ragd.store.postings import LexicalIndex, SparseIndex, mirror_form
     from ragd.store.vectors import IndexPlan, VectorIndex
@@ -331,8 +332,8 @@ def run_stores(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]
              for i in range(len(queries))}
 
     def hybrid(i: int, q: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
-        terms = query_terms(q["text"])
-        lex = side.submit(lambda: lexical.search(terms, pool))
+        lex = side.submit(lambda: lexical.search(select_terms(query_terms(q["text"]), lexical.document_frequency),
+                                                 pool))
         sp = side.submit(lambda: sparse.search(q["sparse"], pool))
         found = dict(dense.search(q["dense"], pool))
         signals = {"dense": found, "lexical": dict(lex.result()), "sparse": {int(h, 16): s for h, s in sp.result()}}

@@ -32,13 +32,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ragd.auth import load_or_create_token, token_path
+from ragd.auth import load_or_create_token, own_paths, token_path
 from ragd.config import Config, ConfigError
 from ragd.engine import Engine
 from ragd.errors import INTERNAL, RagdError, StoreUnavailable, outcome_for
 from ragd.filters import Filters
 from ragd.indexer import Indexer, WriterStatus, root_problem
-from ragd.paths import PathFilter
+from ragd.paths import PathFilter, inside
 from ragd.requests import SearchRequest
 from ragd.search import SearchOptions, SearchResult
 from ragd.service import Service
@@ -498,10 +498,11 @@ class Daemon:
                 self.wake.set()
 
     def _filter_for(self, root: Path) -> PathFilter:
+        private = inside(root, own_paths(self.config))
         for r in self.config.roots:
             if r.path == root:
-                return PathFilter(r.include, r.exclude)
-        return PathFilter()
+                return PathFilter(r.include, r.exclude, private)
+        return PathFilter(private=private)
 
     def add_root(self, root: Path) -> None:
         """Register ``root`` at once, also while start() still loads the models (a first start
