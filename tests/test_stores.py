@@ -186,3 +186,46 @@ def test_a_lite_file_that_cannot_be_made_is_a_one_line_store_error(
     with Engine(config, models=loaded_models) as engine, pytest.raises(StoreError) as caught:
         _ = engine.vectors
     assert str(caught.value).startswith("store.uri: cannot make the folder of the Milvus Lite file")
+
+
+@pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT"])
+def test_an_approximate_milvus_index_is_made_switched_and_searched(
+    tmp_path: Path, make_config: Any, loaded_models: Any, index_type: str,
+) -> None:
+    """``store.milvus_index`` gives the dense vectors that index (searched with its own
+    parameters, same hits as FLAT on a small tree); changing it rebuilds the index at the
+    next open, without refilling the rows."""
+    root = tmp_path / "notes"
+    write_tree(root, NOTES)
+    with Engine(milvus_config(make_config, tmp_path), models=loaded_models) as flat:
+        index_paths(flat, [root])
+        want = answers(flat)
+    config = milvus_config(make_config, tmp_path, milvus_index=index_type)
+    with Engine(config, models=loaded_models) as engine:
+        store = engine.store
+        assert store.client.describe_index(store.collection, "dense")["index_type"] == index_type
+        assert store.index_type == index_type and store.count == engine.catalog.count_chunks()
+        got = answers(engine)
+        assert [[(p, line) for p, line, _ in hits] for hits in got] == [[(p, line) for p, line, _ in hits]
+                                                                         for hits in want]
+    with Engine(milvus_config(make_config, tmp_path), models=loaded_models) as back:
+        assert back.store.client.describe_index(back.store.collection, "dense")["index_type"] == "FLAT"
+        assert answers(back) == want
+
+
+def test_a_shared_collection_keeps_its_index(tmp_path: Path, make_config: Any, loaded_models: Any) -> None:
+    """Daemons set differently must not rebuild a shared collection's index at each other's
+    every start: one whose rows are not all its own keeps the index there and searches it."""
+    write_tree(tmp_path / "a", NOTES)
+    write_tree(tmp_path / "b", {"other.txt": "Kestrels and falcons hunt over open fields.\n"})
+    with Engine(milvus_config(make_config, tmp_path, origin="a"), models=loaded_models) as a:
+        index_paths(a, [tmp_path / "a"])
+    with Engine(make_config(data_dir=str(tmp_path / "b-data"),
+                            store={"backend": "milvus", "uri": str(tmp_path / "milvus" / "ragd.db"), "origin": "b",
+                                   "milvus_index": "HNSW"}), models=loaded_models) as b:
+        index_paths(b, [tmp_path / "b"])
+        assert b.store.index_type == "FLAT"
+        assert b.store.client.describe_index(b.store.collection, "dense")["index_type"] == "FLAT"
+        found = search(b, "kestrels hunting voles", SearchOptions(mode="dense", rerank=False)).hits
+        assert ("a", str(tmp_path / "a" / "kestrel.txt")) in {(h.origin, h.path) for h in found}
+        assert ("", str(tmp_path / "b" / "other.txt")) in {(h.origin, h.path) for h in found}

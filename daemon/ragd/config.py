@@ -154,6 +154,9 @@ class StoreConfig:
     # This daemon's name for its rows in a shared collection; "" derives one once per data
     # folder (host name + a random tag, kept in data_dir/origin).
     origin: str = ""
+    # Milvus's index of the dense vectors: FLAT is exact; the others are approximate, for
+    # collections of millions of chunks on a Milvus server.
+    milvus_index: str = "FLAT"
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,7 @@ RULES: Mapping[str, Rule] = {
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
     "store.origin": Rule(empty_ok=True),
+    "store.milvus_index": Rule(choices=("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")),
 }
 """Per-key constraints, keyed by the dotted key with array indexes dropped (``roots.path``)."""
 

@@ -1,5 +1,6 @@
 """The Milvus backend (``store.backend = "milvus"``): one collection holds each chunk's dense
-vector (FLOAT_VECTOR, inner product, exact FLAT index) and BGE-M3's lexical weights
+vector (FLOAT_VECTOR, inner product; an exact FLAT index, or the approximate one
+``store.milvus_index`` names) and BGE-M3's lexical weights
 (SPARSE_FLOAT_VECTOR, inner product), with its content hash. ``store.uri`` is a file path
 ending in ``.db`` (Milvus Lite, in this process) or a server address; pymilvus's
 ``MilvusClient`` speaks to both.
@@ -57,6 +58,13 @@ WRITE_BATCH = 1000
 ID_WINDOW = 10_000
 """Chunk ids per query when the rows are read back (Milvus answers at most 16,384 rows)."""
 CONNECT_TIMEOUT_S = 10.0
+INDEX_PARAMS: dict[str, dict[str, int]] = {
+    "FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "IVF_SQ8": {"nlist": 1024}, "HNSW": {"M": 16, "efConstruction": 128},
+    "AUTOINDEX": {},
+}
+"""``store.milvus_index``: the dense index and how it is built (lists per segment, graph degree)."""
+NPROBE = 32
+"""IVF lists searched, as FAISS's default ``store.nprobe``."""
 VARCHAR_BYTES = 65_535
 """Milvus's VARCHAR limit: a longer chunk text is cut there (on a UTF-8 boundary; ``cut``
 says so), a heading loses its last levels."""
@@ -257,13 +265,16 @@ class MilvusStore(VectorStore):
         self._sparse = MilvusSparse(self) if ctx.has_sparse else None
         self._count = 0
         self._flushed: int | None = None
+        self.index_type = "FLAT"  # the dense index the collection has (``store.milvus_index`` when made here)
 
     @classmethod
     def open(cls, config: StoreConfig, ctx: StoreContext) -> MilvusStore:
         origin, recorded = resolve_origin(config, ctx.data_dir)
         store = cls(ctx, connect(config), config.collection, origin)
+        store.index_type = config.milvus_index
         try:
             store._ensure_collection()
+            store._settle_index(config.milvus_index)
             if recorded not in (None, origin):  # store.origin renamed this folder's rows: the old ones go
                 log.info("store.origin is now %s: deleting this data folder's rows under %s", origin, recorded)
                 store.client.delete(store.collection, filter=f"origin == {_quoted(str(recorded))}")
@@ -315,6 +326,37 @@ class MilvusStore(VectorStore):
             client.drop_collection(name)
         self._create()
 
+    def _settle_index(self, wanted: str) -> None:
+        """Give the dense vectors the ``wanted`` index unless they have it; a collection shared
+        with other daemons keeps the index it has (daemons set differently would otherwise
+        rebuild it at each other's every start), and searches use that one's parameters."""
+        client, name = self.client, self.collection
+        have = str(client.describe_index(name, "dense").get("index_type", ""))
+        if have == wanted:
+            self.index_type = have
+            return
+        if self._others_in(self._label()):
+            log.warning("Milvus collection %s is shared and keeps its %s index (store.milvus_index asks for %s)",
+                        name, have, wanted)
+            self.index_type = have
+            return
+        log.info("Milvus collection %s: replacing its %s index of the dense vectors with %s", name, have, wanted)
+        client.release_collection(name)
+        client.drop_index(name, "dense")
+        index = client.prepare_index_params()
+        index.add_index(field_name="dense", index_type=wanted, metric_type="IP", params=INDEX_PARAMS[wanted])
+        client.create_index(name, index)
+        client.load_collection(name)
+        self.index_type = wanted
+
+    def _search_params(self, field: str, n: int) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if field == "dense" and self.index_type.startswith("IVF"):
+            params = {"nprobe": NPROBE}
+        elif field == "dense" and self.index_type == "HNSW":
+            params = {"ef": max(64, n)}  # Milvus wants ef >= the number of hits
+        return {"metric_type": "IP", "params": params}
+
     def _others_in(self, label: dict[str, Any]) -> bool:
         """Whether a collection of this layout holds rows of another origin."""
         self.client.load_collection(self.collection)
@@ -339,7 +381,8 @@ class MilvusStore(VectorStore):
         schema.add_field("cut", DataType.BOOL)  # the text was cut to VARCHAR_BYTES
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.ctx.dim)
         index = client.prepare_index_params()
-        index.add_index(field_name="dense", index_type="FLAT", metric_type="IP")
+        index.add_index(field_name="dense", index_type=self.index_type, metric_type="IP",
+                        params=INDEX_PARAMS[self.index_type])
         index.add_index(field_name="origin", index_type="INVERTED")
         index.add_index(field_name="gid", index_type="INVERTED")
         if self.ctx.has_sparse:
@@ -429,7 +472,7 @@ class MilvusStore(VectorStore):
             return []
         found = self.client.search(self.collection, data=[query], anns_field=field, limit=min(n, 16384),
                                    filter=expr, output_fields=["origin", "chunk", "gid"],
-                                   search_params={"metric_type": "IP"})
+                                   search_params=self._search_params(field, n))
         out = []
         for hit in found[0]:
             row = hit["entity"]
