@@ -41,7 +41,7 @@ from ragd_client.v1 import ragd_pb2_grpc as pb_grpc
 
 HIT_KEYS = [
     "path", "start_line", "end_line", "heading", "snippet", "score", "retrieval_score", "rerank_score",
-    "chunk_id", "page", "end_page",
+    "chunk_id", "page", "end_page", "origin",
 ]
 
 

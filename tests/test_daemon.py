@@ -415,3 +415,51 @@ def test_oversized_request_is_resource_exhausted(daemon_factory: Callable[..., A
     wait_for(lambda: idle(client), what="initial index")
     with pytest.raises(ragd_client.ResourceExhausted):
         client.search("bread", path_prefix="/" + "x" * 4000)
+
+
+@pytest.mark.stores("milvus")
+def test_a_store_server_that_does_not_answer_is_waited_for(
+    daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Milvus server is down when the daemon starts: it answers NOT_SERVING, says why in
+    ``Status.writer_error``, retries, and serves (and indexes) once the server answers."""
+    import threading
+
+    import ragd.server
+    import ragd.store.milvus as milvus
+    from ragd.errors import StoreUnavailable
+
+    real_connect = milvus.connect
+    up = threading.Event()
+    attempts: list[float] = []
+
+    def connect(config: Any) -> Any:
+        attempts.append(time.monotonic())
+        if not up.is_set():
+            raise StoreUnavailable("store.uri: cannot reach the Milvus server at http://db:19530 (refused)")
+        return real_connect(config)
+
+    monkeypatch.setattr(milvus, "connect", connect)
+    monkeypatch.setattr(ragd.server, "STORE_RETRY_FIRST_S", 0.05)
+    monkeypatch.setattr(ragd.server, "STORE_RETRY_MAX_S", 0.2)
+    box: dict[str, Any] = {}
+    starter = threading.Thread(target=lambda: box.setdefault("started", daemon_factory()))
+    starter.start()
+    sock = tmp_path / "run" / "ragd.sock"
+    wait_for(sock.exists, what="the socket")
+    client = ragd_client.Client(address=f"unix://{sock}", timeout=10)
+    try:
+        st = wait_for(lambda: (s := client.status()).writer_error and s, what="the reason in Status")
+        assert not st.serving and client.health() == "NOT_SERVING"
+        assert st.writer_error.startswith("waiting for the vector store: store.uri: cannot reach the Milvus server")
+        wait_for(lambda: len(attempts) >= 3, what="retries")
+        up.set()
+        starter.join(30)
+        assert not starter.is_alive()
+        assert client.health() == "SERVING"
+        st = wait_for(lambda: idle(client), what="indexed after the wait")
+        assert st.files_indexed == 2 and not st.writer_error
+    finally:
+        up.set()
+        starter.join(30)
+        client.close()

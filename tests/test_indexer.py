@@ -155,6 +155,30 @@ def test_excludes_hidden_and_vcs_folders(tmp_path: Path, recording_engine: Any) 
     assert report.files_seen == 4
 
 
+def test_ragds_own_files_under_a_root_are_never_indexed(tmp_path: Path, recording_engine: Any) -> None:
+    """A root that holds the data folder (the full text of every document) or the token file
+    indexes neither, whatever its patterns say; the rest of the root is indexed."""
+    write_tree(tmp_path / "notes", NOTES)
+    token = tmp_path / "keys" / "ragd-token"
+    engine, _ = recording_engine(server={"token_file": str(token)})
+    write_tree(tmp_path / "data", {"notes.txt": "a text file in the data folder\n"})
+    write_tree(tmp_path / "keys", {"ragd-token": "secret-token-secret-token\n", "other.txt": "kept\n"})
+    index_paths(engine, [tmp_path])
+    indexed = {Path(p).relative_to(tmp_path).as_posix() for p, in engine.catalog.db.execute("SELECT path FROM files")}
+    assert indexed == {f"notes/{name}" for name in NOTES} | {"keys/other.txt"}
+
+
+def test_private_paths_are_refused_by_the_filter() -> None:
+    from ragd.paths import PathFilter, inside
+
+    root = Path("/srv/notes")
+    private = inside(root, [Path("/srv/notes/.././notes/ragd data"), Path("/srv/notes/token"), Path("/srv/other")])
+    assert private == ["ragd data", "token"]
+    f = PathFilter(include=["*"], private=private)
+    assert not f.accepts_dir("ragd data") and not f.accepts("ragd data/catalog.db") and not f.accepts("token")
+    assert f.accepts("ragd data.txt") and f.accepts("tokens/a.md") and f.accepts_dir("ragd")
+
+
 def test_crash_mid_run_loses_nothing_committed(tmp_path: Path, recording_engine: Any) -> None:
     root = tmp_path / "notes"
     write_tree(root, {f"n{i:03d}.txt": f"note {i}: topic number {i} about thing {i * 7}\n" for i in range(30)})

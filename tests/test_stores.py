@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_tree
 from ragd.engine import Engine
-from ragd.errors import ConfigError, StoreError
+from ragd.errors import ConfigError, StoreError, StoreUnavailable
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, search
 from ragd.store.base import ChunkFilter
@@ -87,11 +87,11 @@ def test_the_collection_converges_with_the_catalog_at_open(
         store: Any = engine.store
         ids = sorted(want)
         gone, stale = ids[0], ids[1]
-        store.client.delete(store.collection, ids=[gone])  # a chunk whose row was never written
-        other = store.client.query(store.collection, filter=f"id == {ids[2]}", output_fields=["dense", "sparse"])[0]
+        store._delete([gone])  # a chunk whose row was never written
+        other = next(store._rows([(ids[2], want[ids[2]])], {}))
         store.client.upsert(store.collection, [  # a deleted chunk's row, and a reused id with another's vector
-            {"id": 10_000_000, "hash": "f" * 64, "dense": other["dense"], "sparse": other["sparse"]},
-            {"id": stale, "hash": "e" * 64, "dense": other["dense"], "sparse": other["sparse"]},
+            {**other, "pk": f"{store.origin}:10000000", "chunk": 10_000_000, "hash": "f" * 64},
+            {**other, "pk": f"{store.origin}:{stale}", "chunk": stale, "hash": "e" * 64},
         ])
         assert store.held().keys() != want.keys() or store.held() != want
     with Engine(config, models=loaded_models) as fresh:
@@ -112,7 +112,7 @@ def test_a_run_whose_count_disagrees_reconciles(tmp_path: Path, make_config: Any
     with Engine(milvus_config(make_config, tmp_path), models=loaded_models) as engine:
         index_paths(engine, [root])
         store: Any = engine.store
-        store.client.delete(store.collection, ids=[min(store.held())])
+        store._delete([min(store.held())])
         store._count -= 1
         assert engine.check_mirrors() == ["vectors"]
         assert store.held() == engine.catalog.embedded_chunks(engine.model_key)
@@ -171,12 +171,13 @@ def test_a_relative_lite_path_is_anchored_at_the_config_file(make_config: Any, t
 
 
 def test_an_unreachable_server_is_a_one_line_store_error(make_config: Any, loaded_models: Any) -> None:
-    """Nothing listens there: opening the store says which setting to check, on one line."""
+    """Nothing listens there: opening the store says which setting to check, on one line, as
+    ``StoreUnavailable`` (the daemon waits for it; a wrong Lite path is a plain StoreError)."""
     config = make_config(store={"backend": "milvus", "uri": "http://127.0.0.1:9"})
-    with Engine(config, models=loaded_models) as engine, pytest.raises(StoreError) as caught:
+    with Engine(config, models=loaded_models) as engine, pytest.raises(StoreUnavailable) as caught:
         _ = engine.vectors
     message = str(caught.value)
-    assert message.startswith("store.uri: cannot open the Milvus server at http://127.0.0.1:9") and "\n" not in message
+    assert message.startswith("store.uri: cannot reach the Milvus server at http://127.0.0.1:9") and "\n" not in message
 
 
 def test_a_lite_file_that_cannot_be_made_is_a_one_line_store_error(
@@ -188,3 +189,46 @@ def test_a_lite_file_that_cannot_be_made_is_a_one_line_store_error(
     with Engine(config, models=loaded_models) as engine, pytest.raises(StoreError) as caught:
         _ = engine.vectors
     assert str(caught.value).startswith("store.uri: cannot make the folder of the Milvus Lite file")
+
+
+@pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT"])
+def test_an_approximate_milvus_index_is_made_switched_and_searched(
+    tmp_path: Path, make_config: Any, loaded_models: Any, index_type: str,
+) -> None:
+    """``store.milvus_index`` gives the dense vectors that index (searched with its own
+    parameters, same hits as FLAT on a small tree); changing it rebuilds the index at the
+    next open, without refilling the rows."""
+    root = tmp_path / "notes"
+    write_tree(root, NOTES)
+    with Engine(milvus_config(make_config, tmp_path), models=loaded_models) as flat:
+        index_paths(flat, [root])
+        want = answers(flat)
+    config = milvus_config(make_config, tmp_path, milvus_index=index_type)
+    with Engine(config, models=loaded_models) as engine:
+        store = engine.store
+        assert store.client.describe_index(store.collection, "dense")["index_type"] == index_type
+        assert store.index_type == index_type and store.count == engine.catalog.count_chunks()
+        got = answers(engine)
+        assert [[(p, line) for p, line, _ in hits] for hits in got] == [[(p, line) for p, line, _ in hits]
+                                                                         for hits in want]
+    with Engine(milvus_config(make_config, tmp_path), models=loaded_models) as back:
+        assert back.store.client.describe_index(back.store.collection, "dense")["index_type"] == "FLAT"
+        assert answers(back) == want
+
+
+def test_a_shared_collection_keeps_its_index(tmp_path: Path, make_config: Any, loaded_models: Any) -> None:
+    """Daemons set differently must not rebuild a shared collection's index at each other's
+    every start: one whose rows are not all its own keeps the index there and searches it."""
+    write_tree(tmp_path / "a", NOTES)
+    write_tree(tmp_path / "b", {"other.txt": "Kestrels and falcons hunt over open fields.\n"})
+    with Engine(milvus_config(make_config, tmp_path, origin="a"), models=loaded_models) as a:
+        index_paths(a, [tmp_path / "a"])
+    with Engine(make_config(data_dir=str(tmp_path / "b-data"),
+                            store={"backend": "milvus", "uri": str(tmp_path / "milvus" / "ragd.db"), "origin": "b",
+                                   "milvus_index": "HNSW"}), models=loaded_models) as b:
+        index_paths(b, [tmp_path / "b"])
+        assert b.store.index_type == "FLAT"
+        assert b.store.client.describe_index(b.store.collection, "dense")["index_type"] == "FLAT"
+        found = search(b, "kestrels hunting voles", SearchOptions(mode="dense", rerank=False)).hits
+        assert ("a", str(tmp_path / "a" / "kestrel.txt")) in {(h.origin, h.path) for h in found}
+        assert ("", str(tmp_path / "b" / "other.txt")) in {(h.origin, h.path) for h in found}

@@ -22,6 +22,11 @@ def token_path(config: Config) -> Path:
     return config.data_dir / "token"
 
 
+def own_paths(config: Config) -> list[Path]:
+    """The files ragd keeps for itself, never to be indexed: the data folder and the token."""
+    return [config.data_dir, token_path(config)]
+
+
 def load_or_create_token(path: Path) -> str:
     """The bearer token from a private file (0600, ours), created with a fresh random token
     when missing; a token file others could read or replace is refused."""

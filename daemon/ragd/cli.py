@@ -209,7 +209,8 @@ def search(
         if hit.get("page"):
             last = hit.get("end_page") or hit["page"]
             pages = f" (p. {hit['page']})" if last == hit["page"] else f" (pp. {hit['page']}-{last})"
-        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{pages}{heading}", bold=True)
+        origin = f"  (on {hit['origin']})" if hit.get("origin") else ""  # another daemon's, in a shared index
+        click.secho(f"{rank}. {hit['path']}:{hit['start_line']}-{hit['end_line']}{pages}{heading}{origin}", bold=True)
         click.echo(f"   {scores}")
         click.echo(f"   {hit['snippet']}")
     t = data["timings"]
@@ -674,7 +675,9 @@ def _print_status(st: dict[str, Any]) -> None:
     state = "serving" if st["serving"] else "not serving (loading or rebuilding)"
     click.echo(f"ragd {st.get('version', '')}: {state}")
     click.echo(f"  files: {st['files_indexed']} indexed, {st['files_pending']} pending, "
-               f"{st['files_failed']} not indexed; {st.get('chunks', 0)} chunks")
+               f"{st['files_failed']} not indexed; {st.get('chunks', 0)} chunks"
+               + (f" (+ {st['shared_chunks']} of other daemons in the shared collection)"
+                  if st.get("shared_chunks") else ""))
     models = st.get("models") or {}
     click.echo(f"  models: embedder {models.get('embedder') or '-'}, reranker {models.get('reranker') or 'off'}")
     for reason in st.get("degraded", []):

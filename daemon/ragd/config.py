@@ -151,6 +151,12 @@ class StoreConfig:
     uri: str = ""
     token: str = ""
     collection: str = "ragd"
+    # This daemon's name for its rows in a shared collection; "" derives one once per data
+    # folder (host name + a random tag, kept in data_dir/origin).
+    origin: str = ""
+    # Milvus's index of the dense vectors: FLAT is exact; the others are approximate, for
+    # collections of millions of chunks on a Milvus server.
+    milvus_index: str = "FLAT"
     # FAISS (docs/architecture.md, Vector stores): exact search up to ``exact_limit`` chunks, an
     # IVF index trained in the background past it, searched over ``nprobe`` lists (0: 1/16 of
     # them); ``vectors`` is how the approximate index stores them.
@@ -242,6 +248,8 @@ RULES: Mapping[str, Rule] = {
     "store.backend": Rule(choices=("faiss", "milvus")),
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
+    "store.origin": Rule(empty_ok=True),
+    "store.milvus_index": Rule(choices=("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")),
     "store.exact_limit": Rule(low=100, high=1 << 40),
     "store.nprobe": Rule(low=1, high=65536, zero_ok=True),
     "store.vectors": Rule(choices=("float32", "float16", "int8")),
@@ -307,6 +315,9 @@ def parse_config(
 
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 """What Milvus accepts as a collection name."""
+ORIGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A daemon's origin in a shared collection: safe inside a Milvus string literal and before
+the ``:`` of a row's key."""
 
 
 def _check_store(store: StoreConfig, ctx: _Context) -> StoreConfig:
@@ -315,6 +326,9 @@ def _check_store(store: StoreConfig, ctx: _Context) -> StoreConfig:
     if not COLLECTION_NAME.fullmatch(store.collection):
         ctx.fail("store.collection", "expected a Milvus collection name (a letter or _, then letters, digits "
                                      f"or _, at most 255), got {_describe(store.collection)}")
+    if store.origin and not ORIGIN_NAME.fullmatch(store.origin):
+        ctx.fail("store.origin", "expected a name of letters, digits, '.', '_' or '-' (starting with a letter or "
+                                 f"digit, at most 64), got {_describe(store.origin)}")
     if store.backend != "milvus":
         return store
     uri = store.uri.strip()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ragd.errors import RagdError
 from ragd.models.base import Holds, LoadedModels, Scheduled
 from ragd.rerank import RerankPace
-from ragd.store import open_store
+from ragd.store import open_store, shares
 from ragd.store.base import DenseStore, SparseStore, StoreContext, VectorStore
 from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
 from ragd.store.postings import LexicalIndex, load_mirror, save_mirror
@@ -186,6 +186,11 @@ class Engine:
                                        mirrors=self.mirrors)
                     self._store = open_store(self.config.store, ctx)
         return self._store
+
+    def shared_chunks(self) -> int:
+        """Other daemons' chunks the vector store also searches (a shared collection); 0,
+        without opening the store, for a backend that holds only this daemon's."""
+        return self.store.shared_count() if shares(self.config.store) else 0
 
     @property
     def vectors(self) -> DenseStore:

@@ -67,6 +67,11 @@ class StoreError(RagdError):
     """The catalog or the vector index is unusable."""
 
 
+class StoreUnavailable(StoreError):
+    """The vector store's server does not answer now: worth waiting for, unlike a mistake in
+    the settings."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one kind of error reaches each transport."""

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ragd.auth import own_paths
 from ragd.chunk import chunk_document
 from ragd.config import RootConfig
 from ragd.engine import Engine
 from ragd.errors import CancelledError, ExtractError, UsageError
 from ragd.extract import DocumentError, Limits, extract
 from ragd.extract import configure as configure_extract
-from ragd.paths import PathFilter
+from ragd.paths import PathFilter, inside
 from ragd.store.catalog import FileRow, FileUpdate, NewChunk, NewEmbedding
 from ragd.walk import walk
 
@@ -136,7 +137,7 @@ def scope_for(engine: Engine, root: Path, target: Path) -> Scope:
     configured = {r.path: r for r in engine.config.roots}
     cfg = configured.get(root, RootConfig(path=root))
     root_id = engine.catalog.add_root(str(root))
-    return Scope(root, root_id, target, PathFilter(cfg.include, cfg.exclude))
+    return Scope(root, root_id, target, PathFilter(cfg.include, cfg.exclude, inside(root, own_paths(engine.config))))
 
 
 def _walk(scope: Scope, unlisted: list[str] | None = None) -> Iterator[tuple[Path, os.stat_result]]:

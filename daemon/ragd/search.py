@@ -82,6 +82,7 @@ class Hit:
     page: int = 0  # first page of the chunk (1-based); 0 for formats without pages
     end_page: int = 0  # last page
     text: str = field(repr=False, default="")
+    origin: str = ""  # another daemon's chunk in a shared collection (chunk_id < 0): its origin; "" for ours
 
 
 @dataclass
@@ -156,6 +157,7 @@ class SearchState:
     top: list[tuple[int, float]] = field(default_factory=list)  # the hits so far, in order, rows read
     rows: dict[int, ChunkRow] = field(default_factory=dict)
     reranked: Reranked = field(default_factory=lambda: Reranked({}, 0))
+    notes: list[str] = field(default_factory=list)  # what the result misses and why (with ``degraded``)
 
     @property
     def settings(self) -> SearchConfig:
@@ -170,7 +172,9 @@ class SearchState:
             raise SearchCancelled("the search was cancelled")
 
     def allows(self, chunk_id: int) -> bool:
-        return self.allowed_set is None or chunk_id in self.allowed_set
+        """Whether a hit may have this id; another daemon's (negative: a shared collection
+        applied the filters to its stored fields) always may."""
+        return self.allowed_set is None or chunk_id < 0 or chunk_id in self.allowed_set
 
 
 def search(engine: Engine, query: str, options: SearchOptions | None = None) -> SearchResult:
@@ -226,7 +230,7 @@ def load(s: SearchState, held: contextlib.ExitStack) -> None:
     A search that reranks under a deadline holds the models from here (``held``), so that no
     indexing batch starts between its query embedding and its reranking."""
     engine = s.engine
-    if engine.catalog.count_chunks() == 0:
+    if engine.catalog.count_chunks() == 0 and not engine.shared_chunks():
         raise IndexEmptyError("the index is empty: run `ragd index PATH` first")
     t = time.perf_counter()
     models = engine.models
@@ -278,12 +282,18 @@ def embed(s: SearchState) -> None:
 
 
 def restrict(s: SearchState) -> None:
-    """The chunk ids a hit may have: the path prefix, the filters, and never a suspended root's."""
-    filtered = s.prefix is not None or (s.filters is not None and s.filters.active)
+    """The chunk ids a hit may have: the path prefix, the filters, and never a suspended root's;
+    the filters also go to the store as they are (``scope``), for other daemons' rows in a
+    shared collection, and what it cannot apply to them becomes a note."""
+    scope = _with_prefix(s.filters, s.prefix)
     hidden = s.engine.catalog.suspended_roots()
-    allowed = _allowed_ids(s.engine, s.prefix, s.filters, hidden) if filtered or hidden else None
-    s.where = ChunkFilter(allowed)
+    allowed = _allowed_ids(s.engine, s.prefix, s.filters, hidden) if scope is not None or hidden else None
+    s.where = ChunkFilter(allowed, scope)
     s.allowed_set = s.where.id_set
+    if scope is not None and s.embeds:
+        note = s.engine.store.foreign_note(s.where)
+        if note:
+            s.notes.append(note)
 
 
 def start_sparse(s: SearchState) -> concurrent.futures.Future[SparseFound] | None:
@@ -370,7 +380,10 @@ def read_rows(s: SearchState) -> None:
     """The rows of the top ``max(k, candidates)``, read through the main connection at the
     end, so a hit is never a chunk it cannot show (a side connection may see a later commit)."""
     top = s.ranked[: max(s.k, s.candidates)]
-    s.rows = s.engine.catalog.chunks([cid for cid, _ in top])
+    s.rows = s.engine.catalog.chunks([cid for cid, _ in top if cid > 0])
+    foreign = [cid for cid, _ in top if cid < 0]
+    if foreign:  # other daemons' chunks in a shared collection, from the fields stored with them
+        s.rows.update(s.engine.store.foreign_rows(foreign))
     s.top = [(cid, score) for cid, score in top if cid in s.rows]
 
 
@@ -409,7 +422,7 @@ def build_result(s: SearchState) -> SearchResult:
             heading=list(row.heading), snippet=snippet(row.text, s.query, s.settings.snippet_chars),
             score=round(rr if rr is not None else retrieval, 6), retrieval_score=round(retrieval, 6),
             rerank_score=None if rr is None else round(rr, 6), page=row.page, end_page=row.end_page,
-            text=row.text,
+            text=row.text, origin=row.origin,
         ))
     s.timings["total_ms"] = _ms(s.started)
     models = s.engine.models
@@ -417,7 +430,7 @@ def build_result(s: SearchState) -> SearchResult:
         query=s.query, hits=hits, timings=dict(s.timings),
         models={"embedder": models.embedder.model_id,
                 "reranker": s.reranker.model_id if s.reranker and scores else None},
-        degraded=list(models.degraded), candidates=len(s.fused), reranked=len(scores),
+        degraded=[*models.degraded, *s.notes], candidates=len(s.fused), reranked=len(scores),
         rerank_window=s.reranked.window, query_use=replace(s.use),
     )
 
@@ -553,21 +566,26 @@ def _allowed_ids(engine: Engine, prefix: str | None, filters: Filters | None = N
     """The chunk ids a search may return, None for all. ``hidden``: suspended roots, whose
     files are kept while their folder is missing or unmounted but never served."""
     if hidden:
-        f = filters if filters is not None and filters.active else Filters()
-        if prefix is not None:
-            f = replace(f, path_prefixes=(*f.path_prefixes, prefix))
+        f = _with_prefix(filters, prefix) or Filters()
         if not f.active:
             return np.array(engine.catalog.chunk_ids_outside_suspended(), dtype=np.int64)
         return np.array(engine.catalog.chunk_ids_where(lambda p, r, m: r not in hidden and matches(f, p, r, m)),
                         dtype=np.int64)
     if filters is not None and filters.active:
-        if prefix is not None:
-            filters = replace(filters, path_prefixes=(*filters.path_prefixes, prefix))
-        f = filters
-        return np.array(engine.catalog.chunk_ids_where(lambda p, r, m: matches(f, p, r, m)), dtype=np.int64)
+        scope = _with_prefix(filters, prefix)
+        assert scope is not None
+        return np.array(engine.catalog.chunk_ids_where(lambda p, r, m: matches(scope, p, r, m)), dtype=np.int64)
     if prefix is None:
         return None
     return np.array(engine.catalog.chunk_ids_under(prefix), dtype=np.int64)
+
+
+def _with_prefix(filters: Filters | None, prefix: str | None) -> Filters | None:
+    """The request's filters with the path prefix among their prefixes; None when nothing filters."""
+    f = filters if filters is not None and filters.active else Filters()
+    if prefix is not None:
+        f = replace(f, path_prefixes=(*f.path_prefixes, prefix))
+    return f if f.active else None
 
 
 def normalise_prefix(prefix: str | None) -> str | None:

@@ -32,13 +32,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ragd.auth import load_or_create_token, token_path
+from ragd.auth import load_or_create_token, own_paths, token_path
 from ragd.config import Config, ConfigError
 from ragd.engine import Engine
-from ragd.errors import INTERNAL, RagdError, outcome_for
+from ragd.errors import INTERNAL, RagdError, StoreUnavailable, outcome_for
 from ragd.filters import Filters
 from ragd.indexer import Indexer, WriterStatus, root_problem
-from ragd.paths import PathFilter
+from ragd.paths import PathFilter, inside
 from ragd.requests import SearchRequest
 from ragd.search import SearchOptions, SearchResult
 from ragd.service import Service
@@ -80,6 +80,8 @@ _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EA
 
 # -- start-up and shutdown
 START_POLL_S = 0.2  # how soon a stop is noticed while the models load
+STORE_RETRY_FIRST_S = 1.0  # first wait for a store server that does not answer, doubled up to...
+STORE_RETRY_MAX_S = 30.0
 STOP_POLL_S = 0.5  # how soon a stop is noticed while serving
 STOP_MARGIN_S = 1.0
 """How long past the grace the servers are waited for (and the least grace the writer gets)."""
@@ -127,7 +129,7 @@ def _response(result: SearchResult, stage: ragd_pb2.SearchResponse.Stage) -> Any
         ragd_pb2.Hit(
             chunk_id=h.chunk_id, path=h.path, start_line=h.start_line, end_line=h.end_line,
             heading=h.heading, snippet=h.snippet, score=h.score, retrieval_score=h.retrieval_score,
-            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page,
+            rerank_score=h.rerank_score, page=h.page, end_page=h.end_page, origin=h.origin,
         )
         for h in result.hits
     ]
@@ -157,7 +159,7 @@ def _status_proto(st: Status) -> Any:
         models=ragd_pb2.Models(embedder=st.models.embedder, reranker=st.models.reranker or ""),
         degraded=st.degraded, current_file=st.current_file or "", chunks_per_second=st.throughput,
         tokens_per_second=st.tokens_per_second, eta_seconds=-1.0 if st.eta is None else st.eta, version=st.version,
-        writer_error=st.writer_error or "",
+        writer_error=st.writer_error or "", shared_chunks=st.shared_chunks,
     )
 
 
@@ -496,10 +498,11 @@ class Daemon:
                 self.wake.set()
 
     def _filter_for(self, root: Path) -> PathFilter:
+        private = inside(root, own_paths(self.config))
         for r in self.config.roots:
             if r.path == root:
-                return PathFilter(r.include, r.exclude)
-        return PathFilter()
+                return PathFilter(r.include, r.exclude, private)
+        return PathFilter(private=private)
 
     def add_root(self, root: Path) -> None:
         """Register ``root`` at once, also while start() still loads the models (a first start
@@ -623,8 +626,36 @@ class Daemon:
         cfg = self.config
         self.engine = (engine_factory or (lambda c: Engine(c)))(cfg)
         self._exit.enter_context(self.engine.writer())
-        _ = self.engine.models, self.engine.vectors, self.engine.sparse, self.engine.lexical  # load now
+        _ = self.engine.models
+        self._open_store()
+        _ = self.engine.sparse, self.engine.lexical  # load now
         self.engine.rerank_pace.prime()  # before SERVING: the first search with a deadline has a pace
+
+    def _open_store(self) -> None:
+        """Open the vector store; a store server that does not answer (``StoreUnavailable``)
+        is waited for with backoff, NOT_SERVING, the reason in ``Status.writer_error`` and
+        the log, until it answers or the daemon stops (which leaves this wait behind)."""
+        assert self.engine is not None
+        delay, since = STORE_RETRY_FIRST_S, ""
+        while True:
+            try:
+                _ = self.engine.vectors
+            except StoreUnavailable as exc:
+                if not since:
+                    since = time.strftime("%H:%M:%S")
+                    log.warning("waiting for the vector store, retrying with backoff: %s", exc)
+                with self._writer_problem_lock:
+                    self._writer_problem = (f"waiting for the vector store: {exc} "
+                                            f"(retrying in {delay:.0f} s; since {since})")
+                if self.stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            if since:
+                log.info("the vector store answers: loading goes on")
+                with self._writer_problem_lock:
+                    self._writer_problem = ""
+            return
 
     def _restore_roots(self) -> None:
         """Jobs a crash left running go back to the queue; the roots are those of the catalog (also

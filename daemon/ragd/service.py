@@ -126,8 +126,14 @@ class Service:
 
     # reading ----------------------------------------------------------------------------
     def get_chunk(self, chunk_id: int) -> Chunk:
-        if chunk_id <= 0:
-            raise UsageError("chunk_id: must be a positive chunk id")
+        if chunk_id == 0:
+            raise UsageError("chunk_id: must be a chunk id from a hit, not 0")
+        if chunk_id < 0:  # another daemon's chunk in a shared collection: it serves the chunk
+            foreign = self.d.reader().store.foreign_rows([chunk_id]).get(chunk_id)
+            if foreign is None:
+                raise NotFoundError(f"chunk_id: no chunk {chunk_id}")
+            raise NotFoundError(f"chunk_id: chunk {chunk_id} belongs to origin {foreign.origin} in the shared "
+                                f"collection (file {shown(foreign.path)}): the ragd daemon of that origin serves it")
         row = self.d.reader().catalog.chunks([chunk_id]).get(chunk_id)
         if row is None:
             raise NotFoundError(f"chunk_id: no chunk {chunk_id}")
@@ -142,7 +148,14 @@ class Service:
         hits number them; bounded by ``MAX_READ_LINES`` and the message size."""
         if from_line < 0 or count < 0:
             raise UsageError("from_line, count: must not be negative")
-        _, real = indexed_file(self.d.reader().catalog, self.d.root_paths(), path)
+        try:
+            _, real = indexed_file(self.d.reader().catalog, self.d.root_paths(), path)
+        except (PermissionDeniedError, NotFoundError):
+            origin = self.d.reader().store.origin_of(path) if path else None
+            if origin is None:
+                raise
+            raise NotFoundError(f"path: {shown(path)} is indexed by origin {origin} in the shared collection: "
+                                "the ragd daemon of that origin serves it") from None
         lines = file_text(self.config, real).split("\n")
         if lines and lines[-1] == "":
             lines.pop()
@@ -240,13 +253,14 @@ class Service:
         info = d.status_info
         roots: list[RootStatus] = []
         totals = {"indexed": 0, "pending": 0, "failed": 0}
-        chunks = 0
+        chunks = shared = 0
         models = Models(embedder="", reranker=None)
         degraded: list[str] = []
         if d.engine is not None and serving:  # while loading, the engine is not ready to read
             cat = d.reader().catalog
             stats = cat.root_stats()
             chunks = cat.count_chunks()
+            shared = d.reader().shared_chunks()
             watching = set(d.watcher.watching())
             suspended = d.suspended_roots()
             troubles = d.watch_problems()
@@ -281,7 +295,7 @@ class Service:
             files_failed=totals["failed"], chunks=chunks, roots=roots, models=models, degraded=degraded,
             current_file=(info.current_file or None) if info.busy_since is not None else None,
             throughput=round(chunk_rate, 2), eta=eta, tokens_per_second=round(token_rate, 1), version=__version__,
-            writer_error=d.writer_problem() or None,
+            writer_error=d.writer_problem() or None, shared_chunks=shared,
         )
 
 

@@ -19,6 +19,8 @@ class SearchHit(BaseModel):
     rerank_score: float | None = Field(description="The cross-encoder's score in [0, 1]; null when not reranked.")
     snippet: str = Field(description="The passage text, shortened.")
     chunk_id: int = Field(description="Pass to `get` (chunk_id) for the passage's full text.")
+    origin: str = Field(default="", description="Set when another ragd daemon sharing the index holds the passage "
+                        "(its name): `get` and file reads of it fail here; empty for this daemon's own.")
 
 
 class SearchOutput(BaseModel):

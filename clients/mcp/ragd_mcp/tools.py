@@ -212,6 +212,7 @@ def _hit(hit: Hit) -> SearchHit:
         rerank_score=hit.rerank_score,
         snippet=hit.snippet,
         chunk_id=hit.chunk_id,
+        origin=hit.origin,
     )
 
 

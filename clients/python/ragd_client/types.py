@@ -45,6 +45,7 @@ class Hit:
     rerank_score: float | None  # None when the hit was not reranked
     page: int | None = None  # first page (1-based); None for formats without pages
     end_page: int | None = None  # last page
+    origin: str = ""  # another daemon's chunk (chunk_id < 0) in a shared collection: that daemon's origin
 
     @classmethod
     def from_proto(cls, msg: pb.Hit) -> Hit:
@@ -60,6 +61,7 @@ class Hit:
             rerank_score=msg.rerank_score if msg.HasField("rerank_score") else None,
             page=msg.page or None,
             end_page=msg.end_page or msg.page or None,
+            origin=msg.origin,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class Hit:
             "chunk_id": self.chunk_id,
             "page": self.page,
             "end_page": self.end_page,
+            "origin": self.origin,
         }
 
 
@@ -322,6 +325,7 @@ class Status:
     tokens_per_second: float = 0.0
     version: str = ""
     writer_error: str | None = None  # why changes are not indexed now (retried); None when the writer works
+    shared_chunks: int = 0  # other daemons' chunks searched with these (a shared Milvus collection)
 
     @classmethod
     def from_proto(cls, msg: pb.StatusResponse) -> Status:
@@ -340,6 +344,7 @@ class Status:
             tokens_per_second=msg.tokens_per_second,
             version=msg.version,
             writer_error=msg.writer_error or None,
+            shared_chunks=msg.shared_chunks,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,4 +363,5 @@ class Status:
             "tokens_per_second": self.tokens_per_second,
             "eta": self.eta,
             "writer_error": self.writer_error,
+            "shared_chunks": self.shared_chunks,
         }

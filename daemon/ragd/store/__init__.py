@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from ragd.config import StoreConfig
     from ragd.store.base import StoreContext, VectorStore
 
-__all__ = ["Catalog", "ChunkRow", "FileRow", "FileUpdate", "NewChunk", "NewEmbedding", "VectorIndex", "open_store"]
+__all__ = ["Catalog", "ChunkRow", "FileRow", "FileUpdate", "NewChunk", "NewEmbedding", "VectorIndex", "open_store",
+           "shares"]
 
 
 def open_store(config: StoreConfig, ctx: StoreContext) -> VectorStore:
@@ -26,3 +27,8 @@ def open_store(config: StoreConfig, ctx: StoreContext) -> VectorStore:
     from ragd.store.vectors import IndexPlan
 
     return LocalStore.open(ctx, IndexPlan(config.exact_limit, config.nprobe, config.vectors))
+
+
+def shares(config: StoreConfig) -> bool:
+    """Whether the backend may hold other daemons' rows too (a Milvus collection can be shared)."""
+    return config.backend == "milvus"

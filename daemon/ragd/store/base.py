@@ -23,16 +23,20 @@ import numpy as np
 from ragd.models.base import FloatArray, SparseWeights
 
 if TYPE_CHECKING:
-    from ragd.store.catalog import BatchResult, Catalog, NewEmbedding
+    from ragd.filters import Filters
+    from ragd.store.catalog import BatchResult, Catalog, ChunkRow, NewEmbedding
 
 
 @dataclass(frozen=True)
 class ChunkFilter:
-    """The chunks a search may return: ``ids`` (an allow-list of chunk ids), or every chunk
-    when None. Each backend translates it: an id selector for FAISS, a boolean expression
-    for Milvus."""
+    """The chunks a search may return: ``ids`` (an allow-list of this daemon's chunk ids), or
+    every chunk when None. Each backend translates it: an id selector for FAISS, a boolean
+    expression for Milvus. ``scope`` is the request's filters (path prefix folded in), which
+    a shared collection applies to other daemons' rows by their stored fields; None: every
+    such row."""
 
     ids: np.ndarray | None = None
+    scope: Filters | None = None
 
     @property
     def everything(self) -> bool:
@@ -139,6 +143,27 @@ class VectorStore(ABC):
     def save(self, names: Sequence[str], generation: int) -> None:
         """Flush (snapshot) the parts ``names`` as holding ``generation``; a failure is
         logged, not raised (it only costs a slower next start)."""
+
+    # A shared collection (Milvus) also holds other daemons' rows ("origins"). Its searches
+    # return them under negative ids, which only these three methods resolve; a store of one
+    # daemon's rows (FAISS) answers each with nothing.
+    def foreign_rows(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
+        """The rows (``ChunkRow.origin`` set) of the other daemons' chunks among ``ids``, from
+        the fields stored beside their vectors; ids no longer held are left out."""
+        return {}
+
+    def foreign_note(self, where: ChunkFilter) -> str | None:
+        """Why other daemons' rows were left out of a search within ``where`` (a filter their
+        stored fields cannot answer), or None when they were not."""
+        return None
+
+    def origin_of(self, path: str) -> str | None:
+        """The other daemon (origin) whose rows hold the file ``path``, if any."""
+        return None
+
+    def shared_count(self) -> int:
+        """How many other daemons' rows the searches also read."""
+        return 0
 
     def snapshot_paths(self) -> dict[str, Path]:
         """The files in the data folder this backend snapshots to, by part."""

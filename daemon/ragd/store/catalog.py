@@ -53,6 +53,7 @@ class ChunkRow:
     content_hash: str
     page: int = 0  # first page (1-based), 0 for formats without pages
     end_page: int = 0
+    origin: str = ""  # the daemon whose chunk it is in a shared collection; "" for this one's
 
 
 @dataclass(frozen=True)
@@ -425,22 +426,30 @@ class Catalog:
 
     # -- reads for search -------------------------------------------------------------
     def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
-        out: dict[int, ChunkRow] = {}
+        return {row.id: row for row, _, _ in self._chunk_rows(ids, with_file=False)}
+
+    def chunk_sources(self, ids: Sequence[int]) -> dict[int, tuple[ChunkRow, str, int]]:
+        """Chunk id -> (its row, its root's path, its file's mtime_ns): what a shared Milvus
+        collection keeps beside the vectors, for other daemons' hits and filters."""
+        return {row.id: (row, root, mtime) for row, root, mtime in self._chunk_rows(ids, with_file=True)}
+
+    def _chunk_rows(self, ids: Sequence[int], with_file: bool) -> Iterator[tuple[ChunkRow, str, int]]:
+        extra, join = (", r.path, f.mtime_ns", " JOIN roots r ON r.id = f.root_id") if with_file else ("", "")
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
             rows = self.db.execute(
                 "SELECT c.id, f.path, c.ordinal, c.text, c.start_line, c.end_line, c.heading, c.token_count,"
-                f" c.content_hash, c.page, c.end_page FROM chunks c JOIN files f ON f.id = c.file_id"
+                f" c.content_hash, c.page, c.end_page{extra} FROM chunks c JOIN files f ON f.id = c.file_id{join}"
                 f" WHERE c.id IN ({marks})",
                 part,
             )
             for r in rows:
-                out[int(r[0])] = ChunkRow(
+                row = ChunkRow(
                     int(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4]), int(r[5]),
                     tuple(json.loads(r[6])), int(r[7]), str(r[8]), int(r[9]), int(r[10]),
                 )
-        return out
+                yield (row, str(r[11]), int(r[12])) if with_file else (row, "", 0)
 
     def chunk_ids_where(self, keep: Callable[[str, str, int], bool]) -> list[int]:
         """Chunk ids of the files for which ``keep(path, root path, mtime_ns)`` holds."""

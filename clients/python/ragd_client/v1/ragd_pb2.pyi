@@ -61,7 +61,7 @@ class SearchRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., candidates: _Optional[int] = ..., rerank: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., fusion: _Optional[str] = ..., like_chunk_id: _Optional[int] = ..., like_path: _Optional[str] = ..., like_line: _Optional[int] = ..., like_same_file: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("chunk_id", "path", "start_line", "end_line", "page", "heading", "snippet", "score", "retrieval_score", "rerank_score", "end_page")
+    __slots__ = ("chunk_id", "path", "start_line", "end_line", "page", "heading", "snippet", "score", "retrieval_score", "rerank_score", "end_page", "origin")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     START_LINE_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class Hit(_message.Message):
     RETRIEVAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     END_PAGE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     chunk_id: int
     path: str
     start_line: int
@@ -84,7 +85,8 @@ class Hit(_message.Message):
     retrieval_score: float
     rerank_score: float
     end_page: int
-    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., page: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., end_page: _Optional[int] = ...) -> None: ...
+    origin: str
+    def __init__(self, chunk_id: _Optional[int] = ..., path: _Optional[str] = ..., start_line: _Optional[int] = ..., end_line: _Optional[int] = ..., page: _Optional[int] = ..., heading: _Optional[_Iterable[str]] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., end_page: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Models(_message.Message):
     __slots__ = ("embedder", "reranker")
@@ -242,7 +244,7 @@ class RootStatus(_message.Message):
     def __init__(self, path: _Optional[str] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[FailedFile, _Mapping]]] = ..., current_file: _Optional[str] = ..., watching: _Optional[bool] = ..., suspended: _Optional[bool] = ..., suspended_reason: _Optional[str] = ..., watch_problem: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error")
+    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error", "shared_chunks")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     FILES_INDEXED_FIELD_NUMBER: _ClassVar[int]
     FILES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +259,7 @@ class StatusResponse(_message.Message):
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WRITER_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     files_indexed: int
     files_pending: int
@@ -271,7 +274,8 @@ class StatusResponse(_message.Message):
     eta_seconds: float
     version: str
     writer_error: str
-    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ...) -> None: ...
+    shared_chunks: int
+    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ..., shared_chunks: _Optional[int] = ...) -> None: ...
 
 class Root(_message.Message):
     __slots__ = ("path", "configured")
