@@ -127,6 +127,50 @@ def test_adds_and_removes_during_the_build_are_not_lost(gate: threading.Event) -
     assert recall(index, data) >= 0.95
 
 
+def test_a_writer_and_a_searcher_beside_a_running_build() -> None:
+    """No gate: while the build really runs, one thread searches without pause and the writer
+    adds and removes in small batches; the index ends with exactly the writer's ids, and no
+    search ever failed or returned an id that was never added."""
+    index = VectorIndex(DIM, plan=PLAN)
+    ids = np.arange(1, N + 1, dtype=np.int64)
+    index.add(ids, DATA)
+    assert index.building
+    expected = set(ids.tolist())
+    stop, answered = threading.Event(), [0]
+    problems: list[str] = []
+
+    def searcher() -> None:
+        while not stop.is_set():
+            try:
+                hits = index.search(QUERIES[answered[0] % len(QUERIES)], 10)
+            except Exception as exc:  # any failure is the finding
+                problems.append(repr(exc))
+                return
+            if not hits or any(i < 1 or i > 2 * N for i, _ in hits):
+                problems.append(f"bad hits {hits}")
+            answered[0] += 1
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    rng, next_id, rounds, during = np.random.default_rng(5), N + 1, 0, 0
+    try:
+        while (index.building or rounds < 20) and rounds < 2000:
+            during += index.building
+            gone = rng.choice(sorted(expected), 5, replace=False)
+            index.remove(gone)
+            expected -= set(gone.tolist())
+            fresh = np.arange(next_id, next_id + 5, dtype=np.int64)
+            index.add(fresh, DATA[fresh - N - 1])
+            expected |= set(fresh.tolist())
+            next_id, rounds = next_id + 5, rounds + 1
+    finally:
+        stop.set()
+        thread.join(30)
+    assert index.wait(60) and index.approximate
+    assert not problems and answered[0] > 0 and during > 0
+    assert set(index.ids().tolist()) == expected and index.count == len(expected)
+
+
 def test_an_ivf_index_grown_past_its_training_is_trained_again() -> None:
     """Trained on 300 vectors, the IVF index is built again once it holds ``regrow`` (4x) as
     many, with more lists; every vector is still there."""
