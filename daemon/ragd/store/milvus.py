@@ -63,8 +63,8 @@ INDEX_PARAMS: dict[str, dict[str, int]] = {
     "AUTOINDEX": {},
 }
 """``store.milvus_index``: the dense index and how it is built (lists per segment, graph degree)."""
-NPROBE = 32
-"""IVF lists searched, as FAISS's default ``store.nprobe``."""
+AUTO_PROBE = 16
+"""``store.nprobe`` = 0: an IVF search scans this share of a segment's lists, as FAISS's does."""
 VARCHAR_BYTES = 65_535
 """Milvus's VARCHAR limit: a longer chunk text is cut there (on a UTF-8 boundary; ``cut``
 says so), a heading loses its last levels."""
@@ -266,12 +266,14 @@ class MilvusStore(VectorStore):
         self._count = 0
         self._flushed: int | None = None
         self.index_type = "FLAT"  # the dense index the collection has (``store.milvus_index`` when made here)
+        self.nprobe = INDEX_PARAMS["IVF_FLAT"]["nlist"] // AUTO_PROBE  # IVF lists a search scans
 
     @classmethod
     def open(cls, config: StoreConfig, ctx: StoreContext) -> MilvusStore:
         origin, recorded = resolve_origin(config, ctx.data_dir)
         store = cls(ctx, connect(config), config.collection, origin)
         store.index_type = config.milvus_index
+        store.nprobe = config.nprobe or INDEX_PARAMS["IVF_FLAT"]["nlist"] // AUTO_PROBE
         try:
             store._ensure_collection()
             store._settle_index(config.milvus_index)
@@ -352,7 +354,7 @@ class MilvusStore(VectorStore):
     def _search_params(self, field: str, n: int) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if field == "dense" and self.index_type.startswith("IVF"):
-            params = {"nprobe": NPROBE}
+            params = {"nprobe": self.nprobe}
         elif field == "dense" and self.index_type == "HNSW":
             params = {"ef": max(64, n)}  # Milvus wants ef >= the number of hits
         return {"metric_type": "IP", "params": params}
