@@ -164,19 +164,20 @@ def _mirror_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) ->
     assert {h for h, s in got if s > cut + 1e-9} == {h for h, s in want if s > cut + 1e-9}
 
 
-def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
-    monkeypatch: pytest.MonkeyPatch,
+def test_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
+    monkeypatch: pytest.MonkeyPatch, mirror_home: Path | None,
 ) -> None:
-    """The mirror answers as summing every posting does (same chunks, scores, tie order by
-    hash) from its base, from a delta of later additions, after replacing and removing
-    hashes, and after merging the delta into the base."""
+    """The mirror (in memory and mapped) answers as summing every posting does (same chunks,
+    scores, tie order by hash) from its base, from a delta of later additions, after
+    replacing and removing hashes, and after merging the delta into the base."""
     from ragd.store import postings
     from ragd.store.codec import arrays
     from ragd.store.postings import SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # merge only when told below
+    monkeypatch.setattr(postings, "MERGE_BLOCK", 5000)  # a merge in several blocks
     docs = _docs(2000, seed=11)
-    index = SparseIndex()
+    index = SparseIndex(mirror_home)
     index.add((h, *arrays(d)) for h, d in list(docs.items())[:1500])
     index.compact()
     index.add((h, *arrays(d)) for h, d in list(docs.items())[1500:])  # a delta beside the base
@@ -214,19 +215,20 @@ def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
     assert tie.search({7: 1.0}, 5) == [] and tie.search({}, 5) == [] and SparseIndex().search({5: 1.0}, 3) == []
 
 
-def test_memory_mirror_compacts_itself_when_the_delta_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_compacts_itself_when_the_delta_grows(monkeypatch: pytest.MonkeyPatch,
+                                                    mirror_home: Path | None) -> None:
     from ragd.store import postings
     from ragd.store.codec import arrays
     from ragd.store.postings import SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1000)
     docs = _docs(600, seed=21)
-    index = SparseIndex()
+    index = SparseIndex(mirror_home)
     items = list(docs.items())
     for start in range(0, len(items), 20):  # indexing batches
         index.add((h, *arrays(d)) for h, d in items[start : start + 20])
-    assert len(index._view.delta[0]) < max(1000, postings.COMPACT_FRACTION * len(index._view.base_slot)) + 20 * 40
-    assert len(index._view.base_slot) > 0
+    assert len(index._view.delta[0]) < max(1000, postings.COMPACT_FRACTION * len(index._view.base.slot)) + 20 * 40
+    assert len(index._view.base.slot) > 0
     for q in _queries(20, seed=22):
         _mirror_same(index.search(q, 20), _brute(docs, q, 20))
 
@@ -291,19 +293,22 @@ def test_a_catalog_upgraded_by_another_process_is_a_clear_error(tmp_path: Path,
 
 
 def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror_home: Path | None,
 ) -> None:
     """``save`` writes base, delta and removed keys as they are; ``load`` gives back a mirror
-    that answers, counts and keeps changing as the original does, and nothing (so the caller
-    builds) for another generation, another label, a damaged file or no file."""
+    (in the same form) that answers, counts and keeps changing as the original does, and
+    nothing (so the caller builds) for another generation, another label, another form, a
+    damaged file or no file."""
     from ragd.store import postings
     from ragd.store.codec import arrays
     from ragd.store.postings import LexicalIndex, SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # keep a delta and dead postings
+    mapped = mirror_home is not None
     docs = _docs(900, seed=31)
     items = list(docs.items())
-    index = SparseIndex()
+    path = mirror_home or tmp_path / "m.sparse.npz"
+    index = SparseIndex(mirror_home)
     index.add((h, *arrays(d)) for h, d in items[:600])
     index.compact()
     index.add((h, *arrays(d)) for h, d in items[600:])
@@ -311,9 +316,8 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     replaced = _docs(40, seed=32)
     index.add((h, *arrays(d)) for (h, _), d in zip(items[1::9], replaced.values(), strict=False))
     assert len(index._view.delta[0]) > 0 and index._dead_postings > 0
-    path = tmp_path / "m.sparse.npz"
     index.save(path, 7, "m3")
-    loaded = SparseIndex.load(path, 7, "m3")
+    loaded = SparseIndex.load(path, 7, "m3", mapped=mapped)
     assert loaded is not None
     assert (loaded.count, loaded.postings, loaded._dead_postings) == (index.count, index.postings, index._dead_postings)
     queries = _queries(20, seed=33)
@@ -328,20 +332,25 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     for q in queries:
         assert loaded.search(q, 30) == index.search(q, 30)
 
-    assert SparseIndex.load(path, 8, "m3") is None  # the catalog moved on
-    assert SparseIndex.load(path, 7, "other-model") is None
-    assert LexicalIndex.load(path, 7, "m3") is None  # another kind of mirror
-    assert SparseIndex.load(tmp_path / "missing.npz", 7, "m3") is None
+    index.save(path, 7, "m3")  # the loaded one's save removed the base this one named
+    assert SparseIndex.load(path, 7, "m3", mapped=mapped) is not None
+    assert SparseIndex.load(path, 8, "m3", mapped=mapped) is None  # the catalog moved on
+    assert SparseIndex.load(path, 7, "other-model", mapped=mapped) is None
+    assert SparseIndex.load(path, 7, "m3", mapped=not mapped) is None  # the other form
+    assert LexicalIndex.load(path, 7, "m3", mapped=mapped) is None  # another kind of mirror
+    assert SparseIndex.load(tmp_path / "missing.npz", 7, "m3", mapped=mapped) is None
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert SparseIndex.load(damaged, 7, "m3") is None
+    assert SparseIndex.load(damaged, 7, "m3", mapped=mapped) is None
 
     # the BM25 mirror keeps its vocabulary: term ids mean the same after loading
-    lex = LexicalIndex.build([(1, "heron nest river"), (2, "bread starter flour bread"), (3, "river delta")])
+    lex_path = tmp_path / "lexical.npz"
+    lex = LexicalIndex.build([(1, "heron nest river"), (2, "bread starter flour bread"), (3, "river delta")],
+                             lex_path if mapped else None)
     lex.add_terms([(4, "heron fishing river river")])
     lex.remove([3])
-    lex.save(tmp_path / "lexical.npz", 3, "lexical")
-    back = LexicalIndex.load(tmp_path / "lexical.npz", 3, "lexical")
+    lex.save(lex_path, 3, "lexical")
+    back = LexicalIndex.load(lex_path, 3, "lexical", mapped=mapped)
     assert back is not None and back.count == 3
     for terms in (["heron"], ["river", "bread"], ["delta"], ["unknown"]):
         assert back.search(terms, 5) == lex.search(terms, 5)

@@ -148,6 +148,7 @@ class StoreConfig:
     postings, snapshot in the data folder) or ``milvus`` (a Milvus Lite file or a server)."""
 
     backend: str = "faiss"
+    mirrors: str = "auto"
     uri: str = ""
     token: str = ""
     collection: str = "ragd"
@@ -234,6 +235,7 @@ RULES: Mapping[str, Rule] = {
     "mcp.max_results": Rule(low=1, high=MAX_K),
     "mcp.port": Rule(low=1, high=65535),
     "store.backend": Rule(choices=("faiss", "milvus")),
+    "store.mirrors": Rule(choices=("auto", "memory", "mapped")),
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
 }

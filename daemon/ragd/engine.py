@@ -183,7 +183,7 @@ class Engine:
                     emb = self.models.embedder
                     ctx = StoreContext(catalog=self.catalog, data_dir=self.data_dir, model_id=emb.model_id,
                                        model_key=self.model_key, dim=int(emb.dim), has_sparse=bool(emb.has_sparse),
-                                       mirrors=self.mirrors)
+                                       mirrors=self.mirrors, mirror_form=self.config.store.mirrors)
                     self._store = open_store(self.config.store, ctx)
         return self._store
 
@@ -222,7 +222,8 @@ class Engine:
         generation = self.catalog.generation()
         mirror, loaded = load_mirror(LexicalIndex, self._lexical_path(), generation, "lexical",
                                      self.catalog.count_chunks(),
-                                     lambda: LexicalIndex.build(self.catalog.lexical_rows()))
+                                     lambda mapped: LexicalIndex.build(self.catalog.lexical_rows(), mapped),
+                                     self.config.store.mirrors)
         if loaded or save_mirror("lexical", mirror, self._lexical_path(), generation, "lexical"):
             self._lexical_saved = generation
         return mirror
@@ -233,7 +234,8 @@ class Engine:
         rebuilt: list[str] = []
         with self._load_lock:
             if self._lexical is not None and self._lexical.count != self.catalog.count_chunks():
-                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows()))  # the readers hold it
+                # in place (the readers hold it), in the form it has
+                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows(), self._lexical.home))
                 rebuilt.append("lexical")
                 self._lexical_saved = None  # a snapshot of this generation may hold the same error
             if self._store is not None:
