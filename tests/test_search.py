@@ -673,8 +673,8 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
     builds: list[str] = []
     for kind in (SparseIndex, LexicalIndex):
         real = kind.build.__func__  # type: ignore[attr-defined]
-        monkeypatch.setattr(kind, "build", classmethod(lambda cls, rows, real=real: builds.append(cls.__name__)
-                                                       or real(cls, rows)))
+        monkeypatch.setattr(kind, "build", classmethod(lambda cls, rows, *a, real=real: builds.append(cls.__name__)
+                                                       or real(cls, rows, *a)))
     queries = ("Quokkas hop around Rottnest Island", "sourdough bread starter", "river deltas and sediment")
 
     def answers(e: Engine) -> list[list[int]]:
@@ -762,9 +762,10 @@ def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: A
     engine, root = indexed
     lexical, sparse = engine.lexical, engine.sparse
     assert sparse is not None
-    some_chunk = next(iter(lexical._slots))
+    some_chunk = engine.catalog.db.execute("SELECT rowid FROM lexical LIMIT 1").fetchone()[0]
+    some_hash = engine.catalog.db.execute("SELECT chunk_hash FROM embeddings WHERE sparse IS NOT NULL").fetchone()[0]
     lexical.remove([some_chunk])
-    sparse.remove([next(iter(sparse._slots))])
+    sparse.remove([some_hash])
     assert engine.check_mirrors() == ["lexical", "sparse"]
     assert engine.lexical is lexical and engine.sparse is sparse
     assert lexical.count == engine.catalog.count_chunks()

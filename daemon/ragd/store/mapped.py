@@ -85,11 +85,13 @@ class BaseWriter:
                 del arr
             else:
                 np.save(path, arr)
+            os.chmod(path, 0o600)
             with path.open("rb+") as fh:
                 os.fsync(fh.fileno())
             files[name] = {"size": path.stat().st_size, "crc32": _crc(path)}
         manifest = {"version": BASE_VERSION, "kind": kind, "id": self.id, "files": files}
-        with (self.tmp / "manifest.json").open("w", encoding="utf-8") as fh:
+        with os.fdopen(os.open(self.tmp / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
+                       encoding="utf-8") as fh:
             json.dump(manifest, fh)
             fh.flush()
             os.fsync(fh.fileno())
