@@ -357,3 +357,87 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     for m in (lex, back):
         m.add_terms([(5, "sourdough bread heron")])
     assert back.search(["bread", "heron"], 5) == lex.search(["bread", "heron"], 5)
+
+
+def test_mapped_and_in_memory_mirrors_answer_alike_to_the_bit(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rows, additions, replacements, removals and merges give the same answers,
+    scores to the bit, in both forms, for the sparse and the BM25 mirror; a mapped build
+    merges in several steps (each base replacing the last on disk) and every merge streams
+    the base in several blocks. The mapped form's postings are file mappings, not copies."""
+    from ragd.store import postings
+    from ragd.store.codec import arrays, encode
+    from ragd.store.mapped import bases
+    from ragd.store.postings import LexicalIndex, SparseIndex
+
+    monkeypatch.setattr(postings, "BUILD_ROWS", 50)
+    monkeypatch.setattr(postings, "BUILD_DELTA", 4000)
+    monkeypatch.setattr(postings, "MERGE_BLOCK", 1500)
+    monkeypatch.setattr(postings, "COMPACT_MIN", 3000)
+    docs = _docs(1200, seed=41)
+    home = tmp_path / "m.sparse.npz"
+    memory = SparseIndex.build((h, encode(d)) for h, d in docs.items())
+    mapped = SparseIndex.build(((h, encode(d)) for h, d in docs.items()), home)
+    assert memory.home is None and mapped.home == home
+    assert isinstance(mapped._view.base.slot, np.memmap) and not isinstance(memory._view.base.slot, np.memmap)
+    assert len(list(bases(home))) == 1  # the build's earlier bases are gone
+    queries = _queries(25, seed=42)
+    live = dict(docs)
+
+    def same() -> None:
+        assert memory.count == mapped.count == len(live)
+        for q in queries:
+            got = mapped.search(q, 30)
+            assert got == memory.search(q, 30)
+            _mirror_same(got, _brute(live, q, 30))
+
+    same()
+    rng = random.Random(43)
+    for step in range(6):
+        fresh = _docs(150, seed=100 + step)
+        replaced = rng.sample(sorted(live), 40)
+        for h, d in zip(replaced, _docs(40, seed=200 + step).values(), strict=True):
+            fresh[h] = d
+        gone = rng.sample(sorted(set(live) - set(replaced)), 60)
+        for index in (memory, mapped):
+            index.add((h, *arrays(d)) for h, d in fresh.items())
+            index.remove([*gone, "not-a-hash"])
+        live.update(fresh)
+        for h in gone:
+            del live[h]
+        same()
+    assert len(list(bases(home))) == 1
+    for index in (memory, mapped):
+        index.compact()
+    same()
+
+    words = [f"w{i}" for i in range(300)]
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+    lex_rng = random.Random(44)
+
+    def text() -> str:
+        return " ".join(lex_rng.choices(words, weights, k=lex_rng.randint(0, 40)))
+
+    rows = [(cid, text()) for cid in range(1, 900)]
+    lex_home = tmp_path / "lexical.npz"
+    lex_memory = LexicalIndex.build(rows)
+    lex_mapped = LexicalIndex.build(rows, lex_home)
+    lex_queries = [text().split()[:5] for _ in range(25)]
+
+    def lex_same() -> None:
+        assert lex_memory.count == lex_mapped.count
+        for q in lex_queries:
+            assert lex_mapped.search(q, 20) == lex_memory.search(q, 20)
+            assert lex_mapped.document_frequency(q) == lex_memory.document_frequency(q)
+
+    lex_same()
+    for step in range(4):
+        batch = [(cid, text()) for cid in lex_rng.sample(range(1, 1200), 120)]
+        gone_ids = lex_rng.sample(range(1, 1200), 50)
+        for lex in (lex_memory, lex_mapped):
+            lex.remove(gone_ids)
+            lex.add_terms(batch)
+        lex_same()
+    for lex in (lex_memory, lex_mapped):
+        lex.compact()
+    lex_same()
