@@ -4,7 +4,10 @@
 indexes of 100k and 1M chunks.
 
     .venv/bin/python benchmarks/mirrors.py [--json] [--chunks 100000,1000000] [--forms memory,mapped]
-                                           [--mirrors sparse,lexical] [--queries 200]
+                                           [--mirrors sparse,lexical] [--queries 200] [--before DIR]
+
+``--before DIR`` adds the form "before": the in-memory mirror of another checkout's
+``daemon`` folder (e.g. ``git archive`` of the commit before the mapped form), run the same way.
 
 Data (seeded, the same for every form):
 
@@ -205,8 +208,11 @@ def step_load(mirror: str, form: str, chunks: int, folder: Path, queries: int) -
             "top": [[str(k), s] for k, s in first]}
 
 
-def run_step(args: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+def run_step(args: list[str], daemon: str | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if daemon:
+        env["PYTHONPATH"] = daemon
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
         raise RuntimeError(f"{args}: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -218,6 +224,7 @@ def main() -> None:
     ap.add_argument("--forms", default="memory,mapped")
     ap.add_argument("--mirrors", default="sparse,lexical")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--before", help="a daemon folder whose in-memory mirrors are measured as the form 'before'")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--step", nargs=4, metavar=("STEP", "MIRROR", "FORM", "CHUNKS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -238,12 +245,13 @@ def main() -> None:
     for chunks in [int(c) for c in args.chunks.split(",")]:
         for mirror in args.mirrors.split(","):
             rows_s = run_step(["--step", "rows", mirror, "-", str(chunks)])["rows_s"]
-            for form in args.forms.split(","):
+            for form in (["before"] if args.before else []) + args.forms.split(","):
+                daemon = args.before if form == "before" else None
                 log(f"[{mirror} {form} {chunks}] building")
-                built = run_step(["--step", "build", mirror, form, str(chunks)])
+                built = run_step(["--step", "build", mirror, form, str(chunks)], daemon)
                 built["build_s"] -= rows_s
                 log(f"[{mirror} {form} {chunks}] loading and searching")
-                loaded = run_step(["--step", "load", mirror, form, str(chunks), "--queries", str(args.queries)])
+                loaded = run_step(["--step", "load", mirror, form, str(chunks), "--queries", str(args.queries)], daemon)
                 row = {"mirror": mirror, "form": form, "chunks": chunks, "rows_s": rows_s, **built, **loaded}
                 results.append(row)
                 log(json.dumps({k: v for k, v in row.items() if k != "top"}))

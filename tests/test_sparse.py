@@ -371,7 +371,7 @@ def test_mapped_and_in_memory_mirrors_answer_alike_to_the_bit(tmp_path: Path,
     from ragd.store.postings import LexicalIndex, SparseIndex
 
     monkeypatch.setattr(postings, "BUILD_ROWS", 50)
-    monkeypatch.setattr(postings, "BUILD_DELTA", 4000)
+    monkeypatch.setattr(postings, "MAPPED_DELTA", 4000)
     monkeypatch.setattr(postings, "MERGE_BLOCK", 1500)
     monkeypatch.setattr(postings, "COMPACT_MIN", 3000)
     docs = _docs(1200, seed=41)

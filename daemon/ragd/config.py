@@ -145,7 +145,8 @@ class WatchConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     """Where the dense vectors and lexical weights live: ``faiss`` (FAISS and in-memory
-    postings, snapshot in the data folder) or ``milvus`` (a Milvus Lite file or a server)."""
+    postings, snapshot in the data folder) or ``milvus`` (a Milvus Lite file or a server);
+    ``mirrors``: the search mirrors' postings in memory, mapped from files, or by size."""
 
     backend: str = "faiss"
     mirrors: str = "auto"

@@ -56,9 +56,10 @@ COMPACT_FRACTION = 0.05
 of the base's postings (a merge rewrites every posting)..."""
 COMPACT_MIN = 1 << 18
 """...and at least this many (a query scans the whole delta): docs/performance.md, Search caches."""
-BUILD_DELTA = 1 << 24
-"""A mapped mirror being built merges its delta into the base at this many postings, which
-bounds the build's own memory; an in-memory one merges once, at the end."""
+MAPPED_DELTA = 1 << 23
+"""A mapped mirror merges its delta into the base once it holds this many postings, however
+large the base (a build too; an in-memory one merges once, at its end): a merge's memory is a
+few times its delta's, so this bounds the process's own memory."""
 BUILD_ROWS = 20_000
 """Catalog rows decoded at once by a build."""
 MERGE_BLOCK = 1 << 22
@@ -306,7 +307,8 @@ class Postings:
         view = self._view
         base = len(view.base.slot)
         waste = len(view.delta[0]) + self._dead_postings
-        return waste >= COMPACT_MIN and waste >= COMPACT_FRACTION * base
+        return waste >= COMPACT_MIN and (waste >= COMPACT_FRACTION * base
+                                         or (self._home is not None and len(view.delta[0]) >= MAPPED_DELTA))
 
     def _compact_locked(self) -> None:
         """Merge: the live keys of base and delta, in key order, become the new base's slots;
@@ -544,14 +546,14 @@ class Postings:
     # -- builds -------------------------------------------------------------------------
     def _build_from(self, parts: Iterable[_Part]) -> None:
         """Append ``parts`` (a build's rows, batch by batch) and merge: a mapped mirror each
-        time ``BUILD_DELTA`` postings are pending, an in-memory one once."""
+        time ``MAPPED_DELTA`` postings are pending, an in-memory one once."""
         with self._write:
             pending: list[_Part] = []
             held = 0
             for part in parts:
                 pending.append(part)
                 held += len(part.tokens)
-                if self._home is not None and held >= BUILD_DELTA:
+                if self._home is not None and held >= MAPPED_DELTA:
                     self._append(_join(pending))
                     self._compact_locked()
                     pending, held = [], 0
