@@ -21,8 +21,8 @@ Data (seeded, the same for every form):
   query is 2-8 words of the same stream.
 
 Each (mirror, form, size) runs in two fresh processes, so the memory of one step never
-counts in the next: the first builds the mirror from rows as the catalog yields them (the
-time of generating the rows is subtracted) and saves its snapshot; the second loads that
+counts in the next: the first makes the rows, then builds the mirror from them as the catalog
+yields them (build time and memory are of the build alone) and saves its snapshot; the second loads that
 snapshot and answers the queries (one untimed pass first, so the page cache is warm).
 Memory is read from /proc/self/status: ``RssAnon`` (the process's own memory) and
 ``RssFile`` (file pages mapped in: the page cache, which the kernel can drop and read
@@ -135,14 +135,6 @@ def lexical_queries(count: int, seed: int = 8) -> list[list[str]]:
     return [words.names[r].tolist() for r in sets]
 
 
-def generation_time(mirror: str, chunks: int) -> float:
-    """Seconds spent making the rows alone (subtracted from the build time)."""
-    started = time.perf_counter()
-    for _ in (sparse_rows(chunks) if mirror == "sparse" else lexical_rows(chunks)):
-        pass
-    return time.perf_counter() - started
-
-
 def snapshot_bytes(path: Path) -> int:
     """The snapshot file and every file of the mapped bases beside it."""
     total = path.stat().st_size if path.is_file() else 0
@@ -161,11 +153,11 @@ def kind_of(mirror: str) -> Any:
 def step_build(mirror: str, form: str, chunks: int, folder: Path) -> dict[str, Any]:
     kind = kind_of(mirror)
     path = folder / f"{mirror}.npz"
-    rows = sparse_rows(chunks) if mirror == "sparse" else lexical_rows(chunks)
+    rows: list[Any] = list(sparse_rows(chunks) if mirror == "sparse" else lexical_rows(chunks))
     gc.collect()
     before = memory()
     started = time.perf_counter()
-    index = kind.build(rows, mapped=path) if form == "mapped" else kind.build(rows)
+    index = kind.build(iter(rows), mapped=path) if form == "mapped" else kind.build(iter(rows))
     built = time.perf_counter() - started
     gc.collect()
     after = memory()
@@ -235,24 +227,20 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             out = step_build(mirror, form, int(chunks), folder)
-        elif step == "load":
-            out = step_load(mirror, form, int(chunks), folder, args.queries)
         else:
-            out = {"rows_s": generation_time(mirror, int(chunks))}
+            out = step_load(mirror, form, int(chunks), folder, args.queries)
         print(json.dumps(out))
         return
     results: list[dict[str, Any]] = []
     for chunks in [int(c) for c in args.chunks.split(",")]:
         for mirror in args.mirrors.split(","):
-            rows_s = run_step(["--step", "rows", mirror, "-", str(chunks)])["rows_s"]
             for form in (["before"] if args.before else []) + args.forms.split(","):
                 daemon = args.before if form == "before" else None
                 log(f"[{mirror} {form} {chunks}] building")
                 built = run_step(["--step", "build", mirror, form, str(chunks)], daemon)
-                built["build_s"] -= rows_s
                 log(f"[{mirror} {form} {chunks}] loading and searching")
                 loaded = run_step(["--step", "load", mirror, form, str(chunks), "--queries", str(args.queries)], daemon)
-                row = {"mirror": mirror, "form": form, "chunks": chunks, "rows_s": rows_s, **built, **loaded}
+                row = {"mirror": mirror, "form": form, "chunks": chunks, **built, **loaded}
                 results.append(row)
                 log(json.dumps({k: v for k, v in row.items() if k != "top"}))
                 shutil.rmtree(CACHE / f"{mirror}-{form}-{chunks}", ignore_errors=True)

@@ -608,7 +608,9 @@ def _merge(base: _Base, delta: tuple[np.ndarray, np.ndarray, np.ndarray], alive:
         hi = min(lo + MERGE_BLOCK, count)
         slots, weights = np.asarray(base.slot[lo:hi]), np.asarray(base.weight[lo:hi])
         kept = alive[slots]
-        token_of = np.searchsorted(ptr, np.arange(lo, hi), side="right") - 1
+        first, last = np.searchsorted(ptr, [lo, hi], side="right") - 1  # tokens starting in the block
+        runs = np.diff(np.clip(ptr[first : last + 2], lo, hi))
+        token_of = np.repeat(np.arange(first, first + len(runs)), runs)
         base_counts += np.bincount(token_of[kept], minlength=len(tokens))
         slots, weights = renumber[slots[kept]], weights[kept]
         end = len(d_tokens) if hi >= count else int(np.searchsorted(at_base, hi, side="right"))
