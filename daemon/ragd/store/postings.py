@@ -255,9 +255,12 @@ class Postings:
                 dead.append(old)
             self._delta_slots[key] = first + i
         old_tokens, old_slots, old_weights = view.delta
-        delta = (np.concatenate([old_tokens, part.tokens]),
-                 np.concatenate([old_slots, part.local + np.int32(first)]),
-                 np.concatenate([old_weights, part.weights]))
+        if len(old_tokens):
+            delta = (np.concatenate([old_tokens, part.tokens]),
+                     np.concatenate([old_slots, part.local + np.int32(first)]),
+                     np.concatenate([old_weights, part.weights]))
+        else:  # a build's first part: taken as it is, not copied
+            delta = (part.tokens, part.local + np.int32(first), part.weights)
         alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
         delta_sizes = np.concatenate([self._delta_sizes, part.sizes])
         values = np.concatenate([view.values, part.values])
@@ -554,12 +557,18 @@ class Postings:
                 pending.append(part)
                 held += len(part.tokens)
                 if self._home is not None and held >= MAPPED_DELTA:
-                    self._append(_join(pending))
+                    self._append_all(pending)
                     self._compact_locked()
-                    pending, held = [], 0
-            if pending:
-                self._append(_join(pending))
+                    held = 0
+            self._append_all(pending)
             self._compact_locked()
+
+    def _append_all(self, parts: list[_Part]) -> None:
+        """Append ``parts`` as one and empty the list (so they are freed before a merge)."""
+        if parts:
+            part = _join(parts)
+            parts.clear()
+            self._append(part)
 
 
 def _part_of(items: Iterable[tuple[Any, np.ndarray, np.ndarray]], values: Iterable[float] = ()) -> _Part | None:
@@ -594,9 +603,13 @@ def _merge(base: _Base, delta: tuple[np.ndarray, np.ndarray, np.ndarray], alive:
     returns the new (tokens, ptr). A delta posting goes after its token's base postings."""
     d_tokens, d_slots, d_weights = delta
     keep = alive[d_slots]
-    d_tokens, d_slots, d_weights = d_tokens[keep], d_slots[keep], d_weights[keep]
+    if not keep.all():
+        d_tokens, d_slots, d_weights = d_tokens[keep], d_slots[keep], d_weights[keep]
+    del keep
     order = np.argsort(d_tokens, kind="stable")
-    d_tokens, d_slots, d_weights = d_tokens[order], renumber[d_slots[order]], d_weights[order]
+    d_tokens, d_weights = d_tokens[order], d_weights[order]
+    d_slots = renumber[d_slots[order]]
+    del order
     tokens, ptr = base.tokens, base.ptr
     count = len(base.slot)
     at_base = ptr[np.searchsorted(tokens, d_tokens, side="right")]  # goes before this base posting
