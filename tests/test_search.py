@@ -701,6 +701,30 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
         assert builds == ["LexicalIndex"]
 
 
+def test_auto_maps_the_mirrors_of_a_large_index(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``store.mirrors = "auto"`` (the default) keeps a small index's mirrors in memory and maps
+    them from ``MAPPED_FROM`` keys on (a snapshot of the other form is built again); the
+    answers are the same."""
+    from ragd.store import postings
+
+    engine, _root = indexed
+    sparse = engine.sparse
+    assert sparse is not None and sparse.home is None and engine.lexical.home is None
+    queries = ("sourdough bread starter", "river deltas and sediment")
+
+    def answers(e: Engine) -> list[list[tuple[int, float]]]:
+        return [[(h.chunk_id, h.score) for h in search(e, q, SearchOptions(mode=mode, rerank=False)).hits]
+                for q in queries for mode in ("sparse", "lexical", "hybrid")]
+
+    expected = answers(engine)
+    monkeypatch.setattr(postings, "MAPPED_FROM", 1)
+    with Engine(engine.config, engine.models) as large:
+        paths = large.snapshot_paths()
+        assert large.sparse is not None and large.sparse.home == paths["sparse"]
+        assert large.lexical.home == paths["lexical"]
+        assert answers(large) == expected
+
+
 def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
     indexed: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:

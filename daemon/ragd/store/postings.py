@@ -612,12 +612,19 @@ def _merge(base: _Base, delta: tuple[np.ndarray, np.ndarray, np.ndarray], alive:
     del order
     tokens, ptr = base.tokens, base.ptr
     count = len(base.slot)
-    at_base = ptr[np.searchsorted(tokens, d_tokens, side="right")]  # goes before this base posting
+    run_start = np.flatnonzero(np.diff(d_tokens, prepend=np.int32(-1)) != 0)  # the delta's runs of one token
+    d_distinct = d_tokens[run_start]
+    d_counts = np.diff(np.append(run_start, len(d_tokens)))
+    run_end = np.cumsum(d_counts)
+    run_at = ptr[np.searchsorted(tokens, d_distinct, side="right")]  # a run goes before this base posting
     total = int(base.sizes[alive[: len(base.keys)]].sum()) + len(d_tokens)
     out_slot, out_weight = alloc("slot", np.int32, total), alloc("weight", np.float32, total)
+    if not count:  # no base: the sorted delta is the merge
+        out_slot[:], out_weight[:] = d_slots, d_weights
+        return d_distinct.astype(np.int32), np.append(0, run_end).astype(np.int64)
     base_counts = np.zeros(len(tokens), dtype=np.int64)
-    written = done = 0
-    for lo in range(0, max(count, 1), MERGE_BLOCK):
+    written = done = runs_done = 0
+    for lo in range(0, count, MERGE_BLOCK):
         hi = min(lo + MERGE_BLOCK, count)
         slots, weights = np.asarray(base.slot[lo:hi]), np.asarray(base.weight[lo:hi])
         kept = alive[slots]
@@ -625,16 +632,18 @@ def _merge(base: _Base, delta: tuple[np.ndarray, np.ndarray, np.ndarray], alive:
         runs = np.diff(np.clip(ptr[first : last + 2], lo, hi))
         token_of = np.repeat(np.arange(first, first + len(runs)), runs)
         base_counts += np.bincount(token_of[kept], minlength=len(tokens))
-        slots, weights = renumber[slots[kept]], weights[kept]
-        end = len(d_tokens) if hi >= count else int(np.searchsorted(at_base, hi, side="right"))
-        at = np.concatenate([[0], np.cumsum(kept)])[at_base[done:end] - lo]
-        slots, weights = np.insert(slots, at, d_slots[done:end]), np.insert(weights, at, d_weights[done:end])
-        out_slot[written : written + len(slots)] = slots
-        out_weight[written : written + len(slots)] = weights
-        written, done = written + len(slots), end
+        runs_end = len(run_at) if hi >= count else int(np.searchsorted(run_at, hi, side="right"))
+        end = int(run_end[runs_end - 1]) if runs_end else 0
+        kept_before = np.concatenate([[0], np.cumsum(kept)])
+        at = np.repeat(kept_before[run_at[runs_done:runs_end] - lo], d_counts[runs_done:runs_end])
+        is_delta = np.zeros(int(kept_before[-1]) + end - done, dtype=bool)  # the block merged
+        is_delta[at + np.arange(end - done)] = True
+        out = slice(written, written + len(is_delta))
+        out_slot[out][is_delta], out_weight[out][is_delta] = d_slots[done:end], d_weights[done:end]
+        out_slot[out][~is_delta], out_weight[out][~is_delta] = renumber[slots[kept]], weights[kept]
+        written, done, runs_done = written + len(is_delta), end, runs_end
     if written != total:
         raise AssertionError(f"merged {written} postings, expected {total}")
-    d_distinct, d_counts = np.unique(d_tokens, return_counts=True)
     union = np.union1d(tokens, d_distinct).astype(np.int32)
     counts = np.zeros(len(union), dtype=np.int64)
     counts[np.searchsorted(union, tokens)] += base_counts
