@@ -27,7 +27,9 @@ snapshot and answers the queries (one untimed pass first, so the page cache is w
 Memory is read from /proc/self/status: ``RssAnon`` (the process's own memory) and
 ``RssFile`` (file pages mapped in: the page cache, which the kernel can drop and read
 back), each less what the process held before the mirror; "peak" is VmHWM (anonymous and
-file-backed together) less the same. Snapshot size counts every file the snapshot is made of.
+file-backed together, so a mapped build's written pages count) less the same, and "peak
+anon" the highest RssAnon sampled every 20 ms during the build, less the same. Snapshot size
+counts every file the snapshot is made of.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +153,27 @@ def kind_of(mirror: str) -> Any:
     return SparseIndex if mirror == "sparse" else LexicalIndex
 
 
+class PeakAnon:
+    """The highest RssAnon seen while inside, sampled every 20 ms (the kernel keeps a peak only
+    of anonymous and file-backed memory together, VmHWM)."""
+
+    def __enter__(self) -> PeakAnon:
+        self.peak = memory()["RssAnon"]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, memory()["RssAnon"])
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, memory()["RssAnon"])
+
+
 def step_build(mirror: str, form: str, chunks: int, folder: Path) -> dict[str, Any]:
     kind = kind_of(mirror)
     path = folder / f"{mirror}.npz"
@@ -157,7 +181,8 @@ def step_build(mirror: str, form: str, chunks: int, folder: Path) -> dict[str, A
     gc.collect()
     before = memory()
     started = time.perf_counter()
-    index = kind.build(iter(rows), mapped=path) if form == "mapped" else kind.build(iter(rows))
+    with PeakAnon() as peak:
+        index = kind.build(iter(rows), mapped=path) if form == "mapped" else kind.build(iter(rows))
     built = time.perf_counter() - started
     gc.collect()
     after = memory()
@@ -167,7 +192,7 @@ def step_build(mirror: str, form: str, chunks: int, folder: Path) -> dict[str, A
     return {"build_s": built, "save_s": saved, "postings": index.postings, "keys": index.count,
             "anon_after_build": after["RssAnon"] - before["RssAnon"],
             "file_after_build": after["RssFile"] - before["RssFile"],
-            "peak_build": after["VmHWM"] - before["VmHWM"],
+            "peak_build": after["VmHWM"] - before["VmHWM"], "peak_anon_build": peak.peak - before["RssAnon"],
             "arrays_bytes": index.nbytes, "snapshot_bytes": snapshot_bytes(path)}
 
 

@@ -363,8 +363,9 @@ def test_mapped_and_in_memory_mirrors_answer_alike_to_the_bit(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The same rows, additions, replacements, removals and merges give the same answers,
     scores to the bit, in both forms, for the sparse and the BM25 mirror; a mapped build
-    merges in several steps (each base replacing the last on disk) and every merge streams
-    the base in several blocks. The mapped form's postings are file mappings, not copies."""
+    sorts its rows into several runs on disk and merges them in several blocks, and every
+    later merge streams the base in several blocks. The mapped form's postings are file
+    mappings, not copies."""
     from ragd.store import postings
     from ragd.store.codec import arrays, encode
     from ragd.store.mapped import bases
@@ -380,7 +381,11 @@ def test_mapped_and_in_memory_mirrors_answer_alike_to_the_bit(tmp_path: Path,
     mapped = SparseIndex.build(((h, encode(d)) for h, d in docs.items()), home)
     assert memory.home is None and mapped.home == home
     assert isinstance(mapped._view.base.slot, np.memmap) and not isinstance(memory._view.base.slot, np.memmap)
-    assert len(list(bases(home))) == 1  # the build's earlier bases are gone
+    assert [p.name for p in home.parent.iterdir()] == [next(bases(home)).name]  # no run left behind
+    twice = list(docs.items())[:5]  # a key given twice: its last postings count
+    rows_twice = [(h, encode(d)) for h, d in twice] + [(twice[0][0], encode(twice[1][1]))]
+    assert (SparseIndex.build(rows_twice, tmp_path / "twice.npz").search({t: 1.0 for t in twice[1][1]}, 10)
+            == SparseIndex.build(rows_twice).search({t: 1.0 for t in twice[1][1]}, 10))
     queries = _queries(25, seed=42)
     live = dict(docs)
 

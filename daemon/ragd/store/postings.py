@@ -30,6 +30,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import zipfile
 from collections import defaultdict
@@ -44,7 +47,7 @@ from ragd.models.base import SparseWeights
 from ragd.store.base import ChunkFilter
 from ragd.store.codec import decode
 from ragd.store.mapped import ARRAYS, BaseWriter, bases, drop_bases, open_base
-from ragd.store.private import atomic_write
+from ragd.store.private import atomic_write, private_dir
 
 if TYPE_CHECKING:
     from ragd.store.catalog import Catalog
@@ -58,7 +61,7 @@ COMPACT_MIN = 1 << 18
 """...and at least this many (a query scans the whole delta): docs/performance.md, Search caches."""
 MAPPED_DELTA = 1 << 23
 """A mapped mirror merges its delta into the base once it holds this many postings, however
-large the base (a build too; an in-memory one merges once, at its end): a merge's memory is a
+large the base, and a mapped build writes a sorted run every this many: a merge's memory is a
 few times its delta's, so this bounds the process's own memory."""
 BUILD_ROWS = 20_000
 """Catalog rows decoded at once by a build."""
@@ -548,20 +551,64 @@ class Postings:
 
     # -- builds -------------------------------------------------------------------------
     def _build_from(self, parts: Iterable[_Part]) -> None:
-        """Append ``parts`` (a build's rows, batch by batch) and merge: a mapped mirror each
-        time ``MAPPED_DELTA`` postings are pending, an in-memory one once."""
+        """Append ``parts`` (a build's rows, batch by batch) and merge them once; a mapped
+        mirror sorts them into runs on disk first (``_build_runs``)."""
         with self._write:
+            if self._home is not None:
+                self._build_runs(parts, self._home)
+                return
+            pending = list(parts)
+            self._append_all(pending)
+            self._compact_locked()
+
+    def _build_runs(self, parts: Iterable[_Part], home: Path) -> None:
+        """A mapped build, an external merge sort: every ``MAPPED_DELTA`` postings the pending
+        parts, sorted by token, are written to a run (temp files), and the runs are merged
+        once into the base, ``MERGE_BLOCK`` postings' worth of tokens at a time, so the
+        build's memory stays bounded and each posting is written twice whatever the size.
+        A key given twice keeps its last postings. The caller holds the write lock."""
+        private_dir(home.parent)
+        folder = Path(tempfile.mkdtemp(prefix=f"{home.stem}.{os.getpid()}.", suffix=".tmp", dir=home.parent))
+        try:
+            keys: list[Any] = []
+            values: list[np.ndarray] = []
+            sizes: list[np.ndarray] = []
+            runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
             pending: list[_Part] = []
             held = 0
+
+            def spill() -> None:
+                part = _join(pending)
+                pending.clear()
+                order = np.argsort(part.tokens, kind="stable")
+                run = []
+                for name, arr in (("token", part.tokens[order]), ("slot", part.local[order] + np.int32(len(keys))),
+                                  ("weight", part.weights[order])):
+                    path = folder / f"{len(runs)}.{name}.npy"
+                    np.save(path, arr)
+                    run.append(np.load(path, mmap_mode="r"))
+                runs.append((run[0], run[1], run[2]))
+                keys.extend(part.keys)
+                values.append(part.values)
+                sizes.append(part.sizes)
+
             for part in parts:
                 pending.append(part)
                 held += len(part.tokens)
-                if self._home is not None and held >= MAPPED_DELTA:
-                    self._append_all(pending)
-                    self._compact_locked()
+                if held >= MAPPED_DELTA:
+                    spill()
                     held = 0
-            self._append_all(pending)
-            self._compact_locked()
+            if pending:
+                spill()
+            merged = _merge_runs(self._encode(keys), np.concatenate(values or [_EMPTY_F64]),
+                                 np.concatenate(sizes or [_EMPTY_I64]), runs, BaseWriter(home), type(self).__name__)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        base = _base_of(open_base(home.parent / merged, type(self).__name__, check=False), merged)
+        with self._lock:
+            self._view = _View(base, [], _EMPTY_F64, _NO_DELTA)
+            self._alive = np.ones(len(base.keys), dtype=bool)
+            self._live, self._value_sum = len(base.keys), float(base.values.sum())
 
     def _append_all(self, parts: list[_Part]) -> None:
         """Append ``parts`` as one and empty the list (so they are freed before a merge)."""
@@ -594,6 +641,60 @@ def _batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
     it = iter(rows)
     while batch := list(itertools.islice(it, size)):
         yield batch
+
+
+def _merge_runs(keys: np.ndarray, values: np.ndarray, sizes: np.ndarray,
+                runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], writer: BaseWriter, kind: str) -> str:
+    """Write a base from runs of (token, build slot, weight) sorted by token, a build slot per
+    entry of ``keys`` (the last of equal keys wins); returns the base folder's name."""
+    try:
+        order = np.argsort(keys, kind="stable")
+        alive = np.ones(len(keys), dtype=bool)
+        if len(keys) > 1:
+            alive[order[:-1][keys[order][1:] == keys[order][:-1]]] = False  # an earlier one of equal keys
+        order = order[alive[order]]
+        renumber = np.full(len(keys), -1, dtype=np.int32)
+        renumber[order] = np.arange(len(order), dtype=np.int32)
+        writer.put("keys", keys[order])
+        writer.put("values", values[order])
+        writer.put("sizes", sizes[order].astype(np.int32))
+        every = alive.all()
+        distinct: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        for run_tokens, run_slots, _ in runs:
+            live_tokens = np.asarray(run_tokens) if every else run_tokens[alive[run_slots]]
+            starts = np.flatnonzero(np.diff(live_tokens, prepend=np.int32(-1)) != 0)
+            distinct.append(live_tokens[starts])
+            counts.append(np.diff(np.append(starts, len(live_tokens))))
+        tokens = np.unique(np.concatenate(distinct or [_EMPTY_I32])).astype(np.int32)
+        per_token = np.zeros(len(tokens), dtype=np.int64)
+        for d, c in zip(distinct, counts, strict=True):
+            per_token[np.searchsorted(tokens, d)] += c
+        ptr = np.append(0, np.cumsum(per_token)).astype(np.int64)
+        total = int(ptr[-1])
+        out_slot, out_weight = writer.array("slot", np.int32, total), writer.array("weight", np.float32, total)
+        bounds = np.unique(np.append(np.searchsorted(ptr, np.arange(0, total, MERGE_BLOCK), side="right") - 1,
+                                     len(tokens)))
+        for lo, hi in itertools.pairwise(bounds.tolist()):
+            parts = []
+            for run_tokens, run_slots, run_weights in runs:  # each run's slice of tokens[lo:hi]
+                a, b = np.searchsorted(run_tokens, [tokens[lo], tokens[hi] if hi < len(tokens) else np.inf])
+                parts.append((run_tokens[a:b], run_slots[a:b], run_weights[a:b]))
+            block_tokens = np.concatenate([p[0] for p in parts])
+            block_slots = np.concatenate([p[1] for p in parts])
+            block_weights = np.concatenate([p[2] for p in parts])
+            if not every:
+                live = alive[block_slots]
+                block_tokens, block_slots, block_weights = block_tokens[live], block_slots[live], block_weights[live]
+            by_token = np.argsort(block_tokens, kind="stable")
+            out_slot[ptr[lo] : ptr[hi]] = renumber[block_slots[by_token]]
+            out_weight[ptr[lo] : ptr[hi]] = block_weights[by_token]
+        writer.put("tokens", tokens)
+        writer.put("ptr", ptr)
+        return writer.finish(kind)
+    except BaseException:
+        writer.abandon()
+        raise
 
 
 def _merge(base: _Base, delta: tuple[np.ndarray, np.ndarray, np.ndarray], alive: np.ndarray,
