@@ -436,7 +436,7 @@ def test_mapped_and_in_memory_mirrors_answer_alike_to_the_bit(tmp_path: Path,
             assert lex_mapped.document_frequency(q) == lex_memory.document_frequency(q)
 
     lex_same()
-    for step in range(4):
+    for _ in range(4):
         batch = [(cid, text()) for cid in lex_rng.sample(range(1, 1200), 120)]
         gone_ids = lex_rng.sample(range(1, 1200), 50)
         for lex in (lex_memory, lex_mapped):
