@@ -496,11 +496,13 @@ class Postings:
         """Read back what ``_extra_arrays`` saved."""
 
     # -- reads --------------------------------------------------------------------------
-    def _gather(self, q_tokens: np.ndarray) -> _Gathered:
-        """Every live posting of the query's tokens (int64, distinct)."""
+    def _gather(self, q_tokens: np.ndarray, scale: np.ndarray | None = None) -> _Gathered:
+        """Every live posting of the query's tokens (int64, distinct); with ``scale`` (a float64
+        per query token) the weights come multiplied by their token's, and no query_token."""
         with self._lock:  # slots below n are named by the view and covered by alive
             view, alive = self._view, self._alive
             n = len(alive)
+            all_live = self._live == n
         base = view.base
         slot_parts: list[np.ndarray] = []
         weight_parts: list[np.ndarray] = []
@@ -512,24 +514,32 @@ class Postings:
             for qi, i in zip(np.flatnonzero(present).tolist(), at[present].tolist(), strict=True):
                 lo, hi = int(base.ptr[i]), int(base.ptr[i + 1])
                 slot_parts.append(base.slot[lo:hi])
-                weight_parts.append(base.weight[lo:hi])
-                which_parts.append(np.full(hi - lo, qi, dtype=np.int32))
+                if scale is None:
+                    weight_parts.append(base.weight[lo:hi])
+                    which_parts.append(np.full(hi - lo, qi, dtype=np.int32))
+                else:
+                    weight_parts.append(base.weight[lo:hi] * scale[qi])
         d_tokens, d_slots, d_weights = view.delta
         if len(d_tokens):
             hit = np.isin(d_tokens, q_tokens, kind="table")
             if hit.any():
                 order = np.argsort(q_tokens)
                 slot_parts.append(d_slots[hit])
-                weight_parts.append(d_weights[hit])
-                which_parts.append(order[np.searchsorted(q_tokens[order], d_tokens[hit])].astype(np.int32))
+                which = order[np.searchsorted(q_tokens[order], d_tokens[hit])].astype(np.int32)
+                if scale is None:
+                    weight_parts.append(d_weights[hit])
+                    which_parts.append(which)
+                else:
+                    weight_parts.append(d_weights[hit] * scale[which])
         if not slot_parts:
             return _Gathered(_EMPTY_I32, _EMPTY_F32, _EMPTY_I32, view, n)
         slots = np.concatenate(slot_parts)
         weights = np.concatenate(weight_parts)
-        which = np.concatenate(which_parts)
-        live = alive[slots]
-        if not live.all():
-            slots, weights, which = slots[live], weights[live], which[live]
+        which = np.concatenate(which_parts) if which_parts else _EMPTY_I32
+        if not all_live:
+            live = alive[slots]
+            slots, weights = slots[live], weights[live]
+            which = which[live] if len(which) else which
         return _Gathered(slots, weights, which, view, n)
 
     def _best(self, got: _Gathered, contributions: np.ndarray, limit: int) -> list[tuple[Any, float]]:
@@ -538,6 +548,13 @@ class Postings:
         if not len(got.slots):
             return []
         scores = np.bincount(got.slots, weights=contributions, minlength=got.n)
+        if len(scores) > limit:  # the limit-th best of every slot: when positive, only seen slots reach it
+            cut = np.partition(scores, len(scores) - limit)[len(scores) - limit]
+            if cut > 0:
+                candidates = np.flatnonzero(scores >= cut)
+                ranked = sorted(((self._key_of(got.view, i), float(scores[i])) for i in candidates.tolist()),
+                                key=lambda ks: (-ks[1], ks[0]))
+                return ranked[:limit]
         seen = np.zeros(got.n, dtype=bool)
         seen[got.slots] = True
         candidates = np.flatnonzero(seen)
@@ -774,8 +791,8 @@ class SparseIndex(Postings):
             return []
         q_tokens = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
         q_weights = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
-        got = self._gather(q_tokens)
-        return self._best(got, got.weights * q_weights[got.query_token], limit)
+        got = self._gather(q_tokens, q_weights)
+        return self._best(got, got.weights, limit)
 
     def search_chunks(self, weights: SparseWeights, n: int, where: ChunkFilter,
                       catalog: Catalog) -> list[tuple[int, float]]:
