@@ -548,20 +548,14 @@ class Postings:
         if not len(got.slots):
             return []
         scores = np.bincount(got.slots, weights=contributions, minlength=got.n)
-        if len(scores) > limit:  # the limit-th best of every slot: when positive, only seen slots reach it
-            cut = np.partition(scores, len(scores) - limit)[len(scores) - limit]
-            if cut > 0:
-                candidates = np.flatnonzero(scores >= cut)
-                ranked = sorted(((self._key_of(got.view, i), float(scores[i])) for i in candidates.tolist()),
-                                key=lambda ks: (-ks[1], ks[0]))
-                return ranked[:limit]
-        seen = np.zeros(got.n, dtype=bool)
-        seen[got.slots] = True
-        candidates = np.flatnonzero(seen)
-        if len(candidates) > limit:
+        candidates = np.flatnonzero(scores > 0)
+        if len(candidates) < limit:  # else the best are positive, hence seen: the unseen need no pass
+            seen = np.zeros(got.n, dtype=bool)
+            seen[got.slots] = True
+            candidates = np.flatnonzero(seen)
+        if len(candidates) > limit:  # (np.partition is slow near the end of many equal values: negated)
             values = scores[candidates]
-            cut = values[np.argpartition(-values, limit - 1)[:limit]].min()
-            candidates = candidates[values >= cut]  # ties at the cut are settled by key below
+            candidates = candidates[values >= -np.partition(-values, limit - 1)[limit - 1]]  # ties: by key below
         ranked = sorted(((self._key_of(got.view, i), float(scores[i])) for i in candidates.tolist()),
                         key=lambda ks: (-ks[1], ks[0]))
         return ranked[:limit]
