@@ -102,7 +102,7 @@ class Engine:
     def __init__(self, config: Config, models: LoadedModels | None = None, *, rerank: bool = True,
                  mirrors: bool = True) -> None:
         self.config = config
-        # Searches read in-memory mirrors of the sparse weights and the full-text rows, built
+        # Searches read mirrors of the sparse weights and the full-text rows (store.mirrors), built
         # on first use (seconds for a large index); a one-shot search in a process of its own
         # asks SQLite instead (mirrors=False).
         self.mirrors = mirrors
@@ -195,14 +195,15 @@ class Engine:
     @property
     def sparse(self) -> SparseStore | None:
         """The sparse store of the embedder's lexical weights (None for an embedder without
-        them); the local backend builds its in-memory mirror on first use."""
+        them); the local backend builds its mirror on first use."""
         if not self.models.embedder.has_sparse:
             return None
         return self.store.sparse  # lock-free once built: a search never waits for a writer's check
 
     @property
     def lexical(self) -> LexicalIndex:
-        """The in-memory BM25 mirror of the catalog's full-text rows, built on first use."""
+        """The BM25 mirror of the catalog's full-text rows (in memory or mapped: ``store.mirrors``),
+        built or loaded on first use."""
         if self._lexical is None:
             with self._load_lock:
                 if self._lexical is None:

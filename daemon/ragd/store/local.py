@@ -1,5 +1,5 @@
 """The local backend (``store.backend = "faiss"``): dense vectors in FAISS (``vectors.py``) and
-the lexical weights in the in-memory mirror (``postings.SparseIndex``), each snapshot in the
+the lexical weights in their mirror (``postings.SparseIndex``, in memory or mapped), each snapshot in the
 data folder with the catalog generation it holds and rebuilt from SQLite when its snapshot
 is missing, stale or damaged (docs/architecture.md, Storage)."""
 
@@ -39,7 +39,7 @@ class SqlSparse:
 
 
 class LocalStore(VectorStore):
-    """FAISS plus the in-memory sparse mirror, snapshot under ``data_dir/vectors``."""
+    """FAISS plus the sparse mirror, snapshot under ``data_dir/vectors``."""
 
     name = "faiss"
 

@@ -765,7 +765,7 @@ def _merge(base: _Base, delta: tuple[np.ndarray, np.ndarray, np.ndarray], alive:
 
 
 class SparseIndex(Postings):
-    """The sparse weights of every live chunk hash of one model, searchable in memory: the
+    """The sparse weights of every live chunk hash of one model, searchable in numpy: the
     local backend's sparse store (``search_chunks``)."""
 
     @classmethod
