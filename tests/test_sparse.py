@@ -5,6 +5,7 @@ the bounds table or the blobs is migrated on open (``store/schema.py``); the in-
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -301,6 +302,7 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     damaged file or no file."""
     from ragd.store import postings
     from ragd.store.codec import arrays
+    from ragd.store.mapped import bases
     from ragd.store.postings import LexicalIndex, SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # keep a delta and dead postings
@@ -317,7 +319,15 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     index.add((h, *arrays(d)) for (h, _), d in zip(items[1::9], replaced.values(), strict=False))
     assert len(index._view.delta[0]) > 0 and index._dead_postings > 0
     index.save(path, 7, "m3")
+    if mapped:  # bases no snapshot names: one older than the named one, one newer (another merge's)
+        older, newer = (path.parent / f"{path.stem}.{c * 32}.base" for c in "ab")
+        for folder, age in ((older, -60), (newer, 60)):
+            folder.mkdir()
+            stamp = next(bases(path)).stat().st_mtime + age
+            os.utime(folder, (stamp, stamp))
     loaded = SparseIndex.load(path, 7, "m3", mapped=mapped)
+    if mapped:
+        assert not older.exists() and newer.exists()
     assert loaded is not None
     assert (loaded.count, loaded.postings, loaded._dead_postings) == (index.count, index.postings, index._dead_postings)
     queries = _queries(20, seed=33)
@@ -333,6 +343,7 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
         assert loaded.search(q, 30) == index.search(q, 30)
 
     index.save(path, 7, "m3")  # the loaded one's save removed the base this one named
+    assert len(list(bases(path))) == (1 if mapped else 0)  # and a save leaves only its own
     assert SparseIndex.load(path, 7, "m3", mapped=mapped) is not None
     assert SparseIndex.load(path, 8, "m3", mapped=mapped) is None  # the catalog moved on
     assert SparseIndex.load(path, 7, "other-model", mapped=mapped) is None

@@ -148,9 +148,20 @@ def bases(home: Path) -> Iterator[Path]:
             yield entry
 
 
-def drop_bases(home: Path, keep: Callable[[str], bool]) -> None:
-    """Remove the base folders beside ``home`` that ``keep`` does not name. A search still
-    reading one keeps its mapping: the files' pages live until the last map goes."""
+def drop_bases(home: Path, keep: Callable[[str], bool], *, newer_kept: Path | None = None) -> None:
+    """Remove the base folders beside ``home`` that ``keep`` does not name (and, with
+    ``newer_kept``, that are not newer than that folder). A search still reading one keeps its
+    mapping: the files' pages live until the last map goes."""
+    try:
+        since = newer_kept.stat().st_mtime_ns if newer_kept is not None else None
+    except OSError:
+        return
     for folder in bases(home):
-        if not keep(folder.name):
-            shutil.rmtree(folder, ignore_errors=True)
+        if keep(folder.name):
+            continue
+        try:
+            if since is not None and folder.stat().st_mtime_ns > since:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)

@@ -432,7 +432,7 @@ class Postings:
                 arrays = {name: data[name] for name in data.files}
             name = meta.get("base")
             if mapped:
-                if name not in {f.name for f in bases(path)}:
+                if not isinstance(name, str) or name not in {f.name for f in bases(path)}:
                     return None
                 base = _base_of(open_base(path.parent / name, cls.__name__), name)
             else:
@@ -441,9 +441,10 @@ class Postings:
             index._restore(base, arrays)
         except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile):
             return None
-        if mapped:
-            index._pinned = name
-            drop_bases(path, lambda n: n == name)
+        folder = index._view.base.name
+        if folder is not None:  # older bases are left from before; a newer one may be another process's merge
+            index._pinned = folder
+            drop_bases(path, lambda n: n == folder, newer_kept=path.parent / folder)
         return index
 
     def _restore(self, base: _Base, a: dict[str, np.ndarray]) -> None:
