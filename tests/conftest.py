@@ -211,6 +211,12 @@ def engine_factory(make_config: Callable[..., Any], loaded_models: Any) -> Itera
         e.close()
 
 
+@pytest.fixture(params=["memory", "mapped"])
+def mirror_home(request: pytest.FixtureRequest, tmp_path: Path) -> Path | None:
+    """A search mirror's form: in memory (None), or mapped from folders beside this snapshot path."""
+    return tmp_path / "mirror" / "m.npz" if request.param == "mapped" else None
+
+
 @pytest.fixture
 def index_tree(tmp_path: Path, engine_factory: Callable[..., Any]) -> Callable[..., tuple[Any, Path]]:
     """Write ``files`` under tmp_path/docs and index them with a fresh engine: (engine, root)."""

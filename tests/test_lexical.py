@@ -243,11 +243,11 @@ def _corpus_file(catalog: Catalog, root: int, name: str, texts: list[str]) -> An
     return FileUpdate(root, f"/c/{name}", 1, 1, name, "indexed", chunks=chunks)
 
 
-def test_bm25_mirror_scores_as_fts5_does(tmp_path: Path) -> None:
-    """Full-text search reads an in-memory BM25 mirror; it must rank and score as FTS5's
-    bm25() does on the same rows, through additions (a delta), replaced and deleted chunks,
-    and a merge; with English (stemmed, stopwords), Chinese bigrams, repeated terms and a
-    chunk with no terms at all."""
+def test_bm25_mirror_scores_as_fts5_does(tmp_path: Path, mirror_home: Path | None) -> None:
+    """Full-text search reads a BM25 mirror (in memory or mapped); it must rank and score as
+    FTS5's bm25() does on the same rows, through additions (a delta), replaced and deleted
+    chunks, and a merge; with English (stemmed, stopwords), Chinese bigrams, repeated terms
+    and a chunk with no terms at all."""
     import random
 
     from ragd.store.postings import LexicalIndex
@@ -264,7 +264,7 @@ def test_bm25_mirror_scores_as_fts5_does(tmp_path: Path) -> None:
     files = {f"f{i}": [text() for _ in range(rng.randint(1, 4))] for i in range(150)}
     files["empty"] = ["!!! ... ???"]  # a chunk with no term: a row of length 0, counted in N
     catalog.apply(0, [], [_corpus_file(catalog, root, n, t) for n, t in files.items()])
-    mirror = LexicalIndex.build(catalog.lexical_rows())
+    mirror = LexicalIndex.build(catalog.lexical_rows(), mirror_home)
     queries = [text() for _ in range(25)] + ["rivers running", "签名密钥 w3", "w1 w1 w1", "café the", "the of"]
 
     def check(limit: int) -> None:

@@ -673,8 +673,8 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
     builds: list[str] = []
     for kind in (SparseIndex, LexicalIndex):
         real = kind.build.__func__  # type: ignore[attr-defined]
-        monkeypatch.setattr(kind, "build", classmethod(lambda cls, rows, real=real: builds.append(cls.__name__)
-                                                       or real(cls, rows)))
+        monkeypatch.setattr(kind, "build", classmethod(lambda cls, rows, *a, real=real: builds.append(cls.__name__)
+                                                       or real(cls, rows, *a)))
     queries = ("Quokkas hop around Rottnest Island", "sourdough bread starter", "river deltas and sediment")
 
     def answers(e: Engine) -> list[list[int]]:
@@ -699,6 +699,30 @@ def test_mirrors_are_snapshot_and_a_restart_loads_the_current_snapshot(
     with Engine(engine.config, engine.models) as damaged:
         assert damaged.sparse is not None and damaged.lexical.count == damaged.catalog.count_chunks()
         assert builds == ["LexicalIndex"]
+
+
+def test_auto_maps_the_mirrors_of_a_large_index(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``store.mirrors = "auto"`` (the default) keeps a small index's mirrors in memory and maps
+    them from ``MAPPED_FROM`` keys on (a snapshot of the other form is built again); the
+    answers are the same."""
+    from ragd.store import postings
+
+    engine, _root = indexed
+    sparse = engine.sparse
+    assert sparse is not None and sparse.home is None and engine.lexical.home is None
+    queries = ("sourdough bread starter", "river deltas and sediment")
+
+    def answers(e: Engine) -> list[list[tuple[int, float]]]:
+        return [[(h.chunk_id, h.score) for h in search(e, q, SearchOptions(mode=mode, rerank=False)).hits]
+                for q in queries for mode in ("sparse", "lexical", "hybrid")]
+
+    expected = answers(engine)
+    monkeypatch.setattr(postings, "MAPPED_FROM", 1)
+    with Engine(engine.config, engine.models) as large:
+        paths = large.snapshot_paths()
+        assert large.sparse is not None and large.sparse.home == paths["sparse"]
+        assert large.lexical.home == paths["lexical"]
+        assert answers(large) == expected
 
 
 def test_a_snapshot_that_cannot_be_written_costs_only_a_slower_start(
@@ -762,9 +786,10 @@ def test_a_mirror_that_disagrees_with_the_catalog_is_rebuilt_in_place(indexed: A
     engine, root = indexed
     lexical, sparse = engine.lexical, engine.sparse
     assert sparse is not None
-    some_chunk = next(iter(lexical._slots))
+    some_chunk = engine.catalog.db.execute("SELECT rowid FROM lexical LIMIT 1").fetchone()[0]
+    some_hash = engine.catalog.db.execute("SELECT chunk_hash FROM embeddings WHERE sparse IS NOT NULL").fetchone()[0]
     lexical.remove([some_chunk])
-    sparse.remove([next(iter(sparse._slots))])
+    sparse.remove([some_hash])
     assert engine.check_mirrors() == ["lexical", "sparse"]
     assert engine.lexical is lexical and engine.sparse is sparse
     assert lexical.count == engine.catalog.count_chunks()

@@ -5,6 +5,7 @@ the bounds table or the blobs is migrated on open (``store/schema.py``); the in-
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -164,19 +165,20 @@ def _mirror_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) ->
     assert {h for h, s in got if s > cut + 1e-9} == {h for h, s in want if s > cut + 1e-9}
 
 
-def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
-    monkeypatch: pytest.MonkeyPatch,
+def test_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
+    monkeypatch: pytest.MonkeyPatch, mirror_home: Path | None,
 ) -> None:
-    """The mirror answers as summing every posting does (same chunks, scores, tie order by
-    hash) from its base, from a delta of later additions, after replacing and removing
-    hashes, and after merging the delta into the base."""
+    """The mirror (in memory and mapped) answers as summing every posting does (same chunks,
+    scores, tie order by hash) from its base, from a delta of later additions, after
+    replacing and removing hashes, and after merging the delta into the base."""
     from ragd.store import postings
     from ragd.store.codec import arrays
     from ragd.store.postings import SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # merge only when told below
+    monkeypatch.setattr(postings, "MERGE_BLOCK", 5000)  # a merge in several blocks
     docs = _docs(2000, seed=11)
-    index = SparseIndex()
+    index = SparseIndex(mirror_home)
     index.add((h, *arrays(d)) for h, d in list(docs.items())[:1500])
     index.compact()
     index.add((h, *arrays(d)) for h, d in list(docs.items())[1500:])  # a delta beside the base
@@ -214,19 +216,20 @@ def test_memory_mirror_equals_the_exact_sum_through_adds_removes_and_compaction(
     assert tie.search({7: 1.0}, 5) == [] and tie.search({}, 5) == [] and SparseIndex().search({5: 1.0}, 3) == []
 
 
-def test_memory_mirror_compacts_itself_when_the_delta_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_compacts_itself_when_the_delta_grows(monkeypatch: pytest.MonkeyPatch,
+                                                    mirror_home: Path | None) -> None:
     from ragd.store import postings
     from ragd.store.codec import arrays
     from ragd.store.postings import SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1000)
     docs = _docs(600, seed=21)
-    index = SparseIndex()
+    index = SparseIndex(mirror_home)
     items = list(docs.items())
     for start in range(0, len(items), 20):  # indexing batches
         index.add((h, *arrays(d)) for h, d in items[start : start + 20])
-    assert len(index._view.delta[0]) < max(1000, postings.COMPACT_FRACTION * len(index._view.base_slot)) + 20 * 40
-    assert len(index._view.base_slot) > 0
+    assert len(index._view.delta[0]) < max(1000, postings.COMPACT_FRACTION * len(index._view.base.slot)) + 20 * 40
+    assert len(index._view.base.slot) > 0
     for q in _queries(20, seed=22):
         _mirror_same(index.search(q, 20), _brute(docs, q, 20))
 
@@ -291,19 +294,23 @@ def test_a_catalog_upgraded_by_another_process_is_a_clear_error(tmp_path: Path,
 
 
 def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror_home: Path | None,
 ) -> None:
     """``save`` writes base, delta and removed keys as they are; ``load`` gives back a mirror
-    that answers, counts and keeps changing as the original does, and nothing (so the caller
-    builds) for another generation, another label, a damaged file or no file."""
+    (in the same form) that answers, counts and keeps changing as the original does, and
+    nothing (so the caller builds) for another generation, another label, another form, a
+    damaged file or no file."""
     from ragd.store import postings
     from ragd.store.codec import arrays
+    from ragd.store.mapped import bases
     from ragd.store.postings import LexicalIndex, SparseIndex
 
     monkeypatch.setattr(postings, "COMPACT_MIN", 1 << 40)  # keep a delta and dead postings
+    mapped = mirror_home is not None
     docs = _docs(900, seed=31)
     items = list(docs.items())
-    index = SparseIndex()
+    path = mirror_home or tmp_path / "m.sparse.npz"
+    index = SparseIndex(mirror_home)
     index.add((h, *arrays(d)) for h, d in items[:600])
     index.compact()
     index.add((h, *arrays(d)) for h, d in items[600:])
@@ -311,9 +318,16 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     replaced = _docs(40, seed=32)
     index.add((h, *arrays(d)) for (h, _), d in zip(items[1::9], replaced.values(), strict=False))
     assert len(index._view.delta[0]) > 0 and index._dead_postings > 0
-    path = tmp_path / "m.sparse.npz"
     index.save(path, 7, "m3")
-    loaded = SparseIndex.load(path, 7, "m3")
+    if mapped:  # bases no snapshot names: one older than the named one, one newer (another merge's)
+        older, newer = (path.parent / f"{path.stem}.{c * 32}.base" for c in "ab")
+        for folder, age in ((older, -60), (newer, 60)):
+            folder.mkdir()
+            stamp = next(bases(path)).stat().st_mtime + age
+            os.utime(folder, (stamp, stamp))
+    loaded = SparseIndex.load(path, 7, "m3", mapped=mapped)
+    if mapped:
+        assert not older.exists() and newer.exists()
     assert loaded is not None
     assert (loaded.count, loaded.postings, loaded._dead_postings) == (index.count, index.postings, index._dead_postings)
     queries = _queries(20, seed=33)
@@ -328,23 +342,118 @@ def test_a_snapshot_holds_the_mirror_as_it_is_and_loads_only_for_its_generation(
     for q in queries:
         assert loaded.search(q, 30) == index.search(q, 30)
 
-    assert SparseIndex.load(path, 8, "m3") is None  # the catalog moved on
-    assert SparseIndex.load(path, 7, "other-model") is None
-    assert LexicalIndex.load(path, 7, "m3") is None  # another kind of mirror
-    assert SparseIndex.load(tmp_path / "missing.npz", 7, "m3") is None
+    index.save(path, 7, "m3")  # the loaded one's save removed the base this one named
+    assert len(list(bases(path))) == (1 if mapped else 0)  # and a save leaves only its own
+    assert SparseIndex.load(path, 7, "m3", mapped=mapped) is not None
+    assert SparseIndex.load(path, 8, "m3", mapped=mapped) is None  # the catalog moved on
+    assert SparseIndex.load(path, 7, "other-model", mapped=mapped) is None
+    assert SparseIndex.load(path, 7, "m3", mapped=not mapped) is None  # the other form
+    assert LexicalIndex.load(path, 7, "m3", mapped=mapped) is None  # another kind of mirror
+    assert SparseIndex.load(tmp_path / "missing.npz", 7, "m3", mapped=mapped) is None
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert SparseIndex.load(damaged, 7, "m3") is None
+    assert SparseIndex.load(damaged, 7, "m3", mapped=mapped) is None
 
     # the BM25 mirror keeps its vocabulary: term ids mean the same after loading
-    lex = LexicalIndex.build([(1, "heron nest river"), (2, "bread starter flour bread"), (3, "river delta")])
+    lex_path = tmp_path / "lexical.npz"
+    lex = LexicalIndex.build([(1, "heron nest river"), (2, "bread starter flour bread"), (3, "river delta")],
+                             lex_path if mapped else None)
     lex.add_terms([(4, "heron fishing river river")])
     lex.remove([3])
-    lex.save(tmp_path / "lexical.npz", 3, "lexical")
-    back = LexicalIndex.load(tmp_path / "lexical.npz", 3, "lexical")
+    lex.save(lex_path, 3, "lexical")
+    back = LexicalIndex.load(lex_path, 3, "lexical", mapped=mapped)
     assert back is not None and back.count == 3
     for terms in (["heron"], ["river", "bread"], ["delta"], ["unknown"]):
         assert back.search(terms, 5) == lex.search(terms, 5)
     for m in (lex, back):
         m.add_terms([(5, "sourdough bread heron")])
     assert back.search(["bread", "heron"], 5) == lex.search(["bread", "heron"], 5)
+
+
+def test_mapped_and_in_memory_mirrors_answer_alike_to_the_bit(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rows, additions, replacements, removals and merges give the same answers,
+    scores to the bit, in both forms, for the sparse and the BM25 mirror; a mapped build
+    sorts its rows into several runs on disk and merges them in several blocks, and every
+    later merge streams the base in several blocks. The mapped form's postings are file
+    mappings, not copies."""
+    from ragd.store import postings
+    from ragd.store.codec import arrays, encode
+    from ragd.store.mapped import bases
+    from ragd.store.postings import LexicalIndex, SparseIndex
+
+    monkeypatch.setattr(postings, "BUILD_ROWS", 50)
+    monkeypatch.setattr(postings, "MAPPED_DELTA", 4000)
+    monkeypatch.setattr(postings, "MERGE_BLOCK", 1500)
+    monkeypatch.setattr(postings, "COMPACT_MIN", 3000)
+    docs = _docs(1200, seed=41)
+    home = tmp_path / "m.sparse.npz"
+    memory = SparseIndex.build((h, encode(d)) for h, d in docs.items())
+    mapped = SparseIndex.build(((h, encode(d)) for h, d in docs.items()), home)
+    assert memory.home is None and mapped.home == home
+    assert isinstance(mapped._view.base.slot, np.memmap) and not isinstance(memory._view.base.slot, np.memmap)
+    assert [p.name for p in home.parent.iterdir()] == [next(bases(home)).name]  # no run left behind
+    twice = list(docs.items())[:5]  # a key given twice: its last postings count
+    rows_twice = [(h, encode(d)) for h, d in twice] + [(twice[0][0], encode(twice[1][1]))]
+    assert (SparseIndex.build(rows_twice, tmp_path / "twice.npz").search({t: 1.0 for t in twice[1][1]}, 10)
+            == SparseIndex.build(rows_twice).search({t: 1.0 for t in twice[1][1]}, 10))
+    queries = _queries(25, seed=42)
+    live = dict(docs)
+
+    def same() -> None:
+        assert memory.count == mapped.count == len(live)
+        for q in queries:
+            got = mapped.search(q, 30)
+            assert got == memory.search(q, 30)
+            _mirror_same(got, _brute(live, q, 30))
+
+    same()
+    rng = random.Random(43)
+    for step in range(6):
+        fresh = _docs(150, seed=100 + step)
+        replaced = rng.sample(sorted(live), 40)
+        for h, d in zip(replaced, _docs(40, seed=200 + step).values(), strict=True):
+            fresh[h] = d
+        gone = rng.sample(sorted(set(live) - set(replaced)), 60)
+        for index in (memory, mapped):
+            index.add((h, *arrays(d)) for h, d in fresh.items())
+            index.remove([*gone, "not-a-hash"])
+        live.update(fresh)
+        for h in gone:
+            del live[h]
+        same()
+    assert len(list(bases(home))) == 1
+    for index in (memory, mapped):
+        index.compact()
+    same()
+
+    words = [f"w{i}" for i in range(300)]
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+    lex_rng = random.Random(44)
+
+    def text() -> str:
+        return " ".join(lex_rng.choices(words, weights, k=lex_rng.randint(0, 40)))
+
+    rows = [(cid, text()) for cid in range(1, 900)]
+    lex_home = tmp_path / "lexical.npz"
+    lex_memory = LexicalIndex.build(rows)
+    lex_mapped = LexicalIndex.build(rows, lex_home)
+    lex_queries = [text().split()[:5] for _ in range(25)]
+
+    def lex_same() -> None:
+        assert lex_memory.count == lex_mapped.count
+        for q in lex_queries:
+            assert lex_mapped.search(q, 20) == lex_memory.search(q, 20)
+            assert lex_mapped.document_frequency(q) == lex_memory.document_frequency(q)
+
+    lex_same()
+    for _ in range(4):
+        batch = [(cid, text()) for cid in lex_rng.sample(range(1, 1200), 120)]
+        gone_ids = lex_rng.sample(range(1, 1200), 50)
+        for lex in (lex_memory, lex_mapped):
+            lex.remove(gone_ids)
+            lex.add_terms(batch)
+        lex_same()
+    for lex in (lex_memory, lex_mapped):
+        lex.compact()
+    lex_same()

@@ -145,9 +145,11 @@ class WatchConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     """Where the dense vectors and lexical weights live: ``faiss`` (FAISS and in-memory
-    postings, snapshot in the data folder) or ``milvus`` (a Milvus Lite file or a server)."""
+    postings, snapshot in the data folder) or ``milvus`` (a Milvus Lite file or a server);
+    ``mirrors``: the search mirrors' postings in memory, mapped from files, or by size."""
 
     backend: str = "faiss"
+    mirrors: str = "auto"
     uri: str = ""
     token: str = ""
     collection: str = "ragd"
@@ -246,6 +248,7 @@ RULES: Mapping[str, Rule] = {
     "mcp.max_results": Rule(low=1, high=MAX_K),
     "mcp.port": Rule(low=1, high=65535),
     "store.backend": Rule(choices=("faiss", "milvus")),
+    "store.mirrors": Rule(choices=("auto", "memory", "mapped")),
     "store.uri": Rule(empty_ok=True),
     "store.token": Rule(empty_ok=True),
     "store.origin": Rule(empty_ok=True),

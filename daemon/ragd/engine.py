@@ -102,7 +102,7 @@ class Engine:
     def __init__(self, config: Config, models: LoadedModels | None = None, *, rerank: bool = True,
                  mirrors: bool = True) -> None:
         self.config = config
-        # Searches read in-memory mirrors of the sparse weights and the full-text rows, built
+        # Searches read mirrors of the sparse weights and the full-text rows (store.mirrors), built
         # on first use (seconds for a large index); a one-shot search in a process of its own
         # asks SQLite instead (mirrors=False).
         self.mirrors = mirrors
@@ -183,7 +183,7 @@ class Engine:
                     emb = self.models.embedder
                     ctx = StoreContext(catalog=self.catalog, data_dir=self.data_dir, model_id=emb.model_id,
                                        model_key=self.model_key, dim=int(emb.dim), has_sparse=bool(emb.has_sparse),
-                                       mirrors=self.mirrors)
+                                       mirrors=self.mirrors, mirror_form=self.config.store.mirrors)
                     self._store = open_store(self.config.store, ctx)
         return self._store
 
@@ -200,14 +200,15 @@ class Engine:
     @property
     def sparse(self) -> SparseStore | None:
         """The sparse store of the embedder's lexical weights (None for an embedder without
-        them); the local backend builds its in-memory mirror on first use."""
+        them); the local backend builds its mirror on first use."""
         if not self.models.embedder.has_sparse:
             return None
         return self.store.sparse  # lock-free once built: a search never waits for a writer's check
 
     @property
     def lexical(self) -> LexicalIndex:
-        """The in-memory BM25 mirror of the catalog's full-text rows, built on first use."""
+        """The BM25 mirror of the catalog's full-text rows (in memory or mapped: ``store.mirrors``),
+        built or loaded on first use."""
         if self._lexical is None:
             with self._load_lock:
                 if self._lexical is None:
@@ -227,7 +228,8 @@ class Engine:
         generation = self.catalog.generation()
         mirror, loaded = load_mirror(LexicalIndex, self._lexical_path(), generation, "lexical",
                                      self.catalog.count_chunks(),
-                                     lambda: LexicalIndex.build(self.catalog.lexical_rows()))
+                                     lambda mapped: LexicalIndex.build(self.catalog.lexical_rows(), mapped),
+                                     self.config.store.mirrors)
         if loaded or save_mirror("lexical", mirror, self._lexical_path(), generation, "lexical"):
             self._lexical_saved = generation
         return mirror
@@ -238,7 +240,8 @@ class Engine:
         rebuilt: list[str] = []
         with self._load_lock:
             if self._lexical is not None and self._lexical.count != self.catalog.count_chunks():
-                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows()))  # the readers hold it
+                # in place (the readers hold it), in the form it has
+                self._lexical.replace(LexicalIndex.build(self.catalog.lexical_rows(), self._lexical.home))
                 rebuilt.append("lexical")
                 self._lexical_saved = None  # a snapshot of this generation may hold the same error
             if self._store is not None:

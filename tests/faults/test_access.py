@@ -49,12 +49,14 @@ def readable_by_others(data_dir: Path) -> list[str]:
     return out
 
 
+@pytest.mark.parametrize("mirrors", ["memory", "mapped"])
 def test_the_data_folder_is_private_under_a_common_umask(
-    daemon_factory: Callable[..., Any], common_umask: None, tmp_path: Path,
+    daemon_factory: Callable[..., Any], common_umask: None, tmp_path: Path, mirrors: str,
 ) -> None:
     """Issue 25 #3: under umask 022 the data folder was 0755 and catalog.db (+ -wal, -shm)
-    0644, so any local user could read the full text of every indexed document."""
-    daemon, client, _notes = daemon_factory(server={"tcp": "127.0.0.1:0"})
+    0644, so any local user could read the full text of every indexed document. Mapped
+    mirrors' base folders (0700) and their files (0600) likewise."""
+    daemon, client, _notes = daemon_factory(server={"tcp": "127.0.0.1:0"}, store={"mirrors": mirrors})
     wait_for(lambda: idle(client), what="initial index")
     daemon.engine.save_snapshots(force=True)
     data = daemon.config.data_dir
@@ -63,7 +65,8 @@ def test_the_data_folder_is_private_under_a_common_umask(
         assert mode(data / name) == 0o600, name
     assert mode(data / "vectors") == 0o700
     snapshots = list((data / "vectors").iterdir())
-    assert snapshots and all(mode(p) == 0o600 for p in snapshots)
+    assert snapshots and all(mode(p) == (0o700 if p.is_dir() else 0o600) for p in snapshots)
+    assert any(p.is_dir() for p in snapshots) == (mirrors == "mapped")
     assert readable_by_others(data) == []
 
 

@@ -6,6 +6,7 @@ and the temp files of a save that was killed are removed at the next open."""
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from conftest import write_tree
 from ragd.engine import Engine
 from ragd.indexer import index_paths
 from ragd.search import SearchOptions, search
+from ragd.store.mapped import bases
 from ragd.store.vectors import VectorIndex
 
 pytestmark = pytest.mark.models("fake")
@@ -56,11 +58,13 @@ def dense_top(engine: Engine, query: str) -> str:
     return search(engine, query, SearchOptions(mode="dense", rerank=False, k=1)).hits[0].path
 
 
-@pytest.fixture
-def indexed(tmp_path: Path, engine_factory: Callable[..., Engine]) -> Iterator[tuple[Engine, Path]]:
+@pytest.fixture(params=["memory", "mapped"])
+def indexed(request: pytest.FixtureRequest, tmp_path: Path,
+            engine_factory: Callable[..., Engine]) -> Iterator[tuple[Engine, Path]]:
+    """Three notes indexed, with the mirrors in memory or mapped (``store.mirrors``)."""
     root = tmp_path / "notes"
     write_tree(root, NOTES)
-    engine = engine_factory()
+    engine = engine_factory(store={"mirrors": request.param})
     index_paths(engine, [root])
     _ = engine.sparse, engine.lexical  # built and snapshot on first use
     engine.save_snapshots()
@@ -127,20 +131,46 @@ DAMAGES = ("truncated", "zeroed", "deleted", "older", "flipped")
 CACHES = ("vectors", "sparse", "lexical")
 
 
+def snapshot_files(engine: Engine) -> dict[str, Path]:
+    """Every file a cache's snapshot is made of, by "<cache>" (the snapshot file) or
+    "<cache> <file>" (the files of a mapped mirror's base folder)."""
+    paths = {name: engine.snapshot_paths()[name] for name in CACHES}
+    for name in ("sparse", "lexical"):
+        folders = list(bases(paths[name]))
+        assert len(folders) == (0 if engine.lexical.home is None else 1)  # the one the snapshot names
+        for folder in folders:
+            paths.update({f"{name} {p.name}": p for p in folder.iterdir()})
+    return paths
+
+
 def test_every_damaged_snapshot_is_detected_and_rebuilt(
-    indexed: tuple[Engine, Path], monkeypatch: pytest.MonkeyPatch,
+    indexed: tuple[Engine, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    """Each cache's snapshot, damaged each way (truncated, zeroed, deleted, an older one put
-    back, one byte flipped): the next engine builds that cache from SQLite instead of
-    serving it, and its searches answer as an engine built from scratch does."""
+    """Each cache's snapshot, and each mapped mirror's largest array and manifest, damaged
+    each way (truncated, zeroed, deleted, an older one put back, one byte flipped): the next
+    engine builds that cache from SQLite instead of serving it, and its searches answer as
+    an engine built from scratch does."""
     engine, root = indexed
-    paths = {"vectors": engine.snapshot_paths()["vectors"], "sparse": engine.snapshot_paths()["sparse"],
-             "lexical": engine.snapshot_paths()["lexical"]}
-    older = {name: p.read_bytes() for name, p in paths.items()}
+    older = {name: p.read_bytes() for name, p in snapshot_files(engine).items()}
     (root / "bread.txt").write_text(NEW_TEXT + "\n", encoding="utf-8")
-    index_paths(engine, [root])
+    from ragd.store import postings
+    with monkeypatch.context() as m:  # every change merged into a new base, so an older one differs
+        m.setattr(postings, "COMPACT_MIN", 0)
+        m.setattr(postings, "COMPACT_FRACTION", 0.0)
+        index_paths(engine, [root])
     engine.save_snapshots()
-    good = {name: p.read_bytes() for name, p in paths.items()}
+    paths = snapshot_files(engine)
+    assert set(paths) == set(older) and len(paths) == (3 if engine.lexical.home is None else 3 + 2 * 8)
+    for name in ("sparse", "lexical"):  # of a base: its manifest, and its largest array that changed
+        arrays = sorted((p for t, p in paths.items() if t.startswith(f"{name} ") and t.endswith(".npy")
+                         and p.read_bytes() != older[t]), key=lambda p: p.stat().st_size)
+        for target in [t for t in paths if t.startswith(f"{name} ") and t.endswith(".npy")]:
+            if paths[target] != arrays[-1]:
+                del paths[target]
+    assert len(paths) == (3 if engine.lexical.home is None else 7)
+    folder = engine.data_dir / "vectors"
+    good = tmp_path / "good"
+    shutil.copytree(folder, good)  # a rebuild's save removes base folders the snapshot no longer names
     queries = (NEW_TEXT, "glaciers in Iceland", "river deltas sediment")
 
     def answers(e: Engine) -> list[list[int]]:
@@ -156,20 +186,20 @@ def test_every_damaged_snapshot_is_detected_and_rebuilt(
     for kind, name in ((SparseIndex, "sparse"), (LexicalIndex, "lexical")):
         real = kind.build.__func__  # type: ignore[attr-defined]
         monkeypatch.setattr(kind, "build", classmethod(
-            lambda cls, rows, real=real, name=name: rebuilt.append(name) or real(cls, rows)))
+            lambda cls, rows, *a, real=real, name=name: rebuilt.append(name) or real(cls, rows, *a)))
     tried = 0
-    for name in CACHES:
+    for target, path in paths.items():
         for how in DAMAGES:
-            for other, p in paths.items():  # every other snapshot intact and current
-                p.write_bytes(good[other])
-            _damage(paths[name], how, older[name])
+            shutil.rmtree(folder)  # every other snapshot intact and current
+            shutil.copytree(good, folder)
+            _damage(path, how, older[target])
             rebuilt.clear()
             with Engine(engine.config, engine.models) as fresh:
                 _ = fresh.vectors, fresh.sparse, fresh.lexical
-                assert rebuilt == [name], (name, how, rebuilt)
-                assert answers(fresh) == expected, (name, how)
+                assert rebuilt == [target.split()[0]], (target, how, rebuilt)
+                assert answers(fresh) == expected, (target, how)
             tried += 1
-    assert tried == len(CACHES) * len(DAMAGES)
+    assert tried == len(paths) * len(DAMAGES)
 
 
 def test_the_daemon_is_not_serving_until_its_caches_are_consistent(
@@ -246,9 +276,12 @@ def test_temp_files_of_a_killed_save_are_removed_at_open(indexed: tuple[Engine, 
     alive = folder / f"lexical.npz.{1}.abcdefgh.tmp"  # pid 1 runs
     for p in (*stale, alive):
         p.write_bytes(b"half a snapshot")
+    half_base = folder / f"lexical.{dead.pid}.q1w2e3r4.tmp"  # a mapped mirror's base being written
+    half_base.mkdir()
+    (half_base / "slot.npy").write_bytes(b"half an array")
     with Engine(engine.config, engine.models):
         pass
-    assert not any(p.exists() for p in stale)
+    assert not any(p.exists() for p in (*stale, half_base))
     assert alive.exists()
 
 

@@ -67,6 +67,7 @@ class StoreContext:
     dim: int
     has_sparse: bool  # the embedder gives lexical weights (BGE-M3)
     mirrors: bool  # in-memory caches may be built (False: a one-shot search asks SQLite)
+    mirror_form: str = "auto"  # store.mirrors: "memory", "mapped" or "auto" (by size)
 
 
 class DenseStore(Protocol):

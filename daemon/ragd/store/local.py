@@ -1,5 +1,5 @@
 """The local backend (``store.backend = "faiss"``): dense vectors in FAISS (``vectors.py``) and
-the lexical weights in the in-memory mirror (``postings.SparseIndex``), each snapshot in the
+the lexical weights in their mirror (``postings.SparseIndex``, in memory or mapped), each snapshot in the
 data folder with the catalog generation it holds and rebuilt from SQLite when its snapshot
 is missing, stale or damaged (docs/architecture.md, Storage)."""
 
@@ -39,7 +39,7 @@ class SqlSparse:
 
 
 class LocalStore(VectorStore):
-    """FAISS plus the in-memory sparse mirror, snapshot under ``data_dir/vectors``."""
+    """FAISS plus the sparse mirror, snapshot under ``data_dir/vectors``."""
 
     name = "faiss"
 
@@ -92,7 +92,8 @@ class LocalStore(VectorStore):
         generation = catalog.generation()
         path = self.snapshot_paths()["sparse"]
         mirror, loaded = load_mirror(SparseIndex, path, generation, self.ctx.model_id, catalog.count_sparse(key),
-                                     lambda: SparseIndex.build(catalog.sparse_rows(key)))
+                                     lambda mapped: SparseIndex.build(catalog.sparse_rows(key), mapped),
+                                     self.ctx.mirror_form)
         if loaded:
             self._saved["sparse"] = generation
         elif save_mirror("sparse", mirror, path, generation, self.ctx.model_id):
@@ -125,7 +126,8 @@ class LocalStore(VectorStore):
             self.rebuild()  # a stale cache is rebuilt, never served
             rebuilt.append("vectors")
         if self.mirror is not None and self.mirror.count != catalog.count_sparse(key):
-            self.mirror.replace(SparseIndex.build(catalog.sparse_rows(key)))  # in place: readers hold it
+            # in place (readers hold it), in the form it has
+            self.mirror.replace(SparseIndex.build(catalog.sparse_rows(key), self.mirror.home))
             rebuilt.append("sparse")
             self._saved.pop("sparse", None)  # a snapshot of this generation may hold the same error
         return rebuilt

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -87,20 +88,26 @@ def private_db(path: Path) -> None:
 
 
 def private_folder_files(folder: Path) -> None:
-    """Tighten ``folder`` and the files directly in it, and remove temp files that a writer
-    killed mid-save left behind (those whose process is gone)."""
+    """Tighten ``folder`` and the files in it (and in its folders: a mapped mirror's bases), and
+    remove temp files and folders that a writer killed mid-save left behind (those whose
+    process is gone)."""
     if not folder.is_dir():
         return
     tighten(folder)
     for entry in folder.iterdir():
         if entry.name.endswith(".tmp") and stale_temp(entry.name):
             try:
-                entry.unlink()
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 log.info("removed %s, left by a save that was interrupted", entry)
             except OSError:
                 pass
             continue
-        if entry.is_file() and not entry.is_symlink():
+        if entry.is_dir() and not entry.is_symlink():
+            private_folder_files(entry)
+        elif entry.is_file() and not entry.is_symlink():
             tighten(entry)
 
 
