@@ -96,6 +96,7 @@ def test_live_changes_are_searchable(daemon_factory: Callable[..., Any]) -> None
     assert client.health() == "SERVING"
     st = wait_for(lambda: idle(client), what="initial index")
     assert st.files_indexed == 2 and st.chunks >= 2
+    assert st.vector_index == {"faiss": "faiss exact float32", "milvus": "milvus FLAT"}[daemon.config.store.backend]
 
     # create
     new = notes / "gamma.txt"
@@ -378,6 +379,8 @@ def test_cli_talks_to_the_daemon(daemon_factory: Callable[..., Any], tmp_path: P
     st = json.loads(out.stdout)
     assert {"serving", "files_indexed", "files_pending", "files_failed", "roots", "models", "degraded"} <= set(st)
     assert st["serving"] and st["files_indexed"] == 2
+    out = runner.invoke(main, ["status", "--config", str(config)])
+    assert out.exit_code == 0 and f"  vectors: {st['vector_index']}\n" in out.stdout and st["vector_index"]
 
     out = runner.invoke(main, ["search", "Sourdough bread needs a starter", "--daemon", "--json", "--no-rerank",
                                "--config", str(config)])

@@ -680,6 +680,8 @@ def _print_status(st: dict[str, Any]) -> None:
                   if st.get("shared_chunks") else ""))
     models = st.get("models") or {}
     click.echo(f"  models: embedder {models.get('embedder') or '-'}, reranker {models.get('reranker') or 'off'}")
+    if st.get("vector_index"):
+        click.echo(f"  vectors: {st['vector_index']}")
     for reason in st.get("degraded", []):
         click.echo(f"  degraded: {reason}")
     if st.get("writer_error"):

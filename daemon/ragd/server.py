@@ -159,7 +159,7 @@ def _status_proto(st: Status) -> Any:
         models=ragd_pb2.Models(embedder=st.models.embedder, reranker=st.models.reranker or ""),
         degraded=st.degraded, current_file=st.current_file or "", chunks_per_second=st.throughput,
         tokens_per_second=st.tokens_per_second, eta_seconds=-1.0 if st.eta is None else st.eta, version=st.version,
-        writer_error=st.writer_error or "", shared_chunks=st.shared_chunks,
+        writer_error=st.writer_error or "", shared_chunks=st.shared_chunks, vector_index=st.vector_index,
     )
 
 

@@ -254,6 +254,7 @@ class Service:
         roots: list[RootStatus] = []
         totals = {"indexed": 0, "pending": 0, "failed": 0}
         chunks = shared = 0
+        vector_index = ""
         models = Models(embedder="", reranker=None)
         degraded: list[str] = []
         if d.engine is not None and serving:  # while loading, the engine is not ready to read
@@ -261,6 +262,7 @@ class Service:
             stats = cat.root_stats()
             chunks = cat.count_chunks()
             shared = d.reader().shared_chunks()
+            vector_index = d.reader().store.describe()
             watching = set(d.watcher.watching())
             suspended = d.suspended_roots()
             troubles = d.watch_problems()
@@ -295,7 +297,7 @@ class Service:
             files_failed=totals["failed"], chunks=chunks, roots=roots, models=models, degraded=degraded,
             current_file=(info.current_file or None) if info.busy_since is not None else None,
             throughput=round(chunk_rate, 2), eta=eta, tokens_per_second=round(token_rate, 1), version=__version__,
-            writer_error=d.writer_problem() or None, shared_chunks=shared,
+            writer_error=d.writer_problem() or None, shared_chunks=shared, vector_index=vector_index,
         )
 
 

@@ -326,6 +326,7 @@ class Status:
     version: str = ""
     writer_error: str | None = None  # why changes are not indexed now (retried); None when the writer works
     shared_chunks: int = 0  # other daemons' chunks searched with these (a shared Milvus collection)
+    vector_index: str = ""  # the dense index in a few words ("faiss ivf4000 int8 (building ivf)")
 
     @classmethod
     def from_proto(cls, msg: pb.StatusResponse) -> Status:
@@ -345,6 +346,7 @@ class Status:
             version=msg.version,
             writer_error=msg.writer_error or None,
             shared_chunks=msg.shared_chunks,
+            vector_index=msg.vector_index,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,4 +366,5 @@ class Status:
             "eta": self.eta,
             "writer_error": self.writer_error,
             "shared_chunks": self.shared_chunks,
+            "vector_index": self.vector_index,
         }

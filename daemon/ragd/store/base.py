@@ -166,6 +166,10 @@ class VectorStore(ABC):
         """How many other daemons' rows the searches also read."""
         return 0
 
+    def describe(self) -> str:
+        """The dense index in a few words, for ``Status`` (``faiss ivf4000 int8``)."""
+        return self.name
+
     def snapshot_paths(self) -> dict[str, Path]:
         """The files in the data folder this backend snapshots to, by part."""
         return {}

@@ -140,6 +140,9 @@ class LocalStore(VectorStore):
     def close(self) -> None:
         self.vectors.close()  # a background IVF build stops at its next step
 
+    def describe(self) -> str:
+        return f"faiss {self.vectors.describe()}"
+
     # -- snapshots ----------------------------------------------------------------------
     def snapshot_paths(self) -> dict[str, Path]:
         path = _slug_path(self.ctx)

@@ -569,6 +569,9 @@ class MilvusStore(VectorStore):
             return
         self._flushed = generation
 
+    def describe(self) -> str:
+        return f"milvus {self.index_type}"
+
     def close(self) -> None:
         try:
             self.client.close()

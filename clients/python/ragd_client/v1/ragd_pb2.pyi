@@ -244,7 +244,7 @@ class RootStatus(_message.Message):
     def __init__(self, path: _Optional[str] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[FailedFile, _Mapping]]] = ..., current_file: _Optional[str] = ..., watching: _Optional[bool] = ..., suspended: _Optional[bool] = ..., suspended_reason: _Optional[str] = ..., watch_problem: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error", "shared_chunks")
+    __slots__ = ("serving", "files_indexed", "files_pending", "files_failed", "chunks", "roots", "models", "degraded", "current_file", "chunks_per_second", "tokens_per_second", "eta_seconds", "version", "writer_error", "shared_chunks", "vector_index")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     FILES_INDEXED_FIELD_NUMBER: _ClassVar[int]
     FILES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +260,7 @@ class StatusResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WRITER_ERROR_FIELD_NUMBER: _ClassVar[int]
     SHARED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     files_indexed: int
     files_pending: int
@@ -275,7 +276,8 @@ class StatusResponse(_message.Message):
     version: str
     writer_error: str
     shared_chunks: int
-    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ..., shared_chunks: _Optional[int] = ...) -> None: ...
+    vector_index: str
+    def __init__(self, serving: _Optional[bool] = ..., files_indexed: _Optional[int] = ..., files_pending: _Optional[int] = ..., files_failed: _Optional[int] = ..., chunks: _Optional[int] = ..., roots: _Optional[_Iterable[_Union[RootStatus, _Mapping]]] = ..., models: _Optional[_Union[Models, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ..., current_file: _Optional[str] = ..., chunks_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., version: _Optional[str] = ..., writer_error: _Optional[str] = ..., shared_chunks: _Optional[int] = ..., vector_index: _Optional[str] = ...) -> None: ...
 
 class Root(_message.Message):
     __slots__ = ("path", "configured")
