@@ -176,7 +176,7 @@ def test_search_get_and_status_over_stdio(daemon: Daemon) -> None:
 
     st = ok(status)
     assert st["serving"] is True and st["files_indexed"] == len(NOTES) and st["files_pending"] == 0
-    assert st["embedder"] and st["reranker"] and st["chunks"] >= len(NOTES)
+    assert st["embedder"] and st["reranker"] and st["chunks"] >= len(NOTES) and st["shared_chunks"] == 0
     assert [r["path"] for r in st["roots"]] == [str(daemon.notes)]
     assert st["roots"][0]["files_indexed"] == len(NOTES)
 

@@ -95,4 +95,6 @@ class StatusOutput(BaseModel):
     degraded: list[str] = Field(description="Why ragd runs with less than configured; empty if not.")
     current_file: str | None = Field(description="The file being indexed now, if any.")
     eta_seconds: float | None = Field(description="Estimated seconds until pending files are indexed.")
+    shared_chunks: int = Field(0, description="Chunks of other ragd daemons sharing this index, searched too; "
+                                              "their hits name their origin.")
     roots: list[RootSummary] = Field(description="The indexed folders: only files inside them can be searched or read.")

@@ -418,6 +418,7 @@ class Tools:
             degraded=list(st.degraded),
             current_file=st.current_file,
             eta_seconds=st.eta,
+            shared_chunks=st.shared_chunks,
             roots=[
                 RootSummary(
                     path=r.path, files_indexed=r.files_indexed, files_pending=r.files_pending,
