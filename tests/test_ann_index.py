@@ -341,7 +341,7 @@ NOTES: dict[str, str | bytes] = {
 
 
 def test_the_local_store_builds_ivf_and_rebuilds_a_snapshot_of_other_storage(
-    tmp_path: Path, engine_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, engine_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, gate: threading.Event,
 ) -> None:
     """Through the engine: past ``store.exact_limit`` the dense store becomes an IVF index in
     the background and its snapshot holds it; opened with another ``store.vectors`` the
@@ -352,9 +352,11 @@ def test_the_local_store_builds_ivf_and_rebuilds_a_snapshot_of_other_storage(
     root = tmp_path / "notes"
     write_tree(root, NOTES)
     engine = engine_factory(store={"exact_limit": 100, "nprobe": 4})
-    index_paths(engine, [root])
+    index_paths(engine, [root])  # its build is held (``gate``) until the run has saved its snapshots
     vectors: Any = engine.store.dense
-    assert vectors.count == 140
+    assert vectors.count == 140 and vectors.building and not vectors.approximate
+    assert engine.unsaved_snapshots() == []
+    gate.set()
     assert vectors.wait(60) and vectors.approximate
     assert engine.unsaved_snapshots() == ["vectors"]  # the swap asks for a snapshot of the IVF index
     engine.save_snapshots(force=True)
