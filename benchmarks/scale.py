@@ -282,7 +282,7 @@ def run_stores(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]
     """The stores alone (``--layer stores``), in this process."""
     import concurrent.futures
 
-    from ragd.config import SearchConfig
+    from ragd.config import SearchConfig, StoreConfig
     from ragd.lexical import terms as query_terms
     from ragd.query import select_terms
     from ragd.search import fuse
@@ -290,7 +290,7 @@ def run_stores(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]
     from ragd.store.vectors import IndexPlan, VectorIndex
 
     store = CONFIGS[name]
-    defaults = config_for(CACHE, {"backend": "faiss"}, fake_model()).store
+    defaults = StoreConfig()
     plan = IndexPlan(exact_limit=int(store.get("exact_limit", defaults.exact_limit)),
                      nprobe=int(store.get("nprobe", defaults.nprobe)),
                      vectors=str(store.get("vectors", defaults.vectors)))
@@ -331,26 +331,27 @@ def run_stores(size: int, name: str, args: argparse.Namespace) -> dict[str, Any]
     exact = {i: dict(zip(source.best_ids[i].tolist(), source.best[i].tolist(), strict=True))
              for i in range(len(queries))}
 
-    def hybrid(i: int, q: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    def ranked(scores: dict[int, float]) -> list[int]:
+        return [c for c, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def hybrid(q: dict[str, Any]) -> tuple[dict[str, dict[int, float]], list[int]]:
+        """The signals, fused and ranked, as ``search`` runs them (what is timed)."""
         lex = side.submit(lambda: lexical.search(select_terms(query_terms(q["text"]), lexical.document_frequency),
                                                  pool))
         sp = side.submit(lambda: sparse.search(q["sparse"], pool))
         found = dict(dense.search(q["dense"], pool))
         signals = {"dense": found, "lexical": dict(lex.result()), "sparse": {int(h, 16): s for h, s in sp.result()}}
-        ranked = sorted(fuse(signals, weights).items(), key=lambda kv: (-kv[1], kv[0]))
-        truth = sorted(fuse({**signals, "dense": exact[i]}, weights).items(), key=lambda kv: (-kv[1], kv[0]))
-        dense_top = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-        return [c for c, _ in ranked[:10]], [c for c, _ in truth[:10]], [c for c, _ in dense_top]
+        return signals, ranked(fuse(signals, weights))
 
-    hybrid(0, queries[0])  # warm-up
+    hybrid(queries[0])  # warm-up
     walls, got, want, dense_got = [], [], [], []
     for i, q in enumerate(queries):
         t = time.perf_counter()
-        a, b, c = hybrid(i, q)
+        signals, order = hybrid(q)
         walls.append((time.perf_counter() - t) * 1000)
-        got.append(a)
-        want.append(b)
-        dense_got.append(c)
+        got.append(order[:10])
+        want.append(ranked(fuse({**signals, "dense": exact[i]}, weights))[:10])  # the reference, untimed
+        dense_got.append(ranked(signals["dense"])[:10])
     dense_walls = []
     for q in queries:
         t = time.perf_counter()

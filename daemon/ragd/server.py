@@ -636,22 +636,19 @@ class Daemon:
         is waited for with backoff, NOT_SERVING, the reason in ``Status.writer_error`` and
         the log, until it answers or the daemon stops (which leaves this wait behind)."""
         assert self.engine is not None
-        delay, since = STORE_RETRY_FIRST_S, ""
+        delay, waited = STORE_RETRY_FIRST_S, False
         while True:
             try:
                 _ = self.engine.vectors
             except StoreUnavailable as exc:
-                if not since:
-                    since = time.strftime("%H:%M:%S")
+                if self._report_problem(f"waiting for the vector store: {exc}", delay):
                     log.warning("waiting for the vector store, retrying with backoff: %s", exc)
-                with self._writer_problem_lock:
-                    self._writer_problem = (f"waiting for the vector store: {exc} "
-                                            f"(retrying in {delay:.0f} s; since {since})")
+                waited = True
                 if self.stopping.wait(delay):
                     raise
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
                 continue
-            if since:
+            if waited:
                 log.info("the vector store answers: loading goes on")
                 with self._writer_problem_lock:
                     self._writer_problem = ""
@@ -707,17 +704,21 @@ class Daemon:
     def _writer_trouble(self, exc: BaseException, retry_in: float) -> None:
         """The writer failed for a reason outside the job: say so (Status, the Index service's
         health, the log once) until it works again."""
+        if self._report_problem(f"indexing is paused: {type(exc).__name__}: {exc}", retry_in):
+            log.warning("indexing paused, retrying with backoff: %s: %s", type(exc).__name__, exc,
+                        exc_info=not _transient(exc))
+        self._set_index_health(False)
+
+    def _report_problem(self, problem: str, retry_in: float) -> bool:
+        """Put ``problem`` in ``writer_problem`` (Status.writer_error) with when it is retried and
+        since when it lasts (kept from the problem it replaces); whether it is a new one."""
         since = time.strftime("%H:%M:%S")
         with self._writer_problem_lock:
             first = not self._writer_problem
             if not first:
                 since = self._writer_problem.rsplit("since ", 1)[-1].rstrip(")")
-            self._writer_problem = (f"indexing is paused: {type(exc).__name__}: {exc} "
-                                    f"(retrying in {retry_in:.0f} s; since {since})")
-        if first:
-            log.warning("indexing paused, retrying with backoff: %s: %s", type(exc).__name__, exc,
-                        exc_info=not _transient(exc))
-        self._set_index_health(False)
+            self._writer_problem = f"{problem} (retrying in {retry_in:.0f} s; since {since})"
+        return first
 
     def _writer_works(self) -> None:
         with self._writer_problem_lock:

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragd.store.private import private_dir
+from ragd.store.private import fsync_dir, private_dir, temp_folder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class BaseWriter:
         private_dir(home.parent)
         self.home = home
         self.id = uuid.uuid4().hex
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{home.stem}.{os.getpid()}.", suffix=".tmp", dir=home.parent))
+        self.tmp = temp_folder(home.parent, home.stem)
         self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, name: str, dtype: np.dtype | type, length: int) -> np.ndarray:
@@ -98,20 +97,12 @@ class BaseWriter:
         os.chmod(self.tmp, 0o700)
         name = base_name(self.home.stem, self.id)
         os.replace(self.tmp, self.home.parent / name)
-        _fsync_dir(self.home.parent)
+        fsync_dir(self.home.parent)
         return name
 
     def abandon(self) -> None:
         self._arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_base(folder: Path, kind: str, *, check: bool = True) -> dict[str, np.ndarray]:

@@ -40,6 +40,7 @@ from ragd.store.base import EVERY_CHUNK, ChunkFilter, DenseStore, SparseStore, S
 from ragd.store.catalog import BatchResult, Catalog, ChunkRow, NewEmbedding
 from ragd.store.codec import decode, encode
 from ragd.store.private import atomic_write
+from ragd.store.vectors import IndexPlan
 
 if TYPE_CHECKING:
     from ragd.config import StoreConfig
@@ -58,13 +59,14 @@ WRITE_BATCH = 1000
 ID_WINDOW = 10_000
 """Chunk ids per query when the rows are read back (Milvus answers at most 16,384 rows)."""
 CONNECT_TIMEOUT_S = 10.0
+IVF_LISTS = 1024
+"""Lists per sealed segment of an IVF index; a search scans ``store.nprobe`` of them (0: a
+share, as FAISS does: ``IndexPlan.probes``)."""
 INDEX_PARAMS: dict[str, dict[str, int]] = {
-    "FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "IVF_SQ8": {"nlist": 1024}, "HNSW": {"M": 16, "efConstruction": 128},
-    "AUTOINDEX": {},
+    "FLAT": {}, "IVF_FLAT": {"nlist": IVF_LISTS}, "IVF_SQ8": {"nlist": IVF_LISTS},
+    "HNSW": {"M": 16, "efConstruction": 128}, "AUTOINDEX": {},
 }
 """``store.milvus_index``: the dense index and how it is built (lists per segment, graph degree)."""
-AUTO_PROBE = 16
-"""``store.nprobe`` = 0: an IVF search scans this share of a segment's lists, as FAISS's does."""
 VARCHAR_BYTES = 65_535
 """Milvus's VARCHAR limit: a longer chunk text is cut there (on a UTF-8 boundary; ``cut``
 says so), a heading loses its last levels."""
@@ -254,7 +256,8 @@ def expression(where: ChunkFilter, origin: str) -> str | None:
 class MilvusStore(VectorStore):
     name = "milvus"
 
-    def __init__(self, ctx: StoreContext, client: Any, collection: str, origin: str = "local") -> None:
+    def __init__(self, ctx: StoreContext, client: Any, collection: str, origin: str = "local",
+                 index_type: str = "FLAT", nprobe: int = 0) -> None:
         super().__init__(ctx)
         self.client = client
         self.collection = collection
@@ -265,15 +268,13 @@ class MilvusStore(VectorStore):
         self._sparse = MilvusSparse(self) if ctx.has_sparse else None
         self._count = 0
         self._flushed: int | None = None
-        self.index_type = "FLAT"  # the dense index the collection has (``store.milvus_index`` when made here)
-        self.nprobe = INDEX_PARAMS["IVF_FLAT"]["nlist"] // AUTO_PROBE  # IVF lists a search scans
+        self.index_type = index_type  # the dense index the collection has (``store.milvus_index`` when made here)
+        self.nprobe = IndexPlan(nprobe=nprobe).probes(IVF_LISTS)  # IVF lists a search scans
 
     @classmethod
     def open(cls, config: StoreConfig, ctx: StoreContext) -> MilvusStore:
         origin, recorded = resolve_origin(config, ctx.data_dir)
-        store = cls(ctx, connect(config), config.collection, origin)
-        store.index_type = config.milvus_index
-        store.nprobe = config.nprobe or INDEX_PARAMS["IVF_FLAT"]["nlist"] // AUTO_PROBE
+        store = cls(ctx, connect(config), config.collection, origin, config.milvus_index, config.nprobe)
         try:
             store._ensure_collection()
             store._settle_index(config.milvus_index)

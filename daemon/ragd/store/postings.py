@@ -30,9 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
-import tempfile
 import threading
 import zipfile
 from collections import defaultdict
@@ -47,7 +45,7 @@ from ragd.models.base import SparseWeights
 from ragd.store.base import ChunkFilter
 from ragd.store.codec import decode
 from ragd.store.mapped import ARRAYS, BaseWriter, bases, drop_bases, open_base
-from ragd.store.private import atomic_write, private_dir
+from ragd.store.private import atomic_write, private_dir, temp_folder
 
 if TYPE_CHECKING:
     from ragd.store.catalog import Catalog
@@ -580,7 +578,7 @@ class Postings:
         build's memory stays bounded and each posting is written twice whatever the size.
         A key given twice keeps its last postings. The caller holds the write lock."""
         private_dir(home.parent)
-        folder = Path(tempfile.mkdtemp(prefix=f"{home.stem}.{os.getpid()}.", suffix=".tmp", dir=home.parent))
+        folder = temp_folder(home.parent, home.stem)
         try:
             keys: list[Any] = []
             values: list[np.ndarray] = []

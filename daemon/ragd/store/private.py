@@ -67,14 +67,25 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_folder(parent: Path, stem: str) -> Path:
+    """A new folder in ``parent`` named as ``atomic_write`` names its temp files (``stem``, the
+    writer's pid, ``.tmp``), so a later open removes it if its writer was killed."""
+    return Path(tempfile.mkdtemp(prefix=f"{stem}.{os.getpid()}.", suffix=".tmp", dir=parent))
 
 
 def private_db(path: Path) -> None:
