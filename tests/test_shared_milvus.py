@@ -295,3 +295,178 @@ def test_a_collection_of_only_its_own_rows_follows_a_new_embedder(
         index_paths(changed, [root])
         assert "made again" in caplog.text and changed.store._label()["dim"] == 64  # type: ignore[attr-defined]
         assert hits(changed, "sourdough starter", "dense")[0].path == str(root / "bread.txt")
+
+
+# -- ragd store origins / forget: a machine that left the team -----------------------------
+def _store_cli(tmp_path: Path, model_folders: dict[str, Path], name: str, store: str | None = None) -> Path:
+    """A config file for the data folder ``name`` of the team, without store.origin: its origin
+    is the one recorded in the data folder (``data_dir/origin``)."""
+    cfg = tmp_path / f"{name}.toml"
+    store = store if store is not None else (
+        f'backend = "milvus"\nuri = "{tmp_path / "team" / "milvus.db"}"\ncollection = "team"\n')
+    cfg.write_text(
+        f'data_dir = "{tmp_path / name / "data"}"\n\n'
+        f'[models]\nembedder = "{model_folders["m3"]}"\nreranker = "{model_folders["reranker"]}"\nfallback = "none"\n\n'
+        f'[store]\n{store}', encoding="utf-8")
+    return cfg
+
+
+def _ragd(*args: str, input: str | None = None) -> Any:
+    from click.testing import CliRunner
+
+    from ragd.cli import main
+
+    result = CliRunner().invoke(main, list(args), input=input)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _origins(cfg: Path) -> dict[str, tuple[int, bool]]:
+    import json
+
+    result = _ragd("store", "origins", "--config", str(cfg), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["collection"] == "team"
+    return {o["origin"]: (o["rows"], o["own"]) for o in data["origins"]}
+
+
+def test_store_origins_lists_each_origin_with_its_rows(
+    team: tuple[Engine, Engine, Path, Path], tmp_path: Path, model_folders: dict[str, Path],
+) -> None:
+    """Counted by origin in the collection itself; this data folder's origin (from its
+    data_dir/origin file) is marked; a folder that never opened the store has none."""
+    alice, bob, _, bob_root = team
+    (bob_root / "owls.txt").write_text("Barn owls hunt at dusk over rough grassland.\n", encoding="utf-8")
+    index_paths(bob, [bob_root])  # the two origins' counts differ
+    mine, theirs = len(alice.store.held()), len(bob.store.held())  # type: ignore[attr-defined]
+    assert mine == alice.vectors.count > 0 and theirs == bob.vectors.count > 0 and mine != theirs
+    cfg = _store_cli(tmp_path, model_folders, "alice")
+    assert _origins(cfg) == {"alice": (mine, True), "bob": (theirs, False)}
+    result = _ragd("store", "origins", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Milvus collection 'team': 2 origins, {mine + theirs} rows"
+    assert lines[1].split() == ["alice", str(mine), "rows", "(this", "data", "folder)"]
+    assert lines[2].split() == ["bob", str(theirs), "rows"] and len(lines) == 3
+    import json
+
+    fresh = _ragd("store", "origins", "--config", str(_store_cli(tmp_path, model_folders, "nobody")), "--json")
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)["origin"] is None
+    assert {o["origin"]: o["own"] for o in json.loads(fresh.stdout)["origins"]} == {"alice": False, "bob": False}
+    assert not (tmp_path / "nobody" / "data" / "origin").exists()  # listing records no origin
+
+
+def test_store_forget_deletes_exactly_the_other_origins_rows(
+    team: tuple[Engine, Engine, Path, Path], tmp_path: Path, model_folders: dict[str, Path],
+) -> None:
+    import json
+
+    alice, _, alice_root, _ = team
+    store: Any = alice.store
+    mine = store.held()
+    assert "bob" in {h.origin for h in hits(alice, "kestrels hunting voles")}
+    cfg = _store_cli(tmp_path, model_folders, "alice")
+    before = _origins(cfg)
+    result = _ragd("store", "forget", "bob", "--yes", "--config", str(cfg), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"collection": "team", "origin": "bob", "rows_deleted": before["bob"][0]}
+    assert _origins(cfg) == {"alice": before["alice"]}
+    assert store.held() == mine and alice.shared_chunks() == 0
+    for mode in MODES:
+        found = hits(alice, "kestrels hunting voles", mode)  # sparse: no word of Alice's files, no hit
+        assert bool(found) == (mode != "sparse") and {h.origin for h in found} <= {""}, mode
+        assert {h.path for h in found} <= {str(alice_root / p) for p in ALICE}, mode
+    again = _ragd("store", "forget", "bob", "--yes", "--config", str(cfg))  # nothing left to forget
+    assert again.exit_code == 1 and "origin bob has no rows" in again.stderr
+
+
+def test_store_forget_refuses_and_changes_nothing(
+    team: tuple[Engine, Engine, Path, Path], tmp_path: Path, model_folders: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """This data folder's own origin, an origin without rows, and no --yes on a standard input
+    that is not a terminal are one-line errors; a declined confirmation deletes nothing; a
+    confirmed one deletes."""
+    alice, _, _, _ = team
+    cfg = _store_cli(tmp_path, model_folders, "alice")
+    before = _origins(cfg)
+    own = _ragd("store", "forget", "alice", "--yes", "--config", str(cfg))
+    assert own.exit_code == 2 and own.stdout == ""
+    assert own.stderr.startswith("ragd: error: alice is this data folder's origin") and "managed by its daemon" in \
+        own.stderr and own.stderr.count("\n") == 1
+    unknown = _ragd("store", "forget", "carol", "--yes", "--config", str(cfg))
+    assert unknown.exit_code == 1 and unknown.stderr.count("\n") == 1
+    assert unknown.stderr == (f"ragd: error: origin carol has no rows in Milvus collection 'team'; its origins: "
+                              f"alice ({before['alice'][0]} rows), bob ({before['bob'][0]} rows)\n")
+    unasked = _ragd("store", "forget", "bob", "--config", str(cfg), input="y\n")  # CliRunner's stdin: no terminal
+    assert unasked.exit_code == 2 and "pass --yes to confirm" in unasked.stderr
+    monkeypatch.setattr("ragd.cli._interactive", lambda: True)
+    declined = _ragd("store", "forget", "bob", "--config", str(cfg), input="n\n")
+    assert declined.exit_code == 1 and f"delete the {before['bob'][0]} rows of origin bob" in declined.stderr
+    assert "not confirmed: nothing was deleted" in declined.stderr
+    assert _origins(cfg) == before and alice.shared_chunks() == before["bob"][0]
+    confirmed = _ragd("store", "forget", "bob", "--config", str(cfg), input="y\n")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert confirmed.stdout == f"deleted {before['bob'][0]} rows of origin bob from Milvus collection 'team'\n"
+    assert _origins(cfg) == {"alice": before["alice"]}
+
+
+def test_origin_counts_page_past_one_query(tmp_path: Path) -> None:
+    """More rows of one origin than a query returns (16,384): counted exactly, and forgetting
+    another origin leaves them all."""
+    from pymilvus import DataType, MilvusClient
+
+    from ragd.store.milvus import forget_origin, origin_counts
+
+    client = MilvusClient(uri=str(tmp_path / "big.db"))
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=128)
+    schema.add_field("origin", DataType.VARCHAR, max_length=64)
+    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=2)
+    index = client.prepare_index_params()
+    index.add_index(field_name="dense", index_type="FLAT", metric_type="IP")
+    index.add_index(field_name="origin", index_type="INVERTED")
+    client.create_collection("big", schema=schema)
+    client.create_index("big", index, sync=False)
+    client.load_collection("big")
+    many = [{"pk": f"wide:{i}", "origin": "wide", "dense": [1.0, 0.0]} for i in range(20_000)]
+    for i in range(0, len(many), 5000):
+        client.insert("big", many[i : i + 5000])
+    client.insert("big", [{"pk": f'odd"one:{i}', "origin": 'odd"one', "dense": [0.0, 1.0]} for i in range(3)])
+    try:
+        assert origin_counts(client, "big") == {"odd\"one": 3, "wide": 20_000}
+        assert forget_origin(client, "big", 'odd"one') == 3
+        assert origin_counts(client, "big") == {"wide": 20_000}
+        assert forget_origin(client, "big", "gone") == 0
+    finally:
+        client.close()
+
+
+def test_store_commands_need_a_milvus_store_that_no_daemon_holds(
+    tmp_path: Path, model_folders: dict[str, Path], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """FAISS has no origins; a Milvus Lite file another process (a daemon) has open is a
+    one-line error saying to stop it, not Milvus Lite's traceback."""
+    import fcntl
+
+    faiss = _store_cli(tmp_path, model_folders, "solo", store='backend = "faiss"\n')
+    for args in (["origins"], ["forget", "bob", "--yes"]):
+        result = _ragd("store", *args, "--config", str(faiss))
+        assert result.exit_code == 2 and result.stdout == ""
+        assert result.stderr == ('ragd: error: origins exist only with store.backend = "milvus" (a collection several '
+                                 'daemons share); this config has store.backend = "faiss"\n')
+    lite = tmp_path / "held" / "milvus.db"
+    lite.mkdir(parents=True)
+    held = _store_cli(tmp_path, model_folders, "held", store=f'backend = "milvus"\nuri = "{lite}"\n')
+    with open(lite / "LOCK", "w") as lock:  # what the daemon's Milvus Lite holds while it runs
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for args in (["origins"], ["forget", "bob", "--yes"]):
+            result = _ragd("store", *args, "--config", str(held))
+            assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+            assert result.stderr.startswith(f"ragd: error: store.uri: the Milvus Lite file {lite} is open in another "
+                                            "process, most likely a running ragd daemon")
+            assert "stop that daemon first, or use a Milvus server" in result.stderr
+    assert "Traceback" not in caplog.text and "Failed to start MilvusLite" not in caplog.text

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from ragd import __version__
-from ragd.errors import RagdError, UsageError, outcome_for, outcome_for_code
+from ragd.errors import NotFoundError, RagdError, UsageError, outcome_for, outcome_for_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -806,6 +806,104 @@ def roots_ls(config_file: str | None, as_json: bool) -> None:
         return
     for r in listed:
         click.echo(r["path"] + ("  (config)" if r.get("configured") else ""))
+
+
+# -- store ------------------------------------------------------------------------------
+@main.group()
+def store() -> None:
+    """List or forget the origins (daemons) whose rows share a Milvus collection."""
+
+
+def _origins_of(cfg: Any) -> tuple[str | None, set[str]]:
+    """This data folder's origin (None before its first open) and every name its rows may be
+    under (with one a new store.origin renamed, whose rows its daemon deletes at its next start)."""
+    if cfg.store.backend != "milvus":
+        raise UsageError(f'origins exist only with store.backend = "milvus" (a collection several daemons share); '
+                         f'this config has store.backend = "{cfg.store.backend}"')
+    from ragd.store.milvus import resolve_origin
+
+    _, recorded = resolve_origin(cfg.store, cfg.data_dir)
+    own = cfg.store.origin or recorded
+    return own, {o for o in (own, recorded) if o}
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+@store.command("origins")
+@config_option
+@json_option
+def store_origins(config_file: str | None, as_json: bool) -> None:
+    """List the origins in the configured Milvus collection with their rows, this data folder's
+    marked. Opens the store directly: a daemon holding a Milvus Lite file must be stopped first."""
+    try:
+        cfg = _load(config_file)
+        own, ours = _origins_of(cfg)
+        from ragd.store.milvus import origin_counts, shared_collection
+
+        with shared_collection(cfg.store) as client:
+            counts = origin_counts(client, cfg.store.collection)
+    except RagdError as exc:
+        _fail(exc)
+        return
+    rows: list[dict[str, Any]] = [{"origin": o, "rows": n, "own": o in ours} for o, n in counts.items()]
+    if as_json:
+        _print_json({"collection": cfg.store.collection, "origin": own, "origins": rows})
+        return
+    click.echo(f"Milvus collection {cfg.store.collection!r}: {len(rows)} origin{'s' if len(rows) != 1 else ''}, "
+               f"{sum(counts.values())} rows")
+    width = max((len(r["origin"]) for r in rows), default=0)
+    for r in rows:
+        mark = ""
+        if r["origin"] == own:
+            mark = "  (this data folder)"
+        elif r["own"]:
+            mark = "  (this data folder's former origin: its daemon deletes these rows at its next start)"
+        click.echo(f"  {r['origin']:<{width}}  {r['rows']:>9,} rows{mark}")
+    if own is not None and own not in counts:
+        click.echo(f"  (this data folder's origin {own} has no rows)")
+
+
+@store.command("forget")
+@click.argument("origin")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when standard input is not a terminal).")
+@config_option
+@json_option
+def store_forget(origin: str, yes: bool, config_file: str | None, as_json: bool) -> None:
+    """Delete every row of ORIGIN from the configured Milvus collection: for a machine that left
+    the team (a daemon of that origin that starts again writes its rows back). This data
+    folder's own origin is refused: its daemon manages those rows."""
+    try:
+        cfg = _load(config_file)
+        _text_arg("ORIGIN", origin)
+        _, ours = _origins_of(cfg)
+        if origin in ours:
+            raise UsageError(f"{origin} is this data folder's origin ({cfg.data_dir}): its rows are managed by its "
+                             "daemon, which adds and deletes them with its files (`ragd roots rm` drops a root's)")
+        from ragd.store.milvus import forget_origin, origin_counts, shared_collection
+
+        with shared_collection(cfg.store) as client:
+            counts = origin_counts(client, cfg.store.collection)
+            if origin not in counts:
+                there = ", ".join(f"{o} ({n} rows)" for o, n in counts.items()) or "none"
+                raise NotFoundError(f"origin {origin} has no rows in Milvus collection {cfg.store.collection!r}; "
+                                    f"its origins: {there}")
+            if not yes:
+                if not _interactive():
+                    raise UsageError(f"forgetting origin {origin} deletes its {counts[origin]} rows: pass --yes to "
+                                     "confirm (standard input is not a terminal)")
+                if not click.confirm(f"delete the {counts[origin]} rows of origin {origin} from Milvus collection "
+                                     f"{cfg.store.collection!r}?", default=False, err=True):
+                    raise RagdError("not confirmed: nothing was deleted")
+            deleted = forget_origin(client, cfg.store.collection, origin)
+    except RagdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json({"collection": cfg.store.collection, "origin": origin, "rows_deleted": deleted})
+    else:
+        click.echo(f"deleted {deleted} rows of origin {origin} from Milvus collection {cfg.store.collection!r}")
 
 
 @main.command()

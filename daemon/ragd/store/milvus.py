@@ -15,7 +15,8 @@ Like FAISS it is a cache of the catalog for this daemon's own rows: at open, and
 its count disagrees after an indexing run, the own rows' (chunk id, hash) pairs are compared
 with the catalog's, rows the catalog no longer has (or has with another hash) are deleted and
 missing ones added, so a crash between a SQLite commit and the collection's write never
-serves a stale vector. Other origins' rows are never deleted or rewritten here.
+serves a stale vector. Other origins' rows are never deleted or rewritten by a daemon: only
+``forget_origin`` (``ragd store forget``, for a machine that left the team) deletes them.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import re
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragd.errors import StoreError, StoreUnavailable
+from ragd.errors import NotFoundError, RagdError, StoreError, StoreUnavailable
 from ragd.models.base import FloatArray, SparseWeights
 from ragd.store.base import EVERY_CHUNK, ChunkFilter, DenseStore, SparseStore, StoreContext, VectorStore
 from ragd.store.catalog import BatchResult, Catalog, ChunkRow, NewEmbedding
@@ -84,9 +86,34 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
+class _LiteFailure(logging.Filter):
+    """Keeps the reason Milvus Lite logged (with a traceback) for not opening a file, which
+    pymilvus then reports only as "Open local milvus failed"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.reason = record.exc_info[1]
+            return False
+        return True
+
+
+def _held_elsewhere(exc: BaseException) -> bool:
+    """Whether Milvus Lite failed because another process has the file open (its lock)."""
+    try:
+        from milvus_lite.exceptions import DataDirLockedError
+    except ImportError:
+        return False
+    return isinstance(exc, DataDirLockedError)
+
+
 def connect(config: StoreConfig) -> Any:
     """A ``MilvusClient`` for ``store.uri``; a one-line ``StoreError`` naming the setting when
-    pymilvus is missing, the Lite file cannot be made or the server does not answer."""
+    pymilvus is missing, the Lite file cannot be made, another process (a daemon) has the
+    Lite file open, or the server does not answer."""
     try:
         from pymilvus import MilvusClient
     except ImportError:
@@ -99,14 +126,101 @@ def connect(config: StoreConfig) -> Any:
         except OSError as exc:
             raise StoreError(f"store.uri: cannot make the folder of the Milvus Lite file {uri}: "
                              f"{exc.strerror or exc}") from None
+    lite_log = logging.getLogger("milvus_lite.server_manager")
+    failure = _LiteFailure()
+    lite_log.addFilter(failure)
     try:
         return MilvusClient(uri=uri, token=config.token, timeout=CONNECT_TIMEOUT_S)
     except Exception as exc:  # pymilvus raises its own exceptions and grpc's
         if lite:
-            raise StoreError(f"store.uri: cannot open the Milvus Lite file {uri} ({_one_line(exc)}); "
+            reason = failure.reason or exc
+            if _held_elsewhere(reason):
+                raise StoreError(f"store.uri: the Milvus Lite file {uri} is open in another process, most likely a "
+                                 "running ragd daemon (Milvus Lite serves one process): stop that daemon first, "
+                                 "or use a Milvus server") from None
+            raise StoreError(f"store.uri: cannot open the Milvus Lite file {uri} ({_one_line(reason)}); "
                              "check store.uri") from None
         raise StoreUnavailable(f"store.uri: cannot reach the Milvus server at {uri} ({_one_line(exc)}); "
                                "check store.uri and store.token, and that the server runs") from None
+    finally:
+        lite_log.removeFilter(failure)
+
+
+@contextmanager
+def shared_collection(config: StoreConfig) -> Iterator[Any]:
+    """A client of ``store.collection``, closed after, for what reads or deletes every origin's
+    rows (``ragd store``) outside any daemon: a ``NotFoundError`` when the collection does not
+    exist, a ``StoreError`` when it is not a ragd collection of this layout (no origins)."""
+    client = connect(config)
+    name = config.collection
+    try:
+        try:
+            if not client.has_collection(name):
+                raise NotFoundError(f"store.collection: there is no Milvus collection {name!r} at {config.uri} "
+                                    "(a daemon makes it when it first opens the store)")
+            label = _read_label(client.describe_collection(name))
+            if label.get("ragd") != LAYOUT:
+                raise StoreError(f"store.collection: Milvus collection {name!r} at {config.uri} is not a shared ragd "
+                                 f"collection (layout {LAYOUT}; its label: {json.dumps(label)[:200]}): it has no "
+                                 "origins")
+            client.load_collection(name)
+        except RagdError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"store.collection: cannot use Milvus collection {name!r} at {config.uri} "
+                             f"({_one_line(exc)})") from None
+        yield client
+    finally:
+        _close(client)
+
+
+def _close(client: Any) -> None:
+    try:
+        client.close()
+    except Exception as exc:  # closing is best effort: the process may be ending
+        log.debug("closing the Milvus client: %s", exc)
+
+
+def _count(client: Any, collection: str, expr: str) -> int:
+    rows = client.query(collection, filter=expr, output_fields=["count(*)"], consistency_level="Strong")
+    return int(rows[0]["count(*)"]) if rows else 0
+
+
+def origin_counts(client: Any, collection: str) -> dict[str, int]:
+    """Rows per origin in the collection, by origin name. One query finds an origin not seen
+    yet (``limit=1``) and one counts its rows (``count(*)``, over the INVERTED index), so the
+    answer holds for any number of rows (a query returns at most 16,384) at two queries per
+    origin. A ``StoreError`` when Milvus fails."""
+    counts: dict[str, int] = {}
+    try:
+        while True:
+            unseen = f"origin not in [{','.join(map(_quoted, counts))}]" if counts else ""
+            rows = client.query(collection, filter=unseen, output_fields=["origin"], limit=1,
+                                consistency_level="Strong")
+            if not rows:
+                break
+            origin = str(rows[0]["origin"])
+            counts[origin] = _count(client, collection, f"origin == {_quoted(origin)}")
+    except Exception as exc:
+        raise StoreError(f"store.collection: cannot count the rows of Milvus collection {collection!r} "
+                         f"({_one_line(exc)})") from None
+    return {origin: n for origin, n in sorted(counts.items()) if n}
+
+
+def forget_origin(client: Any, collection: str, origin: str) -> int:
+    """Delete every row of ``origin`` from the collection, and flush; how many there were. Only
+    for an origin whose daemon is gone: a daemon of that origin that starts again writes its
+    rows back. A ``StoreError`` when Milvus fails."""
+    expr = f"origin == {_quoted(origin)}"
+    try:
+        rows = _count(client, collection, expr)
+        if rows:
+            client.delete(collection, filter=expr)
+            client.flush(collection)
+    except Exception as exc:
+        raise StoreError(f"store.collection: cannot delete the rows of origin {origin} from Milvus collection "
+                         f"{collection!r} ({_one_line(exc)})") from None
+    return rows
 
 
 def resolve_origin(config: StoreConfig, data_dir: Path) -> tuple[str, str | None]:
@@ -574,10 +688,7 @@ class MilvusStore(VectorStore):
         return f"milvus {self.index_type}"
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception as exc:  # closing is best effort: the process may be ending
-            log.debug("closing the Milvus client: %s", exc)
+        _close(self.client)
 
 
 def _read_label(described: dict[str, Any]) -> dict[str, Any]:
