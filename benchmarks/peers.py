@@ -440,6 +440,7 @@ def profile_rerankers(reranker: Path, query: str, text: str, repeats: int) -> di
     int8 model on the same pair, one at a time (batch 1, no padding)."""
     from ragd.models import open_reranker
     from ragd.models.cpu import cpu_cores
+    from ragd.models.openvino.runner import dynamic_group
     from ragd.models.tokens import load_tokens
 
     ids = np.asarray(load_tokens(reranker).pairs(query, [text], RERANK_MAX_LENGTH), dtype=np.int64)
@@ -447,7 +448,8 @@ def profile_rerankers(reranker: Path, query: str, text: str, repeats: int) -> di
     model: Any = open_reranker(reranker, "bench-rr", device="cpu", precision="auto", backend="auto", cache_dir=CACHE)
     location = model.runner.location
     config = {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": cpu_cores(),
-              "INFERENCE_PRECISION_HINT": model.runner.arithmetic, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+              "INFERENCE_PRECISION_HINT": model.runner.arithmetic,
+              "DYNAMIC_QUANTIZATION_GROUP_SIZE": dynamic_group(location)}
     ours = model.runner._inputs(ids, mask)
     del model
     result = {"tokens": int(ids.shape[1]), "precision": location.precision,

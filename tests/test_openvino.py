@@ -23,6 +23,7 @@ from ragd.errors import ModelLoadError
 from ragd.models import open_embedder, open_reranker
 from ragd.models.cpu import (
     cpu_has_amx,
+    cpu_has_int8_dot,
     float_arithmetic,
     model_id_for,
     openvino_auto_precision,
@@ -768,6 +769,9 @@ def test_int8_reranker_keeps_the_first_row_in_float(
 
     branch = named(r"\.cls_")
     assert len(branch) == 2 * 5  # query, attention, attention output, FFN in, FFN out per layer
+    # Its four weighted MatMuls a layer are kept out of the dynamic quantisation that the keys
+    # and values run with (next test).
+    assert (meta["dynamic_quantization_group"], meta["branch_out_of_dynamic_quantization"]) == (32, 2 * 4)
     # The keys and values the first row attends to are computed in float too (every row's key
     # and value projections, and the other rows' attention), with int8 weights.
     keys_values = named(r"attention\.self\.(key|value)/")
@@ -793,3 +797,75 @@ def test_int8_reranker_keeps_the_first_row_in_float(
     print(f"int8 reranker on long passages: Spearman {rho:.4f} with the first row in float, {rho_plain:.4f} without")
     assert rho >= 0.98, rho
     assert rho > rho_plain, (rho, rho_plain)
+
+
+def test_int8_reranker_branch_stays_out_of_dynamic_quantisation(
+    tiny_models: dict[str, Path], ov_cache: Path
+) -> None:
+    """The int8 reranker runs with OpenVINO's dynamic quantisation (the key and value projections'
+    inputs quantised per token), but the first row's branch keeps float arithmetic: its scores
+    equal those of the same model with the branch's weights as float constants, under the
+    same setting. Guards the OpenVINO behaviour the recipe relies on (i8 weights with a zero
+    point are not quantised dynamically)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    int8 = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", cache_dir=ov_cache)
+    location = int8.runner.location
+    group = location.meta()["dynamic_quantization_group"]
+    core = ov.Core()
+
+    def scores(model: Any, dq: int) -> np.ndarray:
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                     "DYNAMIC_QUANTIZATION_GROUP_SIZE": dq})
+        rng = np.random.default_rng(3)
+        out = []
+        for rows in (7, 40, 130):
+            feed = {"inputs_embeds": rng.standard_normal((1, rows, 32)).astype(np.float32),
+                    "attention_mask": np.ones((1, rows), dtype=np.int64)}
+            out.append(compiled(feed)[0].ravel()[0])
+        return np.array(out)
+
+    def branch_weights(model: Any, kind: str) -> Any:
+        """The branch's MatMuls given float weights (``float``) or u8 ones (``u8``, as NNCF wrote them)."""
+        for op in model.get_ops():
+            if op.get_type_name() != "MatMul" or ".cls_" not in op.get_friendly_name():
+                continue
+            decompress = op.input_value(1).get_node()
+            if decompress.get_type_name() == "Constant":
+                continue
+            if kind == "float":
+                folded = decompress.input_value(0).get_node()
+                while folded.get_type_name() != "Multiply":
+                    folded = folded.input_value(0).get_node()
+                sub, scale = folded.input_value(0).get_node(), folded.input_value(1).get_node()
+                w, zp = (sub.input_value(i).get_node().input_value(0).get_node() for i in (0, 1))
+                weights = ((w.get_data().astype(np.float32) - zp.get_data().astype(np.float32))
+                           * scale.get_data().astype(np.float32))
+                op.input(1).replace_source_output(ops.constant(weights).output(0))
+            else:
+                stack = [decompress]
+                while stack:
+                    node = stack.pop()
+                    if node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.i8:
+                        unsigned = ops.constant((node.get_data().astype(np.int16) + 128).astype(np.uint8))
+                        for target in list(node.output(0).get_target_inputs()):
+                            target.replace_source_output(unsigned.output(0))
+                    elif node.get_type_name() in ("Convert", "Subtract", "Multiply"):
+                        stack.extend(v.get_node() for v in node.input_values())
+        model.validate_nodes_and_infer_types()
+        return model
+
+    saved = scores(core.read_model(str(location.xml)), group)
+    floated = scores(branch_weights(core.read_model(str(location.xml)), "float"), group)
+    scale = float(np.abs(floated).max())
+    np.testing.assert_allclose(saved, floated, rtol=0, atol=1e-5 * scale)
+    # The runner compiles it with the recipe's group: the same scores as above.
+    assert int8.runner._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
+    if cpu_has_int8_dot():  # OpenVINO quantises dynamically only with int8 dot products
+        unsigned = scores(branch_weights(core.read_model(str(location.xml)), "u8"), group)
+        # u8 weights are quantised dynamically: far further from float than the saved model.
+        assert np.abs(unsigned - floated).max() > 100 * np.abs(saved - floated).max(), (unsigned, saved, floated)
+        # Without the setting, the u8 weights are the same model: the re-typing changed no value.
+        np.testing.assert_allclose(scores(branch_weights(core.read_model(str(location.xml)), "u8"), 0),
+                                   scores(core.read_model(str(location.xml)), 0), rtol=1e-6, atol=1e-6)

@@ -3,8 +3,10 @@
 The embedder's transformer (hidden states out) and the whole reranker (logits out) are traced
 from the modules FlagEmbedding loaded, so both backends start from the same weights.
 ``int8`` is NNCF static quantisation calibrated on real text (``calibration``), with some
-operations kept in float (``FLOAT_OPS``; the reranker's scored row, ``_cls_row_in_float``) and
-the word embeddings looked up outside the model (``words.WordTable``); ``w8`` compresses the
+operations kept in float (``FLOAT_OPS``; the reranker's scored row, ``_cls_row_in_float``), the
+reranker's key and value projections quantised per token as they run
+(``DYNAMIC_QUANTIZATION_GROUP``) and the word embeddings looked up outside the model
+(``words.WordTable``); ``w8`` compresses the
 weights to int8 and computes in fp32; ``fp32`` and ``bf16`` share one float model. Why each
 part of the recipe is there, with its measurements: docs/performance.md, "Accuracy gates".
 torch, OpenVINO and NNCF are imported inside the functions that use them.
@@ -45,6 +47,13 @@ CLS_ROW_IN_FLOAT = True
 BRANCH_FLOAT_OPS = r"\.cls_|attention\.self\.(key|value)/|/aten::scaled_dot_product_attention/"
 """What that branch keeps in float arithmetic over int8 weights: its own modules and the keys
 and values it attends to (every row's key and value projections, and the attention)."""
+BRANCH_OWN = r"\.cls_"
+"""The branch's own MatMuls (not the keys and values it shares with the int8 rows)."""
+DYNAMIC_QUANTIZATION_GROUP = 32
+"""The int8 reranker's key and value projections (int8 weights) quantise their inputs per token
+and group of 32 channels as they run (OpenVINO's dynamic quantisation), where static int8 per
+tensor cost agreement; the branch's own MatMuls stay in float arithmetic
+(``_out_of_dynamic_quantisation``). Recorded in ``meta.json``, read by ``Runner``."""
 
 
 def _traceable(model: Any, output: str, embeds: bool = False) -> Any:
@@ -312,9 +321,50 @@ def _build(
                 subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
                 advanced_parameters=advanced,
             )
+        if cls_layers:
+            detail["dynamic_quantization_group"] = DYNAMIC_QUANTIZATION_GROUP
+            detail["branch_out_of_dynamic_quantization"] = _out_of_dynamic_quantisation(model, BRANCH_OWN)
         detail.update(word_embeddings="int8 per row, looked up outside the model",
                       calibration_samples=len(calibration), float_matmuls=len(ignored), activation_ranges=ranges)
     return model, detail
+
+
+def _out_of_dynamic_quantisation(model: Any, pattern: str) -> int:
+    """Re-type the int8 weights of the MatMuls matching ``pattern`` from u8 with a u8 zero point
+    to i8 with an i8 zero point (both less 128: the same weights after decompression). OpenVINO's
+    CPU plugin quantises a MatMul's input per token only over u8 weights, or i8 weights without
+    a zero point, so these keep float arithmetic while dynamic quantisation is on for the rest.
+    Returns how many MatMuls were re-typed."""
+    from openvino import opset13 as ops
+
+    wanted = re.compile(pattern)
+    done = 0
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul" or not wanted.search(op.get_friendly_name()):
+            continue
+        found, seen, stack = [], set(), [op.input_value(1).get_node()]
+        while stack:  # up the weights' decompression (Convert, Subtract, Multiply) to its constants
+            node = stack.pop()
+            if node.get_friendly_name() in seen:
+                continue
+            seen.add(node.get_friendly_name())
+            if node.get_type_name() == "Constant" and node.get_element_type().get_type_name() == "u8":
+                found.append(node)
+            elif node.get_type_name() in ("Convert", "Subtract", "Multiply"):
+                stack.extend(value.get_node() for value in node.input_values())
+        if not found:  # no weights of its own (the branch's attention products)
+            continue
+        if len(found) != 2:
+            raise ModelLoadError(f"{op.get_friendly_name()}: expected int8 weights with a zero point, "
+                                 f"found {len(found)} u8 constants")
+        for const in found:
+            signed = ops.constant((const.get_data().astype(np.int16) - 128).astype(np.int8))
+            signed.set_friendly_name(const.get_friendly_name())
+            for target in list(const.output(0).get_target_inputs()):
+                target.replace_source_output(signed.output(0))
+        done += 1
+    model.validate_nodes_and_infer_types()
+    return done
 
 
 @contextlib.contextmanager

@@ -55,6 +55,13 @@ def release_file_pages(path: Path) -> int:
     return released
 
 
+def dynamic_group(location: IRLocation) -> int:
+    """The group size of OpenVINO's dynamic quantisation the conversion's recipe was measured
+    with (``meta.json``), or 0: off."""
+    group = (location.meta() or {}).get("dynamic_quantization_group", 0)
+    return group if isinstance(group, int) and group >= 0 else 0
+
+
 class Runner:
     """A converted model compiled once for the CPU (``STREAMS`` streams sharing every core);
     calls from any thread, batches through the process's ``Scheduler``. One compiled model
@@ -77,9 +84,10 @@ class Runner:
                 "NUM_STREAMS": streams,
                 "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
                 "INFERENCE_PRECISION_HINT": self.arithmetic,
-                # No on-the-fly int8 activations for int8 weights ("w8"): faster, but the
-                # reranker's agreement with fp32 fell below its gate (docs/performance.md).
-                "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+                # On-the-fly int8 activations for int8 weights only where the recipe measured
+                # them (the int8 reranker's keys and values); "w8" fell below the reranker's
+                # gate with them (docs/performance.md).
+                "DYNAMIC_QUANTIZATION_GROUP_SIZE": dynamic_group(location),
             })
         except Exception as exc:
             raise ModelLoadError(f"cannot load the converted model {location.xml}: {exc}") from exc
