@@ -181,8 +181,9 @@ def _close(client: Any) -> None:
         log.debug("closing the Milvus client: %s", exc)
 
 
-def _count(client: Any, collection: str, expr: str) -> int:
-    rows = client.query(collection, filter=expr, output_fields=["count(*)"], consistency_level="Strong")
+def _count(client: Any, collection: str, expr: str, **query: Any) -> int:
+    """Rows matching ``expr`` (``query``: more arguments of ``MilvusClient.query``)."""
+    rows = client.query(collection, filter=expr, output_fields=["count(*)"], **query)
     return int(rows[0]["count(*)"]) if rows else 0
 
 
@@ -200,7 +201,7 @@ def origin_counts(client: Any, collection: str) -> dict[str, int]:
             if not rows:
                 break
             origin = str(rows[0]["origin"])
-            counts[origin] = _count(client, collection, f"origin == {_quoted(origin)}")
+            counts[origin] = _count(client, collection, f"origin == {_quoted(origin)}", consistency_level="Strong")
     except Exception as exc:
         raise StoreError(f"store.collection: cannot count the rows of Milvus collection {collection!r} "
                          f"({_one_line(exc)})") from None
@@ -213,7 +214,7 @@ def forget_origin(client: Any, collection: str, origin: str) -> int:
     rows back. A ``StoreError`` when Milvus fails."""
     expr = f"origin == {_quoted(origin)}"
     try:
-        rows = _count(client, collection, expr)
+        rows = _count(client, collection, expr, consistency_level="Strong")
         if rows:
             client.delete(collection, filter=expr)
             client.flush(collection)
@@ -604,8 +605,7 @@ class MilvusStore(VectorStore):
 
     def shared_count(self) -> int:
         """Rows of the other origins in the collection."""
-        rows = self.client.query(self.collection, filter=self._theirs, output_fields=["count(*)"])
-        return int(rows[0]["count(*)"]) if rows else 0
+        return _count(self.client, self.collection, self._theirs)
 
     # -- other origins' rows --------------------------------------------------------------
     def foreign_rows(self, ids: Sequence[int]) -> dict[int, ChunkRow]:

@@ -6,9 +6,9 @@ from the modules FlagEmbedding loaded, so both backends start from the same weig
 operations kept in float (``FLOAT_OPS``; the reranker's scored row, ``_cls_row_in_float``), the
 reranker's key and value projections quantised per token as they run
 (``DYNAMIC_QUANTIZATION_GROUP``) and the word embeddings looked up outside the model
-(``words.WordTable``); ``w8`` compresses the
-weights to int8 and computes in fp32; ``fp32`` and ``bf16`` share one float model. Why each
-part of the recipe is there, with its measurements: docs/performance.md, "Accuracy gates".
+(``words.WordTable``); ``w8`` compresses the weights to int8 and computes in fp32; ``fp32``
+and ``bf16`` share one float model. Why each part of the recipe is there, with its
+measurements: docs/performance.md, "Accuracy gates".
 torch, OpenVINO and NNCF are imported inside the functions that use them.
 """
 
@@ -44,11 +44,11 @@ ACTIVATION_RANGES = {"embedder": "default", "reranker": "minmax"}
 extremes over all samples (the reranker agrees better with fp32 that way)."""
 CLS_ROW_IN_FLOAT = True
 """The int8 reranker computes the row its score is read from in float (``_cls_row_in_float``)."""
-BRANCH_FLOAT_OPS = r"\.cls_|attention\.self\.(key|value)/|/aten::scaled_dot_product_attention/"
+BRANCH_OWN = r"\.cls_"
+"""The branch's own modules (not the keys and values it shares with the int8 rows)."""
+BRANCH_FLOAT_OPS = BRANCH_OWN + r"|attention\.self\.(key|value)/|/aten::scaled_dot_product_attention/"
 """What that branch keeps in float arithmetic over int8 weights: its own modules and the keys
 and values it attends to (every row's key and value projections, and the attention)."""
-BRANCH_OWN = r"\.cls_"
-"""The branch's own MatMuls (not the keys and values it shares with the int8 rows)."""
 DYNAMIC_QUANTIZATION_GROUP = 32
 """The int8 reranker's key and value projections (int8 weights) quantise their inputs per token
 and group of 32 channels as they run (OpenVINO's dynamic quantisation), where static int8 per
