@@ -413,13 +413,16 @@ def aggregate(nodes: Sequence[tuple[str, str, str, float]]) -> dict[str, Any]:
             "by_layer": {k: round(v / 1000, 2) for k, v in sorted(by_layer.items())}}
 
 
-def profile(xml: Path, inputs: dict[str, np.ndarray], config: dict[str, Any], repeats: int) -> dict[str, Any]:
-    """Compile ``xml`` with per-node performance counters, run ``inputs`` ``repeats`` times
-    and aggregate the last run's counters (the median wall time is reported beside them)."""
+def profile(model: Any, inputs: dict[str, np.ndarray], config: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """Compile ``model`` (an IR path or an ``ov.Model``) with per-node performance counters, run
+    ``inputs`` ``repeats`` times and aggregate the last run's counters (the median wall time is
+    reported beside them)."""
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(xml)), "CPU", {**config, "PERF_COUNT": True})
+    if not isinstance(model, ov.Model):
+        model = core.read_model(str(model))
+    compiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     request.infer(inputs)
     times = []
@@ -438,9 +441,11 @@ def profile(xml: Path, inputs: dict[str, np.ndarray], config: dict[str, Any], re
 def profile_rerankers(reranker: Path, query: str, text: str, repeats: int) -> dict[str, Any]:
     """ragd's converted reranker (as ``Runner`` compiles it) and the OpenVINO peer's static
     int8 model on the same pair, one at a time (batch 1, no padding)."""
+    import openvino as ov
+
     from ragd.models import open_reranker
     from ragd.models.cpu import cpu_cores
-    from ragd.models.openvino.runner import dynamic_group
+    from ragd.models.openvino.runner import dynamic_group, read_for_cpu
     from ragd.models.tokens import load_tokens
 
     ids = np.asarray(load_tokens(reranker).pairs(query, [text], RERANK_MAX_LENGTH), dtype=np.int64)
@@ -453,7 +458,7 @@ def profile_rerankers(reranker: Path, query: str, text: str, repeats: int) -> di
     ours = model.runner._inputs(ids, mask)
     del model
     result = {"tokens": int(ids.shape[1]), "precision": location.precision,
-              "ragd": profile(location.xml, ours, config, repeats)}
+              "ragd": profile(read_for_cpu(ov.Core(), location)[0], ours, config, repeats)}
     peer = peer_folder(reranker, "rerank") / st_file("st-openvino-int8")
     if peer.is_file():
         result["st-openvino-int8"] = profile(peer, {"input_ids": ids, "attention_mask": mask},

@@ -771,22 +771,20 @@ def test_int8_reranker_keeps_the_first_row_in_float(
     assert len(branch) == 2 * 5  # query, attention, attention output, FFN in, FFN out per layer
     # Its four weighted MatMuls a layer are kept out of the dynamic quantisation that the keys
     # and values run with (next test).
-    assert (meta["dynamic_quantization_group"], meta["branch_out_of_dynamic_quantization"]) == (32, 2 * 4)
+    assert (meta["dynamic_quantization_group"], meta["branch_out_of_dynamic_quantization"]) == (
+        ovc.DYNAMIC_QUANTIZATION_GROUP, 2 * 4)
     # The keys and values the first row attends to are computed in float too (every row's key
     # and value projections, and the other rows' attention), with int8 weights.
     keys_values = named(r"attention\.self\.(key|value)/")
+    # Every layer's keys and values; the other rows' attention in all but the last layer.
     attention = [op for op in named("scaled_dot_product_attention") if ".cls_" not in op.get_friendly_name()]
-    assert (len(keys_values), len(attention)) == (2 * 2, 2)
+    assert (len(keys_values), len(attention)) == (2 * 2, 1)
     assert [op.get_friendly_name() for op in branch + keys_values + attention if int8_inputs(op)] == []
     assert all(int8_weights(op) for op in branch + keys_values if op.get_type_name() == "MatMul")
     # The branch's weights were rounded to int8 as they are, not after SmoothQuant's rescaling.
     smoothed = [op.get_friendly_name() for op in branch + keys_values if op.get_type_name() == "MatMul"
                 and op.input_value(0).get_node().get_friendly_name().endswith("nncf_smooth_quant")]
     assert smoothed == []
-    # The rest of the second layer is int8.
-    rest = named(r"layer\.1\.layer\.(attention\.self\.query|attention\.output\.dense|"
-                 r"intermediate\.dense|output\.dense)/")
-    assert len(rest) == 4 and all(int8_inputs(op) for op in rest)
     rho = spearmanr(reference, int8.score(query, texts)).statistic
 
     monkeypatch.setattr(ovc, "CLS_ROW_IN_FLOAT", False)
@@ -797,6 +795,73 @@ def test_int8_reranker_keeps_the_first_row_in_float(
     print(f"int8 reranker on long passages: Spearman {rho:.4f} with the first row in float, {rho_plain:.4f} without")
     assert rho >= 0.98, rho
     assert rho > rho_plain, (rho, rho_plain)
+
+
+def test_int8_reranker_layers_by_position(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a three-layer reranker: the first layer has int8 weights and float inputs (quantised
+    per token as it runs), the middle one is static int8, the last computes the scored row alone
+    (its other rows never reach the score: dropping them changes no score), and the attention of
+    the rows outside the branch runs in bf16 from the second layer where the CPU has native bf16,
+    within rounding of the same model in f32."""
+    import openvino as ov
+
+    from ragd.models.cpu import cpu_has_bf16
+    from ragd.models.openvino.runner import attention_in_bf16
+    from ragd.models.synthetic import build_reranker
+
+    folder = build_reranker(tmp_path / "rr3", layers=3)
+    int8 = OpenVINOCrossEncoder(folder, "tiny3", precision="int8", cache_dir=tmp_path / "cache", batch_size=16)
+    meta = int8.runner.location.meta()
+    assert (meta["first_row_in_float_layers"], meta["bf16_attention_from_layer"]) == (3, 1)
+    core = ov.Core()
+    model = core.read_model(str(int8.runner.location.xml))
+
+    def named(pattern: str) -> list[Any]:
+        return [op for op in model.get_ops() if op.get_type_name() in ("MatMul", "ScaledDotProductAttention")
+                and re.search(pattern, op.get_friendly_name()) and ".cls_" not in op.get_friendly_name()]
+
+    def fake_quantized(op: Any) -> bool:
+        return any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
+
+    rows = r"layer\.{}\.layer\.(attention\.self\.query|attention\.output\.dense|intermediate\.dense|output\.dense)/"
+    first = named(rows.format(0))
+    assert len(first) == 4 and not any(fake_quantized(op) for op in first)
+    assert all(op.input_value(1).get_node().get_type_name() != "Constant" for op in first)  # int8 weights
+    middle = named(rows.format(1))
+    assert len(middle) == 4 and all(fake_quantized(op) for op in middle)
+    assert named(rows.format(2)) == [] and named(r"layer\.2/.*scaled_dot_product_attention") == []
+    assert len(named(r"layer\.2\.layer\.attention\.self\.(key|value)/")) == 2
+
+    texts = scifact_abstracts(40)
+    query = "does vitamin d reduce the risk of fractures"
+    scores = int8.score(query, texts)
+    monkeypatch.setattr(ovc, "LAST_LAYER_FIRST_ROW_ONLY", False)
+    whole = OpenVINOCrossEncoder(folder, "tiny3", precision="int8", cache_dir=tmp_path / "whole", batch_size=16)
+    assert len([op for op in core.read_model(str(whole.runner.location.xml)).get_ops()
+                if op.get_type_name() == "MatMul" and re.search(rows.format(2), op.get_friendly_name())]) == 4
+    np.testing.assert_allclose(whole.score(query, texts), scores, rtol=0, atol=1e-4)
+
+    # The attention in bf16: one (the middle layer's), where the CPU computes bf16.
+    assert int8.runner.bf16_attentions == (1 if cpu_has_bf16() else 0)
+    runtime = [(op.get_friendly_name(), op.get_rt_info()["runtimePrecision"].astype(str))
+               for op in int8.runner._compiled.get_runtime_model().get_ops()
+               if op.get_rt_info()["layerType"].astype(str) == "Subgraph"]
+    in_bf16 = [name for name, precision in runtime if precision == "bf16"]
+    assert in_bf16 == ([n for n, _ in runtime if "layer.1/" in n and ".cls_" not in n] if cpu_has_bf16() else [])
+    if not cpu_has_bf16():
+        return
+    config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": meta["dynamic_quantization_group"]}
+    f32 = core.compile_model(core.read_model(str(int8.runner.location.xml)), "CPU", config)
+    bf16_model = core.read_model(str(int8.runner.location.xml))
+    assert attention_in_bf16(bf16_model, 1) == 1
+    bf16 = core.compile_model(bf16_model, "CPU", config)
+    rng = np.random.default_rng(5)
+    feeds = [{"inputs_embeds": rng.standard_normal((1, rows, 32)).astype(np.float32),
+              "attention_mask": np.ones((1, rows), dtype=np.int64)} for rows in (20, 90, 200)]
+    a = np.array([f32(feed)[0].ravel()[0] for feed in feeds])
+    b = np.array([bf16(feed)[0].ravel()[0] for feed in feeds])
+    print(f"three-layer int8 reranker: scores {a} with f32 attention, {b} with bf16")
+    assert 0 < np.abs(a - b).max() < 0.01 * np.abs(a).max(), (a, b)
 
 
 def test_int8_reranker_branch_stays_out_of_dynamic_quantisation(
@@ -812,7 +877,9 @@ def test_int8_reranker_branch_stays_out_of_dynamic_quantisation(
 
     int8 = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", cache_dir=ov_cache)
     location = int8.runner.location
-    group = location.meta()["dynamic_quantization_group"]
+    recorded = location.meta()["dynamic_quantization_group"]
+    # The tiny model's rows have 32 channels: a larger group would leave nothing quantised.
+    group = min(recorded, 32)
     core = ov.Core()
 
     def scores(model: Any, dq: int) -> np.ndarray:
@@ -860,8 +927,8 @@ def test_int8_reranker_branch_stays_out_of_dynamic_quantisation(
     floated = scores(branch_weights(core.read_model(str(location.xml)), "float"), group)
     scale = float(np.abs(floated).max())
     np.testing.assert_allclose(saved, floated, rtol=0, atol=1e-5 * scale)
-    # The runner compiles it with the recipe's group: the same scores as above.
-    assert int8.runner._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
+    # The runner compiles it with the recipe's group.
+    assert int8.runner._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == recorded
     if cpu_has_int8_dot():  # OpenVINO quantises dynamically only with int8 dot products
         unsigned = scores(branch_weights(core.read_model(str(location.xml)), "u8"), group)
         # u8 weights are quantised dynamically: far further from float than the saved model.

@@ -99,8 +99,7 @@ def _config(size: str, vocab_size: int, **extra: Any) -> Any:
         bos_token_id=0,
         eos_token_id=2,
         layer_norm_eps=1e-5,
-        **_SIZES[size],
-        **extra,
+        **{**_SIZES[size], **extra},
     )
 
 
@@ -121,14 +120,15 @@ def build_m3_embedder(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
     return folder
 
 
-def build_reranker(folder: Path, size: str = "tiny", seed: int = 1) -> Path:
-    """Write a random bge-reranker-v2-m3-shaped cross-encoder (one-label head) to ``folder``."""
+def build_reranker(folder: Path, size: str = "tiny", seed: int = 1, layers: int | None = None) -> Path:
+    """Write a random bge-reranker-v2-m3-shaped cross-encoder (one-label head) to ``folder``
+    (``layers``: another number of transformer layers than ``size`` has)."""
     import torch
     from transformers import XLMRobertaForSequenceClassification
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = build_tokenizer(folder, FULL_VOCAB if size == "full" else None)
     torch.manual_seed(seed)
-    config = _config(size, vocab, num_labels=1)
+    config = _config(size, vocab, num_labels=1, **({"num_hidden_layers": layers} if layers else {}))
     XLMRobertaForSequenceClassification(config).save_pretrained(str(folder))
     return folder

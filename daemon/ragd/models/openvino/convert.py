@@ -4,8 +4,9 @@ The embedder's transformer (hidden states out) and the whole reranker (logits ou
 from the modules FlagEmbedding loaded, so both backends start from the same weights.
 ``int8`` is NNCF static quantisation calibrated on real text (``calibration``), with some
 operations kept in float (``FLOAT_OPS``; the reranker's scored row, ``_cls_row_in_float``), the
-reranker's key and value projections quantised per token as they run
-(``DYNAMIC_QUANTIZATION_GROUP``) and the word embeddings looked up outside the model
+reranker's key and value projections and first layer quantised per token as they run
+(``DYNAMIC_QUANTIZATION_GROUP``), its attention in bf16 where the CPU has it
+(``BF16_ATTENTION_FROM_LAYER``) and the word embeddings looked up outside the model
 (``words.WordTable``); ``w8`` compresses the weights to int8 and computes in fp32; ``fp32``
 and ``bf16`` share one float model. Why each part of the recipe is there, with its
 measurements: docs/performance.md, "Accuracy gates".
@@ -37,22 +38,31 @@ Progress = Callable[[str], None]
 Samples = Sequence[dict[str, np.ndarray]]
 
 FLOAT_OPS = {"embedder": r"layer\.0\.", "reranker": r"layer\.0[./]|classifier\."}
-"""MatMuls kept in float by int8: the first transformer layer (it quantises worst) and the
-reranker's classification head (its output is the score)."""
+"""MatMuls kept out of static int8: the first transformer layer (it quantises worst; the
+reranker's then gets int8 weights with per-token inputs, ``FIRST_LAYER``) and the reranker's
+classification head (its output is the score)."""
 ACTIVATION_RANGES = {"embedder": "default", "reranker": "minmax"}
 """How int8 reads activation ranges from calibration: NNCF's transformer preset, or the
 extremes over all samples (the reranker agrees better with fp32 that way)."""
 CLS_ROW_IN_FLOAT = True
 """The int8 reranker computes the row its score is read from in float (``_cls_row_in_float``)."""
+LAST_LAYER_FIRST_ROW_ONLY = True
+"""The int8 reranker's last layer computes its first row alone (``_cls_row_in_float``)."""
 BRANCH_OWN = r"\.cls_"
 """The branch's own modules (not the keys and values it shares with the int8 rows)."""
 BRANCH_FLOAT_OPS = BRANCH_OWN + r"|attention\.self\.(key|value)/|/aten::scaled_dot_product_attention/"
 """What that branch keeps in float arithmetic over int8 weights: its own modules and the keys
 and values it attends to (every row's key and value projections, and the attention)."""
-DYNAMIC_QUANTIZATION_GROUP = 32
-"""The int8 reranker's key and value projections (int8 weights) quantise their inputs per token
-and group of 32 channels as they run (OpenVINO's dynamic quantisation), where static int8 per
-tensor cost agreement; the branch's own MatMuls stay in float arithmetic
+FIRST_LAYER = r"layer\.0[./]"
+"""The int8 reranker's first layer: out of static int8 (``FLOAT_OPS``), its MatMuls get int8
+weights after quantising, so they too run with per-token int8 inputs (the branch's excepted)."""
+BF16_ATTENTION_FROM_LAYER = 1
+"""From this layer on, the int8 rows' attention runs in bf16 where the CPU has native bf16
+(``runner.attention_in_bf16``, applied when compiling); the first layer's stays f32."""
+DYNAMIC_QUANTIZATION_GROUP = 128
+"""The int8 reranker's key and value projections and first layer (int8 weights) quantise their
+inputs per token and group of 128 channels as they run (OpenVINO's dynamic quantisation), where
+static int8 per tensor cost agreement; the branch's own MatMuls stay in float arithmetic
 (``_out_of_dynamic_quantisation``). Recorded in ``meta.json``, read by ``Runner``."""
 
 
@@ -90,7 +100,8 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
     converted model holds their weights separately). Quantising then keeps those in float
     (``float_ops`` gets their name pattern; their weights are compressed to int8 afterwards,
     as for "w8") while all rows go through the int8 path, whose first row is replaced by the
-    float one. Yields how many layers were rewritten (0 when the encoder is not BERT-shaped;
+    float one. The last layer computes only that row (and every row's keys and values): its
+    other rows would never be read. Yields how many layers were rewritten (0 when the encoder is not BERT-shaped;
     the model is then converted as it is).
 
     Why: the first row's own int8 rounding reaches the score directly, the other rows' only
@@ -127,9 +138,10 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
             return merge_heads(torch.matmul(torch.softmax(scores, dim=-1), v))
 
     class ClsRowLayer(torch.nn.Module):
-        def __init__(self, layer: Any) -> None:
+        def __init__(self, layer: Any, last: bool) -> None:
             super().__init__()
             self.layer = layer
+            self.last = last  # only the first row leaves the last layer: its other rows are never read
             a = layer.attention
             self.heads = int(a.self.num_attention_heads)
             self.head_size = int(a.self.attention_head_size)
@@ -147,14 +159,7 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
         def forward(self, hidden: Any, attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
             layer, a = self.layer, self.layer.attention
             k, v = self._split(a.self.key(hidden)), self._split(a.self.value(hidden))
-            # every row, int8
-            context = merge_heads(torch.nn.functional.scaled_dot_product_attention(
-                self._split(a.self.query(hidden)), k, v, attn_mask=attention_mask))
-            attended = a.output.LayerNorm(a.output.dense(context) + hidden)
-            rows = layer.output.LayerNorm(
-                layer.output.dense(layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended)))
-                + attended)
-            # the first row, float (against the same keys and values)
+            # the first row, float (against every row's keys and values)
             first = hidden[:, :1]
             mask = attention_mask[:, :, :1, :] if attention_mask is not None else None
             context0 = self.cls_attention(self._split(self.cls_query(first)), k, v, mask)
@@ -162,12 +167,21 @@ def _cls_row_in_float(module: Any, float_ops: list[str]) -> Iterator[int]:
             row0 = layer.output.LayerNorm(
                 self.cls_output(layer.intermediate.intermediate_act_fn(self.cls_intermediate(attended0)))
                 + attended0)
+            if self.last:
+                return (row0,)
+            # every row, int8
+            context = merge_heads(torch.nn.functional.scaled_dot_product_attention(
+                self._split(a.self.query(hidden)), k, v, attn_mask=attention_mask))
+            attended = a.output.LayerNorm(a.output.dense(context) + hidden)
+            rows = layer.output.LayerNorm(
+                layer.output.dense(layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended)))
+                + attended)
             return (torch.cat([row0, rows[:, 1:]], dim=1),)
 
     originals = list(layers)
     try:
         for i, layer in enumerate(originals):
-            layers[i] = ClsRowLayer(layer)
+            layers[i] = ClsRowLayer(layer, last=LAST_LAYER_FIRST_ROW_ONLY and i == len(originals) - 1)
         float_ops.append(BRANCH_FLOAT_OPS)
         yield len(originals)
     finally:
@@ -322,6 +336,13 @@ def _build(
                 advanced_parameters=advanced,
             )
         if cls_layers:
+            first, own = re.compile(FIRST_LAYER), re.compile(BRANCH_OWN)
+            others = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
+                      and not (first.search(op.get_friendly_name()) and not own.search(op.get_friendly_name()))]
+            with _quiet():
+                model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                              ignored_scope=nncf.IgnoredScope(names=others, validate=False))
+            detail["bf16_attention_from_layer"] = BF16_ATTENTION_FROM_LAYER
             detail["dynamic_quantization_group"] = DYNAMIC_QUANTIZATION_GROUP
             detail["branch_out_of_dynamic_quantization"] = _out_of_dynamic_quantisation(model, BRANCH_OWN)
         detail.update(word_embeddings="int8 per row, looked up outside the model",

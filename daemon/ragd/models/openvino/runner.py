@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ragd.errors import ModelLoadError
-from ragd.models.cpu import cpu_cores, cpu_has_amx, float_arithmetic
+from ragd.models.cpu import cpu_cores, cpu_has_amx, cpu_has_bf16, float_arithmetic
 from ragd.models.openvino import block_telemetry
 from ragd.models.openvino.cache import IRLocation
 from ragd.models.openvino.scheduler import STREAMS, scheduler
@@ -62,6 +62,53 @@ def dynamic_group(location: IRLocation) -> int:
     return group if isinstance(group, int) and group >= 0 else 0
 
 
+def bf16_attention_from(location: IRLocation) -> int | None:
+    """The first layer whose int8 rows' attention the recipe measured in bf16 (``meta.json``),
+    or None: all in f32."""
+    layer = (location.meta() or {}).get("bf16_attention_from_layer")
+    return layer if isinstance(layer, int) and layer >= 0 else None
+
+
+def attention_in_bf16(model: Any, from_layer: int) -> int:
+    """Give the scaled-dot-product attentions of layers ``from_layer`` on (outside the scored
+    row's branch) bf16 inputs and an f32 output, so OpenVINO's CPU plugin runs them in bf16
+    while the rest of the model keeps its precision. Returns how many were changed."""
+    import re
+
+    from openvino import Type
+    from openvino import opset13 as ops
+
+    layer_of = re.compile(r"encoder\.layer\.(\d+)[./]")
+    done = 0
+    for op in model.get_ops():
+        found = layer_of.search(op.get_friendly_name())
+        if (op.get_type_name() != "ScaledDotProductAttention" or ".cls_" in op.get_friendly_name()
+                or not found or int(found.group(1)) < from_layer):
+            continue
+        for i in range(min(4, op.get_input_size())):  # query, key, value, mask (not the scale)
+            value = op.input_value(i)
+            if value.get_element_type() == Type.f32:
+                op.input(i).replace_source_output(ops.convert(value, "bf16").output(0))
+        targets = list(op.output(0).get_target_inputs())
+        back = ops.convert(op.output(0), "f32")
+        for target in targets:
+            target.replace_source_output(back.output(0))
+        done += 1
+    model.validate_nodes_and_infer_types()
+    return done
+
+
+def read_for_cpu(core: Any, location: IRLocation) -> tuple[Any, int]:
+    """The converted model as it is compiled: with the recipe's bf16 attention where the CPU
+    computes bf16 natively (elsewhere bf16 would be emulated, slower than f32). Returns the
+    model and how many attentions run in bf16."""
+    model = core.read_model(str(location.xml))
+    from_layer = bf16_attention_from(location)
+    if from_layer is None or not cpu_has_bf16():
+        return model, 0
+    return model, attention_in_bf16(model, from_layer)
+
+
 class Runner:
     """A converted model compiled once for the CPU (``STREAMS`` streams sharing every core);
     calls from any thread, batches through the process's ``Scheduler``. One compiled model
@@ -79,7 +126,7 @@ class Runner:
         core = ov.Core()
         self.arithmetic = float_arithmetic(precision, location.role, core, cpu_has_amx())
         try:
-            model = core.read_model(str(location.xml))
+            model, self.bf16_attentions = read_for_cpu(core, location)
             self._compiled = core.compile_model(model, "CPU", {
                 "NUM_STREAMS": streams,
                 "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
