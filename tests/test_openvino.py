@@ -797,6 +797,24 @@ def test_int8_reranker_keeps_the_first_row_in_float(
     assert rho > rho_plain, (rho, rho_plain)
 
 
+def test_int8_reranker_batches_two_long_pairs_alike(tiny_models: dict[str, Path], ov_cache: Path) -> None:
+    """The int8 reranker (its scored row's branch reads its weights once a batch) puts two
+    long pairs in a batch, the other OpenVINO rerankers one; a batch of two scores each pair as
+    it scores alone."""
+    from ragd.models.batching import OPENVINO, OPENVINO_INT8_RERANK
+
+    int8 = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="int8", cache_dir=ov_cache)
+    w8 = OpenVINOCrossEncoder(tiny_models["reranker"], "tiny", precision="w8", cache_dir=ov_cache)
+    assert (int8.pair_batching(), w8.pair_batching()) == (OPENVINO_INT8_RERANK, OPENVINO)
+    query = "does vitamin d reduce the risk of fractures"
+    texts = scifact_abstracts(16)
+    batches, padded = int8.pair_batching().padded(int8.tokenizer, int8._pair_inputs(query, texts), int8.batch_size)
+    assert [len(b) for b in batches] == [2] * 8 and all(ids.shape[1] >= 352 for ids, _ in padded)
+    together = np.array(int8.score(query, texts))
+    alone = np.array([int8.score(query, [t])[0] for t in texts])
+    assert np.abs(together - alone).max() < 1e-3 * together.std(), (together, alone)
+
+
 def test_int8_reranker_layers_by_position(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a three-layer reranker: the first layer has int8 weights and float inputs (quantised
     per token as it runs), the middle one is static int8, the last computes the scored row alone

@@ -17,6 +17,10 @@ TOKEN_BUDGET = 4096
 OPENVINO_TOKEN_BUDGET = 512
 """Smaller with OpenVINO: one compiled model serves indexing and searches, so a search waits
 for at most one such batch, and OpenVINO runs a single input near full speed."""
+OPENVINO_INT8_RERANK_TOKEN_BUDGET = 1024
+"""The int8 reranker's batches: its scored row's float branch reads all its weights once per
+batch, so two pairs a batch share that read (docs/performance.md, "Batching"). A search's
+rerank batches are foreground work and stay at most ``rerank.BATCH_PASSAGES`` passages."""
 SHAPE_STEP = 16
 """OpenVINO batches pad to a multiple of this many tokens, so the compiled kernels of a shape
 are reused (a new shape costs more on its first run)."""
@@ -70,3 +74,4 @@ class Batching:
 
 TORCH = Batching(TOKEN_BUDGET)
 OPENVINO = Batching(OPENVINO_TOKEN_BUDGET, MAX_PADDING_WASTE, SHAPE_STEP)
+OPENVINO_INT8_RERANK = Batching(OPENVINO_INT8_RERANK_TOKEN_BUDGET, MAX_PADDING_WASTE, SHAPE_STEP)

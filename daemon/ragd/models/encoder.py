@@ -192,6 +192,10 @@ class RerankerBase(abc.ABC):
     def _run(self, padded: Sequence[Batch], foreground: bool) -> Iterator[tuple[int, Any]]:
         """(position, logits) of each padded batch, in any order."""
 
+    def pair_batching(self) -> Batching:
+        """How this reranker groups its pairs into batches (its backend's rules by default)."""
+        return self.batching
+
     def hold(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
@@ -209,7 +213,7 @@ class RerankerBase(abc.ABC):
             return []
         inputs = self._pair_inputs(query, passages)
         out = [0.0] * len(inputs)
-        batches, padded = self.batching.padded(self.tokenizer, inputs, self.batch_size)
+        batches, padded = self.pair_batching().padded(self.tokenizer, inputs, self.batch_size)
         for n, logits in self._run(padded, True):  # a search's pairs go before indexing batches
             for i, v in zip(batches[n], sigmoid(logits), strict=True):
                 out[i] = v

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ragd.models.batching import OPENVINO, Batch
+from ragd.models.batching import OPENVINO, OPENVINO_INT8_RERANK, Batch, Batching
 from ragd.models.encoder import EmbedderBase, RerankerBase
 from ragd.models.m3 import heads_numpy, load_m3_heads, m3_heads, save_m3_heads
 from ragd.models.openvino.cache import IRLocation, location_for
@@ -135,6 +135,10 @@ class OpenVINOCrossEncoder(RerankerBase):
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """Keep indexing batches out of the process's ``Scheduler`` while inside."""
         return self.runner.scheduler.hold()
+
+    def pair_batching(self) -> Batching:
+        """Larger batches where the scored row has its own float branch (the int8 recipe)."""
+        return OPENVINO_INT8_RERANK if self.runner.branch_layers else OPENVINO
 
     def _run(self, padded: Sequence[Batch], foreground: bool) -> Iterator[tuple[int, Any]]:
         return self.runner.map(padded, foreground)

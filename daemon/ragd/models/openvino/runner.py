@@ -127,6 +127,7 @@ class Runner:
         self.arithmetic = float_arithmetic(precision, location.role, core, cpu_has_amx())
         try:
             model, self.bf16_attentions = read_for_cpu(core, location)
+            self.branch_layers = int((location.meta() or {}).get("first_row_in_float_layers", 0))
             self._compiled = core.compile_model(model, "CPU", {
                 "NUM_STREAMS": streams,
                 "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
