@@ -620,8 +620,22 @@ def test_conversion_is_cached_and_redone_when_the_weights_change(
     shutil.copytree(loc.folder, stale)
     other = loc.folder.parent / "embedder-int8-r1"  # another precision: kept
     other.mkdir()
-    OpenVINOEmbedder(folder, "tiny", precision="fp32", cache_dir=cache, force_convert=True)
+    # What a killed conversion left behind is removed; a conversion still running keeps its own.
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = loc.folder.parent / f".{loc.folder.name}.tmp-{int(gone.stdout)}"
+    shutil.copytree(loc.folder, left)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+        busy = loc.folder.parent / f".{loc.folder.name}.tmp-{running.pid}"
+        busy.mkdir()
+        try:
+            OpenVINOEmbedder(folder, "tiny", precision="fp32", cache_dir=cache, force_convert=True)
+        finally:
+            running.kill()
     assert not stale.exists() and other.is_dir() and loc.is_current()
+    assert not left.exists() and busy.is_dir()
 
 
 def test_a_failed_conversion_keeps_the_cached_model(
@@ -859,6 +873,24 @@ def test_int8_reranker_layers_by_position(tmp_path: Path, monkeypatch: pytest.Mo
                 if op.get_type_name() == "MatMul" and re.search(rows.format(2), op.get_friendly_name())]) == 4
     np.testing.assert_allclose(whole.score(query, texts), scores, rtol=0, atol=1e-4)
 
+    # The scored row goes back over the int8 rows' first row in place (ScatterUpdate) where the
+    # converted model slices and concatenates: one a layer but the last, and the same scores.
+    from ragd.models.openvino.runner import first_row_in_place
+
+    kinds = [op.get_rt_info()["layerType"].astype(str) for op in int8.runner._compiled.get_runtime_model().get_ops()]
+    assert kinds.count("ScatterUpdate") == 2, kinds
+    in_place = core.read_model(str(int8.runner.location.xml))
+    assert first_row_in_place(in_place) == 2
+    assert not [op for op in in_place.get_ops()
+                if op.get_type_name() == "Concat" and "aten::cat" in op.get_friendly_name()]
+    config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": meta["dynamic_quantization_group"]}
+    compiled = [core.compile_model(m, "CPU", config) for m in (model, in_place)]
+    rng = np.random.default_rng(3)
+    for batch, rows in ((1, 40), (2, 90)):
+        feed = {"inputs_embeds": rng.standard_normal((batch, rows, 32)).astype(np.float32),
+                "attention_mask": np.ones((batch, rows), dtype=np.int64)}
+        np.testing.assert_allclose(compiled[1](feed)[0], compiled[0](feed)[0], rtol=0, atol=1e-6)
+
     # The attention in bf16: one (the middle layer's), where the CPU computes bf16.
     assert int8.runner.bf16_attentions == (1 if cpu_has_bf16() else 0)
     runtime = [(op.get_friendly_name(), op.get_rt_info()["runtimePrecision"].astype(str))
@@ -868,7 +900,6 @@ def test_int8_reranker_layers_by_position(tmp_path: Path, monkeypatch: pytest.Mo
     assert in_bf16 == ([n for n, _ in runtime if "layer.1/" in n and ".cls_" not in n] if cpu_has_bf16() else [])
     if not cpu_has_bf16():
         return
-    config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": meta["dynamic_quantization_group"]}
     f32 = core.compile_model(core.read_model(str(int8.runner.location.xml)), "CPU", config)
     bf16_model = core.read_model(str(int8.runner.location.xml))
     assert attention_in_bf16(bf16_model, 1) == 1

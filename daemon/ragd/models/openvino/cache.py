@@ -93,6 +93,29 @@ def location_for(role: str, folder: Path, model_id: str, precision: str, cache_d
     return ir_location(cache_dir or default_cache_dir(), folder, model_id, role, kind)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def abandoned(location: IRLocation) -> list[Path]:
+    """Temporary folders that conversions of the same model, role and precision left behind
+    when their process was killed (``.<folder>.tmp-<pid>`` or ``.old-<pid>`` whose process is
+    gone): each can hold a whole model's weights."""
+    stem = location.folder.name.rsplit("-r", 1)[0]
+    found = []
+    for path in location.folder.parent.glob(f".{stem}-r*"):
+        kind, _, pid = path.name.rpartition("-")
+        if path.is_dir() and kind.endswith((".tmp", ".old")) and pid.isdigit() and not _alive(int(pid)):
+            found.append(path)
+    return found
+
+
 def older_recipes(location: IRLocation) -> list[Path]:
     """Conversions of the same model, role and precision by an older recipe (replaced)."""
     stem = location.folder.name.rsplit("-r", 1)[0]

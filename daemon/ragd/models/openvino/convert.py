@@ -31,7 +31,7 @@ import numpy as np
 
 from ragd.errors import ModelLoadError
 from ragd.models.openvino import block_telemetry
-from ragd.models.openvino.cache import RECIPE, IRLocation, older_recipes, source_files
+from ragd.models.openvino.cache import RECIPE, IRLocation, abandoned, older_recipes, source_files
 from ragd.models.openvino.words import WordTable
 
 Progress = Callable[[str], None]
@@ -235,6 +235,8 @@ def convert(
     started = time.monotonic()
     parent = location.folder.parent
     parent.mkdir(parents=True, exist_ok=True)
+    for left in abandoned(location):  # by conversions that were killed
+        shutil.rmtree(left, ignore_errors=True)
     tmp = parent / f".{location.folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -358,6 +360,8 @@ def _out_of_dynamic_quantisation(model: Any, pattern: str) -> int:
     Returns how many MatMuls were re-typed."""
     from openvino import opset13 as ops
 
+    from ragd.models.openvino.runner import take_place
+
     wanted = re.compile(pattern)
     done = 0
     for op in model.get_ops():
@@ -379,10 +383,7 @@ def _out_of_dynamic_quantisation(model: Any, pattern: str) -> int:
             raise ModelLoadError(f"{op.get_friendly_name()}: expected int8 weights with a zero point, "
                                  f"found {len(found)} u8 constants")
         for const in found:
-            signed = ops.constant((const.get_data().astype(np.int16) - 128).astype(np.int8))
-            signed.set_friendly_name(const.get_friendly_name())
-            for target in list(const.output(0).get_target_inputs()):
-                target.replace_source_output(signed.output(0))
+            take_place(const, ops.constant((const.get_data().astype(np.int16) - 128).astype(np.int8)))
         done += 1
     model.validate_nodes_and_infer_types()
     return done
