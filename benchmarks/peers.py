@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/peers.py [--json] [--texts 24] [--small] [--rounds 1]
         [--roles embed,rerank] [--engines ...] [--calibration-samples 64] [--precision auto]
+        [--alternate N]
 
 Engines (each configuration in a process of its own, so peak RSS is its own):
 
@@ -16,6 +17,9 @@ Engines (each configuration in a process of its own, so peak RSS is its own):
   CPU's own preset (``avx512_vnni``, ``avx2`` or ``arm64``), run by ONNX Runtime.
 
 The sentence-transformers engines run at their default batch size (32) and at batch size 1.
+With ``--alternate N``, ragd and the fastest peer configuration then run in turn N more times
+(a process each) and the median of the N paired ratios is reported beside the single run's:
+a shared or virtual machine's speed drifts over minutes by more than the gaps measured here.
 The embedder is BGE-M3's dense path (CLS pooling, normalised); the cross-encoder reads at most
 512 tokens, as ragd and FlagReranker do. Tokens/s counts the same tokens for every engine
 (ragd's inputs, special tokens included), so the ratios are ratios of wall time. Models are
@@ -128,6 +132,18 @@ def summarize(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str,
     return out
 
 
+def paired_ratios(ours: Sequence[float], peer: Sequence[float]) -> dict[str, Any]:
+    """ragd's speed over the peer's from runs taken in turn: the peer's seconds over ragd's,
+    pair by pair (a machine whose speed drifts over minutes drifts alike within a pair)."""
+    ratios = sorted(p / o for o, p in zip(ours, peer, strict=True) if o > 0)
+    if not ratios:
+        return {"pairs": 0, "median": None, "min": None, "max": None, "ratios": []}
+    mid = len(ratios) // 2
+    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    return {"pairs": len(ratios), "median": round(median, 3), "min": round(ratios[0], 3),
+            "max": round(ratios[-1], 3), "ratios": [round(r, 3) for r in ratios]}
+
+
 def table(summary: dict[str, Any]) -> str:
     """A plain-text table of every row, then ragd's ratios."""
     rows = list(summary["peers"]) + list(summary["ragd"].values())
@@ -150,6 +166,10 @@ def table(summary: dict[str, Any]) -> str:
                          f"accuracy gate ({summary.get(f'{role}_fastest_peer_at_gate')}); by CPU time "
                          f"{summary.get(f'{role}_ratio_to_fastest_peer_cpu')}x "
                          f"({summary.get(f'{role}_fastest_peer_cpu')})")
+        turns = summary.get(f"{role}_ratio_to_fastest_peer_alternating")
+        if turns and turns["pairs"]:
+            lines.append(f"ragd {role}, run in turn with {turns['peer']}: {turns['median']}x at the median "
+                         f"({turns['min']}-{turns['max']}x over {turns['pairs']} pairs of runs)")
     return "\n".join(lines)
 
 
@@ -533,6 +553,8 @@ def main() -> int:
                         "(default .cache/bench-models/peers-<size>-<n>texts.jsonl)")
     parser.add_argument("--resume", action="store_true", help="reuse the configurations measured in --save")
     parser.add_argument("--prepare-only", action="store_true", help="export and convert, measure nothing")
+    parser.add_argument("--alternate", type=int, default=0, metavar="N",
+                        help="then run ragd and the fastest peer in turn N more times each; report their ratio")
     parser.add_argument("--profile", action="store_true",
                         help="per-node profile of ragd's and the OpenVINO peer's int8 rerankers (both converted)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -613,6 +635,25 @@ def main() -> int:
     summary = summarize(rows, meta)
     # Estimated from the rate, whole ~300-token candidates and 128-token windows (the narrowest
     # a deadline makes them); benchmarks/search.py measures it through search().
+    for role in roles if args.alternate > 0 else ():
+        ours_config = next((c for c in configurations(engines, [role]) if c["engine"] == "ragd"), None)
+        peer = fastest(rows, role)
+        if ours_config is None or peer is None:
+            continue
+        peer_config = {k: peer[k] for k in ("engine", "role", "batch")}
+        seconds: dict[str, list[float]] = {"ragd": [], "peer": []}
+        turns = [(turn, name, config) for turn in range(args.alternate)
+                 for name, config in (("ragd", ours_config), ("peer", peer_config))]
+        for turn, name, config in turns:
+            log(f"{role}, in turn {turn + 1}/{args.alternate}: {label(config)} (load {os.getloadavg()[0]:.1f})")
+            row = run_child({**base, **config}, args.timeout)
+            if "error" in row:  # the pairs so far are reported
+                log(f"  failed: {row['error']}")
+                break
+            seconds[name].append(row["seconds"])
+        pairs = min(len(seconds["ragd"]), len(seconds["peer"]))
+        summary[f"{role}_ratio_to_fastest_peer_alternating"] = {
+            "peer": label(peer), **paired_ratios(seconds["ragd"][:pairs], seconds["peer"][:pairs])}
     best = fastest(rows, "rerank")
     for name, speed in (("", summary.get("rerank_tokens_per_s")), ("fastest_peer_", best and best["tokens_per_s"])):
         summary[f"rerank_{name}candidates_in_2s"] = candidates_in_2s(speed, pair_overhead)

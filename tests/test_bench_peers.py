@@ -113,3 +113,17 @@ def test_profile_aggregation() -> None:
     assert out["by_kind"][0] == {"kind": "FullyConnected I8", "ms": 0.5, "share": 0.5}
     assert out["by_layer"] == {"layer 00": 0.3, "layer 11": 0.5, "rest": 0.2}
     assert peers.op_precision("ref_any") == "other"
+
+
+def test_paired_ratios_compare_runs_taken_in_turn() -> None:
+    """Each pair's ratio is the peer's time over ragd's; the median, not a mean, is reported."""
+    got = peers.paired_ratios([10.0, 9.0, 12.0], [9.0, 9.0, 6.0])
+    assert (got["pairs"], got["median"], got["min"], got["max"]) == (3, 0.9, 0.5, 1.0)
+    assert got["ratios"] == [0.5, 0.9, 1.0]
+    assert peers.paired_ratios([2.0, 4.0], [3.0, 2.0])["median"] == pytest.approx(1.0)
+    assert peers.paired_ratios([], [])["median"] is None
+    summary = peers.summarize([row("ragd", "rerank", 900.0, 0.99), row("st-openvino-int8", "rerank", 1000.0, 0.93, 1)],
+                              {})
+    summary["rerank_ratio_to_fastest_peer_alternating"] = {"peer": "st-openvino-int8 (batch 1)", **got}
+    assert "run in turn with st-openvino-int8 (batch 1): 0.9x at the median (0.5-1.0x over 3 pairs" in peers.table(
+        summary)
