@@ -114,7 +114,7 @@ def first_row_in_place(model: Any) -> int:
 
     done = 0
     for op in model.get_ops():
-        if op.get_type_name() != "Concat" or op.get_input_size() != 2 or op.get_axis() not in (1, -2):
+        if op.get_type_name() != "Concat" or op.get_input_size() != 2 or op.get_axis() != 1:
             continue
         row0, rest = op.input_value(0), op.input_value(1).get_node()
         if rest.get_type_name() != "Slice" or row0.get_partial_shape()[1].get_max_length() != 1:
