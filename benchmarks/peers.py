@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/peers.py [--json] [--texts 24] [--small] [--rounds 1]
         [--roles embed,rerank] [--engines ...] [--calibration-samples 64] [--precision auto]
-        [--alternate N]
+        [--alternate N] [--profile [--profile-tokens N]]
 
 Engines (each configuration in a process of its own, so peak RSS is its own):
 
@@ -18,8 +18,10 @@ Engines (each configuration in a process of its own, so peak RSS is its own):
 
 The sentence-transformers engines run at their default batch size (32) and at batch size 1.
 With ``--alternate N``, ragd and the fastest peer configuration then run in turn N more times
-(a process each) and the median of the N paired ratios is reported beside the single run's:
-a shared or virtual machine's speed drifts over minutes by more than the gaps measured here.
+(a process each; which of the two goes first swaps every turn, so a drift in one direction
+or an edge for either position cancels out) and the median of the N paired ratios is
+reported beside the single run's: a shared or virtual machine's speed drifts over minutes by
+more than the gaps measured here.
 The embedder is BGE-M3's dense path (CLS pooling, normalised); the cross-encoder reads at most
 512 tokens, as ragd and FlagReranker do. Tokens/s counts the same tokens for every engine
 (ragd's inputs, special tokens included), so the ratios are ratios of wall time. Models are
@@ -40,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,12 @@ def summarize(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str,
     out["embed_mean_cosine_to_fp32"] = embed.get("agreement_to_fp32") if embed else None
     out["rerank_spearman_to_fp32"] = rerank.get("agreement_to_fp32") if rerank else None
     return out
+
+
+def turns(n: int) -> list[tuple[int, str]]:
+    """(turn, "ragd" or "peer") for ``n`` turns taken in turn, the first of each pair swapping
+    every turn (ragd, peer, peer, ragd, ...)."""
+    return [(t, name) for t in range(n) for name in (("ragd", "peer") if t % 2 == 0 else ("peer", "ragd"))]
 
 
 def paired_ratios(ours: Sequence[float], peer: Sequence[float]) -> dict[str, Any]:
@@ -433,61 +441,100 @@ def aggregate(nodes: Sequence[tuple[str, str, str, float]]) -> dict[str, Any]:
             "by_layer": {k: round(v / 1000, 2) for k, v in sorted(by_layer.items())}}
 
 
-def profile(model: Any, inputs: dict[str, np.ndarray], config: dict[str, Any], repeats: int) -> dict[str, Any]:
-    """Compile ``model`` (an IR path or an ``ov.Model``) with per-node performance counters, run
-    ``inputs`` ``repeats`` times and aggregate the last run's counters (the median wall time is
-    reported beside them)."""
+Profiled = tuple[Any, dict[str, np.ndarray], dict[str, Any]]
+"""A model to profile (an IR path or an ``ov.Model``), its inputs and its compile settings."""
+
+
+def profile(models: dict[str, Profiled], repeats: int) -> dict[str, dict[str, Any]]:
+    """Compile each model with per-node performance counters and time them in turn, ``repeats``
+    runs each, the first of each round swapping; each timed run follows an untimed one of the
+    same model (the first run after another model's ran measurably slower). Returns, per name,
+    the last timed run's counters aggregated and the median wall time."""
     import openvino as ov
 
     core = ov.Core()
-    if not isinstance(model, ov.Model):
-        model = core.read_model(str(model))
-    compiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True})
-    request = compiled.create_infer_request()
-    request.infer(inputs)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        request.infer(inputs)
-        times.append(time.perf_counter() - t)
-    nodes = [(p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds() * 1e6)
-             for p in request.get_profiling_info() if str(p.status).endswith("EXECUTED") and
-             not str(p.status).endswith("NOT_EXECUTED")]
-    out = aggregate(nodes)
-    out["wall_ms"] = round(sorted(times)[len(times) // 2] * 1000, 1)
+    requests = {}
+    for name, (model, _inputs, config) in models.items():
+        if not isinstance(model, ov.Model):
+            model = core.read_model(str(model))
+        requests[name] = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True}).create_infer_request()
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            inputs = models[name][1]
+            requests[name].infer(inputs)
+            t = time.perf_counter()
+            requests[name].infer(inputs)
+            times[name].append(time.perf_counter() - t)
+    out = {}
+    for name, request in requests.items():
+        nodes = [(p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds() * 1e6)
+                 for p in request.get_profiling_info() if str(p.status).endswith("EXECUTED") and
+                 not str(p.status).endswith("NOT_EXECUTED")]
+        out[name] = aggregate(nodes)
+        out[name]["wall_ms"] = round(sorted(times[name])[len(times[name]) // 2] * 1000, 1)
     return out
 
 
-def profile_rerankers(reranker: Path, query: str, text: str, repeats: int) -> dict[str, Any]:
-    """ragd's converted reranker (as ``Runner`` compiles it) and the OpenVINO peer's static
-    int8 model on the same pair, one at a time (batch 1, no padding)."""
+def cut_to_tokens(count: Callable[[str], int], text: str, tokens: int) -> str:
+    """The longest run of ``text``'s first words whose input is at most ``tokens`` long by
+    ``count`` (0: ``text`` whole)."""
+    words = text.split()
+    if tokens <= 0 or count(text) <= tokens:
+        return text
+    low, high = 1, len(words)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if count(" ".join(words[:mid])) <= tokens:
+            low = mid
+        else:
+            high = mid - 1
+    return " ".join(words[:low])
+
+
+def profile_against_peer(role: str, source: Path, text: str, repeats: int, tokens: int = 0,
+                         query: str = "") -> dict[str, Any]:
+    """ragd's converted embedder or reranker (``role``; as ``Runner`` compiles it) and the
+    OpenVINO peer's static int8 model on the same input, batch 1: ``text`` cut so that the
+    input is at most ``tokens`` long (0: whole; a rerank pair of ``query`` and ``text`` up to
+    512 tokens)."""
     import openvino as ov
 
-    from ragd.models import open_reranker
+    from ragd.models import open_embedder, open_reranker
     from ragd.models.cpu import cpu_cores
     from ragd.models.openvino.runner import dynamic_group, read_for_cpu
     from ragd.models.tokens import load_tokens
 
-    ids = np.asarray(load_tokens(reranker).pairs(query, [text], RERANK_MAX_LENGTH), dtype=np.int64)
+    words = load_tokens(source)
+
+    def encode(t: str) -> list[int]:
+        if role == "embed":
+            return list(words.ids([t], max_length=8192)[0])
+        return list(words.pairs(query, [t], RERANK_MAX_LENGTH)[0])
+
+    ids = np.asarray([encode(cut_to_tokens(lambda t: len(encode(t)), text, tokens))], dtype=np.int64)
     mask = np.ones_like(ids)
-    model: Any = open_reranker(reranker, "bench-rr", device="cpu", precision="auto", backend="auto", cache_dir=CACHE)
+    opts: dict[str, Any] = {"device": "cpu", "precision": "auto", "backend": "auto", "cache_dir": CACHE}
+    model: Any = (open_embedder(source, "bench-m3", **opts) if role == "embed"
+                  else open_reranker(source, "bench-rr", **opts))
     location = model.runner.location
     config = {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": cpu_cores(),
               "INFERENCE_PRECISION_HINT": model.runner.arithmetic,
               "DYNAMIC_QUANTIZATION_GROUP_SIZE": dynamic_group(location)}
     ours = model.runner._inputs(ids, mask)
     del model
-    result = {"tokens": int(ids.shape[1]), "precision": location.precision,
-              "ragd": profile(read_for_cpu(ov.Core(), location)[0], ours, config, repeats)}
-    peer = peer_folder(reranker, "rerank") / st_file("st-openvino-int8")
+    models: dict[str, Profiled] = {"ragd": (read_for_cpu(ov.Core(), location)[0], ours, config)}
+    peer = peer_folder(source, role) / st_file("st-openvino-int8")
     if peer.is_file():
-        result["st-openvino-int8"] = profile(peer, {"input_ids": ids, "attention_mask": mask},
-                                             {"INFERENCE_NUM_THREADS": cpu_cores(), "NUM_STREAMS": 1}, repeats)
-    return result
+        models["st-openvino-int8"] = (peer, {"input_ids": ids, "attention_mask": mask},
+                                      {"INFERENCE_NUM_THREADS": cpu_cores(), "NUM_STREAMS": 1})
+    return {"role": role, "tokens": int(ids.shape[1]), "precision": location.precision, **profile(models, repeats)}
 
 
 def print_profile(result: dict[str, Any], top: int = 14) -> None:
-    print(f"reranker profile, 1 x {result['tokens']} tokens (ragd {result['precision']})")
+    role = "embedder" if result.get("role") == "embed" else "reranker"
+    print(f"{role} profile, 1 x {result['tokens']} tokens (ragd {result['precision']})")
     for name in ("ragd", "st-openvino-int8"):
         if name not in result:
             continue
@@ -556,7 +603,11 @@ def main() -> int:
     parser.add_argument("--alternate", type=int, default=0, metavar="N",
                         help="then run ragd and the fastest peer in turn N more times each; report their ratio")
     parser.add_argument("--profile", action="store_true",
-                        help="per-node profile of ragd's and the OpenVINO peer's int8 rerankers (both converted)")
+                        help="per-node profile of ragd's and the OpenVINO peer's int8 models (both converted), "
+                             "for each of --roles")
+    parser.add_argument("--profile-tokens", type=int, default=0, metavar="N",
+                        help="profile an input of at most N tokens (the longest text cut; default: whole, "
+                             "a rerank pair up to 512)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -569,16 +620,21 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown engines: {', '.join(sorted(unknown))}")
     roles = [r for r in args.roles.split(",") if r]
+    if not roles or set(roles) - {"embed", "rerank"}:
+        parser.error("--roles takes embed, rerank or both")
     texts, query = texts_and_query(args.texts)
     embedder, reranker = build_small_models(args.small_layers) if args.small else build_models()
     if args.profile:
         longest = max(texts, key=len)
-        result = {"machine": machine(), "load_average": os.getloadavg()[0],
-                  **profile_rerankers(reranker, query, longest, max(3, args.rounds))}
+        results = []
+        for role in roles:
+            found = profile_against_peer(role, embedder if role == "embed" else reranker, longest,
+                                         max(3, args.rounds), args.profile_tokens, query)
+            results.append({"machine": machine(), "load_average": os.getloadavg()[0], **found})
+            if not args.json:
+                print_profile(results[-1])
         if args.json:
-            print(json.dumps(result))
-        else:
-            print_profile(result)
+            print(json.dumps(results[0] if len(results) == 1 else results))
         return 0
     embed_tokens, rerank_tokens, pair_overhead = token_counts(embedder, reranker, texts, query)
     base = {"texts": texts, "query": query, "rounds": args.rounds, "embedder": str(embedder),
@@ -633,8 +689,6 @@ def main() -> int:
             "load_average_rows": [min((r["load_average"] for r in rows if "load_average" in r), default=None),
                                   max((r["load_average"] for r in rows if "load_average" in r), default=None)]}
     summary = summarize(rows, meta)
-    # Estimated from the rate, whole ~300-token candidates and 128-token windows (the narrowest
-    # a deadline makes them); benchmarks/search.py measures it through search().
     for role in roles if args.alternate > 0 else ():
         ours_config = next((c for c in configurations(engines, [role]) if c["engine"] == "ragd"), None)
         peer = fastest(rows, role)
@@ -642,9 +696,8 @@ def main() -> int:
             continue
         peer_config = {k: peer[k] for k in ("engine", "role", "batch")}
         seconds: dict[str, list[float]] = {"ragd": [], "peer": []}
-        turns = [(turn, name, config) for turn in range(args.alternate)
-                 for name, config in (("ragd", ours_config), ("peer", peer_config))]
-        for turn, name, config in turns:
+        for turn, name in turns(args.alternate):
+            config = ours_config if name == "ragd" else peer_config
             log(f"{role}, in turn {turn + 1}/{args.alternate}: {label(config)} (load {os.getloadavg()[0]:.1f})")
             row = run_child({**base, **config}, args.timeout)
             if "error" in row:  # the pairs so far are reported
@@ -654,6 +707,8 @@ def main() -> int:
         pairs = min(len(seconds["ragd"]), len(seconds["peer"]))
         summary[f"{role}_ratio_to_fastest_peer_alternating"] = {
             "peer": label(peer), **paired_ratios(seconds["ragd"][:pairs], seconds["peer"][:pairs])}
+    # Estimated from the rate, whole ~300-token candidates and 128-token windows (the narrowest
+    # a deadline makes them); benchmarks/search.py measures it through search().
     best = fastest(rows, "rerank")
     for name, speed in (("", summary.get("rerank_tokens_per_s")), ("fastest_peer_", best and best["tokens_per_s"])):
         summary[f"rerank_{name}candidates_in_2s"] = candidates_in_2s(speed, pair_overhead)

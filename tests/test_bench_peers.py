@@ -115,6 +115,12 @@ def test_profile_aggregation() -> None:
     assert peers.op_precision("ref_any") == "other"
 
 
+def test_turns_swap_who_goes_first() -> None:
+    got = peers.turns(3)
+    assert got == [(0, "ragd"), (0, "peer"), (1, "peer"), (1, "ragd"), (2, "ragd"), (2, "peer")]
+    assert peers.turns(0) == []
+
+
 def test_paired_ratios_compare_runs_taken_in_turn() -> None:
     """Each pair's ratio is the peer's time over ragd's; the median, not a mean, is reported."""
     got = peers.paired_ratios([10.0, 9.0, 12.0], [9.0, 9.0, 6.0])
@@ -127,3 +133,13 @@ def test_paired_ratios_compare_runs_taken_in_turn() -> None:
     summary["rerank_ratio_to_fastest_peer_alternating"] = {"peer": "st-openvino-int8 (batch 1)", **got}
     assert "run in turn with st-openvino-int8 (batch 1): 0.9x at the median (0.5-1.0x over 3 pairs" in peers.table(
         summary)
+
+
+def test_cut_to_tokens_keeps_the_longest_start_that_fits() -> None:
+    text = "one two three four five six"
+    words = lambda t: len(t.split()) + 2  # noqa: E731  (two special tokens)
+    assert peers.cut_to_tokens(words, text, 5) == "one two three"
+    assert peers.cut_to_tokens(words, text, 8) == text
+    assert peers.cut_to_tokens(words, text, 0) == text
+    assert peers.cut_to_tokens(words, text, 3) == "one"
+    assert peers.cut_to_tokens(words, text, 2) == "one"  # never empty, even when one word is too long
