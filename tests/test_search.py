@@ -202,6 +202,24 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time() -> None:
     assert 2 <= len(reranked.scores) <= 3 and reranker.calls[4] > 1
 
 
+def test_a_long_batch_is_not_the_last_step_before_the_deadline() -> None:
+    """Four passages would end within 90% of the time left, but a batch beyond one round plans
+    to use two thirds of that, so the search scores them in steps, each sized by the time
+    then left, and a batch that runs slow leaves time for the pace to catch up."""
+    import time
+
+    from ragd.rerank import RerankPace
+
+    reranker = _SlowReranker(0.1 / 8)  # 0.1 s a passage
+    pace = RerankPace(lambda: reranker, 352, 128)
+    pace.remember(reranker, reranker.per_token)
+    started = time.monotonic()
+    reranked = _rerank(reranker, [(i, 1.0) for i in range(20)], SHORT, started + 0.55, pace=pace)
+    assert time.monotonic() - started <= 0.55
+    assert reranker.calls[0] == 3, reranker.calls  # 0.3 s of the 0.495 planned; 4 (0.4 s) before
+    assert len(reranked.scores) == sum(reranker.calls) >= 4
+
+
 class _CompilingReranker(_SlowReranker):
     """A _SlowReranker whose first run of each input shape (passages, longest pair) takes
     ``compile_s`` more, like a converted model building its kernels for a new shape."""

@@ -23,6 +23,7 @@ from ragd.window import best_window
 PAIR_EXTRA_TOKENS = 4  # <s> query </s></s> passage </s>
 MIN_RERANK_QUERY_TOKENS = 32  # a long query's part the reranker reads, however wide the passage window
 FIT_SHARE = 0.9  # of the time left that the window and each batch plan to use (the rest absorbs the pace's noise)
+STEP_SHARE = 2 / 3  # of that, what a batch beyond one round plans to use: a long batch is not the last step
 BATCH_PASSAGES = 4  # passages a batch holds at most, unless one round (``Reranker.parallel``) holds more
 PACE_WEIGHT = 0.5  # of the pace so far against the newest batch's, in the running pace
 PRIME_QUERY = "warm-up query"
@@ -126,7 +127,9 @@ class Reranked:
 
 def _batch(units: Sequence[int], per_round: int, pace: float | None, deadline: float | None) -> int:
     """How many of the next candidates (``units``: their pair tokens) one batch scores; 0
-    when not even one would end within ``FIT_SHARE`` of the time left."""
+    when not even one would end within ``FIT_SHARE`` of the time left. Beyond one round a
+    batch plans to end within ``STEP_SHARE`` of that, so one slow batch cannot overrun the
+    deadline by much and the next is sized by the pace it measured."""
     if deadline is None:
         return len(units)
     if pace is None:  # one round, measured
@@ -135,7 +138,7 @@ def _batch(units: Sequence[int], per_round: int, pace: float | None, deadline: f
     total, n = 0, 0
     for u in units[: max(BATCH_PASSAGES, per_round)]:
         total += u
-        if total * pace > left:
+        if total * pace > (left if n < per_round else STEP_SHARE * left):
             break
         n += 1
     return n
