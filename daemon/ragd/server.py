@@ -465,13 +465,18 @@ class Daemon:
         return root_problem(root, lambda: catalog.count_root_files(root))
 
     def _suspend(self, root: str, reason: str, catalog: Catalog) -> None:
+        """The catalog first (searches read it), then the status: a root reported suspended is
+        never still served, also while the catalog write waits on a locked database."""
         with self._roots_lock:
             if root not in self.root_paths():
+                return
+        catalog.suspend_root(root, reason)
+        with self._roots_lock:
+            if root not in self.root_paths():  # removed meanwhile: its catalog rows are gone
                 return
             new = root not in self._suspended
             self._suspended[root] = reason
             self._resuming.discard(root)
-        catalog.suspend_root(root, reason)
         if new:
             log.warning("root %s is suspended: %s; its files are kept, not served, until the folder is back",
                         root, reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,30 @@ def test_a_deleted_root_is_suspended_listed_removable_and_rescanned_when_back(
     assert str(extra) not in {r.path for r in client.roots()}
     assert daemon.suspended_roots() == {}
     assert not daemon.reader().catalog.files_under(str(extra))
+
+
+def test_a_root_is_reported_suspended_only_once_searches_leave_it_out(
+        tmp_path: Path, daemon_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from ragd.store.catalog import Catalog
+
+    daemon, client, _ = daemon_factory()
+    extra = tmp_path / "extra"
+    write_tree(extra, NOTES)
+    client.add_root(str(extra))
+    wait_for(lambda: idle(client) and hits_under(client, extra), what="the added root searchable")
+    reported_before_written: list[bool] = []
+    real = Catalog.suspend_root
+
+    def slow(self: Catalog, path: str, reason: str) -> bool:
+        time.sleep(0.5)  # as a write waiting on a locked database
+        reported_before_written.append(path in daemon.suspended_roots())
+        return real(self, path, reason)
+
+    monkeypatch.setattr(Catalog, "suspend_root", slow)
+    shutil.rmtree(extra)
+    wait_for(lambda: str(extra) in daemon.suspended_roots(), what="the deleted root suspended")
+    assert not hits_under(client, extra)  # reported suspended: already left out of searches
+    assert reported_before_written and not any(reported_before_written)
 
 
 def _can_bind_mount(tmp_path: Path) -> bool:
