@@ -192,14 +192,16 @@ def test_primed_pace_keeps_the_first_deadline_search_on_time() -> None:
 
     reranker = _SlowReranker(0.1 / 8)
     pace = RerankPace(lambda: reranker, 16, 4)
-    seconds = pace.prime()
-    assert seconds is not None and seconds >= reranker.per_token and reranker.calls == [1, 1, 1, 1]
-    assert pace.estimate(reranker) == seconds and pace.estimate(_SlowReranker(0.1)) is None
+    primed = pace.prime()
+    # one pair at each window, then a full batch at the narrowest, each shape once untimed
+    assert primed is not None and reranker.calls == [1, 1, 1, 1, 4, 4]
+    assert primed.seconds(8) >= 8 * reranker.per_token
+    assert pace.estimate(reranker) == primed and pace.estimate(_SlowReranker(0.1)) is None
     head = [(i, 1.0) for i in range(20)]
     started = time.monotonic()
     reranked = _rerank(reranker, head, SHORT, started + 0.35, pace=pace)
     assert time.monotonic() - started <= 0.385
-    assert 2 <= len(reranked.scores) <= 3 and reranker.calls[4] > 1
+    assert 2 <= len(reranked.scores) <= 3 and reranker.calls[6] > 1
 
 
 def test_a_long_batch_is_not_the_last_step_before_the_deadline() -> None:
@@ -208,16 +210,75 @@ def test_a_long_batch_is_not_the_last_step_before_the_deadline() -> None:
     then left, and a batch that runs slow leaves time for the pace to catch up."""
     import time
 
-    from ragd.rerank import RerankPace
+    from ragd.rerank import Pace, RerankPace
 
     reranker = _SlowReranker(0.1 / 8)  # 0.1 s a passage
     pace = RerankPace(lambda: reranker, 352, 128)
-    pace.remember(reranker, reranker.per_token)
+    pace.remember(reranker, Pace(0.0, reranker.per_token))
     started = time.monotonic()
     reranked = _rerank(reranker, [(i, 1.0) for i in range(20)], SHORT, started + 0.55, pace=pace)
     assert time.monotonic() - started <= 0.55
     assert reranker.calls[0] == 3, reranker.calls  # 0.3 s of the 0.495 planned; 4 (0.4 s) before
     assert len(reranked.scores) == sum(reranker.calls) >= 4
+
+
+class _ClockedReranker(_SlowReranker):
+    """A reranker on a simulated clock (``ragd.rerank`` reads it through ``monotonic``): a
+    batch takes ``per_batch`` seconds plus ``per_token`` a pair token, as a pass's fixed work
+    (a GPU's launches, the int8 reranker's branch weights) makes a single pair cost more per
+    token than a full batch."""
+
+    def __init__(self, per_batch: float, per_token: float) -> None:
+        super().__init__(per_token)
+        self.per_batch, self.now = per_batch, 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        self.calls.append(len(passages))
+        self.now += self.per_batch + self.per_token * sum(self.pair_tokens(query, p) for p in passages)
+        return [1.0] * len(passages)
+
+
+def test_fit_pace_splits_a_batch_into_its_fixed_part_and_its_tokens() -> None:
+    from ragd.rerank import Pace, fit_pace
+
+    pace = fit_pace([(100, 0.1), (400, 0.25)])
+    assert pace.batch == pytest.approx(0.05) and pace.token == pytest.approx(0.0005)
+    assert fit_pace([(100, 0.1), (400, 0.5)]) == Pace(0.0, 0.00125)  # no sensible intercept: per token
+    assert fit_pace([(100, 0.1)]) == Pace(0.0, 0.001)
+    noisy = [(100, 0.1), (250, 0.2), (400, 0.25)]  # the line is scaled to cover every batch
+    assert all(fit_pace(noisy).seconds(t) >= s - 1e-12 for t, s in noisy)
+
+
+def test_the_pace_keeps_a_batch_s_fixed_cost_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where each batch costs a fixed 50 ms besides its tokens, the primed pace says so: the
+    first search with a deadline reads all 20 passages whole in time, instead of narrowing
+    their window by a per-token pace taken from single pairs (that pace overstates a batch of
+    four by half); a single pair is planned at its whole cost."""
+    import types
+
+    import ragd.rerank
+    from ragd.rerank import RerankPace, _batch
+
+    reranker = _ClockedReranker(0.05, 0.0001)
+    monkeypatch.setattr(ragd.rerank, "time", types.SimpleNamespace(monotonic=reranker.monotonic))
+    pace = RerankPace(lambda: reranker, 352, 128)
+    primed = pace.prime()
+    assert primed is not None
+    assert primed.batch == pytest.approx(0.05) and primed.token == pytest.approx(0.0001)
+    query = " ".join(f"w{i}" for i in range(30))
+    texts = {i: " ".join(f"t{i}x{j}" for j in range(300)) for i in range(20)}
+    head = [(i, 1.0) for i in range(20)]
+    for _ in range(2):
+        started = reranker.now
+        reranked = _rerank(reranker, head, texts, started + 1.94, pace=pace, query=query)
+        assert len(reranked.scores) == 20 and reranked.window == 0  # whole: 334 tokens a pair
+        assert reranker.now - started <= 1.94
+    pair = 30 + 128 + 4
+    assert _batch([pair] * 4, 1, primed, reranker.now + (0.05 + 0.0001 * pair) / 0.9 + 1e-3) == 1
+    assert _batch([pair] * 4, 1, primed, reranker.now + (0.05 + 0.0001 * pair) / 0.9 - 1e-3) == 0
 
 
 class _CompilingReranker(_SlowReranker):
@@ -248,9 +309,9 @@ def test_primed_pace_leaves_out_the_first_run_of_a_shape() -> None:
     reranker = _CompilingReranker(0.005, compile_s=0.5)
     pace = measure_pace(reranker, 40, 10)
     # Timed with its first run, the 10-word pair (16 tokens with the query and the special
-    # tokens) would give 36 ms a token.
-    assert reranker.per_token <= pace < 1.5 * reranker.per_token, pace
-    assert reranker.calls == [1, 1, 1, 1] and len(reranker.shapes) == 2
+    # tokens) would take 0.58 s, not 0.08.
+    assert 16 * reranker.per_token <= pace.seconds(16) < 1.5 * 16 * reranker.per_token, pace
+    assert reranker.calls == [1, 1, 1, 1, 4, 4] and len(reranker.shapes) == 3
 
 
 def test_the_engine_owns_the_rerank_pace_and_primes_it_from_the_config(indexed: Any) -> None:
@@ -263,8 +324,8 @@ def test_the_engine_owns_the_rerank_pace_and_primes_it_from_the_config(indexed: 
     engine, _ = indexed
     reranker = engine.models.reranker
     assert engine.rerank_pace.estimate(reranker) is None
-    seconds = engine.rerank_pace.prime()
-    assert seconds is not None and seconds > 0 and engine.rerank_pace.estimate(reranker) == seconds
+    primed = engine.rerank_pace.prime()
+    assert primed is not None and primed.token > 0 and engine.rerank_pace.estimate(reranker) == primed
     cfg = engine.config.search
     assert (engine.rerank_pace.widest, engine.rerank_pace.narrowest) == (cfg.rerank_max_tokens, cfg.rerank_floor)
     reader = engine.reader()
@@ -274,7 +335,7 @@ def test_the_engine_owns_the_rerank_pace_and_primes_it_from_the_config(indexed: 
         reader.close()
     stub = _CompilingReranker(0.0, compile_s=0.0)
     RerankPace(lambda: stub, 40, 10).prime(widest=False)
-    assert len(stub.shapes) == 1 and stub.calls == [1, 1]  # the narrowest window only
+    assert len(stub.shapes) == 2 and stub.calls == [1, 1, 4, 4]  # the narrowest window only
     with Engine(engine.config, LoadedModels(engine.models.embedder, None)) as plain:
         assert plain.rerank_pace.prime() is None
 
