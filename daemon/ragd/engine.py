@@ -122,7 +122,7 @@ class Engine:
         self._lexical_saved: int | None = None  # catalog generation of the BM25 mirror's snapshot
         self._model_key: int | None = None
         self.gate = ModelGate()
-        # The reranker's seconds per pair token, for searches with a deadline; ``prime`` it while
+        # The reranker's pace (seconds a batch plus per pair token), for searches with a deadline; ``prime`` it while
         # nobody waits (the daemon at start-up), and every reranking search updates it.
         self.rerank_pace = RerankPace(lambda: self.models.reranker, config.search.rerank_max_tokens,
                                       config.search.rerank_floor)
