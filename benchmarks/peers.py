@@ -232,9 +232,15 @@ def onnx_preset() -> str:
     return "avx512_vnni" if "avx512_vnni" in isa else "avx512" if "avx512f" in isa else "avx2"
 
 
+def onnx_suffix() -> str:
+    """The ONNX export's file suffix, named here: the helper's own name holds the preset's
+    weight type (``qint8`` with AVX-512, ``quint8`` with AVX2), which this script would have to guess."""
+    return f"int8_{onnx_preset()}"
+
+
 def st_file(engine: str) -> str:
     return ("openvino/openvino_model_qint8_quantized.xml" if engine == "st-openvino-int8"
-            else f"onnx/model_qint8_{onnx_preset()}.onnx")
+            else f"onnx/model_{onnx_suffix()}.onnx")
 
 
 def peer_folder(source: Path, role: str) -> Path:
@@ -305,7 +311,7 @@ def prepare_st(engine: str, role: str, source: Path, calibration: int, skip: int
     else:
         from sentence_transformers import export_dynamic_quantized_onnx_model
 
-        export_dynamic_quantized_onnx_model(model, onnx_preset(), str(folder))
+        export_dynamic_quantized_onnx_model(model, onnx_preset(), str(folder), file_suffix=onnx_suffix())
     return time.perf_counter() - t0
 
 

@@ -143,3 +143,31 @@ def test_cut_to_tokens_keeps_the_longest_start_that_fits() -> None:
     assert peers.cut_to_tokens(words, text, 0) == text
     assert peers.cut_to_tokens(words, text, 3) == "one"
     assert peers.cut_to_tokens(words, text, 2) == "one"  # never empty, even when one word is too long
+
+
+def test_the_onnx_export_is_loaded_from_the_file_it_was_written_to(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """sentence-transformers names its export after the preset's weight type unless told a
+    suffix (``model_quint8_avx2.onnx`` with the AVX2 preset), so the script names it itself."""
+    import types
+
+    exports: list[str | None] = []
+
+    def export(model: Any, preset: str, folder: str, file_suffix: str | None = None) -> None:
+        exports.append(file_suffix)
+        (Path(folder) / "onnx").mkdir(exist_ok=True)
+        (Path(folder) / "onnx" / f"model_{file_suffix or 'quint8_' + preset}.onnx").write_bytes(b"onnx")
+
+    fake = types.ModuleType("sentence_transformers")
+    fake.export_dynamic_quantized_onnx_model = export  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sentence_transformers", fake)
+    monkeypatch.setattr(peers, "onnx_preset", lambda: "avx2")
+    monkeypatch.setattr(peers, "st_model", lambda *a, **k: object())
+    source = tmp_path / "reranker-full"
+    source.mkdir()
+    (source / "config.json").write_text("{}", encoding="utf-8")
+
+    peers.prepare_st("st-onnx-int8", "rerank", source, calibration=4, skip=24)
+    assert (peers.peer_folder(source, "rerank") / peers.st_file("st-onnx-int8")).is_file()
+    assert peers.prepare_st("st-onnx-int8", "rerank", source, calibration=4, skip=24) == 0.0  # cached
+    assert len(exports) == 1
