@@ -295,8 +295,7 @@ def main() -> int:
             log(f"[{size}] hybrid, rerank top 20")
             per["hybrid_rerank20"] = run_config(
                 engine, rq, lambda: SearchOptions(k=10, candidates=20, rerank=True, mode="hybrid"))
-            if hasattr(engine, "rerank_pace"):
-                engine.rerank_pace.prime()  # as the daemon does at start-up
+            engine.rerank_pace.prime()  # as the daemon does at start-up
             log(f"[{size}] hybrid, rerank top 20, 2 s deadline")
             per["hybrid_rerank20_deadline2s"] = run_config(
                 engine, rq, lambda: SearchOptions(k=10, candidates=20, rerank=True, mode="hybrid",
