@@ -597,7 +597,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds per configuration (median)")
     parser.add_argument("--roles", default="embed,rerank")
     parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "int8-dynamic"],
                         help="ragd's precision")
     parser.add_argument("--calibration-samples", type=int, default=64,
                         help="SciFact abstracts the OpenVINO peer calibrates on (padded to 384 tokens)")

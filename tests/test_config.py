@@ -194,7 +194,7 @@ def error_for(tmp_path: Path, env: dict[str, str], text: str) -> str:
         ("[search]\nrerank = 1", "search.rerank: expected true or false, got 1"),
         ('[models]\ndevice = "gpu"', 'models.device: expected one of "auto", "cpu", "cuda", got "gpu"'),
         ('[models]\nprecision = "fp8"',
-         'models.precision: expected one of "auto", "fp32", "fp16", "bf16", "int8", got "fp8"'),
+         'models.precision: expected one of "auto", "fp32", "fp16", "bf16", "int8", "int8-dynamic", got "fp8"'),
         ('[models]\nfallback = "bge"', 'models.fallback: expected one of "minilm", "none", got "bge"'),
         ('[store]\nmirrors = "disk"', 'store.mirrors: expected one of "auto", "memory", "mapped", got "disk"'),
         ("[models]\nembedder = 3", "models.embedder: expected a non-empty string, got 3"),

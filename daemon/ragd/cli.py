@@ -419,7 +419,7 @@ def models_pull(config_file: str | None) -> None:
 @config_option
 @click.option("--role", type=click.Choice(["embedder", "reranker", "all"]), default="all", show_default=True,
               help="Which configured model to convert.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "int8-dynamic"]), default=None,
               help="Override models.precision for this conversion.")
 @click.option("--calibration", type=click.Path(exists=True), multiple=True,
               help="Text files or folders to calibrate static int8 on (repeatable); default: built-in English prose.")
@@ -451,7 +451,8 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
     for r in rows:
         took = f"converted in {r['seconds']} s" if r["converted"] else "already converted"
         samples = f", {r['calibration_samples']} calibration samples" if r["calibration_samples"] else ""
-        click.echo(f"{r['role']}: {r['model']} -> OpenVINO {r['precision']}, float operations in {r['arithmetic']} "
+        runtime = "ONNX Runtime" if r["precision"] == "int8-dynamic" else "OpenVINO"
+        click.echo(f"{r['role']}: {r['model']} -> {runtime} {r['precision']}, float operations in {r['arithmetic']} "
                    f"({took}{samples}): {r['folder']}")
         if r["note"]:
             click.echo(f"ragd: note: {r['note']}", err=True)
@@ -477,7 +478,8 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--embedder", default=None, help="Embedder to evaluate (default: models.embedder).")
 @click.option("--reranker", default=None, help="Reranker for --rerank (default: models.reranker).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8", "int8-dynamic"]),
+              default=None,
               help="Model precision (default: models.precision); the cached index keeps what it was built with.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default=None,
               help="What runs the models (default: models.backend).")

@@ -208,7 +208,7 @@ RULES: Mapping[str, Rule] = {
     "roots.path": Rule(folder=True),
     "models.fallback": Rule(choices=("minilm", "none")),
     "models.device": Rule(choices=("auto", "cpu", "cuda")),
-    "models.precision": Rule(choices=("auto", "fp32", "fp16", "bf16", "int8")),
+    "models.precision": Rule(choices=("auto", "fp32", "fp16", "bf16", "int8", "int8-dynamic")),
     "models.backend": Rule(choices=("auto", "torch", "openvino")),
     "models.cache_dir": Rule(empty_ok=True),
     "models.batch_size": Rule(low=1, high=1024),

@@ -74,4 +74,7 @@ class Batching:
 
 TORCH = Batching(TOKEN_BUDGET)
 OPENVINO = Batching(OPENVINO_TOKEN_BUDGET, MAX_PADDING_WASTE, SHAPE_STEP)
+ONNX = Batching(OPENVINO_TOKEN_BUDGET, MAX_PADDING_WASTE)
+"""ONNX Runtime (``int8-dynamic``) has no compiled shapes to reuse: its batches are not padded
+to a step."""
 OPENVINO_INT8_RERANK = Batching(OPENVINO_INT8_RERANK_TOKEN_BUDGET, MAX_PADDING_WASTE, SHAPE_STEP)

@@ -17,6 +17,8 @@ from typing import Any
 CPUINFO = Path("/proc/cpuinfo")
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """CPU flags of native int8 dot products: VNNI (AVX512-VNNI, AVX-VNNI) or AMX."""
+DYNAMIC = "int8-dynamic"
+"""ONNX Runtime's dynamic int8 (``openvino.onnx``), run with the converted models."""
 CPU_AUTO_PRECISION = "fp32"
 """``precision = "auto"`` with torch on a CPU: torch's dynamic int8 fails the dense gate and
 bf16 autocast was slower (docs/performance.md, "Accuracy gates")."""
@@ -124,21 +126,30 @@ def resolve_backend(backend: str, device: str) -> tuple[str, list[str]]:
     return backend, notes
 
 
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
 def openvino_auto_precision(role: str, cpuinfo: Path = CPUINFO) -> str:
     """What ``precision = "auto"`` runs with the OpenVINO backend, per role: static int8
-    where the CPU multiplies int8 natively (VNNI or AMX), else int8 weights with fp32
-    arithmetic (``w8``), as fast as fp32 there where static int8 is slower. The embedder also
-    stays int8 where the flags cannot be read, so such an index keeps its vectors; the
-    reranker, whose scores are not stored, needs the flags to show VNNI or AMX. The gates
-    and speeds: docs/performance.md, "Accuracy gates" and "Numbers"."""
+    where the CPU multiplies int8 natively (VNNI or AMX). Elsewhere the embedder runs ONNX
+    Runtime's dynamic int8 (``int8-dynamic``; int8 weights with fp32 arithmetic, ``w8``,
+    without onnxruntime), whose integer kernels are the fastest there, and the reranker
+    ``w8`` (dynamic int8 loses its ranking). The embedder also stays int8 where the flags
+    cannot be read, so such an index keeps its vectors; the reranker, whose scores are not
+    stored, needs the flags to show VNNI or AMX. The gates and speeds: docs/performance.md,
+    "Accuracy gates" and "A CPU without VNNI"."""
     if role == "reranker":
         return "int8" if cpu_shows_int8_dot(cpuinfo) else "w8"
-    return "int8" if cpu_has_int8_dot(cpuinfo) else "w8"
+    if cpu_has_int8_dot(cpuinfo):
+        return "int8"
+    return DYNAMIC if onnxruntime_installed() else "w8"
 
 
 def resolve_precision(precision: str, device: str, backend: str = "torch", role: str = "embedder") -> tuple[
         str, list[str]]:
-    """The precision a model runs in on ``device`` (fp32 / fp16 / bf16 / int8 / w8), and notes
+    """The precision a model runs in on ``device`` (fp32 / fp16 / bf16 / int8 / w8 /
+    int8-dynamic), and notes
     when the setting cannot be met. On a GPU FlagEmbedding's fp16/bf16 switches apply; on the
     CPU ragd's loop runs fp32, bf16 or int8 (OpenVINO static int8, or torch dynamic int8)."""
     notes: list[str] = []
@@ -150,9 +161,20 @@ def resolve_precision(precision: str, device: str, backend: str = "torch", role:
             precision = openvino_auto_precision(role)
         else:
             precision = CPU_AUTO_PRECISION
-    if precision == "int8" and gpu:
-        notes.append("precision int8 runs on the CPU only; using fp16 on the GPU")
+    if precision in ("int8", DYNAMIC) and gpu:
+        notes.append(f"precision {precision} runs on the CPU only; using fp16 on the GPU")
         precision = "fp16"
+    if precision == DYNAMIC and role == "reranker":
+        precision = openvino_auto_precision(role) if backend == "openvino" else "fp32"
+        notes.append(f"precision {DYNAMIC} is for the embedder: the reranker's ranking does not survive it "
+                     f"(Spearman 0.85 to fp32); the reranker runs {precision}")
+    if precision == DYNAMIC and backend != "openvino":
+        notes.append(f"precision {DYNAMIC} needs models.backend = \"auto\" or \"openvino\"; using fp32")
+        precision = "fp32"
+    if precision == DYNAMIC and not onnxruntime_installed():
+        notes.append(f"precision {DYNAMIC} needs the onnxruntime and onnx packages; using int8 weights with "
+                     "fp32 arithmetic (w8)")
+        precision = "w8"
     if precision == "int8" and backend == "torch" and not int8_available():
         notes.append("precision int8 needs torch's x86/fbgemm quantised kernels; using fp32")
         precision = "fp32"
@@ -168,7 +190,9 @@ def model_id_for(model_id: str, precision: str, backend: str, cpuinfo: Path = CP
     """The id an embedder's vectors are stored under: vectors of a reduced precision get their
     own, so they never mix with fp32 ones. On a CPU with AMX the int8 embedder's are
     ``+ov-int8-f32``, apart from the wrong ones earlier versions computed there with bf16
-    float parts (``float_arithmetic``)."""
+    float parts (``float_arithmetic``); ONNX Runtime's dynamic int8 ones ``+ort-int8``."""
+    if precision == DYNAMIC:
+        return f"{model_id}+ort-int8"
     if precision not in ("int8", "w8", "bf16"):
         return model_id
     if (precision, backend) == ("int8", "openvino") and cpu_has_amx(cpuinfo):

@@ -87,6 +87,10 @@ class EmbedderBase(abc.ABC):
         self.pooling = "cls" if self.m3 else declared_pooling(folder)
         self.parallel = 1
 
+    def text_batching(self) -> Batching:
+        """How this embedder groups its texts into batches (its backend's rules by default)."""
+        return self.batching
+
     def _use_tokens(self, tokenizer: Tokens, folder: Path) -> None:
         """Take ``tokenizer`` and the limits ``folder`` declares with it."""
         if self.pooling not in ("cls", "mean"):
@@ -143,7 +147,7 @@ class EmbedderBase(abc.ABC):
         dense_out: list[FloatArray | None] = [None] * len(texts)
         sparse_out: list[SparseWeights] = [{} for _ in texts]
         colbert_out: list[FloatArray | None] = [None] * len(texts)
-        batches, padded = self.batching.padded(self.tokenizer, all_ids, self.batch_size)
+        batches, padded = self.text_batching().padded(self.tokenizer, all_ids, self.batch_size)
         for n, hidden in self._run(padded, foreground):
             dense, weights, colbert = self._heads(hidden, *padded[n])
             for row, i in enumerate(batches[n]):

@@ -7,6 +7,7 @@ cached, and run on the CPU without torch, transformers or FlagEmbedding in the p
 - ``words``: the int8 word-embedding table looked up outside int8 models
 - ``scheduler``: the process-wide inference slots, searches first
 - ``runner``: a compiled model (``Runner``), its batches through the scheduler
+- ``onnx``: ``int8-dynamic``, the one precision ONNX Runtime runs (export, quantisation, session)
 - ``models``: ``OpenVINOEmbedder`` and ``OpenVINOCrossEncoder``
 """
 

@@ -1,8 +1,9 @@
 """Where converted models live: ``<cache>/openvino/<model folder>-<hash of its path>/
-<role>-<int8|w8|float>-r<recipe>/`` (``model.xml``, ``model.bin``, ``meta.json`` and side
-files), outside any data folder, since they belong to the weights and every index shares
-them. ``meta.json`` records the source files' sizes and modification times and the recipe
-version: a conversion whose weights or recipe changed is stale and converted again."""
+<role>-<int8|w8|float|int8-dynamic>-r<recipe>/`` (``model.xml``, ``model.bin``, ``meta.json``
+and side files; ``model.onnx`` for ONNX Runtime's ``int8-dynamic``), outside any data folder,
+since they belong to the weights and every index shares them. ``meta.json`` records the
+source files' sizes and modification times and the recipe version: a conversion whose weights
+or recipe changed is stale and converted again."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragd.models.cpu import DYNAMIC
+
 RECIPE = {"embedder": 2, "reranker": 8}
 """Bump when conversion or quantisation changes: cached models from older recipes are redone
 (the history of each: docs/performance.md, "Accuracy gates")."""
+DYNAMIC_RECIPE = {"embedder": 1, "reranker": 1}
+"""The same for ONNX Runtime's ``int8-dynamic`` (``onnx``), versioned apart."""
+
+
+def recipe(role: str, kind: str) -> int:
+    """The current recipe of a conversion of ``role`` to ``kind`` (a cache folder's precision)."""
+    return (DYNAMIC_RECIPE if kind == DYNAMIC else RECIPE)[role]
 ROLES = ("embedder", "reranker")
 
 
@@ -54,6 +64,12 @@ class IRLocation:
         return self.folder / "model.xml"
 
     @property
+    def model_file(self) -> Path:
+        """The file the runtime loads: ``model.onnx`` for ``int8-dynamic``, else ``model.xml``
+        (its weights in ``model.bin``)."""
+        return self.folder / "model.onnx" if self.precision == DYNAMIC else self.xml
+
+    @property
     def meta_path(self) -> Path:
         return self.folder / "meta.json"
 
@@ -68,9 +84,9 @@ class IRLocation:
         meta = self.meta()
         return (
             meta is not None
-            and self.xml.is_file()
-            and (self.folder / "model.bin").is_file()
-            and meta.get("recipe") == RECIPE[self.role]
+            and self.model_file.is_file()
+            and (self.precision == DYNAMIC or (self.folder / "model.bin").is_file())
+            and meta.get("recipe") == recipe(self.role, self.precision)
             and meta.get("sources") == source_files(self.source)
         )
 
@@ -82,14 +98,14 @@ def ir_location(cache_dir: Path, source: Path, model_id: str, role: str, precisi
     label = resolved.parent.parent.name if resolved.parent.name == "snapshots" else resolved.name
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")[-60:] or "model"
     digest = hashlib.blake2b(str(resolved).encode(), digest_size=6).hexdigest()
-    folder = cache_dir / "openvino" / f"{name}-{digest}" / f"{role}-{precision}-r{RECIPE[role]}"
+    folder = cache_dir / "openvino" / f"{name}-{digest}" / f"{role}-{precision}-r{recipe(role, precision)}"
     return IRLocation(folder=folder, role=role, precision=precision, source=source, model_id=model_id)
 
 
 def location_for(role: str, folder: Path, model_id: str, precision: str, cache_dir: Path | None) -> IRLocation:
     """Where the converted model for ``precision`` lives (fp32 and bf16 compile the same
     float model)."""
-    kind = precision if precision in ("int8", "w8") else "float"
+    kind = precision if precision in ("int8", "w8", DYNAMIC) else "float"
     return ir_location(cache_dir or default_cache_dir(), folder, model_id, role, kind)
 
 
@@ -121,7 +137,7 @@ def older_recipes(location: IRLocation) -> list[Path]:
     stem = location.folder.name.rsplit("-r", 1)[0]
     found = []
     for path in location.folder.parent.glob(f"{stem}-r*"):
-        recipe = path.name[len(stem) + 2:]
-        if path.is_dir() and recipe.isdigit() and int(recipe) < RECIPE[location.role]:
+        number = path.name[len(stem) + 2:]
+        if path.is_dir() and number.isdigit() and int(number) < recipe(location.role, location.precision):
             found.append(path)
     return found

@@ -31,7 +31,8 @@ import numpy as np
 
 from ragd.errors import ModelLoadError
 from ragd.models.openvino import block_telemetry
-from ragd.models.openvino.cache import RECIPE, IRLocation, abandoned, older_recipes, source_files
+from ragd.models.openvino.cache import DYNAMIC, IRLocation, abandoned, older_recipes, recipe, source_files
+from ragd.models.openvino.onnx import export_dynamic_int8
 from ragd.models.openvino.words import WordTable
 
 Progress = Callable[[str], None]
@@ -66,7 +67,7 @@ static int8 per tensor cost agreement; the branch's own MatMuls stay in float ar
 (``_out_of_dynamic_quantisation``). Recorded in ``meta.json``, read by ``Runner``."""
 
 
-def _traceable(model: Any, output: str, embeds: bool = False) -> Any:
+def traceable(model: Any, output: str, embeds: bool = False) -> Any:
     """``model`` wrapped so tracing sees ``(input_ids, attention_mask) -> model(...).<output>``:
     ``last_hidden_state`` for the embedder's transformer, ``logits`` for the reranker; with
     ``embeds``, ``(inputs_embeds, attention_mask)`` (the word embeddings looked up outside)."""
@@ -206,14 +207,15 @@ def convert_once(
     """Convert ``module`` into ``location``, saying so (minutes for a full-size model);
     ``calibration`` is called for int8 only. Any failure is a ``ModelLoadError``."""
     say = progress or _stderr
-    say(f"{location.role} {location.model_id.split('@')[0]}: converting to OpenVINO {location.precision}, once "
+    runtime = "ONNX Runtime" if location.precision == DYNAMIC else "OpenVINO"
+    say(f"{location.role} {location.model_id.split('@')[0]}: converting to {runtime} {location.precision}, once "
         f"(a few minutes for a full-size model; cached in {location.folder})")
     try:
         convert(module, location.role, location, calibration() if location.precision == "int8" else None, say)
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot convert the {location.role} to OpenVINO: {exc}") from exc
+        raise ModelLoadError(f"cannot convert the {location.role} to {runtime}: {exc}") from exc
 
 
 def convert(
@@ -226,9 +228,6 @@ def convert(
     """Trace ``module`` (a HF encoder for the embedder, a sequence classifier for the
     reranker), quantise it when ``location.precision == "int8"`` and save it atomically:
     written to a temporary folder that replaces the old one only when complete."""
-    block_telemetry()
-    import openvino as ov
-
     if location.precision == "int8" and not calibration:
         raise ModelLoadError("int8 conversion needs calibration text")
     say = progress or (lambda _m: None)
@@ -241,13 +240,15 @@ def convert(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        model, detail = _build(module, role, location.precision, calibration, tmp, say)
-        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-        del model
+        if location.precision == DYNAMIC:
+            detail = export_dynamic_int8(module, role, tmp, say)
+        else:
+            detail = _save_openvino(module, role, location.precision, calibration, tmp, say)
         meta = {
-            "model_id": location.model_id, "role": role, "precision": location.precision, "recipe": RECIPE[role],
-            "source": str(location.source), "sources": source_files(location.source), "openvino": ov.get_version(),
-            "created": time.time(), "seconds": round(time.monotonic() - started, 1), **detail,
+            "model_id": location.model_id, "role": role, "precision": location.precision,
+            "recipe": recipe(role, location.precision), "source": str(location.source),
+            "sources": source_files(location.source), "created": time.time(),
+            "seconds": round(time.monotonic() - started, 1), **detail,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         for f in tmp.iterdir():
@@ -267,6 +268,18 @@ def convert(
     return location
 
 
+def _save_openvino(
+    module: Any, role: str, precision: str, calibration: Samples | None, folder: Path, say: Progress,
+) -> dict[str, Any]:
+    """Build the OpenVINO model (``_build``) and save it as ``folder / "model.xml"``."""
+    block_telemetry()
+    import openvino as ov
+
+    model, detail = _build(module, role, precision, calibration, folder, say)
+    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+    return {"openvino": ov.get_version(), **detail}
+
+
 def _build(
     module: Any, role: str, precision: str, calibration: Samples | None, folder: Path, say: Progress,
 ) -> tuple[Any, dict[str, Any]]:
@@ -277,7 +290,7 @@ def _build(
     # int8: the word embeddings are looked up outside the model (``WordTable``), so the
     # model takes ``inputs_embeds`` and calibrates on the same int8-rounded embeddings.
     outside = precision == "int8"
-    wrapped = _traceable(module, "last_hidden_state" if role == "embedder" else "logits", embeds=outside)
+    wrapped = traceable(module, "last_hidden_state" if role == "embedder" else "logits", embeds=outside)
     ids = torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long)
     example = {"attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)}
     dyn = ov.PartialShape([-1, -1])

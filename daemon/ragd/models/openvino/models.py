@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ragd.models.batching import OPENVINO, OPENVINO_INT8_RERANK, Batch, Batching
+from ragd.models.batching import ONNX, OPENVINO, OPENVINO_INT8_RERANK, Batch, Batching
+from ragd.models.cpu import DYNAMIC
 from ragd.models.encoder import EmbedderBase, RerankerBase
 from ragd.models.m3 import heads_numpy, load_m3_heads, m3_heads, save_m3_heads
 from ragd.models.openvino.cache import IRLocation, location_for
@@ -83,6 +84,10 @@ class OpenVINOEmbedder(EmbedderBase):
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """Keep indexing batches out of the process's ``Scheduler`` while inside."""
         return self.runner.scheduler.hold()
+
+    def text_batching(self) -> Batching:
+        """Without padding to a shape step where ONNX Runtime runs the model."""
+        return ONNX if self.precision == DYNAMIC else OPENVINO
 
     def _run(self, padded: Sequence[Batch], foreground: bool) -> Iterator[tuple[int, Any]]:
         return self.runner.map(padded, foreground)

@@ -15,7 +15,8 @@ import numpy as np
 from ragd.errors import ModelLoadError
 from ragd.models.cpu import cpu_cores, cpu_has_amx, cpu_has_bf16, float_arithmetic
 from ragd.models.openvino import block_telemetry
-from ragd.models.openvino.cache import IRLocation
+from ragd.models.openvino.cache import DYNAMIC, IRLocation
+from ragd.models.openvino.onnx import OnnxSession
 from ragd.models.openvino.scheduler import STREAMS, scheduler
 from ragd.models.openvino.words import WordTable
 
@@ -147,36 +148,27 @@ def read_for_cpu(core: Any, location: IRLocation) -> tuple[Any, int]:
 
 
 class Runner:
-    """A converted model compiled once for the CPU (``STREAMS`` streams sharing every core);
-    calls from any thread, batches through the process's ``Scheduler``. One compiled model
+    """A converted model compiled once for the CPU (``STREAMS`` streams sharing every core; an
+    ``int8-dynamic`` one is an ONNX Runtime session, ``onnx.OnnxSession``); calls from any
+    thread, batches through the process's ``Scheduler``. One compiled model
     serves the writer and the searches alike (a second one would double its memory). The
     source ``ov.Model`` is released after compiling, so its memory-mapped file pages can go
     too."""
 
     def __init__(self, location: IRLocation, precision: str, streams: int = STREAMS) -> None:
-        block_telemetry()
-        import openvino as ov
-
         self.location = location
         self.precision = precision
         self.scheduler = scheduler()
-        core = ov.Core()
-        self.arithmetic = float_arithmetic(precision, location.role, core, cpu_has_amx())
-        try:
-            model, self.bf16_attentions = read_for_cpu(core, location)
-            self.branch_layers = int((location.meta() or {}).get("first_row_in_float_layers", 0))
-            self._compiled = core.compile_model(model, "CPU", {
-                "NUM_STREAMS": streams,
-                "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
-                "INFERENCE_PRECISION_HINT": self.arithmetic,
-                # On-the-fly int8 activations for int8 weights only where the recipe measured
-                # them (the int8 reranker's keys and values); "w8" fell below the reranker's
-                # gate with them (docs/performance.md).
-                "DYNAMIC_QUANTIZATION_GROUP_SIZE": dynamic_group(location),
-            })
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load the converted model {location.xml}: {exc}") from exc
-        del model
+        self.bf16_attentions = 0
+        self.branch_layers = int((location.meta() or {}).get("first_row_in_float_layers", 0))
+        if precision == DYNAMIC:
+            self.arithmetic = "f32"  # what is not int8 (ONNX Runtime's float kernels)
+            try:
+                self._compiled: Any = OnnxSession(location.model_file, cpu_cores())
+            except Exception as exc:
+                raise ModelLoadError(f"cannot load the converted model {location.model_file}: {exc}") from exc
+        else:
+            self._compiled = self._compile_openvino(location, precision, streams)
         names = {n for port in self._compiled.inputs for n in port.get_names()}
         self._words = WordTable(location.folder) if "inputs_embeds" in names else None
         self.streams = int(self._compiled.get_property("NUM_STREAMS"))
@@ -188,7 +180,27 @@ class Runner:
         ids = np.zeros((1, WARM_UP_TOKENS), dtype=np.int64)
         for _ in self.map([(ids, np.ones_like(ids))] * self.streams, foreground=False):
             pass
-        self.released_bytes = release_file_pages(location.folder / "model.bin")
+        self.released_bytes = release_file_pages(location.folder / "model.bin") if precision != DYNAMIC else 0
+
+    def _compile_openvino(self, location: IRLocation, precision: str, streams: int) -> Any:
+        block_telemetry()
+        import openvino as ov
+
+        core = ov.Core()
+        self.arithmetic = float_arithmetic(precision, location.role, core, cpu_has_amx())
+        try:
+            model, self.bf16_attentions = read_for_cpu(core, location)
+            return core.compile_model(model, "CPU", {
+                "NUM_STREAMS": streams,
+                "INFERENCE_NUM_THREADS": cpu_cores(),  # shared out among the streams
+                "INFERENCE_PRECISION_HINT": self.arithmetic,
+                # On-the-fly int8 activations for int8 weights only where the recipe measured
+                # them (the int8 reranker's keys and values); "w8" fell below the reranker's
+                # gate with them (docs/performance.md).
+                "DYNAMIC_QUANTIZATION_GROUP_SIZE": dynamic_group(location),
+            })
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the converted model {location.xml}: {exc}") from exc
 
     def _inputs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Inputs:
         mask = attention_mask.astype(np.int64, copy=False)

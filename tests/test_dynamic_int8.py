@@ -1,0 +1,212 @@
+"""``int8-dynamic``: the embedder exported to ONNX and quantised by ONNX Runtime's dynamic int8,
+what ``precision = "auto"`` runs on a CPU without int8 dot products. It computes what torch
+fp32 computes within the dense gate (on real MiniLM: ``tests/test_openvino.py``), keeps its
+vectors apart, is cached like OpenVINO's conversions, runs without torch, and its batches can
+be cancelled by searches like OpenVINO's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ragd.errors import ModelLoadError
+from ragd.models import cpu
+from ragd.models.cpu import DYNAMIC, model_id_for, openvino_auto_precision, resolve_precision
+from ragd.models.flag import FlagEmbedder
+from ragd.models.openvino.cache import DYNAMIC_RECIPE, ir_location
+from ragd.models.openvino.models import OpenVINOEmbedder
+
+TEXTS = ["ice cores record past climate", "rivers " * 90, "冰芯记录了过去的气候", "a"]
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n"
+
+
+def test_auto_runs_dynamic_int8_for_the_embedder_on_a_cpu_without_int8_dot_products(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(AVX2)
+    assert openvino_auto_precision("embedder", info) == DYNAMIC
+    assert openvino_auto_precision("reranker", info) == "w8"  # dynamic int8 loses the ranking
+    info.write_text(AVX2.replace("avx2", "avx2 avx512_vnni"))
+    assert openvino_auto_precision("embedder", info) == "int8"
+    info.write_text(AVX2)
+    monkeypatch.setattr(cpu, "onnxruntime_installed", lambda: False)
+    assert openvino_auto_precision("embedder", info) == "w8"
+    # asked for where it cannot run: said, and the nearest precision instead
+    precision, notes = resolve_precision(DYNAMIC, "cpu", "openvino", "embedder")
+    assert precision == "w8" and "onnxruntime" in notes[0]
+    monkeypatch.undo()
+    assert resolve_precision(DYNAMIC, "cpu", "openvino", "embedder") == (DYNAMIC, [])
+    precision, notes = resolve_precision(DYNAMIC, "cpu", "torch", "embedder")
+    assert precision == "fp32" and "models.backend" in notes[0]
+    precision, notes = resolve_precision(DYNAMIC, "cuda", "torch", "embedder")
+    assert precision == "fp16" and "CPU only" in notes[0]
+    # the reranker's ranking does not survive dynamic int8: it runs what auto runs, and says so
+    precision, notes = resolve_precision(DYNAMIC, "cpu", "openvino", "reranker")
+    assert precision == openvino_auto_precision("reranker") and "is for the embedder" in notes[0]
+    # its vectors differ from every other precision's: stored under their own model id
+    ids = {model_id_for("m@1", p, "openvino", info) for p in ("fp32", "w8", "int8", DYNAMIC)}
+    assert model_id_for("m@1", DYNAMIC, "openvino") == "m@1+ort-int8" and len(ids) == 4
+
+
+def test_dynamic_int8_embedder_computes_what_torch_computes(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    ref = FlagEmbedder(tiny_models["m3"], "tiny", precision="fp32", multi_vector=True)
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny@1", precision=DYNAMIC, cache_dir=tmp_path / "cache",
+                           multi_vector=True)
+    assert (emb.backend, emb.precision, emb.model_id) == ("openvino", DYNAMIC, "tiny@1+ort-int8")
+    folder = emb.runner.location.folder
+    assert sorted(p.name for p in folder.iterdir()) == ["m3_heads.npz", "meta.json", "model.onnx"]  # no float export
+    meta = emb.runner.location.meta()
+    assert meta["runtime"] == "onnxruntime" and meta["recipe"] == DYNAMIC_RECIPE["embedder"]
+    assert meta["float_matmuls"] > 0  # the first half of the layers keeps its feed-forward output in float
+    assert emb.text_batching().step == 1  # no compiled shapes to reuse: batches are not padded to a step
+    a, b = ref.embed_documents(TEXTS), emb.embed_documents(TEXTS)
+    cosine = np.sum(a.dense * b.dense, axis=1)
+    assert cosine.min() >= 0.99, cosine
+    np.testing.assert_allclose(np.linalg.norm(b.dense, axis=1), 1.0, atol=1e-5)
+    assert a.sparse is not None and b.sparse is not None and a.colbert is not None and b.colbert is not None
+    for x, y in zip(a.sparse, b.sparse, strict=True):
+        top = sorted(x, key=x.__getitem__)[-3:]
+        assert set(top) <= set(y)  # the heaviest lexical weights survive
+    for x, y in zip(a.colbert, b.colbert, strict=True):
+        assert x.shape == y.shape
+        assert float(np.mean(np.sum(x * y, axis=1))) >= 0.99
+    # a query and the same text as a document get the same vector
+    np.testing.assert_allclose(emb.embed_query(TEXTS[0]).dense[0], b.dense[0], atol=1e-5)
+
+
+_NO_TORCH_RUN = """
+import json, sys
+from pathlib import Path
+from ragd.models.openvino.models import OpenVINOEmbedder
+emb = OpenVINOEmbedder(Path(sys.argv[1]), "tiny", precision="int8-dynamic", cache_dir=Path(sys.argv[2]),
+                       multi_vector=True, progress=lambda m: print("progress:", m, file=sys.stderr))
+out = emb.embed_documents(json.loads(sys.argv[3]))
+print(json.dumps({"dense": out.dense.tolist(), "loaded": sorted(
+    m for m in ("torch", "FlagEmbedding", "transformers", "openvino") if m in sys.modules)}))
+"""
+
+
+def test_cached_and_run_without_torch(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Converted once; later starts load neither torch, FlagEmbedding, transformers nor
+    OpenVINO, and compute the same vectors."""
+    cache = tmp_path / "cache"
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=cache, multi_vector=True)
+    expected = emb.embed_documents(TEXTS).dense
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CI")}
+    done = subprocess.run([sys.executable, "-c", _NO_TORCH_RUN, str(tiny_models["m3"]), str(cache),
+                           json.dumps(TEXTS)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert "converting" not in done.stderr and got["loaded"] == []
+    np.testing.assert_allclose(got["dense"], expected, atol=1e-6)
+
+
+def test_conversion_is_redone_when_the_weights_or_recipe_change_and_kept_when_it_fails(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    folder = tmp_path / "m3"
+    shutil.copytree(tiny_models["m3"], folder)
+    cache = tmp_path / "cache"
+    said: list[str] = []
+    OpenVINOEmbedder(folder, "tiny", precision=DYNAMIC, cache_dir=cache, progress=said.append)
+    assert any("converting to ONNX Runtime int8-dynamic" in m for m in said)
+    loc = ir_location(cache, folder, "tiny", "embedder", DYNAMIC)
+    assert loc.folder.name == f"embedder-{DYNAMIC}-r{DYNAMIC_RECIPE['embedder']}" and loc.is_current()
+    created = loc.meta()["created"]
+    said.clear()
+    OpenVINOEmbedder(folder, "tiny", precision=DYNAMIC, cache_dir=cache, progress=said.append)
+    assert said == [] and loc.meta()["created"] == created
+    # a conversion by an older recipe of the same precision goes; OpenVINO's int8 stays
+    older = loc.folder.parent / f"embedder-{DYNAMIC}-r0"
+    shutil.copytree(loc.folder, older)
+    other = loc.folder.parent / "embedder-int8-r1"
+    other.mkdir()
+    os.utime(folder / "model.safetensors", ns=(time.time_ns(), time.time_ns() + 10**9))  # replaced weights
+    assert not loc.is_current()
+    OpenVINOEmbedder(folder, "tiny", precision=DYNAMIC, cache_dir=cache, progress=said.append)
+    assert any("converting" in m for m in said) and loc.meta()["created"] > created
+    assert not older.exists() and other.is_dir()
+    before = (loc.folder / "model.onnx").read_bytes()
+
+    import onnxruntime.quantization
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", crash)
+    with pytest.raises(ModelLoadError, match="to ONNX Runtime: disk full"):
+        OpenVINOEmbedder(folder, "tiny", precision=DYNAMIC, cache_dir=cache, force_convert=True)
+    assert loc.is_current() and (loc.folder / "model.onnx").read_bytes() == before
+    assert sorted(p.name for p in loc.folder.parent.iterdir()) == sorted([loc.folder.name, other.name])
+
+
+def test_a_broken_model_file_says_what_failed(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=cache)
+    model = emb.runner.location.model_file
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=r"cannot load the converted model .*model\.onnx"):
+        OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=cache)
+
+
+def test_a_search_cancels_an_indexing_batch_and_it_runs_again(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """An ONNX Runtime run is stopped by ``cancel`` from another thread (the scheduler's
+    preemption), and a batch run again after that gets exactly its outputs."""
+    import threading
+
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "cache")
+    runner = emb.runner
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 200, size=(64, 512))
+    mask = np.ones_like(ids)
+    expected = runner(ids, mask, foreground=False)
+    request = runner._compiled.create_infer_request()
+    stopped: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(50):  # long enough for the cancel to land inside a run
+                request.infer({"input_ids": ids, "attention_mask": mask})
+        except RuntimeError as exc:
+            stopped.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(0.3)
+    request.cancel()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and stopped, "the run was not cancelled"
+    request.infer({"input_ids": ids, "attention_mask": mask})  # the session runs on after a cancelled run
+    np.testing.assert_allclose(request.get_output_tensor(0).data, expected, atol=1e-6)
+
+
+def test_cli_converts_and_config_accepts_it(make_config: Callable[..., Any], tmp_path: Path) -> None:
+    cfg = make_config(models={"cache_dir": str(tmp_path / "cache"), "precision": DYNAMIC})
+    assert cfg.models.precision == DYNAMIC
+    conf = tmp_path / "config.toml"
+    conf.write_text(
+        f'data_dir = "{cfg.data_dir}"\n[models]\nembedder = "{cfg.models.embedder}"\n'
+        f'reranker = "none"\nfallback = "none"\ncache_dir = "{tmp_path / "cache"}"\n', encoding="utf-8")
+    from click.testing import CliRunner
+
+    from ragd.cli import main
+
+    result = CliRunner().invoke(main, ["models", "convert", "--config", str(conf), "--precision", DYNAMIC])
+    assert result.exit_code == 0, result.output
+    assert f"-> ONNX Runtime {DYNAMIC}" in result.stdout
+    done = CliRunner().invoke(main, ["models", "convert", "--config", str(conf), "--precision", DYNAMIC, "--json"])
+    row = json.loads(done.stdout)["converted"][0]
+    assert (row["precision"], row["converted"]) == (DYNAMIC, False)
+    assert Path(row["folder"], "model.onnx").is_file()
