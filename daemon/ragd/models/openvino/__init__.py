@@ -8,6 +8,7 @@ cached, and run on the CPU without torch, transformers or FlagEmbedding in the p
 - ``scheduler``: the process-wide inference slots, searches first
 - ``runner``: a compiled model (``Runner``), its batches through the scheduler
 - ``onnx``: ``int8-dynamic``, the one precision ONNX Runtime runs (export, quantisation, session)
+- ``trace``: the torch modules wrapped as both exporters trace them
 - ``models``: ``OpenVINOEmbedder`` and ``OpenVINOCrossEncoder``
 """
 

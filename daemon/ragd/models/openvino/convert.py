@@ -33,6 +33,7 @@ from ragd.errors import ModelLoadError
 from ragd.models.openvino import block_telemetry
 from ragd.models.openvino.cache import DYNAMIC, IRLocation, abandoned, older_recipes, recipe, source_files
 from ragd.models.openvino.onnx import export_dynamic_int8
+from ragd.models.openvino.trace import traceable
 from ragd.models.openvino.words import WordTable
 
 Progress = Callable[[str], None]
@@ -65,31 +66,6 @@ DYNAMIC_QUANTIZATION_GROUP = 128
 inputs per token and group of 128 channels as they run (OpenVINO's dynamic quantisation), where
 static int8 per tensor cost agreement; the branch's own MatMuls stay in float arithmetic
 (``_out_of_dynamic_quantisation``). Recorded in ``meta.json``, read by ``Runner``."""
-
-
-def traceable(model: Any, output: str, embeds: bool = False) -> Any:
-    """``model`` wrapped so tracing sees ``(input_ids, attention_mask) -> model(...).<output>``:
-    ``last_hidden_state`` for the embedder's transformer, ``logits`` for the reranker; with
-    ``embeds``, ``(inputs_embeds, attention_mask)`` (the word embeddings looked up outside)."""
-    import torch
-
-    class Traceable(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.m = model
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return getattr(self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True), output)
-
-    class TraceableEmbeds(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.m = model
-
-        def forward(self, inputs_embeds: Any, attention_mask: Any) -> Any:
-            return getattr(self.m(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), output)
-
-    return (TraceableEmbeds() if embeds else Traceable()).eval()
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import numpy as np
 
 from ragd.errors import ModelLoadError
 from ragd.models.openvino.cache import DYNAMIC
+from ragd.models.openvino.trace import traceable
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
@@ -46,8 +47,6 @@ def export_dynamic_int8(module: Any, role: str, folder: Path, say: Any) -> dict[
     import onnxruntime
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from ragd.models.openvino.convert import traceable
 
     wrapped = traceable(module, "last_hidden_state")
     ids = torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long)
