@@ -18,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -133,10 +134,7 @@ class OnnxRequest:
         return self._session
 
     def get_output_tensor(self, index: int) -> Any:
-        class Tensor:
-            data = self._outputs[index]
-
-        return Tensor
+        return SimpleNamespace(data=self._outputs[index])
 
 
 class OnnxSession:
