@@ -24,6 +24,7 @@ from ragd.models.cpu import DYNAMIC, model_id_for, openvino_auto_precision, reso
 from ragd.models.flag import FlagEmbedder
 from ragd.models.openvino.cache import DYNAMIC_RECIPE, ir_location
 from ragd.models.openvino.models import OpenVINOEmbedder
+from ragd.models.openvino.onnx import AGREEMENT, CHECK_SAMPLES
 
 TEXTS = ["ice cores record past climate", "rivers " * 90, "冰芯记录了过去的气候", "a"]
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n"
@@ -67,7 +68,8 @@ def test_dynamic_int8_embedder_computes_what_torch_computes(tiny_models: dict[st
     assert sorted(p.name for p in folder.iterdir()) == ["m3_heads.npz", "meta.json", "model.onnx"]  # no float export
     meta = emb.runner.location.meta()
     assert meta["runtime"] == "onnxruntime" and meta["recipe"] == DYNAMIC_RECIPE["embedder"]
-    assert meta["float_matmuls"] > 0  # the first half of the layers keeps its feed-forward output in float
+    # measured against the float model on calibration text; the first recipe that agrees is kept
+    assert meta["agreement"] >= AGREEMENT and meta["agreement_samples"] == CHECK_SAMPLES
     assert emb.text_batching().step == 1  # no compiled shapes to reuse: batches are not padded to a step
     a, b = ref.embed_documents(TEXTS), emb.embed_documents(TEXTS)
     cosine = np.sum(a.dense * b.dense, axis=1)
@@ -88,6 +90,7 @@ _NO_TORCH_RUN = """
 import json, sys
 from pathlib import Path
 from ragd.models.openvino.models import OpenVINOEmbedder
+from ragd.models.openvino.onnx import AGREEMENT, CHECK_SAMPLES
 emb = OpenVINOEmbedder(Path(sys.argv[1]), "tiny", precision="int8-dynamic", cache_dir=Path(sys.argv[2]),
                        multi_vector=True, progress=lambda m: print("progress:", m, file=sys.stderr))
 out = emb.embed_documents(json.loads(sys.argv[3]))
@@ -150,6 +153,29 @@ def test_conversion_is_redone_when_the_weights_or_recipe_change_and_kept_when_it
         OpenVINOEmbedder(folder, "tiny", precision=DYNAMIC, cache_dir=cache, force_convert=True)
     assert loc.is_current() and (loc.folder / "model.onnx").read_bytes() == before
     assert sorted(p.name for p in loc.folder.parent.iterdir()) == sorted([loc.folder.name, other.name])
+
+
+@pytest.mark.parametrize(("agreements", "kept"), [([0.95, 0.995], 1), ([0.95, 0.96, 0.97], 2)])
+def test_the_fewest_float_feed_forward_outputs_that_keep_the_agreement(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agreements: list[float], kept: int
+) -> None:
+    """Recipes are tried from all-int8 to every feed-forward output float; the first that reaches
+    ``AGREEMENT`` is kept, else the last (the most accurate), and meta.json says which."""
+    from ragd.models.openvino import onnx
+
+    measured = iter(agreements)
+    monkeypatch.setattr(onnx, "_agreement", lambda hidden, reference: next(measured))
+    said: list[str] = []
+    emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "cache",
+                           progress=said.append)
+    layers = json.loads((tiny_models["m3"] / "config.json").read_text())["num_hidden_layers"]
+    floats = [int(m.split(", ")[1].split()[0]) for m in said if "feed-forward outputs float" in m]
+    assert floats == [round(layers * share) for share in onnx.FLOAT_FFN_SHARES[: kept + 1]]
+    meta = emb.runner.location.meta()
+    assert meta["float_matmuls"] == floats[-1] and meta["agreement"] == agreements[kept]
+    assert f"agreement with the float model: {agreements[0]:.4f} (needs {AGREEMENT})" in said
+    assert next(measured, None) is None  # no recipe tried after the one kept
+    assert sorted(p.name for p in emb.runner.location.folder.iterdir()) == ["m3_heads.npz", "meta.json", "model.onnx"]
 
 
 def test_a_broken_model_file_says_what_failed(tiny_models: dict[str, Path], tmp_path: Path) -> None:

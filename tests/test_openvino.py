@@ -705,7 +705,7 @@ def test_cli_models_convert(make_config: Callable[..., Any], tmp_path: Path) -> 
                                       "--calibration", str(notes)])
     assert plain.exit_code == 0, plain.output
     assert "OpenVINO fp32" in plain.stdout
-    assert "--calibration applies to static int8 only; the embedder runs in fp32" in plain.stderr
+    assert "--calibration applies to int8 and int8-dynamic only; the embedder runs in fp32" in plain.stderr
     bad = CliRunner().invoke(main, ["models", "convert", "--config", str(conf), "--calibration", str(tmp_path / "no")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

@@ -422,7 +422,8 @@ def models_pull(config_file: str | None) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "int8-dynamic"]), default=None,
               help="Override models.precision for this conversion.")
 @click.option("--calibration", type=click.Path(exists=True), multiple=True,
-              help="Text files or folders to calibrate static int8 on (repeatable); default: built-in English prose.")
+              help="Text files or folders to calibrate static int8 on, or to check int8-dynamic's agreement on "
+                   "(repeatable); default: built-in English prose.")
 @click.option("--force", is_flag=True, help="Convert again even when a current conversion is cached.")
 @json_option
 def models_convert(config_file: str | None, role: str, precision: str | None, calibration: tuple[str, ...],
@@ -430,7 +431,8 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
     """Convert the models for the OpenVINO backend now (otherwise done once on first use).
 
     int8 is static quantisation calibrated on real text; --calibration with your own documents
-    (e.g. Chinese text for Chinese collections) fits it to them. Vectors already indexed with
+    (e.g. Chinese text for Chinese collections) fits it to them. int8-dynamic keeps float the
+    fewest layers that agree with the float model on that text. Vectors already indexed with
     another calibration stay valid but differ slightly; re-index for the best match."""
     import dataclasses
 

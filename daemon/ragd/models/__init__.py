@@ -203,13 +203,14 @@ def convert_models(
         meta = runner.location.meta() or {}
         precision = model.precision
         note = None
-        if calibration and precision != "int8":
-            note = (f"--calibration applies to static int8 only; the {role} runs in {precision}"
+        if calibration and precision not in ("int8", "int8-dynamic"):
+            note = (f"--calibration applies to int8 and int8-dynamic only; the {role} runs in {precision}"
                     + (" (int8 weights, fp32 arithmetic)" if precision == "w8" else "")
                     + " (set models.precision = \"int8\" to calibrate it)")
         out.append({"role": role, "model": setting, "precision": precision, "note": note,
                     "arithmetic": runner.arithmetic, "folder": str(runner.location.folder),
                     "converted": meta.get("created", 0) >= started,
                     "seconds": meta.get("seconds"),
-                    "calibration_samples": meta.get("calibration_samples"), "openvino": meta.get("openvino")})
+                    "calibration_samples": meta.get("calibration_samples", meta.get("agreement_samples")),
+                    "openvino": meta.get("openvino")})
     return out

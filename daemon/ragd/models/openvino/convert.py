@@ -181,13 +181,15 @@ def convert_once(
     module: Any, location: IRLocation, calibration: Callable[[], Samples], progress: Progress | None,
 ) -> None:
     """Convert ``module`` into ``location``, saying so (minutes for a full-size model);
-    ``calibration`` is called for int8 only. Any failure is a ``ModelLoadError``."""
+    ``calibration`` is called for int8 (its ranges) and int8-dynamic (its agreement check)
+    only. Any failure is a ``ModelLoadError``."""
     say = progress or _stderr
     runtime = "ONNX Runtime" if location.precision == DYNAMIC else "OpenVINO"
     say(f"{location.role} {location.model_id.split('@')[0]}: converting to {runtime} {location.precision}, once "
         f"(a few minutes for a full-size model; cached in {location.folder})")
     try:
-        convert(module, location.role, location, calibration() if location.precision == "int8" else None, say)
+        samples = calibration() if location.precision in ("int8", DYNAMIC) else None
+        convert(module, location.role, location, samples, say)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -217,7 +219,7 @@ def convert(
     tmp.mkdir()
     try:
         if location.precision == DYNAMIC:
-            detail = export_dynamic_int8(module, role, tmp, say)
+            detail = export_dynamic_int8(module, role, tmp, say, calibration or ())
         else:
             detail = _save_openvino(module, role, location.precision, calibration, tmp, say)
         meta = {

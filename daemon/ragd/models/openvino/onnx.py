@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,30 +24,43 @@ from typing import Any
 import numpy as np
 
 from ragd.errors import ModelLoadError
+from ragd.models.cpu import cpu_cores
 from ragd.models.openvino.cache import DYNAMIC
 from ragd.models.openvino.trace import traceable
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
 FFN_OUTPUT = r"layer\.(\d+)/output/dense/MatMul"
-"""The feed-forward output projection (its input, after GELU, is the one per-tensor u8
-quantisation rounds worst); kept float in the embedder's first half of layers, where it costs
-the most agreement (docs/performance.md, "A CPU without VNNI")."""
+"""The feed-forward output projection: its input, after GELU, is the one that per-tensor u8
+quantisation rounds worst, so it is what stays float when the model's agreement asks for it."""
+FLOAT_FFN_SHARES = (0.0, 0.5, 1.0)
+"""The recipes tried in turn: the share of layers (the first ones, where it costs the most
+agreement) whose ``FFN_OUTPUT`` stays float. The first that reaches ``AGREEMENT`` is kept."""
+AGREEMENT = 0.995
+"""Mean cosine of every token's hidden state to the float model's, on calibration text, that a
+recipe must reach (docs/performance.md, "The embedder in ONNX Runtime's dynamic int8")."""
+CHECK_SAMPLES = 32
+"""Calibration samples the agreement is measured on."""
 EXTERNAL_DATA_BYTES = 6 << 30
 """An export whose float weights pass this is quantised into external data (an ONNX file holds
 at most 2 GB; int8 weights are a quarter of the float ones)."""
 
+Sample = dict[str, np.ndarray]
 
-def export_dynamic_int8(module: Any, role: str, folder: Path, say: Any) -> dict[str, Any]:
+
+def export_dynamic_int8(
+    module: Any, role: str, folder: Path, say: Any, samples: Sequence[Sample] = (),
+) -> dict[str, Any]:
     """Export the embedder's transformer ``module`` (hidden states out) to ONNX, quantise it to
-    dynamic int8 into ``folder / MODEL_FILE`` and drop the float export. Returns what
+    dynamic int8 into ``folder / MODEL_FILE`` and drop the float export. With ``samples``
+    (calibration inputs) the fewest float feed-forward outputs that keep ``AGREEMENT`` to the
+    float model are chosen (``FLOAT_FFN_SHARES``); without, the most. Returns what
     ``meta.json`` records about it. Embedder only: the reranker's ranking does not survive
     dynamic int8 (``cpu.resolve_precision``)."""
     if role != "embedder":
         raise ModelLoadError(f"precision {DYNAMIC} is for the embedder only, not the {role}")
     import onnxruntime
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     wrapped = traceable(module, "last_hidden_state")
     ids = torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long)
@@ -61,29 +74,65 @@ def export_dynamic_int8(module: Any, role: str, folder: Path, say: Any) -> dict[
             torch.onnx.export(wrapped, (ids, mask), str(exported / MODEL_FILE), dynamo=False, opset_version=OPSET,
                               input_names=["input_ids", "attention_mask"], output_names=["output"],
                               dynamic_axes={**axes, "output": {0: "batch"}})
-        float_bytes = sum(f.stat().st_size for f in exported.iterdir())
-        exclude = _float_nodes(exported / MODEL_FILE)
-        say(f"quantising the {role} to dynamic int8 (ONNX Runtime)")
-        with _quiet():
-            quantize_dynamic(exported / MODEL_FILE, folder / MODEL_FILE, weight_type=QuantType.QUInt8,
-                             per_channel=True, use_external_data_format=float_bytes > EXTERNAL_DATA_BYTES,
-                             nodes_to_exclude=exclude)
+        external = sum(f.stat().st_size for f in exported.iterdir()) > EXTERNAL_DATA_BYTES
+        checked = list(samples)[:CHECK_SAMPLES]
+        reference = _hidden(exported / MODEL_FILE, checked) if checked else []
+        shares = FLOAT_FFN_SHARES if checked else FLOAT_FFN_SHARES[-1:]
+        for n, share in enumerate(shares):
+            exclude = _float_nodes(exported / MODEL_FILE, share)
+            say(f"quantising the {role} to dynamic int8 (ONNX Runtime), "
+                f"{len(exclude)} feed-forward outputs float")
+            _quantise(exported / MODEL_FILE, folder / MODEL_FILE, exclude, external)
+            agreement = _agreement(_hidden(folder / MODEL_FILE, checked), reference) if checked else None
+            if agreement is not None:
+                say(f"agreement with the float model: {agreement:.4f} (needs {AGREEMENT})")
+            if agreement is None or agreement >= AGREEMENT or n == len(shares) - 1:
+                break
     finally:
         shutil.rmtree(exported, ignore_errors=True)
     return {"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__,
-            "weights": "u8 per channel; inputs quantised to u8 per tensor as they run", "float_matmuls": len(exclude)}
+            "weights": "u8 per channel; inputs quantised to u8 per tensor as they run", "float_matmuls": len(exclude),
+            "agreement": None if agreement is None else round(agreement, 5), "agreement_samples": len(checked)}
 
 
-def _float_nodes(path: Path) -> list[str]:
+def _quantise(source: Path, target: Path, exclude: list[str], external: bool) -> None:
+    """``source`` quantised to dynamic int8 into ``target`` (replacing an earlier try)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for old in target.parent.glob(target.name + "*"):
+        old.unlink()
+    with _quiet():
+        quantize_dynamic(source, target, weight_type=QuantType.QUInt8, per_channel=True,
+                         use_external_data_format=external, nodes_to_exclude=exclude)
+
+
+def _hidden(path: Path, samples: Sequence[Sample]) -> list[np.ndarray]:
+    """The model's hidden states for each sample, on every core."""
+    session = OnnxSession(path, cpu_cores()).session
+    return [session.run(None, {"input_ids": s["input_ids"], "attention_mask": s["attention_mask"]})[0][0]
+            for s in samples]
+
+
+def _agreement(hidden: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    """Mean cosine of every token's hidden state to the reference's (the dense vector, the
+    lexical weights and the multi-vectors are all read from them)."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    return float(np.mean([(unit(h) * unit(r)).sum(-1).mean() for h, r in zip(hidden, reference, strict=True)]))
+
+
+def _float_nodes(path: Path, share: float) -> list[str]:
     """The MatMuls of the exported model kept out of int8: the feed-forward output projections
-    of the first half of the layers (``FFN_OUTPUT``)."""
+    (``FFN_OUTPUT``) of the first ``share`` of the layers."""
     import onnx
 
     graph = onnx.load(os.fspath(path), load_external_data=False).graph
     names = [n.name for n in graph.node if n.op_type == "MatMul"]
     layers = [int(found.group(1)) for n in names if (found := re.search(r"layer\.(\d+)/", n))]
-    half = (max(layers) + 1) // 2 if layers else 0
-    return [n for n in names if (found := re.search(FFN_OUTPUT, n)) and int(found.group(1)) < half]
+    count = round((max(layers) + 1) * share) if layers else 0
+    return [n for n in names if (found := re.search(FFN_OUTPUT, n)) and int(found.group(1)) < count]
 
 
 @contextlib.contextmanager
