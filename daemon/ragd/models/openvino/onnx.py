@@ -26,6 +26,7 @@ import numpy as np
 from ragd.errors import ModelLoadError
 from ragd.models.cpu import cpu_cores
 from ragd.models.openvino.cache import DYNAMIC
+from ragd.models.openvino.calibration import Sample
 from ragd.models.openvino.trace import traceable
 
 MODEL_FILE = "model.onnx"
@@ -44,8 +45,6 @@ CHECK_SAMPLES = 32
 EXTERNAL_DATA_BYTES = 6 << 30
 """An export whose float weights pass this is quantised into external data (an ONNX file holds
 at most 2 GB; int8 weights are a quarter of the float ones)."""
-
-Sample = dict[str, np.ndarray]
 
 
 def export_dynamic_int8(
@@ -78,8 +77,9 @@ def export_dynamic_int8(
         checked = list(samples)[:CHECK_SAMPLES]
         reference = _hidden(exported / MODEL_FILE, checked) if checked else []
         shares = FLOAT_FFN_SHARES if checked else FLOAT_FFN_SHARES[-1:]
+        matmuls = _matmuls(exported / MODEL_FILE)
         for n, share in enumerate(shares):
-            exclude = _float_nodes(exported / MODEL_FILE, share)
+            exclude = _float_nodes(matmuls, share)
             say(f"quantising the {role} to dynamic int8 (ONNX Runtime), "
                 f"{len(exclude)} feed-forward outputs float")
             _quantise(exported / MODEL_FILE, folder / MODEL_FILE, exclude, external)
@@ -123,13 +123,17 @@ def _agreement(hidden: Sequence[np.ndarray], reference: Sequence[np.ndarray]) ->
     return float(np.mean([(unit(h) * unit(r)).sum(-1).mean() for h, r in zip(hidden, reference, strict=True)]))
 
 
-def _float_nodes(path: Path, share: float) -> list[str]:
-    """The MatMuls of the exported model kept out of int8: the feed-forward output projections
-    (``FFN_OUTPUT``) of the first ``share`` of the layers."""
+def _matmuls(path: Path) -> list[str]:
+    """The names of the exported model's MatMuls (its graph read without the weights)."""
     import onnx
 
     graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    names = [n.name for n in graph.node if n.op_type == "MatMul"]
+    return [n.name for n in graph.node if n.op_type == "MatMul"]
+
+
+def _float_nodes(names: list[str], share: float) -> list[str]:
+    """The MatMuls (of ``names``) kept out of int8: the feed-forward output projections
+    (``FFN_OUTPUT``) of the first ``share`` of the layers."""
     layers = [int(found.group(1)) for n in names if (found := re.search(r"layer\.(\d+)/", n))]
     count = round((max(layers) + 1) * share) if layers else 0
     return [n for n in names if (found := re.search(FFN_OUTPUT, n)) and int(found.group(1)) < count]
