@@ -155,12 +155,13 @@ def test_conversion_is_redone_when_the_weights_or_recipe_change_and_kept_when_it
     assert sorted(p.name for p in loc.folder.parent.iterdir()) == sorted([loc.folder.name, other.name])
 
 
-@pytest.mark.parametrize(("agreements", "kept"), [([0.95, 0.995], 1), ([0.95, 0.96, 0.97], 2)])
-def test_the_fewest_float_feed_forward_outputs_that_keep_the_agreement(
+@pytest.mark.parametrize(("agreements", "kept"), [([0.999], 0), ([0.95, 0.995], 1), ([0.95, 0.96, 0.97, 0.98], 3)])
+def test_the_fastest_recipe_that_keeps_the_agreement(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agreements: list[float], kept: int
 ) -> None:
-    """Recipes are tried from all-int8 to every feed-forward output float; the first that reaches
-    ``AGREEMENT`` is kept, else the last (the most accurate), and meta.json says which."""
+    """Recipes are tried from s8 weights all int8 to u8 weights with every feed-forward output
+    float; the first that reaches ``AGREEMENT`` is kept, else the last (the most accurate), and
+    meta.json says which."""
     from ragd.models.openvino import onnx
 
     measured = iter(agreements)
@@ -169,13 +170,40 @@ def test_the_fewest_float_feed_forward_outputs_that_keep_the_agreement(
     emb = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "cache",
                            progress=said.append)
     layers = json.loads((tiny_models["m3"] / "config.json").read_text())["num_hidden_layers"]
-    floats = [int(m.split(", ")[1].split()[0]) for m in said if "feed-forward outputs float" in m]
-    assert floats == [round(layers * share) for share in onnx.FLOAT_FFN_SHARES[: kept + 1]]
+    tried = [tuple(m.split(", ")[1:3]) for m in said if "feed-forward outputs float" in m]
+    assert tried == [(f"{r.weights} weights", f"{round(layers * r.float_share)} feed-forward outputs float")
+                     for r in onnx.RECIPES[: kept + 1]]
     meta = emb.runner.location.meta()
-    assert meta["float_matmuls"] == floats[-1] and meta["agreement"] == agreements[kept]
+    chosen = onnx.RECIPES[kept]
+    assert meta["float_matmuls"] == round(layers * chosen.float_share) and meta["agreement"] == agreements[kept]
+    assert meta["weights"].startswith(f"{chosen.weights} per channel")
     assert f"agreement with the float model: {agreements[0]:.4f} (needs {AGREEMENT})" in said
     assert next(measured, None) is None  # no recipe tried after the one kept
     assert sorted(p.name for p in emb.runner.location.folder.iterdir()) == ["m3_heads.npz", "meta.json", "model.onnx"]
+
+
+def test_attention_is_fused_and_a_failed_fusion_quantises_the_export_as_it_is(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each layer's attention becomes one ``QAttention`` (Q, K and V in one int8 product); when
+    the optimizer fails the conversion says so and goes on unfused, to the same vectors."""
+    import onnx as onnx_proto
+
+    from ragd.models.openvino import onnx
+
+    layers = json.loads((tiny_models["m3"] / "config.json").read_text())["num_hidden_layers"]
+    fused = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "a")
+    ops = [n.op_type for n in onnx_proto.load(str(fused.runner.location.model_file)).graph.node]
+    assert ops.count("QAttention") == layers and fused.runner.location.meta()["fused_attention"] == layers
+    monkeypatch.setattr(onnx, "_FUSE", "raise SystemExit('optimizer broke')")
+    said: list[str] = []
+    plain = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "b",
+                             progress=said.append)
+    assert "attention not fused (optimizer broke); quantising the export as it is" in said
+    ops = [n.op_type for n in onnx_proto.load(str(plain.runner.location.model_file)).graph.node]
+    assert "QAttention" not in ops and plain.runner.location.meta()["fused_attention"] == 0
+    a, b = fused.embed_documents(TEXTS).dense, plain.embed_documents(TEXTS).dense
+    assert np.sum(a * b, axis=1).min() >= 0.99
 
 
 def test_a_broken_model_file_says_what_failed(tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
-"""``int8-dynamic``: the embedder exported to ONNX and quantised by ONNX Runtime's dynamic int8
-(u8 weights per channel, each MatMul's input quantised to u8 as it runs), run by ONNX
-Runtime's CPU provider. On CPUs without int8 dot products (AVX2 without VNNI) its integer
-kernels are faster than OpenVINO's there at the same accuracy (docs/performance.md, "A CPU
-without VNNI"). It shares the converted models' cache, scheduler and ``Runner`` with OpenVINO:
-``OnnxSession`` and ``OnnxRequest`` give an ONNX Runtime session the calls ``Runner`` and the
-``Scheduler`` make on a compiled OpenVINO model. torch, onnx and onnxruntime are imported
-inside the functions that use them."""
+"""``int8-dynamic``: the embedder exported to ONNX, its attention fused and its MatMuls
+quantised by ONNX Runtime's dynamic int8 (weights per channel, each MatMul's input quantised to
+u8 as it runs), run by ONNX Runtime's CPU provider. On CPUs without int8 dot products (AVX2
+without VNNI) its integer kernels are faster than OpenVINO's there at the same accuracy
+(docs/performance.md, "A CPU without VNNI"). It shares the converted models' cache, scheduler
+and ``Runner`` with OpenVINO: ``OnnxSession`` and ``OnnxRequest`` give an ONNX Runtime session
+the calls ``Runner`` and the ``Scheduler`` make on a compiled OpenVINO model. torch, onnx and
+onnxruntime are imported inside the functions that use them."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,9 +36,20 @@ OPSET = 17
 FFN_OUTPUT = r"layer\.(\d+)/output/dense/MatMul"
 """The feed-forward output projection: its input, after GELU, is the one that per-tensor u8
 quantisation rounds worst, so it is what stays float when the model's agreement asks for it."""
-FLOAT_FFN_SHARES = (0.0, 0.5, 1.0)
-"""The recipes tried in turn: the share of layers (the first ones, where it costs the most
-agreement) whose ``FFN_OUTPUT`` stays float. The first that reaches ``AGREEMENT`` is kept."""
+
+
+class Recipe(NamedTuple):
+    """How the export is quantised: the weights' type (``s8`` runs ONNX Runtime's faster u8 x s8
+    kernels, whose AVX2 products can saturate; ``u8`` cannot) and the share of layers, the
+    first ones, whose ``FFN_OUTPUT`` stays float."""
+
+    weights: str
+    float_share: float
+
+
+RECIPES = (Recipe("s8", 0.0), Recipe("u8", 0.0), Recipe("u8", 0.5), Recipe("u8", 1.0))
+"""Tried in turn, fastest first; the first that reaches ``AGREEMENT`` is kept, else the last
+(the most accurate)."""
 AGREEMENT = 0.995
 """Mean cosine of every token's hidden state to the float model's, on calibration text, that a
 recipe must reach (docs/performance.md, "The embedder in ONNX Runtime's dynamic int8")."""
@@ -50,10 +63,10 @@ at most 2 GB; int8 weights are a quarter of the float ones)."""
 def export_dynamic_int8(
     module: Any, role: str, folder: Path, say: Any, samples: Sequence[Sample] = (),
 ) -> dict[str, Any]:
-    """Export the embedder's transformer ``module`` (hidden states out) to ONNX, quantise it to
-    dynamic int8 into ``folder / MODEL_FILE`` and drop the float export. With ``samples``
-    (calibration inputs) the fewest float feed-forward outputs that keep ``AGREEMENT`` to the
-    float model are chosen (``FLOAT_FFN_SHARES``); without, the most. Returns what
+    """Export the embedder's transformer ``module`` (hidden states out) to ONNX, fuse its
+    attention, quantise it to dynamic int8 into ``folder / MODEL_FILE`` and drop the float
+    export. With ``samples`` (calibration inputs) the first of ``RECIPES`` that keeps
+    ``AGREEMENT`` to the float model is chosen; without, the most accurate. Returns what
     ``meta.json`` records about it. Embedder only: the reranker's ranking does not survive
     dynamic int8 (``cpu.resolve_precision``)."""
     if role != "embedder":
@@ -74,36 +87,79 @@ def export_dynamic_int8(
                               input_names=["input_ids", "attention_mask"], output_names=["output"],
                               dynamic_axes={**axes, "output": {0: "batch"}})
         external = sum(f.stat().st_size for f in exported.iterdir()) > EXTERNAL_DATA_BYTES
+        source, fused = _fuse(exported / MODEL_FILE, say)
         checked = list(samples)[:CHECK_SAMPLES]
         reference = _hidden(exported / MODEL_FILE, checked) if checked else []
-        shares = FLOAT_FFN_SHARES if checked else FLOAT_FFN_SHARES[-1:]
-        matmuls = _matmuls(exported / MODEL_FILE)
-        for n, share in enumerate(shares):
-            exclude = _float_nodes(matmuls, share)
+        recipes = RECIPES if checked else RECIPES[-1:]
+        matmuls = _matmuls(source)
+        for n, chosen in enumerate(recipes):
+            exclude = _float_nodes(matmuls, chosen.float_share)
             say(f"quantising the {role} to dynamic int8 (ONNX Runtime), "
-                f"{len(exclude)} feed-forward outputs float")
-            _quantise(exported / MODEL_FILE, folder / MODEL_FILE, exclude, external)
+                f"{chosen.weights} weights, {len(exclude)} feed-forward outputs float")
+            _quantise(source, folder / MODEL_FILE, exclude, chosen.weights, external)
             agreement = _agreement(_hidden(folder / MODEL_FILE, checked), reference) if checked else None
             if agreement is not None:
                 say(f"agreement with the float model: {agreement:.4f} (needs {AGREEMENT})")
-            if agreement is None or agreement >= AGREEMENT or n == len(shares) - 1:
+            if agreement is None or agreement >= AGREEMENT or n == len(recipes) - 1:
                 break
     finally:
         shutil.rmtree(exported, ignore_errors=True)
     return {"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__,
-            "weights": "u8 per channel; inputs quantised to u8 per tensor as they run", "float_matmuls": len(exclude),
+            "weights": f"{chosen.weights} per channel; inputs quantised to u8 per tensor as they run",
+            "fused_attention": fused, "float_matmuls": len(exclude),
             "agreement": None if agreement is None else round(agreement, 5), "agreement_samples": len(checked)}
 
 
-def _quantise(source: Path, target: Path, exclude: list[str], external: bool) -> None:
-    """``source`` quantised to dynamic int8 into ``target`` (replacing an earlier try)."""
+FUSED_FILE = "fused.onnx"
+_FUSE = "import sys; from ragd.models.openvino.onnx import fuse_here; fuse_here(*sys.argv[1:])"
+
+
+def _fuse(source: Path, say: Any) -> tuple[Path, int]:
+    """``source`` with ONNX Runtime's transformer fusions (one ``Attention`` a layer, whose Q, K
+    and V the quantiser makes one ``QAttention``; bias + GELU; residual + LayerNorm) beside it,
+    and the number of attentions fused. Run in a child process started in the export's folder,
+    so the optimizer reads each weight from its file as it needs it instead of holding the
+    float model (docs/performance.md). When it fails the export is quantised as it is."""
+    say("fusing the attention (ONNX Runtime's transformer optimizer)")
+    package = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _FUSE, source.name, FUSED_FILE], cwd=source.parent, env=env,
+                          capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not lines[-1].isdigit():
+        reason = (done.stderr.strip().splitlines() or ["no result"])[-1]
+        say(f"attention not fused ({reason}); quantising the export as it is")
+        return source, 0
+    return source.parent / FUSED_FILE, int(lines[-1])
+
+
+def fuse_here(source: str, target: str) -> None:
+    """The child process of ``_fuse``, in the export's folder: the graph is read without its
+    weights (each is read from its own file, relative to this folder, when a fusion needs it),
+    fused, written to ``target`` with the new weights in one data file beside it, and the number
+    of fused attentions printed."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet(), contextlib.redirect_stdout(sys.stderr):
+        model = optimize_model(onnx.load(source, load_external_data=False), model_type="bert", opt_level=0,
+                               num_heads=0, hidden_size=0)
+        model.save_model_to_file(target, use_external_data_format=True, all_tensors_to_one_file=True)
+    print(sum(n.op_type == "Attention" for n in model.model.graph.node))
+
+
+def _quantise(source: Path, target: Path, exclude: list[str], weights: str, external: bool) -> None:
+    """``source`` quantised to dynamic int8 with ``weights`` (``s8`` or ``u8``) into ``target``
+    (replacing an earlier try)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for old in target.parent.glob(target.name + "*"):
         old.unlink()
     with _quiet():
-        quantize_dynamic(source, target, weight_type=QuantType.QUInt8, per_channel=True,
-                         use_external_data_format=external, nodes_to_exclude=exclude)
+        # DefaultTensorType: the fused operators' outputs have no types the quantiser can infer
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8 if weights == "s8" else QuantType.QUInt8,
+                         per_channel=True, use_external_data_format=external, nodes_to_exclude=exclude,
+                         extra_options={"DefaultTensorType": 1})
 
 
 def _hidden(path: Path, samples: Sequence[Sample]) -> list[np.ndarray]:
