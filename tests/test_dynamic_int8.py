@@ -204,6 +204,11 @@ def test_attention_is_fused_and_a_failed_fusion_quantises_the_export_as_it_is(
     assert "QAttention" not in ops and plain.runner.location.meta()["fused_attention"] == 0
     a, b = fused.embed_documents(TEXTS).dense, plain.embed_documents(TEXTS).dense
     assert np.sum(a * b, axis=1).min() >= 0.99
+    monkeypatch.undo()
+    monkeypatch.setattr(onnx, "FUSE_SECONDS", 0.01)  # a fusion that hangs is given up on
+    said.clear()
+    OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "c", progress=said.append)
+    assert "attention not fused (no result in 0.01 s); quantising the export as it is" in said
 
 
 def test_a_broken_model_file_says_what_failed(tiny_models: dict[str, Path], tmp_path: Path) -> None:

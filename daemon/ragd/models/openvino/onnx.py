@@ -111,6 +111,8 @@ def export_dynamic_int8(
 
 
 FUSED_FILE = "fused.onnx"
+FUSE_SECONDS = 900
+"""How long the fusion may take (BGE-M3: 8 s) before the export is quantised unfused."""
 _FUSE = "import sys; from ragd.models.openvino.onnx import fuse_here; fuse_here(*sys.argv[1:])"
 
 
@@ -123,8 +125,11 @@ def _fuse(source: Path, say: Any) -> tuple[Path, int]:
     say("fusing the attention (ONNX Runtime's transformer optimizer)")
     package = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _FUSE, source.name, FUSED_FILE], cwd=source.parent, env=env,
-                          capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run([sys.executable, "-c", _FUSE, source.name, FUSED_FILE], cwd=source.parent, env=env,
+                              capture_output=True, text=True, check=False, timeout=FUSE_SECONDS)
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess([], 1, "", f"no result in {FUSE_SECONDS} s")
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines or not lines[-1].isdigit():
         reason = (done.stderr.strip().splitlines() or ["no result"])[-1]
