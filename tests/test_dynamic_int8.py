@@ -90,7 +90,6 @@ _NO_TORCH_RUN = """
 import json, sys
 from pathlib import Path
 from ragd.models.openvino.models import OpenVINOEmbedder
-from ragd.models.openvino.onnx import AGREEMENT, CHECK_SAMPLES
 emb = OpenVINOEmbedder(Path(sys.argv[1]), "tiny", precision="int8-dynamic", cache_dir=Path(sys.argv[2]),
                        multi_vector=True, progress=lambda m: print("progress:", m, file=sys.stderr))
 out = emb.embed_documents(json.loads(sys.argv[3]))

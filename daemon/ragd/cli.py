@@ -431,8 +431,8 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
     """Convert the models for the OpenVINO backend now (otherwise done once on first use).
 
     int8 is static quantisation calibrated on real text; --calibration with your own documents
-    (e.g. Chinese text for Chinese collections) fits it to them. int8-dynamic keeps float the
-    fewest layers that agree with the float model on that text. Vectors already indexed with
+    (e.g. Chinese text for Chinese collections) fits it to them. int8-dynamic keeps the fastest
+    of its recipes that agrees with the float model on that text. Vectors already indexed with
     another calibration stay valid but differ slightly; re-index for the best match."""
     import dataclasses
 
