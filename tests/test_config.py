@@ -211,7 +211,7 @@ def error_for(tmp_path: Path, env: dict[str, str], text: str) -> str:
         ("[search.k]\nx = 1", "search.k: expected an integer from 1 to 1000, got a table"),
         ("[models]\ncolour = 1",
          "models.colour: unknown key (known keys in [models]: embedder, reranker, fallback, device, precision, "
-         "batch_size, multi_vector, backend, cache_dir)"),
+         "reranker_precision, batch_size, multi_vector, backend, cache_dir)"),
         ("colour = 1",
          "colour: unknown key (known top-level keys: data_dir, roots, models, chunking, search, indexing, extract, "
          "server, watch, mcp, store)"),
@@ -296,7 +296,7 @@ max_file_bytes = 1
 batch_chunks = 100000
 """)
     assert cfg.data_dir == tmp_path / "cfg" / "index"
-    assert cfg.models == ModelsConfig("minilm", "none", "none", "cpu", "fp16", 1024, True)
+    assert cfg.models == ModelsConfig("minilm", "none", "none", "cpu", "fp16", batch_size=1024, multi_vector=True)
     assert cfg.chunking == ChunkingConfig(16, 8)
     assert cfg.search == SearchConfig(k=1000, rerank=False, dense_weight=2.0, sparse_weight=0.0)
     assert isinstance(cfg.search.dense_weight, float)

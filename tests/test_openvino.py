@@ -706,6 +706,13 @@ def test_cli_models_convert(make_config: Callable[..., Any], tmp_path: Path) -> 
     assert plain.exit_code == 0, plain.output
     assert "OpenVINO fp32" in plain.stdout
     assert "--calibration applies to int8 and int8-dynamic only; the embedder runs in fp32" in plain.stderr
+    # The reranker may run in a precision of its own; --precision then sets both
+    conf.write_text(conf.read_text(encoding="utf-8") + 'reranker_precision = "int8"\n', encoding="utf-8")
+    mixed = run("--json")
+    assert [(r["role"], r["precision"], r["converted"]) for r in mixed] == [
+        ("embedder", "fp32", False), ("reranker", "int8", False)]
+    both = run("--json", "--precision", "fp32")
+    assert [(r["role"], r["precision"]) for r in both] == [("embedder", "fp32"), ("reranker", "fp32")]
     bad = CliRunner().invoke(main, ["models", "convert", "--config", str(conf), "--calibration", str(tmp_path / "no")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

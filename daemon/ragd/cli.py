@@ -420,7 +420,7 @@ def models_pull(config_file: str | None) -> None:
 @click.option("--role", type=click.Choice(["embedder", "reranker", "all"]), default="all", show_default=True,
               help="Which configured model to convert.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "int8-dynamic"]), default=None,
-              help="Override models.precision for this conversion.")
+              help="Override models.precision (and models.reranker_precision) for this conversion.")
 @click.option("--calibration", type=click.Path(exists=True), multiple=True,
               help="Text files or folders to calibrate static int8 on, or to check int8-dynamic's agreement on "
                    "(repeatable); default: built-in English prose.")
@@ -438,7 +438,8 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
 
     try:
         cfg = _load(config_file)
-        models_cfg = cfg.models if precision is None else dataclasses.replace(cfg.models, precision=precision)
+        models_cfg = (cfg.models if precision is None
+                      else dataclasses.replace(cfg.models, precision=precision, reranker_precision=""))
         from ragd.models import convert_models
 
         roles = ["embedder", "reranker"] if role == "all" else [role]
@@ -529,6 +530,7 @@ def eval_command(
             overrides["reranker"] = reranker
         if precision is not None:
             overrides["precision"] = precision
+            overrides["reranker_precision"] = ""
         if backend is not None:
             overrides["backend"] = backend
         if overrides:

@@ -46,6 +46,7 @@ class ModelsConfig:
     fallback: str = "minilm"
     device: str = "auto"
     precision: str = "auto"
+    reranker_precision: str = ""  # "" = as ``precision``
     batch_size: int = 16
     multi_vector: bool = False
     backend: str = "auto"
@@ -209,6 +210,7 @@ RULES: Mapping[str, Rule] = {
     "models.fallback": Rule(choices=("minilm", "none")),
     "models.device": Rule(choices=("auto", "cpu", "cuda")),
     "models.precision": Rule(choices=("auto", "fp32", "fp16", "bf16", "int8", "int8-dynamic")),
+    "models.reranker_precision": Rule(choices=("", "auto", "fp32", "fp16", "bf16", "int8")),
     "models.backend": Rule(choices=("auto", "torch", "openvino")),
     "models.cache_dir": Rule(empty_ok=True),
     "models.batch_size": Rule(low=1, high=1024),

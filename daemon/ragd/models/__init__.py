@@ -132,7 +132,8 @@ def load_reranker(
 
         return FakeReranker(folder, model_fingerprint(location))
     return open_reranker(
-        folder, model_fingerprint(location), device=cfg.device, precision=cfg.precision, backend=cfg.backend,
+        folder, model_fingerprint(location), device=cfg.device, precision=cfg.reranker_precision or cfg.precision,
+        backend=cfg.backend,
         batch_size=cfg.batch_size, cache_dir=cache_dir(cfg), calibration=calibration, progress=progress,
         force_convert=force_convert,
     )
@@ -206,7 +207,7 @@ def convert_models(
         if calibration and precision not in ("int8", "int8-dynamic"):
             note = (f"--calibration applies to int8 and int8-dynamic only; the {role} runs in {precision}"
                     + (" (int8 weights, fp32 arithmetic)" if precision == "w8" else "")
-                    + " (set models.precision = \"int8\" to calibrate it)")
+                    + f" (set models.{'reranker_' if role == 'reranker' else ''}precision = \"int8\" to calibrate it)")
         out.append({"role": role, "model": setting, "precision": precision, "note": note,
                     "arithmetic": runner.arithmetic, "folder": str(runner.location.folder),
                     "converted": meta.get("created", 0) >= started,

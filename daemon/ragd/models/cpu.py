@@ -135,7 +135,8 @@ def openvino_auto_precision(role: str, cpuinfo: Path = CPUINFO) -> str:
     where the CPU multiplies int8 natively (VNNI or AMX). Elsewhere the embedder runs ONNX
     Runtime's dynamic int8 (``int8-dynamic``; int8 weights with fp32 arithmetic, ``w8``,
     without onnxruntime), whose integer kernels are the fastest there, and the reranker
-    ``w8`` (dynamic int8 loses its ranking). The embedder also stays int8 where the flags
+    ``w8`` (dynamic int8 loses its ranking; fp32 is faster but holds four times the memory,
+    ``models.reranker_precision``). The embedder also stays int8 where the flags
     cannot be read, so such an index keeps its vectors; the reranker, whose scores are not
     stored, needs the flags to show VNNI or AMX. The gates and speeds: docs/performance.md,
     "Accuracy gates" and "A CPU without VNNI"."""
