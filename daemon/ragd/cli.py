@@ -483,7 +483,8 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--reranker", default=None, help="Reranker for --rerank (default: models.reranker).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8", "int8-dynamic"]),
               default=None,
-              help="Model precision (default: models.precision); the cached index keeps what it was built with.")
+              help="Both models' precision (default: models.precision, and models.reranker_precision where "
+                   "set); the cached index keeps what it was built with.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default=None,
               help="What runs the models (default: models.backend).")
 @click.option("--mode", type=click.Choice(["dense", "sparse", "lexical", "hybrid"]), default=None,
