@@ -262,7 +262,9 @@ class OnnxSession:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        options.enable_cpu_mem_arena = False  # the arena keeps the largest batch's activations (~80 MB for BGE-M3)
+        # The arena keeps the largest batch's activations (~80 MB for BGE-M3) but saves allocations
+        # that cost ~10% of a pass on some CPUs (docs/performance.md)
+        options.enable_cpu_mem_arena = True
         self.session = onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [_Port(i.name) for i in self.session.get_inputs()]
 
