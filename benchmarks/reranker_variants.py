@@ -128,12 +128,10 @@ def quantised(source: Path, variant: str) -> Path:
 
 
 def ort_session(path: Path) -> Run:
-    import onnxruntime as ort
+    """``path`` in ragd's ONNX Runtime session (its options for every variant, the peer's too)."""
+    from ragd.models.openvino.onnx import OnnxSession
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = OnnxSession(path, len(os.sched_getaffinity(0))).session
     return lambda feed: session.run(None, feed)[0]
 
 

@@ -434,12 +434,9 @@ def models_convert(config_file: str | None, role: str, precision: str | None, ca
     (e.g. Chinese text for Chinese collections) fits it to them. int8-dynamic keeps the fastest
     of its recipes that agrees with the float model on that text. Vectors already indexed with
     another calibration stay valid but differ slightly; re-index for the best match."""
-    import dataclasses
-
     try:
         cfg = _load(config_file)
-        models_cfg = (cfg.models if precision is None
-                      else dataclasses.replace(cfg.models, precision=precision, reranker_precision=""))
+        models_cfg = cfg.models if precision is None else cfg.models.with_precision(precision)
         from ragd.models import convert_models
 
         roles = ["embedder", "reranker"] if role == "all" else [role]
@@ -529,13 +526,10 @@ def eval_command(
             overrides["embedder"] = embedder
         if reranker is not None:
             overrides["reranker"] = reranker
-        if precision is not None:
-            overrides["precision"] = precision
-            overrides["reranker_precision"] = ""
         if backend is not None:
             overrides["backend"] = backend
-        if overrides:
-            cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **overrides))
+        models_cfg = cfg.models if precision is None else cfg.models.with_precision(precision)
+        cfg = dataclasses.replace(cfg, models=dataclasses.replace(models_cfg, **overrides))
         if rerank_min_tokens is not None:
             cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, rerank_min_tokens=rerank_min_tokens))
         parsed = _parse_weights(weights)

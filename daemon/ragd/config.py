@@ -52,6 +52,15 @@ class ModelsConfig:
     backend: str = "auto"
     cache_dir: str = ""
 
+    @property
+    def reranker_runs_in(self) -> str:
+        """The reranker's precision setting: its own where set, else the shared one."""
+        return self.reranker_precision or self.precision
+
+    def with_precision(self, precision: str) -> ModelsConfig:
+        """Both models in ``precision`` (a command's ``--precision``)."""
+        return replace(self, precision=precision, reranker_precision="")
+
 
 @dataclass(frozen=True)
 class ChunkingConfig:

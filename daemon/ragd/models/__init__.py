@@ -132,8 +132,7 @@ def load_reranker(
 
         return FakeReranker(folder, model_fingerprint(location))
     return open_reranker(
-        folder, model_fingerprint(location), device=cfg.device, precision=cfg.reranker_precision or cfg.precision,
-        backend=cfg.backend,
+        folder, model_fingerprint(location), device=cfg.device, precision=cfg.reranker_runs_in, backend=cfg.backend,
         batch_size=cfg.batch_size, cache_dir=cache_dir(cfg), calibration=calibration, progress=progress,
         force_convert=force_convert,
     )
