@@ -8,6 +8,8 @@ Variants (the random bge-reranker-v2-m3 architecture of ``inference.py``, full s
 
 - ``peer``: sentence-transformers' dynamic int8 ONNX export at batch 1 (``peers.py`` makes it),
   its session run bare; the fastest peer on a CPU without VNNI.
+- ``peer-ov``: sentence-transformers' static int8 OpenVINO export (``peers.py`` makes it), compiled
+  bare as ``peers.py --profile`` does; the fastest peer on a CPU with VNNI.
 - ``ov-int8``, ``ov-w8``, ``ov-fp32``: ragd's converted OpenVINO models, through ragd's ``Runner``
   (``int8``: static int8 with the scored row in float, ``auto``'s choice where the CPU has VNNI
   or AMX; ``w8``: int8 weights, fp32 arithmetic, ``auto``'s choice elsewhere; ``fp32``).
@@ -49,7 +51,7 @@ from peers import RERANK_MAX_LENGTH, peer_folder, spearman, st_file
 FOLDER = CACHE / "reranker-variants"
 KINDS = {"qkv": r"^Attention_\d+$", "ao": r"attention/output/dense/MatMul", "up": r"intermediate/dense/MatMul",
          "down": r"layer\.\d+/output/dense/MatMul"}
-VARIANTS = ("peer", "ov-int8", "ov-w8", "ov-fp32", "ort-fp32", "ort-u8", "ort-s8", "ort-u8-qkv", "ort-u8-ao",
+VARIANTS = ("peer", "peer-ov", "ov-int8", "ov-w8", "ov-fp32", "ort-fp32", "ort-u8", "ort-s8", "ort-u8-qkv", "ort-u8-ao",
             "ort-u8-up", "ort-u8-down", "ort-u8-branch")
 Run = Callable[[dict[str, np.ndarray]], Any]
 
@@ -127,11 +129,12 @@ def quantised(source: Path, variant: str) -> Path:
     return target
 
 
-def ort_session(path: Path) -> Run:
-    """``path`` in ragd's ONNX Runtime session (its options for every variant, the peer's too)."""
-    from ragd.models.openvino.onnx import OnnxSession
+def ort_session(path: Path, peer: bool = False) -> Run:
+    """``path`` in ragd's ONNX Runtime session (its options for every variant, the peer's too,
+    but the peer keeps every graph fusion, as its own session does)."""
+    from ragd.models.openvino.onnx import UNFUSED, OnnxSession
 
-    session = OnnxSession(path, len(os.sched_getaffinity(0))).session
+    session = OnnxSession(path, len(os.sched_getaffinity(0)), () if peer else UNFUSED).session
     return lambda feed: session.run(None, feed)[0]
 
 
@@ -143,13 +146,28 @@ def ragd_runner(source: Path, precision: str) -> Run:
     return lambda feed: model.runner(feed["input_ids"], feed["attention_mask"])
 
 
+def ov_peer(path: Path) -> Run:
+    """The peer's OpenVINO model compiled bare, one stream on every core (as ``peers.py --profile``)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0)),
+                                                          "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+    return lambda feed: request.infer(feed)[0]
+
+
 def build(variant: str, source: Path) -> Run:
     if variant == "peer":
         folder = peer_folder(source, "rerank")
         path = folder / st_file("st-onnx-int8")
         if not path.is_file():
             raise SystemExit(f"no peer export at {path}: run benchmarks/peers.py --roles rerank first")
-        return ort_session(path)
+        return ort_session(path, peer=True)
+    if variant == "peer-ov":
+        path = peer_folder(source, "rerank") / st_file("st-openvino-int8")
+        if not path.is_file():
+            raise SystemExit(f"no peer export at {path}: run benchmarks/peers.py --roles rerank first")
+        return ov_peer(path)
     if variant.startswith("ov-"):
         return ragd_runner(source, variant[3:])
     if variant == "ort-fp32":

@@ -39,6 +39,13 @@ def test_auto_runs_dynamic_int8_for_the_embedder_on_a_cpu_without_int8_dot_produ
     assert openvino_auto_precision("reranker", info) == "w8"  # dynamic int8 loses the ranking
     info.write_text(AVX2.replace("avx2", "avx2 avx512_vnni"))
     assert openvino_auto_precision("embedder", info) == "int8"
+    # an Intel CPU with AVX512-VNNI and no AMX: ONNX Runtime's dynamic int8 embeds fastest there too
+    info.write_text("vendor_id\t: GenuineIntel\n" + AVX2.replace("avx2", "avx2 avx512_vnni"))
+    assert openvino_auto_precision("embedder", info) == DYNAMIC
+    assert openvino_auto_precision("reranker", info) == "int8"
+    with monkeypatch.context() as m:  # without onnxruntime: OpenVINO's static int8, not w8
+        m.setattr(cpu, "onnxruntime_installed", lambda: False)
+        assert openvino_auto_precision("embedder", info) == "int8"
     info.write_text(AVX2)
     monkeypatch.setattr(cpu, "onnxruntime_installed", lambda: False)
     assert openvino_auto_precision("embedder", info) == "w8"
@@ -154,15 +161,22 @@ def test_conversion_is_redone_when_the_weights_or_recipe_change_and_kept_when_it
     assert sorted(p.name for p in loc.folder.parent.iterdir()) == sorted([loc.folder.name, other.name])
 
 
-@pytest.mark.parametrize(("agreements", "kept"), [([0.999], 0), ([0.95, 0.995], 1), ([0.95, 0.96, 0.97, 0.98], 3)])
+@pytest.mark.parametrize(("vnni", "agreements", "kept"), [
+    (False, [0.999], 0), (False, [0.95, 0.995], 1), (False, [0.95, 0.96, 0.97, 0.98], 3),
+    (True, [0.999], 0), (True, [0.95, 0.995], 1), (True, [0.95, 0.96, 0.97], 2),
+])
 def test_the_fastest_recipe_that_keeps_the_agreement(
-    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agreements: list[float], kept: int
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni: bool,
+    agreements: list[float], kept: int,
 ) -> None:
-    """Recipes are tried from s8 weights all int8 to u8 weights with every feed-forward output
-    float; the first that reaches ``AGREEMENT`` is kept, else the last (the most accurate), and
-    meta.json says which."""
+    """Recipes are tried from s8 weights all int8 to every feed-forward output float (u8
+    weights after the first on AVX2, s8 throughout with VNNI); the first that reaches
+    ``AGREEMENT`` is kept, else the last (the most accurate), and meta.json says which."""
     from ragd.models.openvino import onnx
 
+    monkeypatch.setattr(onnx, "cpu_shows_int8_dot", lambda: vnni)
+    recipes = onnx.VNNI_RECIPES if vnni else onnx.RECIPES
+    assert onnx.recipes_here() == recipes and {r.weights for r in onnx.VNNI_RECIPES} == {"s8"}
     measured = iter(agreements)
     monkeypatch.setattr(onnx, "_agreement", lambda hidden, reference: next(measured))
     said: list[str] = []
@@ -171,9 +185,9 @@ def test_the_fastest_recipe_that_keeps_the_agreement(
     layers = json.loads((tiny_models["m3"] / "config.json").read_text())["num_hidden_layers"]
     tried = [tuple(m.split(", ")[1:3]) for m in said if "feed-forward outputs float" in m]
     assert tried == [(f"{r.weights} weights", f"{round(layers * r.float_share)} feed-forward outputs float")
-                     for r in onnx.RECIPES[: kept + 1]]
+                     for r in recipes[: kept + 1]]
     meta = emb.runner.location.meta()
-    chosen = onnx.RECIPES[kept]
+    chosen = recipes[kept]
     assert meta["float_matmuls"] == round(layers * chosen.float_share) and meta["agreement"] == agreements[kept]
     assert meta["weights"].startswith(f"{chosen.weights} per channel")
     assert f"agreement with the float model: {agreements[0]:.4f} (needs {AGREEMENT})" in said
@@ -194,6 +208,13 @@ def test_attention_is_fused_and_a_failed_fusion_quantises_the_export_as_it_is(
     fused = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "a")
     ops = [n.op_type for n in onnx_proto.load(str(fused.runner.location.model_file)).graph.node]
     assert ops.count("QAttention") == layers and fused.runner.location.meta()["fused_attention"] == layers
+    # residual + LayerNorm and bias + GELU stay apart (``onnx.UNFUSED``), in the file and in the session
+    assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops
+    assert ops.count("LayerNormalization") >= 2 * layers and ops.count("Gelu") == layers
+    session_ops = [n.op_type for n in _session_graph(fused.runner.location.model_file, monkeypatch)]
+    assert "SkipLayerNormalization" not in session_ops and "BiasGelu" not in session_ops
+    assert "SkipLayerNormalization" in [n.op_type for n in _session_graph(
+        fused.runner.location.model_file, monkeypatch, unfused=())]  # what the session would fuse otherwise
     monkeypatch.setattr(onnx, "_FUSE", "raise SystemExit('optimizer broke')")
     said: list[str] = []
     plain = OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "b",
@@ -208,6 +229,28 @@ def test_attention_is_fused_and_a_failed_fusion_quantises_the_export_as_it_is(
     said.clear()
     OpenVINOEmbedder(tiny_models["m3"], "tiny", precision=DYNAMIC, cache_dir=tmp_path / "c", progress=said.append)
     assert "attention not fused (no result in 0.01 s); quantising the export as it is" in said
+
+
+def _session_graph(path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> list[Any]:
+    """The graph an ``OnnxSession`` on ``path`` runs, after ONNX Runtime's own fusions."""
+    import onnx as onnx_proto
+    import onnxruntime
+
+    from ragd.models.openvino.onnx import OnnxSession
+
+    saved = path.parent / "session-graph.onnx"
+
+    class Saving(onnxruntime.SessionOptions):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.optimized_model_filepath = str(saved)
+
+    with monkeypatch.context() as m:
+        m.setattr(onnxruntime, "SessionOptions", Saving)
+        OnnxSession(path, 1, **kwargs)
+    graph = list(onnx_proto.load(str(saved), load_external_data=False).graph.node)
+    saved.unlink()
+    return graph
 
 
 def test_a_broken_model_file_says_what_failed(tiny_models: dict[str, Path], tmp_path: Path) -> None:

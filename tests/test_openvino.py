@@ -63,6 +63,11 @@ def test_backend_and_precision_resolution() -> None:
     ("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n", "int8", "int8"),
     ("flags\t\t: fpu sse2 avx2 avx_vnni\n", "int8", "int8"),
     ("flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_int8\n", "int8", "int8"),
+    # Intel's AVX512-VNNI without AMX: ONNX Runtime's dynamic int8 embeds faster; AMD's, AVX-VNNI and AMX keep int8
+    ("vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n", "int8-dynamic", "int8"),
+    ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n", "int8", "int8"),
+    ("vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx_vnni\n", "int8", "int8"),
+    ("vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512_vnni amx_bf16 amx_int8\n", "int8", "int8"),
     # not x86: the embedder keeps int8, as before the check; the reranker needs the flags to show VNNI or AMX
     ("Features\t: fp asimd asimddp\n", "int8", "w8"),
     (None, "int8", "w8"),  # unreadable

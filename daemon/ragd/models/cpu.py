@@ -54,6 +54,26 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
                 set())
 
 
+def cpu_vendor(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's vendor (``GenuineIntel``, ``AuthenticAMD``; the first ``vendor_id`` line of
+    ``cpuinfo``), or "" where there is none or it cannot be read."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
+
+
+def dynamic_int8_embeds_fastest(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether ONNX Runtime's dynamic int8 embeds faster than OpenVINO's static int8 on this CPU
+    with int8 dot products: an Intel one with AVX512-VNNI and no AMX. On such a Xeon it ran at
+    1.11x the fastest peer against static int8's 0.80x; on AMD's AVX512-VNNI, ONNX Runtime's
+    int8 ran at 0.64-0.75x OpenVINO's (docs/performance.md, "An Intel Xeon with AVX-512 VNNI")."""
+    flags = cpu_flags(cpuinfo) or set()
+    return (cpu_vendor(cpuinfo) == "GenuineIntel" and "avx512_vnni" in flags
+            and not flags & {"amx_bf16", "amx_int8"})
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
     return bool((cpu_flags() or set()) & {"avx512_bf16", "amx_bf16"})
@@ -132,7 +152,8 @@ def onnxruntime_installed() -> bool:
 
 def openvino_auto_precision(role: str, cpuinfo: Path = CPUINFO) -> str:
     """What ``precision = "auto"`` runs with the OpenVINO backend, per role: static int8
-    where the CPU multiplies int8 natively (VNNI or AMX). Elsewhere the embedder runs ONNX
+    where the CPU multiplies int8 natively (VNNI or AMX), but for the embedder on an Intel CPU
+    with AVX512-VNNI and no AMX (``dynamic_int8_embeds_fastest``). Elsewhere the embedder runs ONNX
     Runtime's dynamic int8 (``int8-dynamic``; int8 weights with fp32 arithmetic, ``w8``,
     without onnxruntime), whose integer kernels are the fastest there, and the reranker
     ``w8`` (dynamic int8 loses its ranking; fp32 is faster but holds four times the memory,
@@ -143,7 +164,7 @@ def openvino_auto_precision(role: str, cpuinfo: Path = CPUINFO) -> str:
     if role == "reranker":
         return "int8" if cpu_shows_int8_dot(cpuinfo) else "w8"
     if cpu_has_int8_dot(cpuinfo):
-        return "int8"
+        return DYNAMIC if dynamic_int8_embeds_fastest(cpuinfo) and onnxruntime_installed() else "int8"
     return DYNAMIC if onnxruntime_installed() else "w8"
 
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ragd.errors import ModelLoadError
-from ragd.models.cpu import cpu_cores
+from ragd.models.cpu import cpu_cores, cpu_shows_int8_dot
 from ragd.models.openvino.cache import DYNAMIC
 from ragd.models.openvino.calibration import Sample
 from ragd.models.openvino.trace import traceable
@@ -50,6 +50,14 @@ class Recipe(NamedTuple):
 RECIPES = (Recipe("s8", 0.0), Recipe("u8", 0.0), Recipe("u8", 0.5), Recipe("u8", 1.0))
 """Tried in turn, fastest first; the first that reaches ``AGREEMENT`` is kept, else the last
 (the most accurate)."""
+VNNI_RECIPES = (Recipe("s8", 0.0), Recipe("s8", 0.5), Recipe("s8", 1.0))
+"""``RECIPES`` where the CPU has int8 dot products (VNNI, AMX): there u8 x s8 products add into
+32 bits without saturating, and u8 x u8 ones have no fast kernel (they ran at fp32's speed)."""
+
+
+def recipes_here() -> tuple[Recipe, ...]:
+    """The recipes this CPU tries, in turn."""
+    return VNNI_RECIPES if cpu_shows_int8_dot() else RECIPES
 AGREEMENT = 0.995
 """Mean cosine of every token's hidden state to the float model's, on calibration text, that a
 recipe must reach (docs/performance.md, "The embedder in ONNX Runtime's dynamic int8")."""
@@ -65,7 +73,7 @@ def export_dynamic_int8(
 ) -> dict[str, Any]:
     """Export the embedder's transformer ``module`` (hidden states out) to ONNX, fuse its
     attention, quantise it to dynamic int8 into ``folder / MODEL_FILE`` and drop the float
-    export. With ``samples`` (calibration inputs) the first of ``RECIPES`` that keeps
+    export. With ``samples`` (calibration inputs) the first of ``recipes_here()`` that keeps
     ``AGREEMENT`` to the float model is chosen; without, the most accurate. Returns what
     ``meta.json`` records about it. Embedder only: the reranker's ranking does not survive
     dynamic int8 (``cpu.resolve_precision``)."""
@@ -90,7 +98,7 @@ def export_dynamic_int8(
         source, fused = _fuse(exported / MODEL_FILE, say)
         checked = list(samples)[:CHECK_SAMPLES]
         reference = _hidden(exported / MODEL_FILE, checked) if checked else []
-        recipes = RECIPES if checked else RECIPES[-1:]
+        recipes = recipes_here() if checked else recipes_here()[-1:]
         matmuls = _matmuls(source)
         for n, chosen in enumerate(recipes):
             exclude = _float_nodes(matmuls, chosen.float_share)
@@ -110,6 +118,10 @@ def export_dynamic_int8(
             "agreement": None if agreement is None else round(agreement, 5), "agreement_samples": len(checked)}
 
 
+UNFUSED = ("SkipLayerNormFusion", "BiasGeluFusion")
+"""ONNX Runtime's fusions left out, by its transformer optimizer (``fuse_here``) and by the
+session: its CPU kernels for residual + LayerNorm and bias + GELU ran slower than the separate
+operators (a pass ~13% faster without them; docs/performance.md, "Without the fused LayerNorm")."""
 FUSED_FILE = "fused.onnx"
 FUSE_SECONDS = 900
 """How long the fusion may take (BGE-M3: 8 s) before the export is quantised unfused."""
@@ -144,11 +156,14 @@ def fuse_here(source: str, target: str) -> None:
     fused, written to ``target`` with the new weights in one data file beside it, and the number
     of fused attentions printed."""
     import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")  # UNFUSED
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = options.enable_bias_gelu = False
     with _quiet(), contextlib.redirect_stdout(sys.stderr):
         model = optimize_model(onnx.load(source, load_external_data=False), model_type="bert", opt_level=0,
-                               num_heads=0, hidden_size=0)
+                               num_heads=0, hidden_size=0, optimization_options=options)
         model.save_model_to_file(target, use_external_data_format=True, all_tensors_to_one_file=True)
     print(sum(n.op_type == "Attention" for n in model.model.graph.node))
 
@@ -253,9 +268,9 @@ class OnnxRequest:
 
 class OnnxSession:
     """An ONNX Runtime session on every core this process may use, with the calls ``Runner``
-    makes on a compiled OpenVINO model."""
+    makes on a compiled OpenVINO model; ``unfused``: the graph fusions it leaves out."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, unfused: Sequence[str] = UNFUSED) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -265,7 +280,8 @@ class OnnxSession:
         # The arena keeps the largest batch's activations (~80 MB for BGE-M3) but saves allocations
         # that cost ~10% of a pass on some CPUs (docs/performance.md)
         options.enable_cpu_mem_arena = True
-        self.session = onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"],
+                                                    disabled_optimizers=list(unfused))
         self.inputs = [_Port(i.name) for i in self.session.get_inputs()]
 
     def create_infer_request(self) -> OnnxRequest:
