@@ -28,6 +28,8 @@ from ragd.models.openvino.onnx import AGREEMENT, CHECK_SAMPLES
 
 TEXTS = ["ice cores record past climate", "rivers " * 90, "冰芯记录了过去的气候", "a"]
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n"
+CONVERTED = ["embedding_scales.npy", "embeddings.npy", "m3_heads.npz", "meta.json", "model.onnx"]
+"""A converted model's folder: the word embeddings (int8, looked up outside), the heads, the model."""
 
 
 def test_auto_runs_dynamic_int8_for_the_embedder_on_a_cpu_without_int8_dot_products(
@@ -72,9 +74,12 @@ def test_dynamic_int8_embedder_computes_what_torch_computes(tiny_models: dict[st
                            multi_vector=True)
     assert (emb.backend, emb.precision, emb.model_id) == ("openvino", DYNAMIC, "tiny@1+ort-int8")
     folder = emb.runner.location.folder
-    assert sorted(p.name for p in folder.iterdir()) == ["m3_heads.npz", "meta.json", "model.onnx"]  # no float export
+    assert sorted(p.name for p in folder.iterdir()) == CONVERTED  # no float export
     meta = emb.runner.location.meta()
     assert meta["runtime"] == "onnxruntime" and meta["recipe"] == DYNAMIC_RECIPE["embedder"]
+    # the word embeddings are looked up outside the model, int8 per row, as for OpenVINO's int8
+    assert [p.name for p in emb.runner._compiled.inputs] == ["inputs_embeds", "attention_mask"]
+    assert meta["word_embeddings"].startswith("int8 per row")
     # measured against the float model on calibration text; the first recipe that agrees is kept
     assert meta["agreement"] >= AGREEMENT and meta["agreement_samples"] == CHECK_SAMPLES
     assert emb.text_batching().step == 1  # no compiled shapes to reuse: batches are not padded to a step
@@ -192,7 +197,7 @@ def test_the_fastest_recipe_that_keeps_the_agreement(
     assert meta["weights"].startswith(f"{chosen.weights} per channel")
     assert f"agreement with the float model: {agreements[0]:.4f} (needs {AGREEMENT})" in said
     assert next(measured, None) is None  # no recipe tried after the one kept
-    assert sorted(p.name for p in emb.runner.location.folder.iterdir()) == ["m3_heads.npz", "meta.json", "model.onnx"]
+    assert sorted(p.name for p in emb.runner.location.folder.iterdir()) == CONVERTED
 
 
 def test_attention_is_fused_and_a_failed_fusion_quantises_the_export_as_it_is(
@@ -273,13 +278,14 @@ def test_a_search_cancels_an_indexing_batch_and_it_runs_again(tiny_models: dict[
     ids = rng.integers(5, 200, size=(64, 512))
     mask = np.ones_like(ids)
     expected = runner(ids, mask, foreground=False)
+    feed = runner._inputs(ids, mask)  # the word embeddings looked up as the runner does
     request = runner._compiled.create_infer_request()
     stopped: list[BaseException] = []
 
     def run() -> None:
         try:
             for _ in range(50):  # long enough for the cancel to land inside a run
-                request.infer({"input_ids": ids, "attention_mask": mask})
+                request.infer(feed)
         except RuntimeError as exc:
             stopped.append(exc)
 
@@ -289,7 +295,7 @@ def test_a_search_cancels_an_indexing_batch_and_it_runs_again(tiny_models: dict[
     request.cancel()
     worker.join(timeout=60)
     assert not worker.is_alive() and stopped, "the run was not cancelled"
-    request.infer({"input_ids": ids, "attention_mask": mask})  # the session runs on after a cancelled run
+    request.infer(feed)  # the session runs on after a cancelled run
     np.testing.assert_allclose(request.get_output_tensor(0).data, expected, atol=1e-6)
 
 

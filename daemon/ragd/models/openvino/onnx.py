@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -30,6 +30,7 @@ from ragd.models.cpu import cpu_cores, cpu_shows_int8_dot
 from ragd.models.openvino.cache import DYNAMIC
 from ragd.models.openvino.calibration import Sample
 from ragd.models.openvino.trace import traceable
+from ragd.models.openvino.words import WordTable
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
@@ -82,22 +83,29 @@ def export_dynamic_int8(
     import onnxruntime
     import torch
 
-    wrapped = traceable(module, "last_hidden_state")
-    ids = torch.tensor([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=torch.long)
+    # The word embeddings are looked up outside the model (``WordTable``, int8 per row, as for
+    # OpenVINO's int8): the export and the quantiser then hold half of BGE-M3's float weights.
+    words = module.get_input_embeddings().weight.detach().float().cpu().numpy()
+    table, scales = WordTable.save(words, folder)
+    wrapped = traceable(module, "last_hidden_state", embeds=True)
+    ids = np.array([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=np.int64)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)
     exported = folder / "float"
     exported.mkdir()
     say(f"exporting the {role} to ONNX")
-    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    axes = {"inputs_embeds": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
     try:
         with torch.inference_mode(), _quiet():
-            torch.onnx.export(wrapped, (ids, mask), str(exported / MODEL_FILE), dynamo=False, opset_version=OPSET,
-                              input_names=["input_ids", "attention_mask"], output_names=["output"],
+            torch.onnx.export(wrapped, (torch.from_numpy(WordTable.lookup_in(table, scales, ids)), mask),
+                              str(exported / MODEL_FILE), dynamo=False, opset_version=OPSET,
+                              input_names=["inputs_embeds", "attention_mask"], output_names=["output"],
                               dynamic_axes={**axes, "output": {0: "batch"}})
         external = sum(f.stat().st_size for f in exported.iterdir()) > EXTERNAL_DATA_BYTES
         source, fused = _fuse(exported / MODEL_FILE, say)
         checked = list(samples)[:CHECK_SAMPLES]
-        reference = _hidden(exported / MODEL_FILE, checked) if checked else []
+        # the float model reads the float rows; the quantised one the int8 rows it runs with
+        reference = _hidden(exported / MODEL_FILE, checked, lambda i: words[i]) if checked else []
+        int8_rows = lambda i: WordTable.lookup_in(table, scales, i)  # noqa: E731
         recipes = recipes_here() if checked else recipes_here()[-1:]
         matmuls = _matmuls(source)
         for n, chosen in enumerate(recipes):
@@ -105,7 +113,7 @@ def export_dynamic_int8(
             say(f"quantising the {role} to dynamic int8 (ONNX Runtime), "
                 f"{chosen.weights} weights, {len(exclude)} feed-forward outputs float")
             _quantise(source, folder / MODEL_FILE, exclude, chosen.weights, external)
-            agreement = _agreement(_hidden(folder / MODEL_FILE, checked), reference) if checked else None
+            agreement = _agreement(_hidden(folder / MODEL_FILE, checked, int8_rows), reference) if checked else None
             if agreement is not None:
                 say(f"agreement with the float model: {agreement:.4f} (needs {AGREEMENT})")
             if agreement is None or agreement >= AGREEMENT or n == len(recipes) - 1:
@@ -115,7 +123,8 @@ def export_dynamic_int8(
     return {"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__,
             "weights": f"{chosen.weights} per channel; inputs quantised to u8 per tensor as they run",
             "fused_attention": fused, "float_matmuls": len(exclude),
-            "agreement": None if agreement is None else round(agreement, 5), "agreement_samples": len(checked)}
+            "agreement": None if agreement is None else round(agreement, 5), "agreement_samples": len(checked),
+            "word_embeddings": "int8 per row, looked up outside the model"}
 
 
 UNFUSED = ("SkipLayerNormFusion", "BiasGeluFusion")
@@ -182,10 +191,11 @@ def _quantise(source: Path, target: Path, exclude: list[str], weights: str, exte
                          extra_options={"DefaultTensorType": 1})
 
 
-def _hidden(path: Path, samples: Sequence[Sample]) -> list[np.ndarray]:
-    """The model's hidden states for each sample, on every core."""
+def _hidden(path: Path, samples: Sequence[Sample], rows: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """The model's hidden states for each sample, its word embeddings looked up by ``rows``, on
+    every core."""
     session = OnnxSession(path, cpu_cores()).session
-    return [session.run(None, {"input_ids": s["input_ids"], "attention_mask": s["attention_mask"]})[0][0]
+    return [session.run(None, {"inputs_embeds": rows(s["input_ids"]), "attention_mask": s["attention_mask"]})[0][0]
             for s in samples]
 
 
