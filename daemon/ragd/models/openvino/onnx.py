@@ -1,6 +1,7 @@
-"""``int8-dynamic``: the embedder exported to ONNX, its attention fused and its MatMuls
-quantised by ONNX Runtime's dynamic int8 (weights per channel, each MatMul's input quantised to
-u8 as it runs), run by ONNX Runtime's CPU provider. On CPUs without int8 dot products (AVX2
+"""``int8-dynamic``: the embedder exported to ONNX (its word embeddings looked up outside, as
+``words.WordTable``), its attention fused and its MatMuls quantised by ONNX Runtime's dynamic
+int8 (weights per channel, each MatMul's input quantised to u8 as it runs), run by ONNX
+Runtime's CPU provider. On CPUs without int8 dot products (AVX2
 without VNNI) its integer kernels are faster than OpenVINO's there at the same accuracy
 (docs/performance.md, "A CPU without VNNI"). It shares the converted models' cache, scheduler
 and ``Runner`` with OpenVINO: ``OnnxSession`` and ``OnnxRequest`` give an ONNX Runtime session
