@@ -46,22 +46,24 @@ def gpu_driver_possible() -> bool:
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
     """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``: x86 Linux); an empty
     set where there is none (other architectures), None where it cannot be read."""
+    value = _cpuinfo_field(cpuinfo, "flags")
+    return None if value is None else set(value.split())
+
+
+def _cpuinfo_field(cpuinfo: Path, name: str) -> str | None:
+    """The value of the first ``name`` line of ``cpuinfo``; "" where there is none, None where
+    the file cannot be read."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
-                set())
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(name)), "")
 
 
 def cpu_vendor(cpuinfo: Path = CPUINFO) -> str:
     """The CPU's vendor (``GenuineIntel``, ``AuthenticAMD``; the first ``vendor_id`` line of
     ``cpuinfo``), or "" where there is none or it cannot be read."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
+    return _cpuinfo_field(cpuinfo, "vendor_id") or ""
 
 
 def dynamic_int8_embeds_fastest(cpuinfo: Path = CPUINFO) -> bool:
@@ -69,9 +71,8 @@ def dynamic_int8_embeds_fastest(cpuinfo: Path = CPUINFO) -> bool:
     with int8 dot products: an Intel one with AVX512-VNNI and no AMX. On such a Xeon it ran at
     1.11x the fastest peer against static int8's 0.80x; on AMD's AVX512-VNNI, ONNX Runtime's
     int8 ran at 0.64-0.75x OpenVINO's (docs/performance.md, "An Intel Xeon with AVX-512 VNNI")."""
-    flags = cpu_flags(cpuinfo) or set()
-    return (cpu_vendor(cpuinfo) == "GenuineIntel" and "avx512_vnni" in flags
-            and not flags & {"amx_bf16", "amx_int8"})
+    return (cpu_vendor(cpuinfo) == "GenuineIntel" and "avx512_vnni" in (cpu_flags(cpuinfo) or set())
+            and not cpu_has_amx(cpuinfo))
 
 
 def cpu_has_bf16() -> bool:
