@@ -89,6 +89,25 @@ def test_auto_runs_static_int8_only_with_int8_dot_products(
     assert model_id_for("m@1", "fp32", "openvino", path) == "m@1"
 
 
+@pytest.mark.parametrize(("cpuinfo", "pays"), [
+    ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n", True),
+    ("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16\n", False),
+    ("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512_vnni avx512_bf16 amx_bf16 amx_int8\n", True),
+    ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),
+    ("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx_vnni\n", False),
+    (None, False),  # unreadable
+])
+def test_bf16_attention_only_where_it_pays(tmp_path: Path, cpuinfo: str | None, pays: bool) -> None:
+    """The int8 reranker's attention runs in bf16 with AMX or on AMD's AVX512-BF16, not on
+    Intel's AVX512-BF16 without AMX (slower than f32 there) nor without native bf16."""
+    from ragd.models.cpu import bf16_attention_pays
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text("processor\t: 0\n" + cpuinfo)
+    assert bf16_attention_pays(path) is pays
+
+
 def test_float_arithmetic_follows_precision_role_and_cpu() -> None:
     """The int8 embedder computes its float parts in bf16 only where the CPU has native bf16
     without AMX; the reranker in f32 whatever its precision."""
@@ -847,11 +866,11 @@ def test_int8_reranker_layers_by_position(tmp_path: Path, monkeypatch: pytest.Mo
     """On a three-layer reranker: the first layer has int8 weights and float inputs (quantised
     per token as it runs), the middle one is static int8, the last computes the scored row alone
     (its other rows never reach the score: dropping them changes no score), and the attention of
-    the rows outside the branch runs in bf16 from the second layer where the CPU has native bf16,
-    within rounding of the same model in f32."""
+    the rows outside the branch runs in bf16 from the second layer where that pays
+    (``bf16_attention_pays``), within rounding of the same model in f32."""
     import openvino as ov
 
-    from ragd.models.cpu import cpu_has_bf16
+    from ragd.models.cpu import bf16_attention_pays, cpu_has_bf16
     from ragd.models.openvino.runner import attention_in_bf16
     from ragd.models.synthetic import build_reranker
 
@@ -905,14 +924,15 @@ def test_int8_reranker_layers_by_position(tmp_path: Path, monkeypatch: pytest.Mo
                 "attention_mask": np.ones((batch, rows), dtype=np.int64)}
         np.testing.assert_allclose(compiled[1](feed)[0], compiled[0](feed)[0], rtol=0, atol=1e-6)
 
-    # The attention in bf16: one (the middle layer's), where the CPU computes bf16.
-    assert int8.runner.bf16_attentions == (1 if cpu_has_bf16() else 0)
+    # The attention in bf16: one (the middle layer's), where bf16 attention runs faster than f32.
+    pays = bf16_attention_pays()
+    assert int8.runner.bf16_attentions == (1 if pays else 0)
     runtime = [(op.get_friendly_name(), op.get_rt_info()["runtimePrecision"].astype(str))
                for op in int8.runner._compiled.get_runtime_model().get_ops()
                if op.get_rt_info()["layerType"].astype(str) == "Subgraph"]
     in_bf16 = [name for name, precision in runtime if precision == "bf16"]
-    assert in_bf16 == ([n for n, _ in runtime if "layer.1/" in n and ".cls_" not in n] if cpu_has_bf16() else [])
-    if not cpu_has_bf16():
+    assert in_bf16 == ([n for n, _ in runtime if "layer.1/" in n and ".cls_" not in n] if pays else [])
+    if not cpu_has_bf16():  # the comparison below needs bf16 computed natively
         return
     f32 = core.compile_model(core.read_model(str(int8.runner.location.xml)), "CPU", config)
     bf16_model = core.read_model(str(int8.runner.location.xml))

@@ -59,8 +59,9 @@ FIRST_LAYER = r"layer\.0[./]"
 """The int8 reranker's first layer: out of static int8 (``FLOAT_OPS``), its MatMuls get int8
 weights after quantising, so they too run with per-token int8 inputs (the branch's excepted)."""
 BF16_ATTENTION_FROM_LAYER = 1
-"""From this layer on, the int8 rows' attention runs in bf16 where the CPU has native bf16
-(``runner.attention_in_bf16``, applied when compiling); the first layer's stays f32."""
+"""From this layer on, the int8 rows' attention runs in bf16 where that is faster than f32
+(``cpu.bf16_attention_pays``; ``runner.attention_in_bf16``, applied when compiling); the first
+layer's stays f32."""
 DYNAMIC_QUANTIZATION_GROUP = 128
 """The int8 reranker's key and value projections and first layer (int8 weights) quantise their
 inputs per token and group of 128 channels as they run (OpenVINO's dynamic quantisation), where

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ragd.errors import ModelLoadError
-from ragd.models.cpu import cpu_cores, cpu_has_amx, cpu_has_bf16, float_arithmetic
+from ragd.models.cpu import bf16_attention_pays, cpu_cores, cpu_has_amx, float_arithmetic
 from ragd.models.openvino import block_telemetry
 from ragd.models.openvino.cache import DYNAMIC, IRLocation
 from ragd.models.openvino.onnx import OnnxSession
@@ -135,14 +135,13 @@ def first_row_in_place(model: Any) -> int:
 
 def read_for_cpu(core: Any, location: IRLocation) -> tuple[Any, int]:
     """The converted model as it is compiled: the int8 reranker's scored row written back in
-    place (``first_row_in_place``), and the recipe's bf16 attention where the CPU computes bf16
-    natively (elsewhere bf16 would be emulated, slower than f32). Returns the model and how
-    many attentions run in bf16."""
+    place (``first_row_in_place``), and the recipe's bf16 attention where it runs faster than
+    f32 (``bf16_attention_pays``). Returns the model and how many attentions run in bf16."""
     model = core.read_model(str(location.xml))
     if (location.meta() or {}).get("first_row_in_float_layers"):
         first_row_in_place(model)
     from_layer = bf16_attention_from(location)
-    if from_layer is None or not cpu_has_bf16():
+    if from_layer is None or not bf16_attention_pays():
         return model, 0
     return model, attention_in_bf16(model, from_layer)
 
