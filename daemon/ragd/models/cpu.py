@@ -82,9 +82,9 @@ def cpu_has_bf16() -> bool:
 
 def bf16_attention_pays(cpuinfo: Path = CPUINFO) -> bool:
     """Whether the int8 reranker's attention runs faster in bf16 than in f32 on this CPU: with
-    AMX, or with AVX512-BF16 on a CPU that is not Intel's (AMD's runs a bf16 dot product at
-    twice an f32 FMA's rate). On Intel's AVX512-BF16 without AMX it does not, and the pass was
-    11% slower with it (docs/performance.md, "f32 attention on Intel's AVX512-BF16")."""
+    AMX, or with AVX512-BF16 on a CPU that is not Intel's (an AMD EPYC ran it ~1.9x faster in
+    bf16). On Intel's AVX512-BF16 without AMX it measured slower
+    (docs/performance.md, "The reranker's attention in f32 on Intel's AVX512-BF16")."""
     flags = cpu_flags(cpuinfo) or set()
     return cpu_has_amx(cpuinfo) or ("avx512_bf16" in flags and cpu_vendor(cpuinfo) != "GenuineIntel")
 
