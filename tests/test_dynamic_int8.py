@@ -236,6 +236,45 @@ def test_attention_is_fused_and_a_failed_fusion_quantises_the_export_as_it_is(
     assert "attention not fused (no result in 0.01 s); quantising the export as it is" in said
 
 
+def test_the_fusion_holds_the_graph_without_its_weights(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export under 2 GB holds its weights inside the file; the fusion's process first moves
+    them into one data file beside it (so it never holds them all), and the fused model computes
+    what the export does."""
+    import onnx as onnx_proto
+    import onnxruntime
+    import torch
+    from transformers import AutoModel
+
+    from ragd.models.openvino.onnx import FUSED_FILE, MODEL_FILE, OPSET, fuse_here
+    from ragd.models.openvino.trace import traceable
+
+    module = AutoModel.from_pretrained(str(tiny_models["m3"])).eval()
+    embeds = torch.randn(2, 7, module.config.hidden_size)
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    axes = {"inputs_embeds": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    with torch.inference_mode():
+        torch.onnx.export(traceable(module, "last_hidden_state", embeds=True), (embeds, mask),
+                          str(tmp_path / MODEL_FILE), dynamo=False, opset_version=OPSET,
+                          input_names=["inputs_embeds", "attention_mask"], output_names=["output"],
+                          dynamic_axes={**axes, "output": {0: "batch"}})
+    inline = onnx_proto.load(str(tmp_path / MODEL_FILE), load_external_data=False)
+    assert any(t.HasField("raw_data") for t in inline.graph.initializer)
+    feed = {"inputs_embeds": embeds.numpy(), "attention_mask": mask.numpy()}
+    before = onnxruntime.InferenceSession(str(tmp_path / MODEL_FILE)).run(None, feed)[0]
+    monkeypatch.chdir(tmp_path)
+    fuse_here(MODEL_FILE, FUSED_FILE)
+    moved = onnx_proto.load(str(tmp_path / MODEL_FILE), load_external_data=False)
+    assert not any(t.HasField("raw_data") for t in moved.graph.initializer if t.dims and np.prod(t.dims) > 256)
+    assert (tmp_path / f"{MODEL_FILE}.data").stat().st_size > (tmp_path / MODEL_FILE).stat().st_size
+    fused = onnx_proto.load(str(tmp_path / FUSED_FILE), load_external_data=False)
+    assert [n.op_type for n in fused.graph.node].count("Attention") == module.config.num_hidden_layers
+    after = onnxruntime.InferenceSession(str(tmp_path / FUSED_FILE)).run(None, feed)[0]
+    np.testing.assert_allclose(after[0], before[0], atol=1e-4)
+    np.testing.assert_allclose(after[1, :5], before[1, :5], atol=1e-4)
+
+
 def _session_graph(path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> list[Any]:
     """The graph an ``OnnxSession`` on ``path`` runs, after ONNX Runtime's own fusions."""
     import onnx as onnx_proto

@@ -102,10 +102,12 @@ def export_dynamic_int8(
                               input_names=["inputs_embeds", "attention_mask"], output_names=["output"],
                               dynamic_axes={**axes, "output": {0: "batch"}})
         external = sum(f.stat().st_size for f in exported.iterdir()) > EXTERNAL_DATA_BYTES
+        _return_free_memory()  # what the export freed, before the fusion's process
         source, fused = _fuse(exported / MODEL_FILE, say)
         checked = list(samples)[:CHECK_SAMPLES]
         # the float model reads the float rows; the quantised one the int8 rows it runs with
         reference = _hidden(exported / MODEL_FILE, checked, lambda i: words[i]) if checked else []
+        _return_free_memory()  # the float session's
         int8_rows = lambda i: WordTable.lookup_in(table, scales, i)  # noqa: E731
         recipes = recipes_here() if checked else recipes_here()[-1:]
         matmuls = _matmuls(source)
@@ -160,9 +162,21 @@ def _fuse(source: Path, say: Any) -> tuple[Path, int]:
     return source.parent / FUSED_FILE, int(lines[-1])
 
 
+def _return_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc), so that
+    the conversion's later steps do not stack on memory this process no longer uses."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def fuse_here(source: str, target: str) -> None:
     """The child process of ``_fuse``, in the export's folder: the graph is read without its
-    weights (each is read from its own file, relative to this folder, when a fusion needs it),
+    weights (an export that holds them inside is first rewritten with them in a data file beside
+    it; each is read from its file, relative to this folder, when a fusion needs it),
     fused, written to ``target`` with the new weights in one data file beside it, and the number
     of fused attentions printed."""
     import onnx
@@ -171,8 +185,16 @@ def fuse_here(source: str, target: str) -> None:
 
     options = FusionOptions("bert")  # UNFUSED
     options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = options.enable_bias_gelu = False
+    model = onnx.load(source, load_external_data=False)
+    if any(t.HasField("raw_data") for t in model.graph.initializer):
+        # An export under 2 GB holds its weights inside the file: moved out into one data file
+        # first, so that the optimizer holds the graph alone (BGE-M3's fusion: ~5 GB otherwise).
+        onnx.save_model(model, source, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{source}.data", size_threshold=1024)
+        del model
+        model = onnx.load(source, load_external_data=False)
     with _quiet(), contextlib.redirect_stdout(sys.stderr):
-        model = optimize_model(onnx.load(source, load_external_data=False), model_type="bert", opt_level=0,
+        model = optimize_model(model, model_type="bert", opt_level=0,
                                num_heads=0, hidden_size=0, optimization_options=options)
         model.save_model_to_file(target, use_external_data_format=True, all_tensors_to_one_file=True)
     print(sum(n.op_type == "Attention" for n in model.model.graph.node))
