@@ -247,18 +247,12 @@ def test_the_fusion_holds_the_graph_without_its_weights(
     import torch
     from transformers import AutoModel
 
-    from ragd.models.openvino.onnx import FUSED_FILE, MODEL_FILE, OPSET, fuse_here
-    from ragd.models.openvino.trace import traceable
+    from ragd.models.openvino.onnx import FUSED_FILE, MODEL_FILE, export_hidden, fuse_here
 
     module = AutoModel.from_pretrained(str(tiny_models["m3"])).eval()
     embeds = torch.randn(2, 7, module.config.hidden_size)
     mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
-    axes = {"inputs_embeds": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
-    with torch.inference_mode():
-        torch.onnx.export(traceable(module, "last_hidden_state", embeds=True), (embeds, mask),
-                          str(tmp_path / MODEL_FILE), dynamo=False, opset_version=OPSET,
-                          input_names=["inputs_embeds", "attention_mask"], output_names=["output"],
-                          dynamic_axes={**axes, "output": {0: "batch"}})
+    export_hidden(module, embeds, mask, tmp_path / MODEL_FILE)
     inline = onnx_proto.load(str(tmp_path / MODEL_FILE), load_external_data=False)
     assert any(t.HasField("raw_data") for t in inline.graph.initializer)
     feed = {"inputs_embeds": embeds.numpy(), "attention_mask": mask.numpy()}

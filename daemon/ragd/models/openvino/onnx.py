@@ -88,19 +88,13 @@ def export_dynamic_int8(
     # OpenVINO's int8): the export and the quantiser then hold half of BGE-M3's float weights.
     words = module.get_input_embeddings().weight.detach().float().cpu().numpy()
     table, scales = WordTable.save(words, folder)
-    wrapped = traceable(module, "last_hidden_state", embeds=True)
     ids = np.array([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=np.int64)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)
     exported = folder / "float"
     exported.mkdir()
     say(f"exporting the {role} to ONNX")
-    axes = {"inputs_embeds": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
     try:
-        with torch.inference_mode(), _quiet():
-            torch.onnx.export(wrapped, (torch.from_numpy(WordTable.lookup_in(table, scales, ids)), mask),
-                              str(exported / MODEL_FILE), dynamo=False, opset_version=OPSET,
-                              input_names=["inputs_embeds", "attention_mask"], output_names=["output"],
-                              dynamic_axes={**axes, "output": {0: "batch"}})
+        export_hidden(module, torch.from_numpy(WordTable.lookup_in(table, scales, ids)), mask, exported / MODEL_FILE)
         external = sum(f.stat().st_size for f in exported.iterdir()) > EXTERNAL_DATA_BYTES
         _return_free_memory()  # what the export freed, before the fusion's process
         source, fused = _fuse(exported / MODEL_FILE, say)
@@ -128,6 +122,18 @@ def export_dynamic_int8(
             "fused_attention": fused, "float_matmuls": len(exclude),
             "agreement": None if agreement is None else round(agreement, 5), "agreement_samples": len(checked),
             "word_embeddings": "int8 per row, looked up outside the model"}
+
+
+def export_hidden(module: Any, embeds: Any, mask: Any, path: Path) -> None:
+    """``module``'s hidden states, from ``inputs_embeds`` and ``attention_mask`` (the example
+    inputs ``embeds`` and ``mask``), exported to ONNX at ``path``; batch and tokens dynamic."""
+    import torch
+
+    axes = {"inputs_embeds": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    with torch.inference_mode(), _quiet():
+        torch.onnx.export(traceable(module, "last_hidden_state", embeds=True), (embeds, mask), str(path),
+                          dynamo=False, opset_version=OPSET, input_names=["inputs_embeds", "attention_mask"],
+                          output_names=["output"], dynamic_axes={**axes, "output": {0: "batch"}})
 
 
 UNFUSED = ("SkipLayerNormFusion", "BiasGeluFusion")
