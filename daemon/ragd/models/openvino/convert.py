@@ -33,7 +33,7 @@ from ragd.errors import ModelLoadError
 from ragd.models.openvino import block_telemetry
 from ragd.models.openvino.cache import DYNAMIC, IRLocation, abandoned, older_recipes, recipe, source_files
 from ragd.models.openvino.onnx import export_dynamic_int8
-from ragd.models.openvino.trace import traceable
+from ragd.models.openvino.trace import Held, traceable
 from ragd.models.openvino.words import WordTable
 
 Progress = Callable[[str], None]
@@ -179,9 +179,9 @@ def _stderr(message: str) -> None:
 
 
 def convert_once(
-    module: Any, location: IRLocation, calibration: Callable[[], Samples], progress: Progress | None,
+    held: Held, location: IRLocation, calibration: Callable[[], Samples], progress: Progress | None,
 ) -> None:
-    """Convert ``module`` into ``location``, saying so (minutes for a full-size model);
+    """Convert ``held``'s module into ``location``, saying so (minutes for a full-size model);
     ``calibration`` is called for int8 (its ranges) and int8-dynamic (its agreement check)
     only. Any failure is a ``ModelLoadError``."""
     say = progress or _stderr
@@ -190,7 +190,7 @@ def convert_once(
         f"(a few minutes for a full-size model; cached in {location.folder})")
     try:
         samples = calibration() if location.precision in ("int8", DYNAMIC) else None
-        convert(module, location.role, location, samples, say)
+        convert(held, location.role, location, samples, say)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -198,15 +198,16 @@ def convert_once(
 
 
 def convert(
-    module: Any,
+    held: Held,
     role: str,
     location: IRLocation,
     calibration: Samples | None,
     progress: Progress | None = None,
 ) -> IRLocation:
-    """Trace ``module`` (a HF encoder for the embedder, a sequence classifier for the
-    reranker), quantise it when ``location.precision == "int8"`` and save it atomically:
-    written to a temporary folder that replaces the old one only when complete."""
+    """Trace ``held``'s module (a HF encoder for the embedder, a sequence classifier for the
+    reranker; ``int8-dynamic`` releases it after its export), quantise it when
+    ``location.precision == "int8"`` and save it atomically: written to a temporary folder that
+    replaces the old one only when complete."""
     if location.precision == "int8" and not calibration:
         raise ModelLoadError("int8 conversion needs calibration text")
     say = progress or (lambda _m: None)
@@ -220,9 +221,9 @@ def convert(
     tmp.mkdir()
     try:
         if location.precision == DYNAMIC:
-            detail = export_dynamic_int8(module, role, tmp, say, calibration or ())
+            detail = export_dynamic_int8(held, role, tmp, say, calibration or ())
         else:
-            detail = _save_openvino(module, role, location.precision, calibration, tmp, say)
+            detail = _save_openvino(held.module, role, location.precision, calibration, tmp, say)
         meta = {
             "model_id": location.model_id, "role": role, "precision": location.precision,
             "recipe": recipe(role, location.precision), "source": str(location.source),

@@ -22,6 +22,7 @@ from ragd.models.openvino.cache import IRLocation, location_for
 from ragd.models.openvino.calibration import embedder_samples, reranker_samples
 from ragd.models.openvino.convert import Progress, convert_once
 from ragd.models.openvino.runner import Runner
+from ragd.models.openvino.trace import Held
 from ragd.models.tokens import load_tokens
 
 DEVICE = "cpu"
@@ -68,17 +69,20 @@ class OpenVINOEmbedder(EmbedderBase):
 
         flag, encoder = load_flag_embedder(folder, DEVICE, "fp32", m3=self.m3, pooling=self.pooling)
         self._use_tokens(flag_tokens(folder, flag), folder)
-        if force or not location.is_current():
-            convert_once(encoder, location, lambda: embedder_samples(self.tokenizer, self.input_limit, calibration),
-                         progress)
         if self.m3:
-            self._m3_heads = m3_heads(flag.model)
+            self._m3_heads = {k: v.copy() for k, v in m3_heads(flag.model).items()}
+        held = Held(encoder)  # the conversion's alone, so it can drop the model when done with it
+        del flag, encoder
+        if force or not location.is_current():
+            convert_once(held, location, lambda: embedder_samples(self.tokenizer, self.input_limit, calibration),
+                         progress)
+        if self._m3_heads is not None:
             try:
                 save_m3_heads(self._m3_heads, location.folder)
             except OSError as exc:  # e.g. a read-only cache: FlagEmbedding loads again next time
                 self.notes.append(f"cannot save BGE-M3's heads in {location.folder} ({exc}); "
                                   "the next start loads the model through FlagEmbedding again")
-        del flag, encoder
+        del held
         gc.collect()
 
     def hold(self) -> contextlib.AbstractContextManager[None]:
@@ -132,9 +136,11 @@ class OpenVINOCrossEncoder(RerankerBase):
 
         flag = load_flag_reranker(folder, DEVICE, "fp32")
         self._use_tokens(flag_tokens(folder, flag), folder)
-        convert_once(flag.model, location, lambda: reranker_samples(self.tokenizer, self.max_length, calibration),
-                     progress)
+        held = Held(flag.model)
         del flag
+        convert_once(held, location, lambda: reranker_samples(self.tokenizer, self.max_length, calibration),
+                     progress)
+        del held
         gc.collect()
 
     def hold(self) -> contextlib.AbstractContextManager[None]:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -30,7 +30,7 @@ from ragd.errors import ModelLoadError
 from ragd.models.cpu import cpu_cores, cpu_shows_int8_dot
 from ragd.models.openvino.cache import DYNAMIC
 from ragd.models.openvino.calibration import Sample
-from ragd.models.openvino.trace import traceable
+from ragd.models.openvino.trace import Held, traceable
 from ragd.models.openvino.words import WordTable
 
 MODEL_FILE = "model.onnx"
@@ -71,38 +71,47 @@ at most 2 GB; int8 weights are a quarter of the float ones)."""
 
 
 def export_dynamic_int8(
-    module: Any, role: str, folder: Path, say: Any, samples: Sequence[Sample] = (),
+    held: Held, role: str, folder: Path, say: Any, samples: Sequence[Sample] = (),
 ) -> dict[str, Any]:
-    """Export the embedder's transformer ``module`` (hidden states out) to ONNX, fuse its
-    attention, quantise it to dynamic int8 into ``folder / MODEL_FILE`` and drop the float
-    export. With ``samples`` (calibration inputs) the first of ``recipes_here()`` that keeps
-    ``AGREEMENT`` to the float model is chosen; without, the most accurate. Returns what
-    ``meta.json`` records about it. Embedder only: the reranker's ranking does not survive
-    dynamic int8 (``cpu.resolve_precision``)."""
+    """Export the embedder's transformer (``held``'s module; hidden states out) to ONNX and
+    release it, fuse its attention, quantise it to dynamic int8 into ``folder / MODEL_FILE``
+    and drop the float export. With ``samples`` (calibration inputs) the first of
+    ``recipes_here()`` that keeps ``AGREEMENT`` to the float model is chosen; without, the most
+    accurate. Returns what ``meta.json`` records about it. Embedder only: the reranker's
+    ranking does not survive dynamic int8 (``cpu.resolve_precision``)."""
     if role != "embedder":
         raise ModelLoadError(f"precision {DYNAMIC} is for the embedder only, not the {role}")
     import onnxruntime
     import torch
 
+    module = held.module
     # The word embeddings are looked up outside the model (``WordTable``, int8 per row, as for
     # OpenVINO's int8): the export and the quantiser then hold half of BGE-M3's float weights.
     words = module.get_input_embeddings().weight.detach().float().cpu().numpy()
     table, scales = WordTable.save(words, folder)
+    checked = list(samples)[:CHECK_SAMPLES]
+    # the float model reads the float rows; the quantised one the int8 rows it runs with
+    float_inputs = [_inputs(words[s["input_ids"]], s) for s in checked]
+    int8_inputs = [_inputs(WordTable.lookup_in(table, scales, s["input_ids"]), s) for s in checked]
     ids = np.array([[0, 10, 11, 12, 2], [0, 13, 2, 1, 1]], dtype=np.int64)
+    example = torch.from_numpy(WordTable.lookup_in(table, scales, ids))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)
+    # The export reads ``inputs_embeds``: the table leaves the module before it, with its memory.
+    module.set_input_embeddings(torch.nn.Embedding(1, words.shape[1]))
+    del words, table, scales
     exported = folder / "float"
     exported.mkdir()
     say(f"exporting the {role} to ONNX")
     try:
-        export_hidden(module, torch.from_numpy(WordTable.lookup_in(table, scales, ids)), mask, exported / MODEL_FILE)
+        export_hidden(module, example, mask, exported / MODEL_FILE)
+        # The float model is in the export now: its memory goes back before the later steps.
+        del module
+        held.release()
         external = sum(f.stat().st_size for f in exported.iterdir()) > EXTERNAL_DATA_BYTES
-        _return_free_memory()  # what the export freed, before the fusion's process
+        _return_free_memory()  # what the export and the model freed, before the fusion's process
         source, fused = _fuse(exported / MODEL_FILE, say)
-        checked = list(samples)[:CHECK_SAMPLES]
-        # the float model reads the float rows; the quantised one the int8 rows it runs with
-        reference = _hidden(exported / MODEL_FILE, checked, lambda i: words[i]) if checked else []
+        reference = _hidden(exported / MODEL_FILE, float_inputs) if checked else []
         _return_free_memory()  # the float session's
-        int8_rows = lambda i: WordTable.lookup_in(table, scales, i)  # noqa: E731
         recipes = recipes_here() if checked else recipes_here()[-1:]
         matmuls = _matmuls(source)
         for n, chosen in enumerate(recipes):
@@ -110,7 +119,7 @@ def export_dynamic_int8(
             say(f"quantising the {role} to dynamic int8 (ONNX Runtime), "
                 f"{chosen.weights} weights, {len(exclude)} feed-forward outputs float")
             _quantise(source, folder / MODEL_FILE, exclude, chosen.weights, external)
-            agreement = _agreement(_hidden(folder / MODEL_FILE, checked, int8_rows), reference) if checked else None
+            agreement = _agreement(_hidden(folder / MODEL_FILE, int8_inputs), reference) if checked else None
             if agreement is not None:
                 say(f"agreement with the float model: {agreement:.4f} (needs {AGREEMENT})")
             if agreement is None or agreement >= AGREEMENT or n == len(recipes) - 1:
@@ -220,12 +229,15 @@ def _quantise(source: Path, target: Path, exclude: list[str], weights: str, exte
                          extra_options={"DefaultTensorType": 1})
 
 
-def _hidden(path: Path, samples: Sequence[Sample], rows: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-    """The model's hidden states for each sample, its word embeddings looked up by ``rows``, on
-    every core."""
+def _inputs(embeds: np.ndarray, sample: Sample) -> dict[str, np.ndarray]:
+    """The exported model's inputs for ``sample``, its word embeddings ``embeds``."""
+    return {"inputs_embeds": np.asarray(embeds, dtype=np.float32), "attention_mask": sample["attention_mask"]}
+
+
+def _hidden(path: Path, inputs: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """The model's hidden states for each of ``inputs``, on every core."""
     session = OnnxSession(path, cpu_cores()).session
-    return [session.run(None, {"inputs_embeds": rows(s["input_ids"]), "attention_mask": s["attention_mask"]})[0][0]
-            for s in samples]
+    return [session.run(None, x)[0][0] for x in inputs]
 
 
 def _agreement(hidden: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
