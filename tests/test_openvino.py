@@ -309,15 +309,20 @@ def test_int8_word_embeddings_stay_int8(tiny_models: dict[str, Path], ov_cache: 
            for port in op.inputs() if port.get_partial_shape().is_static and port.get_shape() and
            port.get_shape()[0] == table.shape[0]]
     assert big == []
-    # The lookup is the float table rounded per row: each value within half a step.
+    # The lookup is the float table rounded per row: each value within half a step, and each
+    # row's largest at 127 steps, in every block of rows the table was rounded in.
     from safetensors.numpy import load_file
+
+    from ragd.models.openvino.words import WordTable
 
     weights = load_file(str(tiny_models["m3"] / "model.safetensors"))
     name = next(k for k in weights if k.endswith("word_embeddings.weight"))
-    ids = np.array([[0, 5, 17, 2]])
+    assert table.shape[0] > 2 * WordTable.SAVE_ROWS
+    ids = np.array([[0, 5, 17, 2, WordTable.SAVE_ROWS + 3, table.shape[0] - 1]])
     scales = np.load(runner.location.folder / "embedding_scales.npy")
     diff = np.abs(runner._words(ids) - weights[name][ids])
     assert (diff <= scales[ids][..., None] / 2 + 1e-7).all()
+    assert (np.abs(table[ids[0]]).max(axis=1) == 127).all()
     # After the warm-up run on every stream the model file's mapped pages were handed back
     # (at this size its small constants, read in place, are most of the file).
     assert runner.released_bytes > 0

@@ -20,15 +20,22 @@ class WordTable:
         self.table = np.load(folder / self.FILES[0], mmap_mode="r")
         self.scales = np.load(folder / self.FILES[1])
 
+    SAVE_ROWS = 1 << 14
+    """Rows rounded at a time, so the float temporaries stay small (BGE-M3's whole table: 1 GB each)."""
+
     @staticmethod
     def save(weight: np.ndarray, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        w = np.asarray(weight, dtype=np.float32)
-        scales = np.abs(w).max(axis=1) / 127.0
-        scales[scales == 0] = 1.0
-        table = np.clip(np.rint(w / scales[:, None]), -127, 127).astype(np.int8)
+        table = np.empty(weight.shape, dtype=np.int8)
+        scales = np.empty(weight.shape[0], dtype=np.float32)
+        for start in range(0, weight.shape[0], WordTable.SAVE_ROWS):
+            rows = np.asarray(weight[start:start + WordTable.SAVE_ROWS], dtype=np.float32)
+            scale = np.abs(rows).max(axis=1) / np.float32(127.0)
+            scale[scale == 0] = 1.0
+            table[start:start + len(rows)] = np.clip(np.rint(rows / scale[:, None]), -127, 127)
+            scales[start:start + len(rows)] = scale
         np.save(folder / WordTable.FILES[0], table)
-        np.save(folder / WordTable.FILES[1], scales.astype(np.float32))
-        return table, scales.astype(np.float32)
+        np.save(folder / WordTable.FILES[1], scales)
+        return table, scales
 
     @staticmethod
     def lookup_in(table: np.ndarray, scales: np.ndarray, input_ids: np.ndarray) -> np.ndarray:
