@@ -224,11 +224,14 @@ class Runner:
     def map(
         self, batches: Sequence[tuple[np.ndarray, np.ndarray]], foreground: bool
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Run every (input_ids, attention_mask) batch, one per stream at a time plus one
-        waiting; yields (position, output) as batches finish, so the caller post-processes
-        one batch while the next one runs."""
-        if len(batches) == 1:
-            yield 0, self(*batches[0], foreground)
+        """Run every (input_ids, attention_mask) batch; yields (position, output) as batches
+        finish. With one stream they run in turn in the caller's thread, which post-processes
+        each before the next starts: the run takes every core, and Python work beside it slowed
+        it by more than it saved (docs/performance.md, "How the CPU is shared"). With several,
+        one per stream at a time plus one waiting."""
+        if len(batches) == 1 or self.streams == 1:
+            for n, batch in enumerate(batches):
+                yield n, self(*batch, foreground)
             return
         import queue
 
